@@ -1,0 +1,189 @@
+/**
+ * The handshake every connection starts with, control and peer alike.
+ *
+ * 1. Both sides send HELLO: "VNET", protocol version (u16), kind (u8), a fresh 32-byte nonce.
+ * 2. Both check the magic and version, then send AUTH = HMAC-SHA256(secret,
+ *    "vnet/1 " + side + own nonce + peer nonce), `side` being "dialer" or "acceptor" so a
+ *    proof can never be reflected back to its author.
+ * 3. Both verify the other's AUTH. A wrong proof gets an ERROR message and the connection is
+ *    closed: nothing else is read from that peer, so nothing it sends is ever injected.
+ *
+ * The secret never crosses the wire; fresh nonces on both sides make replays useless.
+ */
+import { VnetError } from "./errors.ts";
+import { encodeMessage, MAX_MESSAGE, MessageReader, MessageType, ProtocolError } from "./wire.ts";
+
+export const PROTOCOL_VERSION = 1;
+const MAGIC = [0x56, 0x4e, 0x45, 0x54]; // "VNET"
+const NONCE_BYTES = 32;
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** What the dialler wants the connection for; the acceptor answers with `acceptor`. */
+export const ConnectionKind = { acceptor: 0, control: 1, peer: 2 } as const;
+export type ConnectionKind = keyof typeof ConnectionKind;
+
+export interface Hello {
+  version: number;
+  kind: ConnectionKind;
+  nonce: Uint8Array;
+}
+
+/** The peer proved it does not know the secret. */
+export class AuthError extends VnetError {}
+
+export function encodeHello(hello: Hello): Uint8Array {
+  const out = new Uint8Array(7 + NONCE_BYTES);
+  out.set(MAGIC, 0);
+  new DataView(out.buffer).setUint16(4, hello.version);
+  out[6] = ConnectionKind[hello.kind];
+  out.set(hello.nonce, 7);
+  return out;
+}
+
+export function decodeHello(payload: Uint8Array): Hello {
+  if (payload.length !== 7 + NONCE_BYTES || MAGIC.some((b, i) => payload[i] !== b)) {
+    throw new ProtocolError("the peer is not a vnet server or client (bad hello)");
+  }
+  const version = new DataView(payload.buffer, payload.byteOffset).getUint16(4);
+  const kind = (Object.keys(ConnectionKind) as ConnectionKind[])
+    .find((k) => ConnectionKind[k] === payload[6]);
+  if (!kind) throw new ProtocolError(`unknown connection kind ${payload[6]}`);
+  return { version, kind, nonce: payload.slice(7) };
+}
+
+/** Imports the shared secret as an HMAC key usable for both signing and verifying. */
+export function importSecret(secret: Uint8Array): Promise<CryptoKey> {
+  return crypto.subtle.importKey(
+    "raw",
+    secret as Uint8Array<ArrayBuffer>,
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign", "verify"],
+  );
+}
+
+function proofInput(side: "dialer" | "acceptor", own: Uint8Array, peer: Uint8Array) {
+  const label = new TextEncoder().encode(`vnet/${PROTOCOL_VERSION} ${side} `);
+  const data = new Uint8Array(label.length + own.length + peer.length);
+  data.set(label, 0);
+  data.set(own, label.length);
+  data.set(peer, label.length + own.length);
+  return data;
+}
+
+export async function prove(
+  key: CryptoKey,
+  side: "dialer" | "acceptor",
+  own: Uint8Array,
+  peer: Uint8Array,
+): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, proofInput(side, own, peer)));
+}
+
+export function verify(
+  key: CryptoKey,
+  side: "dialer" | "acceptor",
+  proof: Uint8Array,
+  own: Uint8Array,
+  peer: Uint8Array,
+): Promise<boolean> {
+  // subtle.verify compares in constant time.
+  return crypto.subtle.verify(
+    "HMAC",
+    key,
+    proof as Uint8Array<ArrayBuffer>,
+    proofInput(side, own, peer),
+  );
+}
+
+export interface Writer {
+  write(p: Uint8Array): Promise<number>;
+}
+
+export async function writeAll(w: Writer, data: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < data.length) off += await w.write(data.subarray(off));
+}
+
+async function expect(reader: MessageReader, type: MessageType, what: string) {
+  const m = await reader.message();
+  if (!m) throw new ProtocolError(`connection closed during the handshake (waiting for ${what})`);
+  if (m.type === MessageType.Error) {
+    throw new VnetError(new TextDecoder().decode(m.payload));
+  }
+  if (m.type !== type) throw new ProtocolError(`expected ${what}, got message type ${m.type}`);
+  return m.payload.slice();
+}
+
+/**
+ * Runs the handshake on a fresh connection. Resolves with the peer's declared kind; throws
+ * AuthError (after telling the peer) if the peer does not know the secret, VnetError or
+ * ProtocolError for anything else. Bounded by `timeoutMs`.
+ */
+export async function handshake(
+  conn: Writer & { close(): void },
+  reader: MessageReader,
+  options: {
+    key: CryptoKey;
+    side: "dialer" | "acceptor";
+    kind: ConnectionKind;
+    timeoutMs?: number;
+  },
+): Promise<ConnectionKind> {
+  const timeoutMs = options.timeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new ProtocolError(`handshake timed out after ${timeoutMs} ms`));
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+    }, timeoutMs);
+  });
+  try {
+    return await Promise.race([run(), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+
+  async function run(): Promise<ConnectionKind> {
+    const own = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
+    await writeAll(
+      conn,
+      encodeMessage(
+        MessageType.Hello,
+        encodeHello({ version: PROTOCOL_VERSION, kind: options.kind, nonce: own }),
+      ),
+    );
+    const hello = decodeHello(await expect(reader, MessageType.Hello, "hello"));
+    if (hello.version !== PROTOCOL_VERSION) {
+      const text =
+        `protocol version mismatch: this side speaks ${PROTOCOL_VERSION}, the peer ${hello.version}; run the same vnet version on both`;
+      await writeAll(conn, encodeMessage(MessageType.Error, new TextEncoder().encode(text)))
+        .catch(() => {});
+      throw new ProtocolError(text);
+    }
+    const peerSide = options.side === "dialer" ? "acceptor" : "dialer";
+    await writeAll(
+      conn,
+      encodeMessage(MessageType.Auth, await prove(options.key, options.side, own, hello.nonce)),
+    );
+    const proof = await expect(reader, MessageType.Auth, "authentication");
+    if (!await verify(options.key, peerSide, proof, hello.nonce, own)) {
+      const text = "authentication failed: the peer does not know this server's shared secret";
+      await writeAll(
+        conn,
+        encodeMessage(
+          MessageType.Error,
+          new TextEncoder().encode(
+            "authentication failed: wrong shared secret (both sides need the same --secret-file)",
+          ),
+        ),
+      ).catch(() => {});
+      throw new AuthError(text);
+    }
+    // Authenticated: from now on the peer may send frames up to the full size.
+    reader.maxMessage = MAX_MESSAGE;
+    return hello.kind;
+  }
+}

@@ -1,0 +1,193 @@
+/**
+ * A Handler is one end of a VNET bridge (paper, section 4.2): on the Host it captures what the
+ * VMs send and injects what the LAN sends them; on the Proxy it does the reverse. Its two
+ * directions are the whole data path:
+ *
+ *   to the peer:   Capture.wait → Capture.drain → Link.sendFrame          (captureLoop)
+ *   from the peer: Link reader → Handler.receive → prepareForWire → Injector.inject
+ *
+ * The handler outlives its link: when the link drops the handler stays open (frames to the peer
+ * are counted as drops) until a new link is attached.
+ */
+import { type Capture, type Injector, type Interfaces } from "./ports.ts";
+import { buildFilter, type Role } from "./filter.ts";
+import { type Link } from "./link.ts";
+import { type Logger } from "./log.ts";
+import { messageOf } from "./errors.ts";
+import { prepareForWire } from "./offload.ts";
+
+/** What both ends agree on; `id` is 8 hex digits, also the number frames are tagged with. */
+export interface HandlerSpec {
+  id: string;
+  role: Role;
+  /** The interface this end captures on and injects into. */
+  device: string;
+  macs: string[];
+  multicast: boolean;
+  /** The other server, `ADDR:PORT`, for display. */
+  peer: string;
+}
+
+export interface DirectionCounters {
+  frames: number;
+  bytes: number;
+  drops: number;
+}
+
+/** Why frames were dropped, for `list` and metrics. */
+export interface DropCounters {
+  /** Link down or its send queue full. */
+  link: number;
+  /** Captured frame longer than the snap length. */
+  truncated: number;
+  /** Too large for the far interface and not segmentable, or malformed. */
+  offload: number;
+  /** The system refused to inject it. */
+  inject: number;
+}
+
+export interface HandlerInfo extends HandlerSpec {
+  state: "up" | "down" | "closed";
+  link: { state: "up" | "down"; remote: string | null; tls: boolean; rttMs: number | null };
+  toPeer: DirectionCounters;
+  fromPeer: DirectionCounters;
+  dropReasons: DropCounters;
+  capture: { received: number; dropped: number; ifDropped: number };
+}
+
+/** Frames drained per wait: bounds the time spent in one synchronous burst. */
+const DRAIN_BATCH = 1024;
+const WAIT_MS = 250;
+
+export function handlerNumber(id: string): number {
+  return parseInt(id, 16) >>> 0;
+}
+
+export class Handler {
+  readonly spec: HandlerSpec;
+  readonly number: number;
+  readonly toPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
+  readonly fromPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
+  readonly dropReasons: DropCounters = { link: 0, truncated: 0, offload: 0, inject: 0 };
+
+  #capture: Capture;
+  #injector: Injector;
+  #link: Link | null = null;
+  #log: Logger;
+  #open = true;
+  #loop: Promise<void> | null = null;
+  #lastInjectError = "";
+
+  /** Opens both interface handles; throws a VnetError if the device or filter is bad. */
+  constructor(spec: HandlerSpec, ports: Interfaces, log: Logger) {
+    this.spec = spec;
+    this.number = handlerNumber(spec.id);
+    this.#log = log.with({ handler: spec.id, role: spec.role, dev: spec.device });
+    const filter = buildFilter(spec.role, spec.macs, spec.multicast);
+    this.#capture = ports.openCapture(spec.device, filter);
+    try {
+      this.#injector = ports.openInjector(spec.device);
+    } catch (e) {
+      this.#capture.close();
+      throw e;
+    }
+    this.#log.info("handler opened", { macs: spec.macs.join(","), filter });
+  }
+
+  get link(): Link | null {
+    return this.#link;
+  }
+
+  /** Binds the handler to a link (a new one after a reconnect) and starts capturing. */
+  attach(link: Link): void {
+    this.#link = link;
+    this.#loop ??= this.#captureLoop();
+  }
+
+  /** Forgets a link that went down; captured frames are dropped until the next attach. */
+  detach(link: Link): void {
+    if (this.#link === link) this.#link = null;
+  }
+
+  /** Injects one frame received from the peer. Synchronous: `frame` is only lent to us. */
+  receive(frame: Uint8Array): void {
+    this.fromPeer.frames++;
+    this.fromPeer.bytes += frame.length;
+    if (prepareForWire(frame, this.#injector.mtu, this.#inject) === 0) {
+      this.fromPeer.drops++;
+      this.dropReasons.offload++;
+    }
+  }
+
+  #inject = (frame: Uint8Array): void => {
+    if (this.#injector.inject(frame)) return;
+    this.fromPeer.drops++;
+    this.dropReasons.inject++;
+    const error = this.#injector.lastError();
+    if (error !== this.#lastInjectError) {
+      // Log each distinct failure once, not once per frame.
+      this.#lastInjectError = error;
+      this.#log.warn("inject failed", { bytes: frame.length, error });
+    }
+  };
+
+  /** Role: move every captured frame onto the link, one wait and one drain at a time. */
+  async #captureLoop(): Promise<void> {
+    this.#log.info("capture loop started");
+    try {
+      while (this.#open && await this.#capture.wait(WAIT_MS)) {
+        this.#capture.drain(this.#forward, DRAIN_BATCH);
+      }
+    } catch (e) {
+      if (this.#open) this.#log.error("capture loop failed", { error: messageOf(e) });
+    }
+    this.#log.info("capture loop stopped");
+  }
+
+  #forward = (frame: Uint8Array, wireLength: number): void => {
+    if (wireLength > frame.length) {
+      this.toPeer.drops++;
+      this.dropReasons.truncated++;
+      return;
+    }
+    if (this.#link?.sendFrame(this.number, frame)) {
+      this.toPeer.frames++;
+      this.toPeer.bytes += frame.length;
+    } else {
+      this.toPeer.drops++;
+      this.dropReasons.link++;
+    }
+  };
+
+  info(): HandlerInfo {
+    const link = this.#link;
+    return {
+      ...this.spec,
+      state: !this.#open ? "closed" : link?.isOpen ? "up" : "down",
+      link: {
+        state: link?.isOpen ? "up" : "down",
+        remote: link?.remote ?? null,
+        tls: link?.tls ?? false,
+        rttMs: link?.rttMs ?? null,
+      },
+      toPeer: { ...this.toPeer },
+      fromPeer: { ...this.fromPeer },
+      dropReasons: { ...this.dropReasons },
+      capture: this.#open ? this.#capture.stats() : { received: 0, dropped: 0, ifDropped: 0 },
+    };
+  }
+
+  /** Stops the capture loop and releases both handles; safe to call twice. */
+  async close(): Promise<void> {
+    if (!this.#open) return;
+    this.#open = false;
+    this.#link = null;
+    this.#capture.close();
+    await this.#loop;
+    this.#injector.close();
+    this.#log.info("handler closed", {
+      toPeer: this.toPeer.frames,
+      fromPeer: this.fromPeer.frames,
+    });
+  }
+}

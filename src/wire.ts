@@ -1,0 +1,181 @@
+/**
+ * The VNET wire format, spoken between servers (peer links) and by clients (control).
+ *
+ * A connection is a sequence of messages:
+ *
+ *   +----------------+--------+----------------------+
+ *   | length (u32 BE)| type u8| payload (length - 1) |
+ *   +----------------+--------+----------------------+
+ *
+ * `length` counts the type byte and the payload. Frames are the hot path: their payload is a
+ * u32 handler number followed by the Ethernet frame, so a FRAME message costs 9 bytes of
+ * framing. Everything else is small and rare (handshake, JSON requests, keepalives).
+ */
+import { VnetError } from "./errors.ts";
+
+export const MessageType = {
+  /** Handshake opener: magic, version, kind, nonce (see auth.ts). */
+  Hello: 1,
+  /** Handshake proof: HMAC-SHA256 over both nonces. */
+  Auth: 2,
+  /** A fatal error, UTF-8 text; the sender closes after it. */
+  Error: 3,
+  /** JSON `{ id, op, ...body }`. */
+  Request: 4,
+  /** JSON `{ id, ok, result?, error? }`. */
+  Response: 5,
+  /** u32 handler number, then one Ethernet frame. */
+  Frame: 6,
+  /** Keepalive probe: 8 bytes echoed back in a Pong. */
+  Ping: 7,
+  Pong: 8,
+} as const;
+export type MessageType = typeof MessageType[keyof typeof MessageType];
+
+/** Bytes of framing before a frame's first byte. */
+export const FRAME_OVERHEAD = 9;
+/** The largest Ethernet frame a link carries (a 64 KB GSO super-frame plus headers fits). */
+export const MAX_FRAME = 262144;
+/** The largest message of any kind; a peer sending more is cut off. */
+export const MAX_MESSAGE = MAX_FRAME + FRAME_OVERHEAD;
+/** Non-frame messages (JSON, handshake) are much smaller. */
+export const MAX_CONTROL_MESSAGE = 1 << 20;
+
+export class ProtocolError extends VnetError {}
+
+/** Writes one message into `out` at `offset`; returns the new offset. */
+export function putMessage(
+  out: Uint8Array,
+  offset: number,
+  type: MessageType,
+  payload: Uint8Array,
+): number {
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  view.setUint32(offset, payload.length + 1);
+  out[offset + 4] = type;
+  out.set(payload, offset + 5);
+  return offset + 5 + payload.length;
+}
+
+/** Writes one FRAME message into `out` at `offset` (caller checked the room). */
+export function putFrame(
+  out: Uint8Array,
+  view: DataView,
+  offset: number,
+  handler: number,
+  frame: Uint8Array,
+): number {
+  view.setUint32(offset, frame.length + 5);
+  out[offset + 4] = MessageType.Frame;
+  view.setUint32(offset + 5, handler);
+  out.set(frame, offset + FRAME_OVERHEAD);
+  return offset + FRAME_OVERHEAD + frame.length;
+}
+
+export function encodeMessage(type: MessageType, payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(5 + payload.length);
+  putMessage(out, 0, type, payload);
+  return out;
+}
+
+const utf8 = new TextEncoder();
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
+
+export function encodeJson(type: MessageType, value: unknown): Uint8Array {
+  return encodeMessage(type, utf8.encode(JSON.stringify(value)));
+}
+
+export function decodeJson(payload: Uint8Array): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(utf8Decoder.decode(payload));
+  } catch {
+    throw new ProtocolError("malformed JSON message");
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ProtocolError("JSON message is not an object");
+  }
+  return value as Record<string, unknown>;
+}
+
+export function decodeText(payload: Uint8Array): string {
+  return new TextDecoder().decode(payload);
+}
+
+/** One decoded message; `payload` is a view into the reader's buffer, valid until the next read. */
+export interface Message {
+  type: number;
+  payload: Uint8Array;
+}
+
+/**
+ * Reads messages from a byte stream with one reusable buffer: `read()` fills it from the
+ * connection, `next()` hands out complete messages as views until it needs more bytes.
+ */
+export class MessageReader {
+  #buf: Uint8Array;
+  #view: DataView;
+  #start = 0;
+  #end = 0;
+  /** Bytes read in total, for counters. */
+  bytesRead = 0;
+
+  constructor(
+    private readonly source: { read(p: Uint8Array): Promise<number | null> },
+    bufferSize = 1 << 20,
+    /** The largest message accepted before the handshake completes, then `MAX_MESSAGE`. */
+    public maxMessage = MAX_CONTROL_MESSAGE,
+  ) {
+    this.#buf = new Uint8Array(Math.max(bufferSize, MAX_MESSAGE + 5));
+    this.#view = new DataView(this.#buf.buffer);
+  }
+
+  /** The next complete message already buffered, or null if more bytes are needed. */
+  next(): Message | null {
+    const available = this.#end - this.#start;
+    if (available < 5) return null;
+    const length = this.#view.getUint32(this.#start);
+    if (length === 0 || length > this.maxMessage) {
+      if (this.bytesRead === available && this.#buf[this.#start] === 0x16) {
+        throw new ProtocolError(
+          "the peer speaks TLS but this side does not: give both sides matching TLS settings",
+        );
+      }
+      throw new ProtocolError(`message of ${length} bytes exceeds the limit of ${this.maxMessage}`);
+    }
+    if (available < 4 + length) return null;
+    const type = this.#buf[this.#start + 4];
+    const payload = this.#buf.subarray(this.#start + 5, this.#start + 4 + length);
+    this.#start += 4 + length;
+    return { type, payload };
+  }
+
+  /**
+   * Reads more bytes. Returns false at end of stream. Views handed out by `next()` before this
+   * call become invalid (the buffer is compacted).
+   */
+  async read(): Promise<boolean> {
+    if (this.#start > 0) {
+      this.#buf.copyWithin(0, this.#start, this.#end);
+      this.#end -= this.#start;
+      this.#start = 0;
+    }
+    const n = await this.source.read(this.#buf.subarray(this.#end));
+    if (n === null) return false;
+    this.#end += n;
+    this.bytesRead += n;
+    return true;
+  }
+
+  /** Reads until a whole message is available; null at end of stream. */
+  async message(): Promise<Message | null> {
+    for (;;) {
+      const m = this.next();
+      if (m) return m;
+      if (!await this.read()) {
+        if (this.#end > this.#start) throw new ProtocolError("connection closed mid-message");
+        return null;
+      }
+    }
+  }
+}
