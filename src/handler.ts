@@ -47,7 +47,9 @@ export interface DropCounters {
 }
 
 export interface HandlerInfo extends HandlerSpec {
-  state: "up" | "down" | "closed";
+  /** up: forwarding; down: no link to the peer; degraded: the interface is gone. */
+  state: "up" | "down" | "degraded" | "closed";
+  degraded: string | null;
   link: { state: "up" | "down"; remote: string | null; tls: boolean; rttMs: number | null };
   toPeer: DirectionCounters;
   fromPeer: DirectionCounters;
@@ -70,28 +72,73 @@ export class Handler {
   readonly fromPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
   readonly dropReasons: DropCounters = { link: 0, truncated: 0, offload: 0, inject: 0 };
 
-  #capture: Capture;
-  #injector: Injector;
+  #ports: Interfaces;
+  #filter: string;
+  #capture: Capture | null = null;
+  #injector: Injector | null = null;
   #link: Link | null = null;
   #log: Logger;
   #open = true;
   #loop: Promise<void> | null = null;
+  #retry: ReturnType<typeof setTimeout> | undefined;
   #lastInjectError = "";
+  /** Why the interface handles are closed while the handler is open (device gone). */
+  degraded: string | null = null;
 
-  /** Opens both interface handles; throws a VnetError if the device or filter is bad. */
-  constructor(spec: HandlerSpec, ports: Interfaces, log: Logger) {
+  /**
+   * Opens both interface handles. Throws a VnetError if the device or filter is bad, unless
+   * `tolerant` (restoring saved handlers), where the handler starts degraded and retries.
+   */
+  constructor(spec: HandlerSpec, ports: Interfaces, log: Logger, tolerant = false) {
     this.spec = spec;
     this.number = handlerNumber(spec.id);
+    this.#ports = ports;
     this.#log = log.with({ handler: spec.id, role: spec.role, dev: spec.device });
-    const filter = buildFilter(spec.role, spec.macs, spec.multicast);
-    this.#capture = ports.openCapture(spec.device, filter);
+    this.#filter = buildFilter(spec.role, spec.macs, spec.multicast);
     try {
-      this.#injector = ports.openInjector(spec.device);
+      this.#openPorts();
+      this.#log.info("handler opened", { macs: spec.macs.join(","), filter: this.#filter });
     } catch (e) {
-      this.#capture.close();
+      if (!tolerant) throw e;
+      this.#degrade(messageOf(e));
+    }
+  }
+
+  #openPorts(): void {
+    const capture = this.#ports.openCapture(this.spec.device, this.#filter);
+    try {
+      this.#injector = this.#ports.openInjector(this.spec.device);
+    } catch (e) {
+      capture.close();
       throw e;
     }
-    this.#log.info("handler opened", { macs: spec.macs.join(","), filter });
+    this.#capture = capture;
+  }
+
+  #closePorts(): void {
+    this.#capture?.close();
+    this.#injector?.close();
+    this.#capture = null;
+    this.#injector = null;
+  }
+
+  /** The interface is gone: release it, say so once, and try again every second. */
+  #degrade(reason: string): void {
+    this.#closePorts();
+    if (this.degraded === null) this.#log.warn("handler degraded", { reason });
+    this.degraded = reason;
+    clearTimeout(this.#retry);
+    this.#retry = setTimeout(() => {
+      if (!this.#open) return;
+      try {
+        this.#openPorts();
+      } catch (e) {
+        return this.#degrade(messageOf(e));
+      }
+      this.degraded = null;
+      this.#log.info("handler resumed: interface is back");
+      if (this.#link) this.#loop = this.#captureLoop();
+    }, 1000);
   }
 
   get link(): Link | null {
@@ -101,7 +148,7 @@ export class Handler {
   /** Binds the handler to a link (a new one after a reconnect) and starts capturing. */
   attach(link: Link): void {
     this.#link = link;
-    this.#loop ??= this.#captureLoop();
+    if (this.#capture && !this.#loop) this.#loop = this.#captureLoop();
   }
 
   /** Forgets a link that went down; captured frames are dropped until the next attach. */
@@ -113,17 +160,21 @@ export class Handler {
   receive(frame: Uint8Array): void {
     this.fromPeer.frames++;
     this.fromPeer.bytes += frame.length;
-    if (prepareForWire(frame, this.#injector.mtu, this.#inject) === 0) {
+    if (!this.#injector) {
+      this.fromPeer.drops++;
+      this.dropReasons.inject++;
+    } else if (prepareForWire(frame, this.#injector.mtu, this.#inject) === 0) {
       this.fromPeer.drops++;
       this.dropReasons.offload++;
     }
   }
 
   #inject = (frame: Uint8Array): void => {
-    if (this.#injector.inject(frame)) return;
+    const injector = this.#injector!;
+    if (injector.inject(frame)) return;
     this.fromPeer.drops++;
     this.dropReasons.inject++;
-    const error = this.#injector.lastError();
+    const error = injector.lastError();
     if (error !== this.#lastInjectError) {
       // Log each distinct failure once, not once per frame.
       this.#lastInjectError = error;
@@ -133,14 +184,16 @@ export class Handler {
 
   /** Role: move every captured frame onto the link, one wait and one drain at a time. */
   async #captureLoop(): Promise<void> {
+    const capture = this.#capture!;
     this.#log.info("capture loop started");
     try {
-      while (this.#open && await this.#capture.wait(WAIT_MS)) {
-        this.#capture.drain(this.#forward, DRAIN_BATCH);
+      while (this.#open && await capture.wait(WAIT_MS)) {
+        capture.drain(this.#forward, DRAIN_BATCH);
       }
     } catch (e) {
-      if (this.#open) this.#log.error("capture loop failed", { error: messageOf(e) });
+      if (this.#open) this.#degrade(messageOf(e));
     }
+    this.#loop = null;
     this.#log.info("capture loop stopped");
   }
 
@@ -163,7 +216,14 @@ export class Handler {
     const link = this.#link;
     return {
       ...this.spec,
-      state: !this.#open ? "closed" : link?.isOpen ? "up" : "down",
+      state: !this.#open
+        ? "closed"
+        : this.degraded !== null
+        ? "degraded"
+        : link?.isOpen
+        ? "up"
+        : "down",
+      degraded: this.degraded,
       link: {
         state: link?.isOpen ? "up" : "down",
         remote: link?.remote ?? null,
@@ -173,7 +233,7 @@ export class Handler {
       toPeer: { ...this.toPeer },
       fromPeer: { ...this.fromPeer },
       dropReasons: { ...this.dropReasons },
-      capture: this.#open ? this.#capture.stats() : { received: 0, dropped: 0, ifDropped: 0 },
+      capture: this.#capture?.stats() ?? { received: 0, dropped: 0, ifDropped: 0 },
     };
   }
 
@@ -182,9 +242,10 @@ export class Handler {
     if (!this.#open) return;
     this.#open = false;
     this.#link = null;
-    this.#capture.close();
+    clearTimeout(this.#retry);
+    this.#capture?.close();
     await this.#loop;
-    this.#injector.close();
+    this.#closePorts();
     this.#log.info("handler closed", {
       toPeer: this.toPeer.frames,
       fromPeer: this.fromPeer.frames,

@@ -32,6 +32,7 @@ import {
   putFrame,
 } from "./wire.ts";
 import { formatHostPort, type HostPort } from "./addr.ts";
+import { type SshOptions, sshStream } from "./ssh.ts";
 
 /** One chunk holds at least one maximal frame; chunks are recycled through a pool. */
 const CHUNK_BYTES = 512 * 1024;
@@ -67,6 +68,13 @@ export interface LinkStats {
   queueDrops: number;
 }
 
+/** What a link runs over: a TCP or TLS connection, or the pipes of an `ssh -W` process. */
+export interface Stream {
+  read(p: Uint8Array): Promise<number | null>;
+  write(p: Uint8Array): Promise<number>;
+  close(): void;
+}
+
 let nextLinkNumber = 1;
 
 export class Link {
@@ -78,7 +86,7 @@ export class Link {
   rttMs: number | null = null;
   readonly closed: Promise<string>;
 
-  #conn: Deno.Conn;
+  #conn: Stream;
   #reader: MessageReader;
   #events: LinkEvents;
   #log: Logger;
@@ -109,7 +117,7 @@ export class Link {
   #keepalive: ReturnType<typeof setInterval> | undefined;
   #lastHeard = Date.now();
 
-  constructor(conn: Deno.Conn, reader: MessageReader, options: LinkOptions) {
+  constructor(conn: Stream, reader: MessageReader, options: LinkOptions) {
     this.#conn = conn;
     this.#reader = reader;
     this.remote = options.remote;
@@ -166,7 +174,7 @@ export class Link {
         reject,
         timer,
       });
-      this.#sendControl(encodeJson(MessageType.Request, { ...body, id, op }));
+      this.#sendControl(encodeJson(MessageType.Request, { ...body, req: id, op }));
     });
   }
 
@@ -318,25 +326,26 @@ export class Link {
   }
 
   #serveRequest(body: Record<string, unknown>): void {
-    const { id, op } = body;
+    const { req: id, op } = body;
     if (typeof id !== "number" || typeof op !== "string") {
       throw new ProtocolError("request without id or op");
     }
     this.#events.onRequest(op, body, this).then(
-      (result) => this.#sendControl(encodeJson(MessageType.Response, { id, ok: true, result })),
+      (result) =>
+        this.#sendControl(encodeJson(MessageType.Response, { req: id, ok: true, result })),
       (e) => {
         if (!(e instanceof VnetError)) this.#log.error("request failed", { op, error: String(e) });
         this.#sendControl(
-          encodeJson(MessageType.Response, { id, ok: false, error: messageOf(e) }),
+          encodeJson(MessageType.Response, { req: id, ok: false, error: messageOf(e) }),
         );
       },
     );
   }
 
   #settle(body: Record<string, unknown>): void {
-    const pending = this.#pending.get(body.id as number);
+    const pending = this.#pending.get(body.req as number);
     if (!pending) return; // timed out already
-    this.#pending.delete(body.id as number);
+    this.#pending.delete(body.req as number);
     clearTimeout(pending.timer);
     if (body.ok) pending.resolve(body.result);
     else pending.reject(new VnetError(String(body.error ?? "request failed")));
@@ -367,10 +376,13 @@ export interface DialOptions {
   log: Logger;
   events: LinkEvents;
   keepaliveMs?: number;
+  /** Reach the other end through `ssh -W` on this gateway instead of connecting directly. */
+  ssh?: SshOptions;
 }
 
 /** Connects to `addr`, runs the handshake and returns the open Link. Throws a VnetError. */
 export async function dial(addr: HostPort, options: DialOptions): Promise<Link> {
+  if (options.ssh) return await dialSsh(addr, options.ssh, options);
   const where = formatHostPort(addr);
   const timeoutMs = options.timeoutMs ?? 10_000;
   let conn: Deno.Conn | undefined;
@@ -385,10 +397,12 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
       })
       : Deno.connect({ hostname: addr.hostname, port: addr.port });
     // A connect that completes after the timeout is closed, not leaked.
-    connecting.then((c) => {
-      if (!conn) c.close();
-    }, () => {});
-    conn = await withTimeout(connecting, timeoutMs, () => `timed out after ${timeoutMs} ms`);
+    let gaveUp = false;
+    connecting.then((c) => gaveUp && c.close(), () => {});
+    conn = await withTimeout(connecting, timeoutMs, () => {
+      gaveUp = true;
+      return `timed out after ${timeoutMs} ms`;
+    });
     if (options.tlsCa) {
       await withTimeout(
         (conn as Deno.TlsConn).handshake(),
@@ -419,6 +433,32 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
   return new Link(conn, reader, {
     remote: where,
     tls: Boolean(options.tlsCa),
+    log: options.log,
+    events: options.events,
+    keepaliveMs: options.keepaliveMs,
+  });
+}
+
+/** Dials through `ssh -W`; SSH encrypts and authenticates the gateway, so no TLS on top. */
+async function dialSsh(addr: HostPort, ssh: SshOptions, options: DialOptions): Promise<Link> {
+  const where = `${formatHostPort(addr)} through ssh ${ssh.gateway}`;
+  const stream = sshStream(addr, ssh);
+  const reader = new MessageReader(stream);
+  try {
+    await handshake(stream, reader, {
+      key: options.key,
+      side: "dialer",
+      kind: options.kind,
+      timeoutMs: options.timeoutMs,
+    });
+  } catch (e) {
+    stream.close();
+    const said = await stream.failure();
+    throw new VnetError(`cannot reach ${where}: ${said || messageOf(e)}`, { cause: e });
+  }
+  return new Link(stream, reader, {
+    remote: where,
+    tls: false,
     log: options.log,
     events: options.events,
     keepaliveMs: options.keepaliveMs,

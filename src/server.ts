@@ -22,6 +22,8 @@ import { parseMac } from "./mac.ts";
 import { type Interfaces } from "./ports.ts";
 import { MessageReader } from "./wire.ts";
 import { type Role } from "./filter.ts";
+import { parseGateway, type SshOptions } from "./ssh.ts";
+import { loadState, type SavedHandler, saveState } from "./state.ts";
 
 export interface TlsFiles {
   /** PEM certificate chain and key this server presents. */
@@ -40,6 +42,8 @@ export interface ServerOptions {
   log: Logger;
   /** Keepalive interval of peer links; 3 silent intervals close a link. */
   keepaliveMs?: number;
+  /** Where handlers are saved and restored from across restarts. */
+  statePath?: string;
 }
 
 export interface ListedHandler extends HandlerInfo {
@@ -59,7 +63,8 @@ class Peer {
 
   constructor(
     readonly addr: HostPort,
-    private readonly open: (addr: HostPort) => Promise<Link>,
+    readonly ssh: SshOptions | undefined,
+    private readonly open: (peer: Peer) => Promise<Link>,
     private readonly onReconnect: (peer: Peer, link: Link) => Promise<void>,
     private readonly log: Logger,
   ) {}
@@ -67,7 +72,7 @@ class Peer {
   /** The open link, dialling if there is none. */
   connect(): Promise<Link> {
     if (this.link?.isOpen) return Promise.resolve(this.link);
-    this.#connecting ??= this.open(this.addr).then((link) => {
+    this.#connecting ??= this.open(this).then((link) => {
       this.link = link;
       this.#failures = 0;
       return link;
@@ -146,6 +151,7 @@ export class Server {
     }
     this.#log.info("server listening", { addr: this.address, tls: Boolean(tls) });
     this.#acceptLoop(this.#listener);
+    this.#restore();
   }
 
   async #acceptLoop(listener: Deno.Listener): Promise<void> {
@@ -245,6 +251,8 @@ export class Server {
         return this.#closeHandler(String(body.handler ?? ""));
       case "devices":
         return Promise.resolve({ devices: this.#options.listDevices() });
+      case "migrate":
+        return this.#migrate(body);
       default:
         return Promise.reject(new VnetError(`unknown request '${op}'`));
     }
@@ -267,7 +275,7 @@ export class Server {
       peer: formatHostPort(dialTo),
     });
     try {
-      const peer = this.#peer(dialTo);
+      const peer = this.#peer(dialTo, req.ssh);
       let link: Link;
       try {
         link = await peer.connect();
@@ -295,6 +303,7 @@ export class Server {
       }
       this.#entries.set(id, { handler, dial: { peer, attach } });
       handler.attach(link);
+      this.#save();
       this.#log.info("handler up", { handler: id, role: ownRole, peer: link.remote });
       return { id };
     } catch (e) {
@@ -322,6 +331,63 @@ export class Server {
     return { closed: id, peerClosed };
   }
 
+  /**
+   * Moves a handler's Host end to another host (the VM migrated): the Proxy end, the id and
+   * the MACs stay. The old host end stops forwarding before the new one starts, so frames are
+   * never delivered twice; the gap between the two is returned.
+   */
+  async #migrate(body: Record<string, unknown>): Promise<unknown> {
+    const id = String(body.handler ?? "");
+    const entry = this.#entries.get(id);
+    if (!entry) throw new VnetError(`no handler '${id}' on this server (see vnet client list)`);
+    const handler = entry.handler;
+    if (handler.spec.role !== "proxy") {
+      throw new VnetError(
+        `handler ${id} is the host end here: send migrate to the Proxy's server`,
+      );
+    }
+    const to = endpoint(body.host, "host");
+    const ssh = parseSsh(body.ssh);
+    // 1. The old host end stops forwarding.
+    const started = performance.now();
+    const old = handler.link;
+    if (old?.isOpen) {
+      await old.request("detach", { handler: id }, 5_000).catch((e) =>
+        this.#log.warn("old host did not close its end", { handler: id, error: messageOf(e) })
+      );
+      handler.detach(old);
+    }
+    // 2. The new host end opens and is bound to this handler.
+    const peer = this.#peer(to.addr, ssh);
+    const attach = {
+      id,
+      role: "host",
+      device: to.dev,
+      macs: handler.spec.macs,
+      multicast: handler.spec.multicast,
+      peer: String(entry.dial?.attach.peer ?? this.address),
+    };
+    let link: Link;
+    try {
+      link = await peer.connect();
+      await link.request("attach", attach);
+    } catch (e) {
+      this.#dropIdlePeers();
+      throw new VnetError(
+        `migrating ${id} to ${formatHostPort(to.addr)} failed: ${messageOf(e)}`,
+        { cause: e },
+      );
+    }
+    entry.dial = { peer, attach };
+    handler.spec.peer = formatHostPort(to.addr);
+    handler.attach(link);
+    const gapMs = Math.round(performance.now() - started);
+    this.#dropIdlePeers();
+    this.#save();
+    this.#log.info("handler migrated", { handler: id, to: link.remote, gapMs });
+    return { id, host: link.remote, gapMs };
+  }
+
   // --- requests from peer servers --------------------------------------------------------
 
   async #peerRequest(op: string, body: Record<string, unknown>, link: Link): Promise<unknown> {
@@ -339,6 +405,7 @@ export class Server {
         const handler = this.#open(spec);
         this.#entries.set(spec.id, { handler });
         handler.attach(link);
+        this.#save();
         this.#log.info("handler up", { handler: spec.id, role: spec.role, peer: link.remote });
         return {};
       }
@@ -353,8 +420,8 @@ export class Server {
   // --- handlers --------------------------------------------------------------------------
 
   /** Opens a handler's end on this server and indexes it by its frame number. */
-  #open(spec: HandlerSpec): Handler {
-    const handler = new Handler(spec, this.#options.ports, this.#log);
+  #open(spec: HandlerSpec, tolerant = false): Handler {
+    const handler = new Handler(spec, this.#options.ports, this.#log, tolerant);
     this.#byNumber.set(handler.number, handler);
     return handler;
   }
@@ -366,6 +433,49 @@ export class Server {
     this.#byNumber.delete(entry.handler.number);
     await entry.handler.close();
     this.#dropIdlePeers();
+    this.#save();
+  }
+
+  /** Writes every handler to the state file, if there is one. */
+  #save(): void {
+    const path = this.#options.statePath;
+    if (!path || this.#stopping) return;
+    const saved: SavedHandler[] = [...this.#entries.values()].map((e) => ({
+      spec: e.handler.spec,
+      dial: e.dial && { addr: e.dial.peer.addr, ssh: e.dial.peer.ssh, attach: e.dial.attach },
+    }));
+    try {
+      saveState(path, saved);
+    } catch (e) {
+      this.#log.error("cannot write the state file", { path, error: messageOf(e) });
+    }
+  }
+
+  /**
+   * Reopens the handlers of the state file: each end opens (degraded if its interface is
+   * missing), and the handlers this server dialled for are re-attached as their peers answer.
+   */
+  #restore(): void {
+    const path = this.#options.statePath;
+    if (!path) return;
+    const saved = loadState(path, this.#log);
+    const peers = new Set<Peer>();
+    for (const s of saved) {
+      try {
+        const handler = this.#open(s.spec, true);
+        const entry: Entry = { handler };
+        if (s.dial) {
+          const peer = this.#peer(s.dial.addr, s.dial.ssh);
+          entry.dial = { peer, attach: s.dial.attach };
+          peers.add(peer);
+        }
+        this.#entries.set(s.spec.id, entry);
+      } catch (e) {
+        this.#log.error("cannot restore handler", { handler: s.spec.id, error: messageOf(e) });
+      }
+    }
+    if (saved.length > 0) this.#log.info("handlers restored", { count: this.#entries.size, path });
+    for (const peer of peers) peer.scheduleReconnect();
   }
 
   list(): ListedHandler[] {
@@ -386,13 +496,14 @@ export class Server {
 
   // --- peers -----------------------------------------------------------------------------
 
-  #peer(addr: HostPort): Peer {
-    const key = formatHostPort(addr);
+  #peer(addr: HostPort, ssh?: SshOptions): Peer {
+    const key = formatHostPort(addr) + (ssh ? ` via ssh ${ssh.gateway}` : "");
     let peer = this.#peers.get(key);
     if (!peer) {
       peer = new Peer(
         addr,
-        (a) => this.#dialPeer(a),
+        ssh,
+        (p) => this.#dialPeer(p),
         (p, link) => this.#reattach(p, link),
         this.#log,
       );
@@ -401,9 +512,10 @@ export class Server {
     return peer;
   }
 
-  async #dialPeer(addr: HostPort): Promise<Link> {
+  async #dialPeer(peer: Peer): Promise<Link> {
     const tls = this.#options.tls;
-    const link = await dial(addr, {
+    const link = await dial(peer.addr, {
+      ssh: peer.ssh,
       key: this.#options.key,
       kind: "peer",
       tlsCa: tls?.ca,
@@ -460,6 +572,8 @@ interface CreateRequest {
   multicast: boolean;
   /** Where the contacted server reaches the other one, if not at the client's address for it. */
   peer?: HostPort;
+  /** Reach the other server through `ssh -W` on a gateway. */
+  ssh?: SshOptions;
 }
 
 function str(body: Record<string, unknown>, key: string): string {
@@ -499,7 +613,17 @@ export function parseCreate(body: Record<string, unknown>): CreateRequest {
     macs: macList(body.macs),
     multicast: body.multicast === true,
     peer: body.peer === undefined ? undefined : hostPort(body.peer, "peer"),
+    ssh: parseSsh(body.ssh),
   };
+}
+
+function parseSsh(v: unknown): SshOptions | undefined {
+  if (v === undefined || v === null) return undefined;
+  const o = v as Record<string, unknown>;
+  const gateway = str(o, "gateway");
+  parseGateway(gateway);
+  const opt = (k: string) => (typeof o[k] === "string" ? o[k] as string : undefined);
+  return { gateway, identity: opt("identity"), knownHosts: opt("knownHosts") };
 }
 
 export function parseSpec(body: Record<string, unknown>): HandlerSpec {

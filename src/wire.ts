@@ -20,9 +20,9 @@ export const MessageType = {
   Auth: 2,
   /** A fatal error, UTF-8 text; the sender closes after it. */
   Error: 3,
-  /** JSON `{ id, op, ...body }`. */
+  /** JSON `{ req, op, ...body }`; `req` numbers the request. */
   Request: 4,
-  /** JSON `{ id, ok, result?, error? }`. */
+  /** JSON `{ req, ok, result?, error? }`. */
   Response: 5,
   /** u32 handler number, then one Ethernet frame. */
   Frame: 6,

@@ -4,6 +4,7 @@ import { messageOf, VnetError } from "../errors.ts";
 import { dial, type Link } from "../link.ts";
 import { log } from "../log.ts";
 import { parseMac } from "../mac.ts";
+import { parseGateway } from "../ssh.ts";
 import { type ListedHandler } from "../server.ts";
 import { error, type Options, parseFlags, readTextFile, required, secretKey } from "./common.ts";
 
@@ -16,6 +17,7 @@ Usage:
   vnet client list    --server ADDR:PORT --secret-file FILE [--json]
   vnet client close   --server ADDR:PORT --secret-file FILE ID
   vnet client devices --server ADDR:PORT --secret-file FILE [--json]
+  vnet client migrate --server ADDR:PORT --secret-file FILE ID --host ADDR:PORT --host-dev DEV
 
 create: the client contacts one server (--via, default proxy); that server opens its end and
 dials the other one, which opens the other end. So the side behind NAT should be the one the
@@ -33,7 +35,18 @@ Options for create:
   --proxy-peer ADDR:PORT, --host-peer ADDR:PORT
                         where the contacted server reaches the other one, when that differs
                         from the address this client uses (e.g. a NAT or a private address)
+  --ssh [USER@]GATEWAY[:PORT]
+                        the contacted server reaches the other one through 'ssh -W' on this
+                        gateway (OpenSSH; for sites where only SSH gets through). Host keys
+                        are checked: the gateway must be in known_hosts
+  --ssh-identity FILE   private key for ssh (a path on the contacted server)
+  --ssh-known-hosts FILE
+                        known_hosts file for ssh (a path on the contacted server)
   --timeout SECONDS     give up after this long (default 20)
+
+migrate: moves a handler's Host end to another host (the VM moved there) while the Proxy end,
+the id and the MACs stay; send it to the Proxy's server. The old host stops forwarding before
+the new one starts. Prints the gap in ms on stderr.
 
 Common options:
   --secret-file FILE    the shared secret (mode 0600); or set VNET_SECRET
@@ -49,7 +62,9 @@ const connectionOptions = {
 } as const satisfies Options;
 
 export async function clientCommand(args: string[]): Promise<void> {
-  const sub = ["create", "list", "close", "devices"].includes(args[0]) ? args[0] : "create";
+  const sub = ["create", "list", "close", "devices", "migrate"].includes(args[0])
+    ? args[0]
+    : "create";
   const rest = sub === args[0] ? args.slice(1) : args;
   switch (sub) {
     case "create":
@@ -60,6 +75,8 @@ export async function clientCommand(args: string[]): Promise<void> {
       return await close(rest);
     case "devices":
       return await devices(rest);
+    case "migrate":
+      return await migrate(rest);
   }
 }
 
@@ -117,6 +134,7 @@ async function create(args: string[]): Promise<void> {
       via: { type: "string", default: "proxy" },
       "proxy-peer": { type: "string" },
       "host-peer": { type: "string" },
+      ...sshOptions,
     },
     CLIENT_HELP,
     "client",
@@ -146,8 +164,59 @@ async function create(args: string[]): Promise<void> {
     macs,
     multicast: values.multicast === true,
     peer,
+    ssh: sshRequest(values),
   });
   console.log(String(result.id));
+}
+
+const sshOptions = {
+  ssh: { type: "string" },
+  "ssh-identity": { type: "string" },
+  "ssh-known-hosts": { type: "string" },
+} as const satisfies Options;
+
+function sshRequest(values: Record<string, unknown>) {
+  const gateway = values.ssh as string | undefined;
+  if (!gateway) {
+    if (values["ssh-identity"] || values["ssh-known-hosts"]) {
+      error("--ssh-identity and --ssh-known-hosts go with --ssh GATEWAY");
+    }
+    return undefined;
+  }
+  parseGateway(gateway);
+  return {
+    gateway,
+    identity: values["ssh-identity"],
+    knownHosts: values["ssh-known-hosts"],
+  };
+}
+
+async function migrate(args: string[]): Promise<void> {
+  const { values, positionals } = parseFlags(
+    args,
+    {
+      ...connectionOptions,
+      server: { type: "string" },
+      host: { type: "string" },
+      "host-dev": { type: "string" },
+      ...sshOptions,
+    },
+    CLIENT_HELP,
+    "client migrate",
+  );
+  const server = parseHostPort(required(values, "server", "client migrate"), "--server");
+  const host = parseHostPort(required(values, "host", "client migrate"), "--host");
+  const dev = required(values, "host-dev", "client migrate");
+  if (positionals.length !== 1) {
+    error("give exactly one handler ID to migrate (see 'vnet client list')");
+  }
+  const result = await ask(server, values, "migrate", {
+    handler: positionals[0],
+    host: { addr: host, dev },
+    ssh: sshRequest(values),
+  });
+  console.error(`migrated ${positionals[0]} to ${result.host} (gap ${result.gapMs} ms)`);
+  console.log(positionals[0]);
 }
 
 async function list(args: string[]): Promise<void> {

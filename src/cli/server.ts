@@ -28,6 +28,7 @@ Options:
   --tls-ca FILE         are verified against the CA (see 'vnet cert --help')
   --injector NAME       libnet (default) or pcap: what writes frames onto interfaces
   --keepalive SECONDS   peer link keepalive interval; 3 silent intervals drop the link (5)
+  --state FILE          save handlers here and restore them when the server starts again
   --log-level LEVEL     debug, info (default), warn or error
   --log-json            log one JSON object per line instead of text
   -h, --help            show this help
@@ -48,6 +49,7 @@ export async function serverCommand(args: string[]): Promise<void> {
       "tls-ca": { type: "string" },
       injector: { type: "string", default: "libnet" },
       keepalive: { type: "string", default: "5" },
+      state: { type: "string" },
     },
     SERVER_HELP,
     "server",
@@ -73,6 +75,7 @@ export async function serverCommand(args: string[]): Promise<void> {
     listDevices,
     log,
     keepaliveMs: keepalive * 1000,
+    statePath: values.state,
   });
   server.start();
 

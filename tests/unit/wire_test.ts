@@ -48,11 +48,11 @@ Deno.test("the reader reassembles messages split at every byte", async () => {
   const frameBytes = new Uint8Array(1500).map((_, i) => i & 0xff);
   const out = new Uint8Array(2000);
   const n = putFrame(out, new DataView(out.buffer), 0, 7, frameBytes);
-  const stream = concat(encodeJson(MessageType.Request, { id: 1, op: "list" }), out.subarray(0, n));
+  const stream = concat(encodeJson(MessageType.Request, { req: 1, op: "list" }), out.subarray(0, n));
   const reader = new MessageReader(source([...stream].map((b) => new Uint8Array([b]))));
   const first = await reader.message();
   assertEquals(first?.type, MessageType.Request);
-  assertEquals(new TextDecoder().decode(first!.payload), '{"id":1,"op":"list"}');
+  assertEquals(new TextDecoder().decode(first!.payload), '{"req":1,"op":"list"}');
   const second = await reader.message();
   assertEquals(second?.type, MessageType.Frame);
   assertEquals(second!.payload.subarray(4), frameBytes);

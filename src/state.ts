@@ -1,0 +1,66 @@
+/**
+ * The state file (`vnet server --state FILE`): the handlers a server holds, so that a restart
+ * restores them. Written atomically (temporary file, fsync, rename), so a crash leaves either
+ * the old file or the new one. A file that cannot be read back is moved aside and reported,
+ * never silently dropped.
+ */
+import { type HostPort } from "./addr.ts";
+import { type HandlerSpec } from "./handler.ts";
+import { type Logger } from "./log.ts";
+import { type SshOptions } from "./ssh.ts";
+
+export const STATE_VERSION = 1;
+
+export interface SavedHandler {
+  spec: HandlerSpec;
+  /** Present on the side that dials: where, how, and what to ask the peer to attach. */
+  dial?: { addr: HostPort; ssh?: SshOptions; attach: Record<string, unknown> };
+}
+
+export function saveState(path: string, handlers: SavedHandler[]): void {
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  const data = new TextEncoder().encode(
+    JSON.stringify({ version: STATE_VERSION, handlers }, null, 2) + "\n",
+  );
+  const file = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+  try {
+    let off = 0;
+    while (off < data.length) off += file.writeSync(data.subarray(off));
+    file.syncSync();
+  } finally {
+    file.close();
+  }
+  Deno.renameSync(tmp, path);
+}
+
+/** Reads saved handlers; a missing file is an empty state, a bad one is kept aside. */
+export function loadState(path: string, log: Logger): SavedHandler[] {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+  try {
+    const parsed = JSON.parse(text);
+    if (parsed?.version !== STATE_VERSION || !Array.isArray(parsed.handlers)) {
+      throw new Error(`not a version ${STATE_VERSION} vnet state file`);
+    }
+    for (const h of parsed.handlers) {
+      if (typeof h?.spec?.id !== "string" || !Array.isArray(h.spec.macs)) {
+        throw new Error("a handler entry lacks its id or MACs");
+      }
+    }
+    return parsed.handlers;
+  } catch (e) {
+    const aside = `${path}.corrupt-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+    Deno.renameSync(path, aside);
+    log.error("state file is corrupt; kept aside, starting with no handlers", {
+      path,
+      keptAs: aside,
+      error: (e as Error).message,
+    });
+    return [];
+  }
+}
