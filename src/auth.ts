@@ -182,8 +182,9 @@ export async function handshake(
       ).catch(() => {});
       throw new AuthError(text);
     }
-    // Authenticated: from now on the peer may send frames up to the full size.
+    // Authenticated: from now on the peer may send full-size frames and long answers.
     reader.maxMessage = MAX_MESSAGE;
+    reader.reserve(1 << 20);
     return hello.kind;
   }
 }

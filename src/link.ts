@@ -297,7 +297,9 @@ export class Link {
     const p = m.payload;
     switch (m.type) {
       case MessageType.Frame: {
-        if (p.length < 4) throw new ProtocolError("frame message too short");
+        if (p.length < 4 || p.length > MAX_FRAME + 4) {
+          throw new ProtocolError(`frame message of ${p.length} bytes`);
+        }
         const handler = ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
         this.stats.framesIn++;
         this.stats.bytesIn += p.length - 4;

@@ -115,6 +115,8 @@ interface Entry {
   dial?: { peer: Peer; attach: Record<string, unknown> };
 }
 
+const MAX_HANDSHAKING = 64;
+
 export class Server {
   #options: ServerOptions;
   #log: Logger;
@@ -124,6 +126,9 @@ export class Server {
   #peers = new Map<string, Peer>();
   #links = new Set<Link>();
   #stopping = false;
+  /** Connections still in their handshake; past the limit new ones are closed at once. */
+  #handshaking = 0;
+  #lastFloodLog = 0;
 
   constructor(options: ServerOptions) {
     this.#options = options;
@@ -169,6 +174,25 @@ export class Server {
     const remote = conn.remoteAddr.transport === "tcp"
       ? formatHostPort(conn.remoteAddr as Deno.NetAddr)
       : "unknown";
+    // A flood of connections must not starve established links: each costs a few KB and at
+    // most HANDSHAKE_TIMEOUT_MS, and only MAX_HANDSHAKING of them at a time.
+    if (this.#handshaking >= MAX_HANDSHAKING) {
+      if (Date.now() - this.#lastFloodLog > 5_000) {
+        this.#lastFloodLog = Date.now();
+        this.#log.warn("too many connections in handshake, refusing new ones", { remote });
+      }
+      conn.close();
+      return;
+    }
+    this.#handshaking++;
+    try {
+      await this.#authenticate(conn, remote);
+    } finally {
+      this.#handshaking--;
+    }
+  }
+
+  async #authenticate(conn: Deno.Conn, remote: string): Promise<void> {
     const tls = Boolean(this.#options.tls);
     let kind: ConnectionKind;
     const reader = new MessageReader(conn);

@@ -36,10 +36,10 @@ export type MessageType = typeof MessageType[keyof typeof MessageType];
 export const FRAME_OVERHEAD = 9;
 /** The largest Ethernet frame a link carries (a 64 KB GSO super-frame plus headers fits). */
 export const MAX_FRAME = 262144;
-/** The largest message of any kind; a peer sending more is cut off. */
-export const MAX_MESSAGE = MAX_FRAME + FRAME_OVERHEAD;
-/** Non-frame messages (JSON, handshake) are much smaller. */
-export const MAX_CONTROL_MESSAGE = 1 << 20;
+/** Before authentication only the tiny handshake messages are accepted. */
+export const MAX_HANDSHAKE_MESSAGE = 1024;
+/** The largest message of any kind after authentication (a `list` of many handlers). */
+export const MAX_MESSAGE = 4 << 20;
 
 export class ProtocolError extends VnetError {}
 
@@ -111,6 +111,8 @@ export interface Message {
 /**
  * Reads messages from a byte stream with one reusable buffer: `read()` fills it from the
  * connection, `next()` hands out complete messages as views until it needs more bytes.
+ * The buffer starts small, so unauthenticated connections cost little, and grows to hold
+ * the largest message allowed (`maxMessage`, raised after the handshake).
  */
 export class MessageReader {
   #buf: Uint8Array;
@@ -122,12 +124,23 @@ export class MessageReader {
 
   constructor(
     private readonly source: { read(p: Uint8Array): Promise<number | null> },
-    bufferSize = 1 << 20,
-    /** The largest message accepted before the handshake completes, then `MAX_MESSAGE`. */
-    public maxMessage = MAX_CONTROL_MESSAGE,
+    /** The largest message accepted: tiny until the handshake completes. */
+    public maxMessage = MAX_HANDSHAKE_MESSAGE,
+    bufferSize = 4096,
   ) {
-    this.#buf = new Uint8Array(Math.max(bufferSize, MAX_MESSAGE + 5));
+    this.#buf = new Uint8Array(bufferSize);
     this.#view = new DataView(this.#buf.buffer);
+  }
+
+  /** Makes the buffer at least `size` bytes (bigger reads mean fewer system calls). */
+  reserve(size: number): void {
+    if (size <= this.#buf.length) return;
+    const bigger = new Uint8Array(size);
+    bigger.set(this.#buf.subarray(this.#start, this.#end));
+    this.#end -= this.#start;
+    this.#start = 0;
+    this.#buf = bigger;
+    this.#view = new DataView(bigger.buffer);
   }
 
   /** The next complete message already buffered, or null if more bytes are needed. */
@@ -143,7 +156,11 @@ export class MessageReader {
       }
       throw new ProtocolError(`message of ${length} bytes exceeds the limit of ${this.maxMessage}`);
     }
-    if (available < 4 + length) return null;
+    if (available < 4 + length) {
+      // Make room for the whole message before the next read.
+      if (4 + length > this.#buf.length) this.reserve(Math.max(4 + length, this.#buf.length * 2));
+      return null;
+    }
     const type = this.#buf[this.#start + 4];
     const payload = this.#buf.subarray(this.#start + 5, this.#start + 4 + length);
     this.#start += 4 + length;

@@ -48,8 +48,14 @@ Deno.test("the reader reassembles messages split at every byte", async () => {
   const frameBytes = new Uint8Array(1500).map((_, i) => i & 0xff);
   const out = new Uint8Array(2000);
   const n = putFrame(out, new DataView(out.buffer), 0, 7, frameBytes);
-  const stream = concat(encodeJson(MessageType.Request, { req: 1, op: "list" }), out.subarray(0, n));
-  const reader = new MessageReader(source([...stream].map((b) => new Uint8Array([b]))));
+  const stream = concat(
+    encodeJson(MessageType.Request, { req: 1, op: "list" }),
+    out.subarray(0, n),
+  );
+  const reader = new MessageReader(
+    source([...stream].map((b) => new Uint8Array([b]))),
+    MAX_MESSAGE,
+  );
   const first = await reader.message();
   assertEquals(first?.type, MessageType.Request);
   assertEquals(new TextDecoder().decode(first!.payload), '{"req":1,"op":"list"}');
@@ -57,6 +63,12 @@ Deno.test("the reader reassembles messages split at every byte", async () => {
   assertEquals(second?.type, MessageType.Frame);
   assertEquals(second!.payload.subarray(4), frameBytes);
   assertEquals(await reader.message(), null);
+});
+
+Deno.test("before authentication, anything but a tiny message is refused", async () => {
+  const out = new Uint8Array(2000);
+  const n = putFrame(out, new DataView(out.buffer), 0, 7, new Uint8Array(1500));
+  await assertRejects(() => new MessageReader(source([out.subarray(0, n)])).message());
 });
 
 Deno.test("many messages in one read come out one by one", async () => {
