@@ -1,0 +1,120 @@
+/**
+ * The few libc calls VNET needs (UN*X): `poll` — the ONLY asynchronous FFI call on the capture
+ * path, run on Deno's blocking thread pool — and a self-pipe (`pipe`/`write`/`close`) so that
+ * closing a capture can wake a pending poll. `setsockopt` lets an injector stop its packet
+ * socket from receiving.
+ */
+import { lazyLibrary, LIBC } from "./load.ts";
+
+export const symbols = {
+  // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
+  poll: {
+    parameters: [
+      "buffer", // struct pollfd *fds  ({ int fd; short events; short revents; } = 8 bytes each)
+      "u64", // nfds_t nfds (unsigned long on Linux, unsigned int on macOS: passed in a register)
+      "i32", // int timeout (ms, -1 = forever)
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int pipe(int pipefd[2]);
+  pipe: {
+    parameters: [
+      "buffer", // int pipefd[2] (out)
+    ],
+    result: "i32",
+  },
+  // ssize_t write(int fd, const void *buf, size_t count);
+  write: {
+    parameters: [
+      "i32", // int fd
+      "buffer", // const void *buf
+      "usize", // size_t count
+    ],
+    result: "isize",
+  },
+  // int close(int fd);
+  close: {
+    parameters: [
+      "i32", // int fd
+    ],
+    result: "i32",
+  },
+  // int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen);
+  setsockopt: {
+    parameters: [
+      "i32", // int sockfd
+      "i32", // int level
+      "i32", // int optname
+      "buffer", // const void *optval
+      "u32", // socklen_t optlen
+    ],
+    result: "i32",
+  },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+const library = lazyLibrary(LIBC, symbols);
+
+/** The libc symbols; opened on first call. */
+export function libc(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
+  return library.get();
+}
+
+export const POLLIN = 0x001;
+export const POLLERR = 0x008;
+export const POLLHUP = 0x010;
+export const POLLNVAL = 0x020;
+export const POLLFD_SIZE = 8;
+
+/**
+ * A self-pipe: `wake()` makes the read end readable forever (it is never drained), so a poll
+ * on `readFd` returns at once. One wake is all a capture needs: it is used to close.
+ */
+export class WakePipe {
+  readonly readFd: number;
+  readonly #writeFd: number;
+  #open = true;
+
+  constructor() {
+    const fds = new Int32Array(2);
+    if (libc().pipe(fds) !== 0) throw new Error("pipe() failed");
+    this.readFd = fds[0];
+    this.#writeFd = fds[1];
+  }
+
+  wake(): void {
+    if (this.#open) libc().write(this.#writeFd, new Uint8Array(1), 1n);
+  }
+
+  /** Closes both ends; safe twice. Never call while a poll on `readFd` may be in flight. */
+  close(): void {
+    if (!this.#open) return;
+    this.#open = false;
+    libc().close(this.readFd);
+    libc().close(this.#writeFd);
+  }
+}
+
+const SOL_SOCKET = 1; // Linux
+const SO_ATTACH_FILTER = 26; // Linux
+
+/**
+ * Linux: attaches the classic BPF program `ret #0` to a socket so that it receives nothing.
+ * Used on injection-only packet sockets, which otherwise get a copy of every frame.
+ * Returns false if it could not (non-Linux, or the call failed); harmless either way.
+ */
+export function dropAllReceived(fd: number): boolean {
+  if (Deno.build.os !== "linux" || fd < 0) return false;
+  // struct sock_filter { __u16 code; __u8 jt; __u8 jf; __u32 k; }: BPF_RET|BPF_K (0x06), k = 0
+  // (fresh ArrayBuffers are off-heap, so their addresses are stable)
+  const insn = new ArrayBuffer(8);
+  new Uint16Array(insn)[0] = 0x06; // host byte order, like the kernel/libpcap expect
+  // struct sock_fprog { unsigned short len; struct sock_filter *filter; } (16 bytes on 64-bit)
+  const prog = new Uint8Array(16);
+  new Uint16Array(prog.buffer)[0] = 1;
+  new BigUint64Array(prog.buffer)[1] = BigInt(
+    Deno.UnsafePointer.value(Deno.UnsafePointer.of(insn)),
+  );
+  const rc = libc().setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, prog, prog.length);
+  return rc === 0 && insn.byteLength === 8; // (keeps `insn` alive across the call)
+}

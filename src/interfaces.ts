@@ -1,0 +1,176 @@
+/**
+ * Production wiring of the ports (`Interfaces` on libpcap + libnet), and what the CLI shows about
+ * the host: its network interfaces (`pcap_findalldevs`) and the native library versions.
+ */
+import type { Interfaces } from "./ports.ts";
+import { PcapCapture } from "./pcap_capture.ts";
+import { interfaceMtu, LibnetInjector, PcapInjector } from "./libnet_injector.ts";
+import {
+  errbufText,
+  pcap,
+  PCAP_ERRBUF_SIZE,
+  PCAP_IF_LOOPBACK,
+  PCAP_IF_RUNNING,
+  PCAP_IF_UP,
+  pcapLibVersion,
+  readCString,
+} from "../ffi/libpcap.ts";
+import { libnetVersion } from "../ffi/libnet.ts";
+import { messageOf, VnetError } from "./errors.ts";
+
+export type InjectorKind = "libnet" | "pcap";
+
+/** The real `Interfaces`: libpcap captures, libnet (or pcap_inject) injectors. */
+export function systemInterfaces(options: { injector: InjectorKind }): Interfaces {
+  return {
+    openCapture: (device, filter) => new PcapCapture(device, filter),
+    openInjector: (device) =>
+      options.injector === "pcap" ? new PcapInjector(device) : new LibnetInjector(device),
+  };
+}
+
+export interface DeviceInfo {
+  name: string;
+  /** libpcap's description, if any. */
+  description?: string;
+  up: boolean;
+  running: boolean;
+  loopback: boolean;
+  /** IPv4 and IPv6 addresses, e.g. `192.168.1.10`, `fe80::1`. */
+  addresses: string[];
+  /** Lowercase `aa:bb:cc:dd:ee:ff`, when known (Linux sysfs). */
+  mac?: string;
+  mtu: number;
+}
+
+/** The host's capturable interfaces, as libpcap sees them (no privileges needed on Linux). */
+export function listDevices(): DeviceInfo[] {
+  const lib = pcap();
+  const out = new BigUint64Array(1);
+  const errbuf = new Uint8Array(PCAP_ERRBUF_SIZE);
+  if (lib.pcap_findalldevs(out, errbuf) < 0) {
+    throw new VnetError(`cannot list network interfaces: ${errbufText(errbuf)}`);
+  }
+  const head = Deno.UnsafePointer.create(out[0]);
+  const devices: DeviceInfo[] = [];
+  try {
+    // struct pcap_if { pcap_if *next; char *name; char *description; pcap_addr *addresses;
+    //                  bpf_u_int32 flags; }
+    for (let p = head; p !== null;) {
+      const v = new Deno.UnsafePointerView(p);
+      const name = readCString(v.getPointer(8));
+      const description = readCString(v.getPointer(16)) || undefined;
+      const flags = v.getUint32(32);
+      devices.push({
+        name,
+        description,
+        up: (flags & PCAP_IF_UP) !== 0,
+        running: (flags & PCAP_IF_RUNNING) !== 0,
+        loopback: (flags & PCAP_IF_LOOPBACK) !== 0,
+        addresses: readAddresses(v.getPointer(24)),
+        mac: sysfsMac(name),
+        mtu: interfaceMtu(name),
+      });
+      p = v.getPointer(0);
+    }
+  } finally {
+    if (head !== null) lib.pcap_freealldevs(head);
+  }
+  return devices;
+}
+
+/** Whether `name` is a network interface of this host. */
+export function deviceExists(name: string): boolean {
+  if (!name || /[/\0]/.test(name) || name === "." || name === "..") return false;
+  if (Deno.build.os === "linux") {
+    try {
+      Deno.statSync(`/sys/class/net/${name}`);
+      return true;
+    } catch {
+      // no sysfs entry: ask libpcap
+    }
+  }
+  try {
+    return listDevices().some((d) => d.name === name);
+  } catch {
+    return false;
+  }
+}
+
+/** The native library versions, best effort (the reason, if one cannot be loaded). */
+export function libraryVersions(): { libpcap: string; libnet: string } {
+  const attempt = (f: () => string) => {
+    try {
+      return f() || "unknown";
+    } catch (e) {
+      return `unavailable: ${messageOf(e)}`;
+    }
+  };
+  return { libpcap: attempt(pcapLibVersion), libnet: attempt(libnetVersion) };
+}
+
+function sysfsMac(name: string): string | undefined {
+  if (Deno.build.os !== "linux" || /[/\0]/.test(name)) return undefined;
+  try {
+    const mac = Deno.readTextFileSync(`/sys/class/net/${name}/address`).trim().toLowerCase();
+    return /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac) ? mac : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// Address families: BSDs and macOS put sa_len in byte 0 and the family in byte 1.
+const bsdSockaddr = Deno.build.os === "darwin" || Deno.build.os === "freebsd";
+const AF_INET = 2;
+const AF_INET6 = Deno.build.os === "linux" || Deno.build.os === "android"
+  ? 10
+  : Deno.build.os === "windows"
+  ? 23
+  : Deno.build.os === "freebsd"
+  ? 28
+  : 30; // darwin
+
+/** struct pcap_addr { pcap_addr *next; sockaddr *addr; sockaddr *netmask; ... } */
+function readAddresses(first: Deno.PointerValue): string[] {
+  const addresses: string[] = [];
+  for (let p = first; p !== null;) {
+    const v = new Deno.UnsafePointerView(p);
+    const sa = v.getPointer(8);
+    if (sa !== null) {
+      const s = new Deno.UnsafePointerView(sa);
+      const family = bsdSockaddr ? s.getUint8(1) : s.getUint16(0);
+      if (family === AF_INET) {
+        addresses.push([4, 5, 6, 7].map((i) => s.getUint8(i)).join("."));
+      } else if (family === AF_INET6) {
+        const bytes = new Uint8Array(16);
+        s.copyInto(bytes, 8);
+        addresses.push(formatIpv6(bytes));
+      }
+    }
+    p = v.getPointer(0);
+  }
+  return addresses;
+}
+
+/** RFC 5952 text for a 16-byte IPv6 address. */
+export function formatIpv6(bytes: Uint8Array): string {
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8) | bytes[i + 1]);
+  let bestStart = -1, bestLen = 0;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen && j - i > 1) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hex.join(":");
+  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLen).join(":")}`;
+}
