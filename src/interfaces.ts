@@ -21,9 +21,12 @@ import { messageOf, VnetError } from "./errors.ts";
 export type InjectorKind = "libnet" | "pcap";
 
 /** The real `Interfaces`: libpcap captures, libnet (or pcap_inject) injectors. */
-export function systemInterfaces(options: { injector: InjectorKind }): Interfaces {
+export function systemInterfaces(
+  options: { injector: InjectorKind; captureBufferBytes?: number },
+): Interfaces {
   return {
-    openCapture: (device, filter) => new PcapCapture(device, filter),
+    openCapture: (device, filter) =>
+      new PcapCapture(device, filter, { bufferSize: options.captureBufferBytes }),
     openInjector: (device) =>
       options.injector === "pcap" ? new PcapInjector(device) : new LibnetInjector(device),
   };

@@ -29,6 +29,9 @@ Options:
   --injector NAME       libnet (default) or pcap: what writes frames onto interfaces
   --keepalive SECONDS   peer link keepalive interval; 3 silent intervals drop the link (5)
   --state FILE          save handlers here and restore them when the server starts again
+  --capture-buffer MIB  kernel capture buffer per handler (default 32). With offloads on,
+                        libpcap's immediate mode gives every frame a 64 KiB slot, so 32 MiB
+                        holds 512 frames; lower it when one server carries many handlers
   --log-level LEVEL     debug, info (default), warn or error
   --log-json            log one JSON object per line instead of text
   -h, --help            show this help
@@ -50,6 +53,7 @@ export async function serverCommand(args: string[]): Promise<void> {
       injector: { type: "string", default: "libnet" },
       keepalive: { type: "string", default: "5" },
       state: { type: "string" },
+      "capture-buffer": { type: "string", default: "32" },
     },
     SERVER_HELP,
     "server",
@@ -64,6 +68,10 @@ export async function serverCommand(args: string[]): Promise<void> {
   if (injector !== "libnet" && injector !== "pcap") {
     error(`bad --injector '${injector}': libnet or pcap`);
   }
+  const captureBuffer = Number(values["capture-buffer"]);
+  if (!(captureBuffer >= 1 && captureBuffer <= 1024)) {
+    error(`bad --capture-buffer '${values["capture-buffer"]}': MiB from 1 to 1024`);
+  }
   const keepalive = Number(values.keepalive);
   if (!(keepalive > 0)) error(`bad --keepalive '${values.keepalive}': a number of seconds > 0`);
 
@@ -71,7 +79,7 @@ export async function serverCommand(args: string[]): Promise<void> {
     listen,
     key,
     tls: tlsFiles(values),
-    ports: systemInterfaces({ injector }),
+    ports: systemInterfaces({ injector, captureBufferBytes: captureBuffer * 1024 * 1024 }),
     listDevices,
     log,
     keepaliveMs: keepalive * 1000,
