@@ -14,7 +14,8 @@ vnet client: set up and manage VNET handlers
 Usage:
   vnet client [create] --proxy ADDR:PORT --proxy-dev DEV --host ADDR:PORT --host-dev DEV \\
               --mac MAC [--mac MAC ...] [--multicast] [--via proxy|host] --secret-file FILE
-  vnet client list    --server ADDR:PORT --secret-file FILE [--json]
+  vnet client list    --server ADDR:PORT --secret-file FILE [--json] [--rate-window S]
+  vnet client watch   --server ADDR:PORT --secret-file FILE [--interval S] [--count N]
   vnet client close   --server ADDR:PORT --secret-file FILE ID
   vnet client devices --server ADDR:PORT --secret-file FILE [--json]
   vnet client migrate --server ADDR:PORT --secret-file FILE ID --host ADDR:PORT --host-dev DEV
@@ -44,6 +45,15 @@ Options for create:
                         known_hosts file for ssh (a path on the contacted server)
   --timeout SECONDS     give up after this long (default 20)
 
+list: one row per handler: its link (and keepalive RTT), counters, and rates (frames/s and
+bits/s each way). The client measures rates itself: it asks twice, --rate-window seconds apart
+(default 1; 0 for counters only, at once). With --json, rates are added only when
+--rate-window is given.
+
+watch: the list table, refreshed every --interval seconds (default 2) until Ctrl-C; rates are
+over the last interval. On a terminal it redraws the screen; otherwise (a pipe, a file) it
+prints one timestamped snapshot per interval. --count N stops after N snapshots.
+
 migrate: moves a handler's Host end to another host (the VM moved there) while the Proxy end,
 the id and the MACs stay; send it to the Proxy's server. The old host stops forwarding before
 the new one starts. Prints the gap in ms on stderr.
@@ -62,7 +72,7 @@ const connectionOptions = {
 } as const satisfies Options;
 
 export async function clientCommand(args: string[]): Promise<void> {
-  const sub = ["create", "list", "close", "devices", "migrate"].includes(args[0])
+  const sub = ["create", "list", "watch", "close", "devices", "migrate"].includes(args[0])
     ? args[0]
     : "create";
   const rest = sub === args[0] ? args.slice(1) : args;
@@ -71,6 +81,8 @@ export async function clientCommand(args: string[]): Promise<void> {
       return await create(rest);
     case "list":
       return await list(rest);
+    case "watch":
+      return await watch(rest);
     case "close":
       return await close(rest);
     case "devices":
@@ -226,31 +238,135 @@ async function list(args: string[]): Promise<void> {
       ...connectionOptions,
       server: { type: "string" },
       json: { type: "boolean" },
+      "rate-window": { type: "string" },
     },
     CLIENT_HELP,
     "client list",
   );
   const server = parseHostPort(required(values, "server", "client list"), "--server");
-  const handlers = (await ask(server, values, "list")).handlers as ListedHandler[];
+  // Rates come from two samples `window` seconds apart over one connection. The table always
+  // has them (1 s by default); --json only when --rate-window is given, so scripts stay fast.
+  const windowFlag = values["rate-window"];
+  const window = windowFlag === undefined ? (values.json ? 0 : 1) : Number(windowFlag);
+  if (!(window >= 0 && window <= 3600)) {
+    error(`bad --rate-window '${windowFlag}': seconds from 0 to 3600 (0: no rates)`);
+  }
+  const link = await connect(server, values);
+  let first: Sample, second: Sample | null = null;
+  try {
+    first = await sample(link, server, values);
+    if (window > 0 && first.handlers.length > 0) {
+      await new Promise((r) => setTimeout(r, window * 1000));
+      second = await sample(link, server, values);
+    }
+  } finally {
+    link.close("done");
+  }
+  const now = second ?? first;
+  const rates = second ? computeRates(first, second) : null;
   if (values.json) {
-    console.log(JSON.stringify(handlers, null, 2));
+    const out = rates
+      ? now.handlers.map((h) => ({ ...h, rates: rates.get(h.id) ?? null }))
+      : now.handlers;
+    console.log(JSON.stringify(out, null, 2));
     return;
   }
-  if (handlers.length === 0) {
-    console.log("no handlers");
-    return;
+  console.log(handlerTable(now.handlers, rates));
+}
+
+/** One `list` answer and when it was taken. */
+export interface Sample {
+  at: number;
+  handlers: ListedHandler[];
+}
+
+async function sample(
+  link: Link,
+  server: HostPort,
+  values: Record<string, unknown>,
+): Promise<Sample> {
+  try {
+    const result = await link.request("list", {}, timeoutMs(values));
+    return { at: performance.now(), handlers: result.handlers as ListedHandler[] };
+  } catch (e) {
+    throw new VnetError(`${formatHostPort(server)}: ${messageOf(e)}`, { cause: e });
   }
+}
+
+export interface DirectionRate {
+  framesPerSecond: number;
+  bitsPerSecond: number;
+}
+export interface HandlerRates {
+  toPeer: DirectionRate;
+  fromPeer: DirectionRate;
+}
+
+/**
+ * Rates of each handler present in both samples, from the difference of its counters. A
+ * counter that went down (the handler was re-created under the same id) gives no rate.
+ */
+export function computeRates(before: Sample, after: Sample): Map<string, HandlerRates> {
+  const seconds = (after.at - before.at) / 1000;
+  const old = new Map(before.handlers.map((h) => [h.id, h]));
+  const rates = new Map<string, HandlerRates>();
+  if (!(seconds > 0)) return rates;
+  const rate = (a: { frames: number; bytes: number }, b: { frames: number; bytes: number }) => ({
+    framesPerSecond: (b.frames - a.frames) / seconds,
+    bitsPerSecond: ((b.bytes - a.bytes) * 8) / seconds,
+  });
+  for (const h of after.handlers) {
+    const o = old.get(h.id);
+    if (!o || h.toPeer.frames < o.toPeer.frames || h.fromPeer.frames < o.fromPeer.frames) continue;
+    rates.set(h.id, { toPeer: rate(o.toPeer, h.toPeer), fromPeer: rate(o.fromPeer, h.fromPeer) });
+  }
+  return rates;
+}
+
+/** 1234567 → "1.23M"; below 1000 one decimal under 10, else whole numbers. */
+export function si(n: number): string {
+  const units = ["", "k", "M", "G", "T"];
+  let i = 0;
+  while (Math.abs(n) >= 999.5 && i < units.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  const digits = i === 0
+    ? (Math.abs(n) < 10 && n !== Math.trunc(n) ? 1 : 0)
+    : Math.abs(n) < 10
+    ? 2
+    : Math.abs(n) < 100
+    ? 1
+    : 0;
+  return n.toFixed(digits) + units[i];
+}
+
+function rateText(r: DirectionRate | undefined): string {
+  if (!r) return "-";
+  const bits = si(r.bitsPerSecond);
+  return `${si(r.framesPerSecond)} fr/s ${bits.replace(/(\d)([kMGT]?)$/, "$1 $2")}bit/s`;
+}
+
+/** The `list` and `watch` table; `rates` null when there was one sample only. */
+export function handlerTable(
+  handlers: ListedHandler[],
+  rates: Map<string, HandlerRates> | null,
+): string {
+  if (handlers.length === 0) return "no handlers";
   const rows = [[
     "ID",
     "ROLE",
     "DEVICE",
     "PEER",
     "LINK",
+    "RTT",
     "MACS",
     "TO PEER frames/bytes/drops",
     "FROM PEER frames/bytes/drops",
+    ...(rates ? ["TO PEER rate", "FROM PEER rate"] : []),
   ]];
   for (const h of handlers) {
+    const r = rates?.get(h.id);
     rows.push([
       h.id,
       h.role,
@@ -258,12 +374,79 @@ async function list(args: string[]): Promise<void> {
       h.peer,
       h.link.state + (h.link.tls ? "+tls" : "") +
       (h.reconnects ? ` (${h.reconnects} reconnects)` : ""),
+      h.link.rttMs === null || h.link.rttMs === undefined ? "-" : `${h.link.rttMs.toFixed(2)} ms`,
       h.macs.join(",") + (h.multicast ? " +multicast" : ""),
       `${h.toPeer.frames}/${h.toPeer.bytes}/${h.toPeer.drops}`,
       `${h.fromPeer.frames}/${h.fromPeer.bytes}/${h.fromPeer.drops}`,
+      ...(rates ? [rateText(r?.toPeer), rateText(r?.fromPeer)] : []),
     ]);
   }
-  console.log(table(rows));
+  return table(rows);
+}
+
+/**
+ * `watch`: the `list` table every --interval seconds over one connection, rates from the
+ * previous sample. On a terminal it clears the screen and redraws; otherwise it prints one
+ * timestamped snapshot per interval. Stops on Ctrl-C (or SIGTERM), or after --count snapshots.
+ */
+async function watch(args: string[]): Promise<void> {
+  const { values } = parseFlags(
+    args,
+    {
+      ...connectionOptions,
+      server: { type: "string" },
+      interval: { type: "string", default: "2" },
+      count: { type: "string" },
+    },
+    CLIENT_HELP,
+    "client watch",
+  );
+  const server = parseHostPort(required(values, "server", "client watch"), "--server");
+  const interval = Number(values.interval);
+  if (!(interval >= 0.1 && interval <= 3600)) {
+    error(`bad --interval '${values.interval}': seconds from 0.1 to 3600`);
+  }
+  const count = values.count === undefined ? Infinity : Number(values.count);
+  if (!(count >= 1) || !Number.isInteger(count) && count !== Infinity) {
+    error(`bad --count '${values.count}': a whole number >= 1`);
+  }
+  const tty = Deno.stdout.isTerminal();
+  const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();
+  // Windows has no SIGTERM listener.
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  const onSignal = () => stop();
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  let running = true;
+  stopped.then(() => running = false);
+
+  const link = await connect(server, values);
+  const encoder = new TextEncoder();
+  const write = (text: string) => Deno.stdout.writeSync(encoder.encode(text));
+  let previous: Sample | null = null;
+  try {
+    for (let n = 0; running && n < count; n++) {
+      if (!link.isOpen) throw new VnetError(`${formatHostPort(server)}: connection closed`);
+      const current = await sample(link, server, values);
+      const rates = previous ? computeRates(previous, current) : null;
+      previous = current;
+      const header = `vnet watch ${formatHostPort(server)}, every ${interval} s  ` +
+        new Date().toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+      const body = handlerTable(current.handlers, rates);
+      if (tty) {
+        write(`\x1b[H\x1b[2J${header}   (Ctrl-C to stop)\n\n${body}\n`);
+      } else {
+        write(`${n > 0 ? "\n" : ""}${header}\n${body}\n`);
+      }
+      if (n + 1 < count) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([stopped, new Promise((r) => timer = setTimeout(r, interval * 1000))]);
+        clearTimeout(timer);
+      }
+    }
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    link.close("done");
+  }
 }
 
 async function close(args: string[]): Promise<void> {

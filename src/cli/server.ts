@@ -1,17 +1,27 @@
 /** `vnet server`: run a VNET server, the Host's or the Proxy's (or both roles at once). */
-import { parseHostPort } from "../addr.ts";
-import { VnetError } from "../errors.ts";
+import {
+  checkSettings,
+  loadConfig,
+  mergeSettings,
+  resolveSettings,
+  type Settings,
+} from "../config.ts";
+import { messageOf } from "../errors.ts";
 import { listDevices, systemInterfaces } from "../interfaces.ts";
-import { log } from "../log.ts";
+import { configureLog, log } from "../log.ts";
+import { type MetricsServer, processInfo, renderMetrics, serveMetrics } from "../metrics.ts";
 import { Server, type TlsFiles } from "../server.ts";
 import { checkPrivateFile } from "../secret.ts";
-import { error, parseFlags, readTextFile, required, secretKey } from "./common.ts";
+import { COMMIT, VERSION } from "../version.ts";
+import { error, parseFlags, readTextFile, secretKey } from "./common.ts";
 
 export const SERVER_HELP = `
 vnet server: run a VNET server on a VM's Host or on the LAN's Proxy
 
 Usage:
   vnet server --listen ADDR:PORT --secret-file FILE [options]
+  vnet server --config FILE [options]
+  vnet server --check-config [--config FILE] [options]
 
 A server waits for clients and other servers. It holds any number of handlers, each in the
 Host role (captures frames from the VMs' MACs on the VMs' interface) or the Proxy role
@@ -32,13 +42,28 @@ Options:
   --capture-buffer MIB  kernel capture buffer per handler (default 32). With offloads on,
                         libpcap's immediate mode gives every frame a 64 KiB slot, so 32 MiB
                         holds 512 frames; lower it when one server carries many handlers
+  --metrics ADDR:PORT   serve Prometheus metrics at http://ADDR:PORT/metrics (off by default;
+                        e.g. 127.0.0.1:9477). Per handler: frames, bytes, drops by reason,
+                        link up, reconnects, keepalive RTT, capture drops; and process memory,
+                        uptime and build info
   --log-level LEVEL     debug, info (default), warn or error
   --log-json            log one JSON object per line instead of text
+  --config FILE         read settings from a JSON file: the keys are the flags' names, e.g.
+                          {"listen": "0.0.0.0:7000", "secret-file": "/etc/vnet/vnet.secret",
+                           "state": "/var/lib/vnet/state.json", "log-json": true}
+                        flags given too override the file; unknown keys are errors; relative
+                        paths are relative to the file's directory
+  --check-config        check the settings and the files they name (secret: exists, mode 0600,
+                        long enough; TLS: certificates parse, key matches, signed by the CA,
+                        not expired; state file readable), print "config ok" or one line per
+                        problem, and exit (0 when ok)
   -h, --help            show this help
 
-Permissions when run from source: deno run --allow-ffi --allow-net --allow-read --allow-env
-  --allow-sys main.ts server ...  (--allow-read for the secret and certificate files, the
-  libraries and /sys/class/net; -A is simpler).
+Permissions when run from source: deno run --allow-ffi --allow-net --allow-read --allow-write
+  --allow-env --allow-run=ssh main.ts server ...  (--allow-read for the config, secret and
+  certificate files, the libraries and /sys/class/net; --allow-write for the state file;
+  --allow-run for links over ssh; -A is simpler). The binary from 'deno task compile' has
+  exactly these built in.
 `;
 
 export async function serverCommand(args: string[]): Promise<void> {
@@ -50,10 +75,14 @@ export async function serverCommand(args: string[]): Promise<void> {
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
       "tls-ca": { type: "string" },
-      injector: { type: "string", default: "libnet" },
-      keepalive: { type: "string", default: "5" },
+      // No parseArgs defaults: a flag overrides the config file only when it is given.
+      injector: { type: "string" },
+      keepalive: { type: "string" },
       state: { type: "string" },
-      "capture-buffer": { type: "string", default: "32" },
+      "capture-buffer": { type: "string" },
+      metrics: { type: "string" },
+      config: { type: "string" },
+      "check-config": { type: "boolean" },
     },
     SERVER_HELP,
     "server",
@@ -62,29 +91,51 @@ export async function serverCommand(args: string[]): Promise<void> {
     error(`unexpected argument '${positionals[0]}' (see 'vnet server --help')`);
   }
 
-  const listen = parseHostPort(required(values, "listen", "server"), "--listen");
-  const key = await secretKey(values["secret-file"]);
-  const injector = values.injector;
-  if (injector !== "libnet" && injector !== "pcap") {
-    error(`bad --injector '${injector}': libnet or pcap`);
+  if (values["check-config"]) {
+    let problems: string[];
+    try {
+      const file: Settings = values.config ? loadConfig(values.config) : {};
+      problems = await checkSettings(mergeSettings(file, values));
+    } catch (e) {
+      problems = [messageOf(e)]; // the file itself is bad: nothing else can be checked
+    }
+    if (problems.length === 0) {
+      console.log("config ok");
+      return;
+    }
+    for (const p of problems) console.error(`vnet: ${p}`);
+    Deno.exit(1);
   }
-  const captureBuffer = Number(values["capture-buffer"]);
-  if (!(captureBuffer >= 1 && captureBuffer <= 1024)) {
-    error(`bad --capture-buffer '${values["capture-buffer"]}': MiB from 1 to 1024`);
-  }
-  const keepalive = Number(values.keepalive);
-  if (!(keepalive > 0)) error(`bad --keepalive '${values.keepalive}': a number of seconds > 0`);
 
+  const settings = mergeSettings(values.config ? loadConfig(values.config) : {}, values);
+  const { config, problems } = resolveSettings(settings);
+  if (!config) {
+    error(problems[0].includes("(see") ? problems[0] : `${problems[0]} (see 'vnet server --help')`);
+  }
+  configureLog({ level: config.logLevel, json: config.logJson });
+
+  const key = await secretKey(config.secretFile);
   const server = new Server({
-    listen,
+    listen: config.listen,
     key,
-    tls: tlsFiles(values),
-    ports: systemInterfaces({ injector, captureBufferBytes: captureBuffer * 1024 * 1024 }),
+    tls: tlsFiles(config.tls),
+    ports: systemInterfaces({
+      injector: config.injector,
+      captureBufferBytes: config.captureBufferMiB * 1024 * 1024,
+    }),
     listDevices,
     log,
-    keepaliveMs: keepalive * 1000,
-    statePath: values.state,
+    keepaliveMs: config.keepaliveSeconds * 1000,
+    statePath: config.state,
   });
+  let metrics: MetricsServer | null = null;
+  if (config.metrics) {
+    metrics = serveMetrics(
+      config.metrics,
+      () => renderMetrics(server.list(), processInfo(VERSION, COMMIT)),
+      log,
+    );
+  }
   server.start();
 
   const { promise: stopped, resolve: stop } = Promise.withResolvers<string>();
@@ -93,24 +144,19 @@ export async function serverCommand(args: string[]): Promise<void> {
   }
   const signal = await stopped;
   log.info("shutting down", { signal });
+  await metrics?.shutdown();
   await server.stop();
   Deno.exit(0);
 }
 
-function tlsFiles(values: Record<string, unknown>): TlsFiles | undefined {
-  const cert = values["tls-cert"] as string | undefined;
-  const key = values["tls-key"] as string | undefined;
-  const ca = values["tls-ca"] as string | undefined;
-  if (!cert && !key && !ca) return undefined;
-  if (!cert || !key || !ca) {
-    throw new VnetError(
-      "TLS needs all of --tls-cert, --tls-key and --tls-ca (see 'vnet cert --help' to make them)",
-    );
-  }
-  checkPrivateFile(key, "TLS key");
+function tlsFiles(
+  files: { cert: string; key: string; ca: string } | undefined,
+): TlsFiles | undefined {
+  if (!files) return undefined;
+  checkPrivateFile(files.key, "TLS key");
   return {
-    cert: readTextFile(cert, "TLS certificate"),
-    key: readTextFile(key, "TLS key"),
-    ca: readTextFile(ca, "TLS CA"),
+    cert: readTextFile(files.cert, "TLS certificate"),
+    key: readTextFile(files.key, "TLS key"),
+    ca: readTextFile(files.ca, "TLS CA"),
   };
 }
