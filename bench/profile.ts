@@ -1,0 +1,107 @@
+/**
+ * Where the vnet servers spend their time, per direction.
+ *
+ *   deno run -A bench/profile.ts [--seconds S] [--tls] [--top N] [--dir DIR]
+ *
+ * For each direction (LAN -> VM, VM -> LAN) it starts both vnet servers with V8's CPU profiler
+ * (`deno run -A --cpu-prof --cpu-prof-dir=DIR/<dir>/<role> main.ts server ...`), opens one
+ * handler, runs one iperf3 TCP transfer, stops the servers with SIGINT (the profile is written on
+ * exit) and prints the top self-time functions of each server (bench/cpuprofile.ts).
+ */
+import { LAN, REPO_ROOT, run, spawn, Topology, tryRun } from "../tests/netns.ts";
+import { summarize } from "./cpuprofile.ts";
+
+function arg(name: string, dflt: string): string {
+  const i = Deno.args.indexOf(name);
+  return i >= 0 && Deno.args[i + 1] ? Deno.args[i + 1] : dflt;
+}
+const SECONDS = Number(arg("--seconds", "5"));
+const TOP = Number(arg("--top", "15"));
+const TLS = Deno.args.includes("--tls");
+const DIR = arg("--dir", "/tmp/prof");
+const VM_IP = "10.77.0.60";
+
+async function direction(reverse: boolean): Promise<void> {
+  const name = reverse ? "vm-to-lan" : "lan-to-vm";
+  const topo = await Topology.create({ vms: 1 });
+  const onSignal = () => topo.cleanup().finally(() => Deno.exit(130));
+  Deno.addSignalListener("SIGINT", onSignal);
+  try {
+    await run(topo.vms[0].ns, ["ip", "addr", "add", `${VM_IP}/${LAN.prefix}`, "dev", "eth0"]);
+    const profDirs: Record<string, string> = {};
+    const tlsDir = TLS ? await topo.makeCerts() : undefined;
+    for (const role of ["proxy", "host"] as const) {
+      const dir = `${DIR}/${name}${TLS ? "-tls" : ""}/${role}`;
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.mkdir(dir, { recursive: true });
+      profDirs[role] = dir;
+      const p = spawn(topo.ns[role], [
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--cpu-prof",
+        `--cpu-prof-dir=${dir}`,
+        `${REPO_ROOT}/main.ts`,
+        "server",
+        "--listen",
+        topo.addr(role),
+        "--secret-file",
+        topo.secretFile,
+        ...(tlsDir
+          ? [
+            "--tls-cert",
+            `${tlsDir}/${role}/cert.pem`,
+            "--tls-key",
+            `${tlsDir}/${role}/key.pem`,
+            "--tls-ca",
+            `${tlsDir}/ca.pem`,
+          ]
+          : []),
+      ]);
+      topo.procs.push(p);
+      topo.servers[role] = p;
+      await p.waitForLine(/server listening/, 30_000);
+    }
+    await topo.createHandler();
+    const srv = spawn(topo.vms[0].ns, ["iperf3", "-s", "-1", "-B", VM_IP, "--forceflush"]);
+    topo.procs.push(srv);
+    await srv.waitForLine(/Server listening/, 10_000);
+    const r = await tryRun(topo.ns.client, [
+      "iperf3",
+      "-c",
+      VM_IP,
+      "-t",
+      String(SECONDS),
+      "-J",
+      ...(reverse ? ["-R"] : []),
+    ], { timeoutMs: (SECONDS + 20) * 1000 });
+    const mbps = (JSON.parse(r.stdout).end?.sum_received?.bits_per_second ?? 0) / 1e6;
+    for (const role of ["proxy", "host"] as const) {
+      await topo.servers[role]!.kill("SIGINT", 10_000);
+    }
+    console.log(
+      `\n=== ${name}${TLS ? " (tls)" : ""}: iperf3 ${mbps.toFixed(0)} Mbit/s over ${SECONDS} s`,
+    );
+    for (const role of ["proxy", "host"] as const) {
+      const files = [...Deno.readDirSync(profDirs[role])].filter((e) =>
+        e.name.endsWith(".cpuprofile")
+      );
+      if (files.length === 0) {
+        console.log(`--- ${role}: NO .cpuprofile written in ${profDirs[role]}`);
+        continue;
+      }
+      const path = `${profDirs[role]}/${files[0].name}`;
+      const what = role === "proxy"
+        ? (reverse ? "injects VM->LAN frames on lan0" : "captures LAN->VM frames on lan0")
+        : (reverse ? "captures VM->LAN frames on vmif0" : "injects LAN->VM frames on vmif0");
+      console.log(`--- ${role} server (${what}): ${path}`);
+      console.log(summarize(JSON.parse(await Deno.readTextFile(path)), TOP));
+    }
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    await topo.cleanup();
+  }
+}
+
+await direction(false);
+await direction(true);
