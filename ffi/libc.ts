@@ -2,7 +2,7 @@
  * The few libc calls VNET needs (UN*X): `poll` — the ONLY asynchronous FFI call on the capture
  * path, run on Deno's blocking thread pool — and a self-pipe (`pipe`/`write`/`close`) so that
  * closing a capture can wake a pending poll. `setsockopt` lets an injector stop its packet
- * socket from receiving.
+ * socket from receiving; `socket`/`bind`/`send` are the Linux packet injector's (GSO) path.
  */
 import { lazyLibrary, LIBC } from "./load.ts";
 
@@ -51,9 +51,66 @@ export const symbols = {
     ],
     result: "i32",
   },
+  // int socket(int domain, int type, int protocol);
+  socket: {
+    parameters: [
+      "i32", // int domain (AF_PACKET)
+      "i32", // int type (SOCK_RAW)
+      "i32", // int protocol (0: this socket receives nothing)
+    ],
+    result: "i32",
+  },
+  // int bind(int sockfd, const struct sockaddr *addr, socklen_t addrlen);
+  bind: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // const struct sockaddr *addr (struct sockaddr_ll, 20 bytes)
+      "u32", // socklen_t addrlen
+    ],
+    result: "i32",
+  },
+  // ssize_t send(int sockfd, const void *buf, size_t len, int flags);
+  send: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // const void *buf
+      "usize", // size_t len
+      "i32", // int flags
+    ],
+    result: "isize",
+  },
+  // unsigned int if_nametoindex(const char *ifname);
+  if_nametoindex: {
+    parameters: [
+      "buffer", // const char *ifname (NUL-terminated)
+    ],
+    result: "u32",
+  },
+  // int *__errno_location(void);  (glibc/musl: where errno lives for this thread)
+  __errno_location: {
+    parameters: [],
+    result: "pointer",
+    optional: true,
+  },
+  // char *strerror(int errnum);
+  strerror: {
+    parameters: [
+      "i32", // int errnum
+    ],
+    result: "pointer",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const library = lazyLibrary(LIBC, symbols);
+
+/** The calling thread's errno and its text, right after a failed call. */
+export function lastErrno(): { errno: number; text: string } {
+  const lib = libc();
+  const where = lib.__errno_location?.();
+  const errno = where ? new Deno.UnsafePointerView(where).getInt32() : 0;
+  const text = lib.strerror(errno);
+  return { errno, text: text ? Deno.UnsafePointerView.getCString(text) : `errno ${errno}` };
+}
 
 /** The libc symbols; opened on first call. */
 export function libc(): Deno.DynamicLibrary<typeof symbols>["symbols"] {

@@ -15,6 +15,7 @@ import { messageOf, VnetError } from "./errors.ts";
 import { isLevel, type Level } from "./log.ts";
 import { loadSecret } from "./secret.ts";
 import { STATE_VERSION } from "./state.ts";
+import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "./interfaces.ts";
 
 /** The keys a config file may hold (the server's flags) and the JSON type of each. */
 export const CONFIG_KEYS = {
@@ -39,7 +40,7 @@ export type Settings = Partial<Record<ConfigKey, string | number | boolean>>;
 const PATH_KEYS: ConfigKey[] = ["secret-file", "tls-cert", "tls-key", "tls-ca", "state"];
 
 export const DEFAULTS = {
-  injector: "libnet",
+  injector: DEFAULT_INJECTOR,
   keepalive: 5,
   "capture-buffer": 32,
   "log-level": "info",
@@ -105,7 +106,7 @@ export interface ServerConfig {
   listen: HostPort;
   secretFile?: string;
   tls?: { cert: string; key: string; ca: string };
-  injector: "libnet" | "pcap";
+  injector: InjectorKind;
   keepaliveSeconds: number;
   state?: string;
   captureBufferMiB: number;
@@ -150,8 +151,8 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
   }
 
   const injector = str("injector") ?? DEFAULTS.injector;
-  if (injector !== "libnet" && injector !== "pcap") {
-    problems.push(`bad --injector '${injector}': libnet or pcap`);
+  if (!INJECTORS.includes(injector as InjectorKind)) {
+    problems.push(`bad --injector '${injector}': ${INJECTORS.join(", ")}`);
   }
   const keepalive = Number(s.keepalive ?? DEFAULTS.keepalive);
   if (!(keepalive > 0) || !Number.isFinite(keepalive)) {
@@ -172,7 +173,7 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
       listen: listen!,
       secretFile: str("secret-file"),
       tls,
-      injector: injector as "libnet" | "pcap",
+      injector: injector as InjectorKind,
       keepaliveSeconds: keepalive,
       state: str("state"),
       captureBufferMiB: captureBuffer,

@@ -14,7 +14,7 @@ import { buildFilter, type Role } from "./filter.ts";
 import { type Link } from "./link.ts";
 import { type Logger } from "./log.ts";
 import { messageOf } from "./errors.ts";
-import { prepareForWire } from "./offload.ts";
+import { type GsoEmit, prepareForWire } from "./offload.ts";
 
 /** What both ends agree on; `id` is 8 hex digits, also the number frames are tagged with. */
 export interface HandlerSpec {
@@ -112,6 +112,10 @@ export class Handler {
       capture.close();
       throw e;
     }
+    const injector = this.#injector;
+    this.#injectGso = injector.injectGso
+      ? (frame, gso) => injector.injectGso!(frame, gso) || this.#injectFailed(frame, injector)
+      : undefined;
     this.#capture = capture;
   }
 
@@ -163,7 +167,7 @@ export class Handler {
     if (!this.#injector) {
       this.fromPeer.drops++;
       this.dropReasons.inject++;
-    } else if (prepareForWire(frame, this.#injector.mtu, this.#inject) === 0) {
+    } else if (prepareForWire(frame, this.#injector.mtu, this.#inject, this.#injectGso) === 0) {
       this.fromPeer.drops++;
       this.dropReasons.offload++;
     }
@@ -171,7 +175,11 @@ export class Handler {
 
   #inject = (frame: Uint8Array): void => {
     const injector = this.#injector!;
-    if (injector.inject(frame)) return;
+    if (!injector.inject(frame)) this.#injectFailed(frame, injector);
+  };
+
+  /** Counts a frame the system refused; returns true: it has been dealt with. */
+  #injectFailed(frame: Uint8Array, injector: Injector): boolean {
     this.fromPeer.drops++;
     this.dropReasons.inject++;
     const error = injector.lastError();
@@ -180,7 +188,11 @@ export class Handler {
       this.#lastInjectError = error;
       this.#log.warn("inject failed", { bytes: frame.length, error });
     }
-  };
+    return true;
+  }
+
+  /** Set when the injector takes super-frames whole (GSO): no segmentation in JavaScript. */
+  #injectGso: GsoEmit | undefined;
 
   /** Role: move every captured frame onto the link, one wait and one drain at a time. */
   async #captureLoop(): Promise<void> {

@@ -60,6 +60,8 @@ export function resetOffloadStats(): void {
 /** Why the last call of `prepareForWire` returned 0; null when it emitted something. */
 export let lastDropReason: DropReason | null = null;
 
+import { type GsoFrame } from "./ports.ts";
+
 const ETH_HLEN = 14;
 const ETH_P_IPV4 = 0x0800;
 const ETH_P_IPV6 = 0x86dd;
@@ -215,6 +217,14 @@ function emitFitting(
 }
 
 /**
+ * Hands a TCP super-frame to an injector that lets the kernel segment it (GSO), instead of
+ * segmenting it here; returns false if the injector refused it.
+ */
+export type GsoEmit = (frame: Uint8Array, gso: GsoFrame) => boolean;
+/** The GSO hook of the current `prepareForWire` call (calls are synchronous, never nested). */
+let gsoEmit: GsoEmit | undefined;
+
+/**
  * Makes one captured frame fit for a wire of `mtu` (the IP MTU of the interface it will be
  * injected on): completes/repairs TCP and UDP checksums (verify; rewrite when wrong) and the IPv4
  * header checksum, and segments TCP super-frames into MSS-sized segments (MSS = mtu - IP header -
@@ -228,7 +238,9 @@ export function prepareForWire(
   frame: Uint8Array,
   mtu: number,
   emit: (frame: Uint8Array) => void,
+  gso?: GsoEmit,
 ): number {
+  gsoEmit = gso;
   offloadStats.frames++;
   lastDropReason = null;
   const len = frame.length;
@@ -357,6 +369,17 @@ function segmentTcp(
   const flags = f[l4 + 13];
   // A SYN or RST is never built by GSO/GRO; segmenting one would change its meaning.
   if (mss < 8 || (flags & (TCP_SYN | TCP_RST)) !== 0) return drop("oversize");
+  if (gsoEmit && netLen + l4len <= 65535) {
+    // The kernel segments and checksums: leave it the pseudo-header sum (CHECKSUM_PARTIAL).
+    const partial = fold(addrSum + IPPROTO_TCP + l4len);
+    f[l4 + 16] = partial >>> 8;
+    f[l4 + 17] = partial & 0xff;
+    const whole = f.subarray(0, l4 + l4len);
+    const gso = { v4, l4Offset: l4, headerLength: hdrEnd, mss, ecn: (flags & TCP_CWR) !== 0 };
+    if (!gsoEmit(whole, gso)) return 0;
+    offloadStats.segmented++;
+    return 1;
+  }
   ensureScratch(hdrEnd + mss);
   const s = scratch;
   s.set(f.subarray(0, hdrEnd), 0);

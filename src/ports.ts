@@ -41,10 +41,28 @@ export interface Injector {
   readonly mtu: number;
   /** Writes one frame synchronously; returns false if the system refused it. */
   inject(frame: Uint8Array): boolean;
+  /**
+   * Present when the injector can hand a TCP super-frame to the kernel whole, as GSO (Linux
+   * packet sockets with virtio-net headers): the kernel segments it, not us.
+   */
+  injectGso?(frame: Uint8Array, gso: GsoFrame): boolean;
   /** The last system error text, for logs. */
   lastError(): string;
   /** Releases the handle; safe to call twice. */
   close(): void;
+}
+
+/** Where a TCP super-frame's headers end, and how to cut it; see `prepareForWire`. */
+export interface GsoFrame {
+  v4: boolean;
+  /** Offset of the TCP header in the frame. */
+  l4Offset: number;
+  /** Ethernet + IP + TCP header bytes: what every segment repeats. */
+  headerLength: number;
+  /** TCP payload bytes per segment, from the MTU of the interface. */
+  mss: number;
+  /** CWR is set: segments must keep ECN semantics. */
+  ecn: boolean;
 }
 
 /** What a Handler asks of the outside world when it opens its end. */
