@@ -371,9 +371,6 @@ export interface DialOptions {
   kind: "control" | "peer";
   /** PEM of the CA that signs the other end's certificate; TLS is used iff this is set. */
   tlsCa?: string;
-  /** Our own certificate and key, presented to the other end when it asks. */
-  tlsCert?: string;
-  tlsKey?: string;
   timeoutMs?: number;
   log: Logger;
   events: LinkEvents;
@@ -389,33 +386,33 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
   const timeoutMs = options.timeoutMs ?? 10_000;
   let conn: Deno.Conn | undefined;
   try {
-    const connecting: Promise<Deno.Conn> = options.tlsCa
-      ? Deno.connectTls({
-        hostname: addr.hostname,
-        port: addr.port,
-        caCerts: [options.tlsCa],
-        cert: options.tlsCert,
-        key: options.tlsKey,
-      })
-      : Deno.connect({ hostname: addr.hostname, port: addr.port });
+    // TCP first, with Nagle off (latency of small frames, and of the tail of each batch),
+    // then TLS on top: Deno's TLS connections cannot set TCP_NODELAY themselves.
+    const connecting = Deno.connect({ hostname: addr.hostname, port: addr.port });
     // A connect that completes after the timeout is closed, not leaked.
     let gaveUp = false;
     connecting.then((c) => gaveUp && c.close(), () => {});
-    conn = await withTimeout(connecting, timeoutMs, () => {
+    const tcp = await withTimeout(connecting, timeoutMs, () => {
       gaveUp = true;
       return `timed out after ${timeoutMs} ms`;
     });
+    tcp.setNoDelay(true);
+    conn = tcp;
     if (options.tlsCa) {
+      const tls = await Deno.startTls(tcp, { hostname: addr.hostname, caCerts: [options.tlsCa] });
+      conn = tls;
       await withTimeout(
-        (conn as Deno.TlsConn).handshake(),
+        tls.handshake(),
         timeoutMs,
         () => `TLS handshake timed out after ${timeoutMs} ms`,
       );
     }
   } catch (e) {
+    try {
+      conn?.close();
+    } catch { /* already closed */ }
     throw new VnetError(`cannot connect to ${where}: ${explainConnectError(e)}`, { cause: e });
   }
-  if (!options.tlsCa) (conn as Deno.TcpConn).setNoDelay(true);
   const reader = new MessageReader(conn);
   try {
     await handshake(conn, reader, { key: options.key, side: "dialer", kind: options.kind });
@@ -423,7 +420,12 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
     try {
       conn.close();
     } catch { /* closed by the handshake timeout */ }
-    const why = messageOf(e);
+    let why = messageOf(e);
+    // A TLS server's first bytes (a record header: 0x15 or 0x16, then 0x03) read as a length.
+    const length = Number(/^message of (\d+) bytes/.exec(why)?.[1] ?? 0);
+    if (!options.tlsCa && [0x15, 0x16].includes(length >>> 24) && ((length >>> 16) & 0xff) === 3) {
+      why = "it answered in TLS";
+    }
     if (e instanceof AuthError || /authentication failed/.test(why)) {
       throw new VnetError(`${where}: ${why}`, { cause: e });
     }

@@ -304,9 +304,17 @@ export class Server {
       try {
         link = await peer.connect();
       } catch (e) {
-        const hint = ownRole === "proxy"
-          ? "; if the host is behind NAT or a firewall, run the client with --via host so the host dials out"
-          : "; if the proxy is behind NAT or a firewall, run the client with --via proxy";
+        // Advice on reaching the other server only when it could not be reached: through ssh,
+        // or when TLS or the secret refused it, the message itself says what is wrong.
+        const refused = /TLS|certificate|authentication failed/.test(messageOf(e));
+        const hint = req.ssh || refused
+          ? ""
+          : (ownRole === "proxy"
+            ? "; if the host is behind NAT or a firewall, run the client with --via host so the host dials out"
+            : "; if the proxy is behind NAT or a firewall, run the client with --via proxy") +
+            (req.peer
+              ? ""
+              : `; if the ${ownRole} server reaches it at another address than the client's, give that with --${otherRole}-peer; if only SSH gets through, use --ssh GATEWAY`);
         throw new VnetError(
           `the ${ownRole} server could not reach the ${otherRole} server: ${messageOf(e)}${hint}`,
           { cause: e },
@@ -397,8 +405,10 @@ export class Server {
       await link.request("attach", attach);
     } catch (e) {
       this.#dropIdlePeers();
+      // Put the old host end back, so a failed migrate does not leave the handler dead.
+      const back = await this.#restoreOldHost(id, entry);
       throw new VnetError(
-        `migrating ${id} to ${formatHostPort(to.addr)} failed: ${messageOf(e)}`,
+        `migrating ${id} to ${formatHostPort(to.addr)} failed: ${messageOf(e)}${back}`,
         { cause: e },
       );
     }
@@ -410,6 +420,27 @@ export class Server {
     this.#save();
     this.#log.info("handler migrated", { handler: id, to: link.remote, gapMs });
     return { id, host: link.remote, gapMs };
+  }
+
+  /** After a failed migrate: re-attaches the handler's old host end; says how it went. */
+  async #restoreOldHost(id: string, entry: Entry): Promise<string> {
+    if (!entry.dial || entry.handler.link?.isOpen) return "";
+    try {
+      const link = await entry.dial.peer.connect();
+      await link.request("attach", entry.dial.attach);
+      entry.handler.attach(link);
+      this.#log.info("migrate failed; handler back on its old host", {
+        handler: id,
+        peer: link.remote,
+      });
+      return "; the handler stays on its old host";
+    } catch (e) {
+      this.#log.warn("migrate failed and the old host end cannot be restored", {
+        handler: id,
+        error: messageOf(e),
+      });
+      return `; the old host end could not be restored either (${messageOf(e)})`;
+    }
   }
 
   // --- requests from peer servers --------------------------------------------------------
@@ -543,8 +574,6 @@ export class Server {
       key: this.#options.key,
       kind: "peer",
       tlsCa: tls?.ca,
-      tlsCert: tls?.cert,
-      tlsKey: tls?.key,
       log: this.#log,
       events: this.#events("peer"),
       keepaliveMs: this.#options.keepaliveMs,
