@@ -43,7 +43,14 @@ import { type Medians, renderChart } from "./chart.ts";
 // Options
 // ---------------------------------------------------------------------------------------------
 
-export const CONFIGS = ["direct", "vnet", "vnet-tls", "openvpn-tcp", "openvpn-tcp-tls"] as const;
+export const CONFIGS = [
+  "direct",
+  "vnet",
+  "vnet-tls",
+  "vnet-libnet",
+  "openvpn-tcp",
+  "openvpn-tcp-tls",
+] as const;
 export type Config = typeof CONFIGS[number];
 
 interface Options {
@@ -240,12 +247,17 @@ async function startDirect(topo: Topology): Promise<Active> {
 
 let certDir: string | undefined;
 
-async function startVnet(topo: Topology, tls: boolean): Promise<Active> {
+/** `injector` undefined: the server's default (the GSO packet socket on Linux). */
+async function startVnet(topo: Topology, tls: boolean, injector?: string): Promise<Active> {
   // Topology adds --tls-ca to every client command once it has made certificates: say per run.
   certDir ??= await topo.makeCerts();
   topo.tlsDir = tls ? certDir : undefined;
   try {
-    await topo.startServers({ tls, logLevel: "info" });
+    await topo.startServers({
+      tls,
+      logLevel: "info",
+      extraArgs: injector ? ["--injector", injector] : [],
+    });
     await topo.createHandler();
   } catch (e) {
     await topo.stopServers();
@@ -354,6 +366,8 @@ function start(topo: Topology, c: Config): Promise<Active> {
       return startVnet(topo, false);
     case "vnet-tls":
       return startVnet(topo, true);
+    case "vnet-libnet":
+      return startVnet(topo, false, "libnet");
     case "openvpn-tcp":
       return startOpenvpn(topo, false);
     case "openvpn-tcp-tls":
@@ -675,6 +689,7 @@ const SHORT: Record<Config, string> = {
   "direct": "direct",
   "vnet": "vnet",
   "vnet-tls": "vnet-tls",
+  "vnet-libnet": "vnet-libnet",
   "openvpn-tcp": "ovpn-tcp",
   "openvpn-tcp-tls": "ovpn-tls",
 };

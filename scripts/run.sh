@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one entry point: bash scripts/run.sh demo|test|bench
+# The one entry point: bash scripts/run.sh demo|test|bench [bench flags]
 #
 # On a fresh Debian 12 machine with Node/npm, as root, it installs what is missing (Deno pinned
 # from npm, the apt packages the tests and the program need), caches Deno dependencies (the test
@@ -112,8 +112,10 @@ case "${1:-}" in
     run_tests
     ;;
   bench)
+    APT_PACKAGES+=(openvpn)
     prepare
-    echo "bench: not yet"
+    shift
+    exec deno task bench "$@"
     ;;
   *) usage ;;
 esac
