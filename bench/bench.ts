@@ -10,8 +10,10 @@
  *                    vmif0, so frames take the very same veths and WAN switch as the tunnels, but
  *                    are forwarded by Linux bridges instead of a userspace tunnel. --rate shapes
  *                    it like the others. No tunnel processes, so no CPU figure.
- *   vnet             vnet servers on proxy and host, one handler lan0 <-> vmif0, plain TCP.
+ *   vnet             vnet servers on proxy and host, one handler lan0 <-> vmif0, plain TCP,
+ *                    default injector (the GSO packet socket on Linux).
  *   vnet-tls         the same with --tls-cert/--tls-key/--tls-ca (certificates from `vnet cert`).
+ *   vnet-libnet      `vnet` with --injector libnet: what the GSO injector buys.
  *   openvpn-tcp      OpenVPN 2.6 p2p over TCP, TAP: tap0 bridged with lan0 in the proxy and with
  *                    vmif0 in the host; no TLS, no cipher, no auth (plaintext, like `vnet`).
  *   openvpn-tcp-tls  the same with TLS (the same ECDSA P-256 certificates) and AES-256-GCM.

@@ -10,6 +10,7 @@ const COLORS: Record<string, string> = {
   "direct": "#9e9e9e",
   "vnet": "#1f77b4",
   "vnet-tls": "#0b3d91",
+  "vnet-libnet": "#7fb3e0",
   "openvpn-tcp": "#ff9f40",
   "openvpn-tcp-tls": "#c75000",
 };
