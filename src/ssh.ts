@@ -104,9 +104,37 @@ export function sshStream(target: HostPort, options: SshOptions): SshStream {
         stderr,
         new Promise<string>((r) => setTimeout(() => r(""), 2000)),
       ]);
-      return text.trim().split("\n").filter((l) => !/^Warning: Permanently added/.test(l)).join(
-        "; ",
-      );
+      return summarizeSshError(text);
     },
   };
+}
+
+/** ssh's advice and banners around the one thing that went wrong: left out of our error. */
+const SSH_NOISE = [
+  /^Warning: Permanently added/,
+  /^@+$/,
+  /^IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY/,
+  /^Someone could be eavesdropping on you/,
+  /^It is also possible that a host key has just been changed/,
+  /^Please contact your system administrator/,
+  /^Add correct host key in/,
+  /^remove with:/,
+  /^ssh-keygen -f /,
+];
+
+/**
+ * ssh's stderr as one line: each line trimmed of its trailing period, the "REMOTE HOST
+ * IDENTIFICATION HAS CHANGED" banner reduced to its message and its advice left out, so the
+ * reason ("Host key verification failed", "Permission denied (publickey)") stays readable.
+ */
+export function summarizeSshError(stderr: string): string {
+  const lines: string[] = [];
+  for (const raw of stderr.split(/\r?\n/)) {
+    const line = raw.replace(/^@\s+(.*?)\s+@$/, "$1").trim();
+    if (!line || SSH_NOISE.some((re) => re.test(line))) continue;
+    const last = lines.length - 1;
+    if (last >= 0 && / is$/.test(lines[last])) lines[last] += ` ${line}`; // "... key is" SHA256:...
+    else lines.push(line);
+  }
+  return lines.map((l) => l.replace(/\.$/, "")).join("; ");
 }
