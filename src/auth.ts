@@ -170,7 +170,8 @@ export async function handshake(
     );
     const proof = await expect(reader, MessageType.Auth, "authentication");
     if (!await verify(options.key, peerSide, proof, hello.nonce, own)) {
-      const text = "authentication failed: the peer does not know this server's shared secret";
+      const text =
+        "authentication failed: the other end holds a different shared secret (both sides need the same secret file)";
       await writeAll(
         conn,
         encodeMessage(

@@ -420,12 +420,7 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
     try {
       conn.close();
     } catch { /* closed by the handshake timeout */ }
-    let why = messageOf(e);
-    // A TLS server's first bytes (a record header: 0x15 or 0x16, then 0x03) read as a length.
-    const length = Number(/^message of (\d+) bytes/.exec(why)?.[1] ?? 0);
-    if (!options.tlsCa && [0x15, 0x16].includes(length >>> 24) && ((length >>> 16) & 0xff) === 3) {
-      why = "it answered in TLS";
-    }
+    const why = messageOf(e);
     if (e instanceof AuthError || /authentication failed/.test(why)) {
       throw new VnetError(`${where}: ${why}`, { cause: e });
     }

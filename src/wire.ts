@@ -149,10 +149,14 @@ export class MessageReader {
     if (available < 5) return null;
     const length = this.#view.getUint32(this.#start);
     if (length === 0 || length > this.maxMessage) {
-      if (this.bytesRead === available && this.#buf[this.#start] === 0x16) {
-        throw new ProtocolError(
-          "the peer speaks TLS but this side does not: give both sides matching TLS settings",
-        );
+      // The very first bytes are a TLS record header (handshake 0x16 or alert 0x15, version 3.x):
+      // the other end answered in TLS where we speak plain.
+      const first = this.#buf[this.#start];
+      if (
+        this.bytesRead === available && (first === 0x16 || first === 0x15) &&
+        this.#buf[this.#start + 1] === 0x03
+      ) {
+        throw new ProtocolError("the other end answered in TLS, this side speaks plain TCP");
       }
       throw new ProtocolError(`message of ${length} bytes exceeds the limit of ${this.maxMessage}`);
     }
