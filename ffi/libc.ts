@@ -33,6 +33,15 @@ export const symbols = {
     ],
     result: "isize",
   },
+  // ssize_t read(int fd, void *buf, size_t count);
+  read: {
+    parameters: [
+      "i32", // int fd
+      "buffer", // void *buf
+      "usize", // size_t count
+    ],
+    result: "isize",
+  },
   // int close(int fd);
   close: {
     parameters: [
@@ -141,6 +150,11 @@ export class WakePipe {
 
   wake(): void {
     if (this.#open) libc().write(this.#writeFd, new Uint8Array(1), 1n);
+  }
+
+  /** Empties the pipe after a poll said it is readable (never blocks then). */
+  drain(): void {
+    if (this.#open) libc().read(this.readFd, new Uint8Array(64), 64n);
   }
 
   /** Closes both ends; safe twice. Never call while a poll on `readFd` may be in flight. */

@@ -59,7 +59,8 @@ export interface HandlerInfo extends HandlerSpec {
 
 /** Frames drained per wait: bounds the time spent in one synchronous burst. */
 const DRAIN_BATCH = 1024;
-const WAIT_MS = 250;
+/** A safety net only: close() ends a pending wait at once. */
+const WAIT_MS = 1000;
 
 export function handlerNumber(id: string): number {
   return parseInt(id, 16) >>> 0;

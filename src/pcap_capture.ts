@@ -1,8 +1,8 @@
 /**
  * `Capture` on libpcap: promiscuous, immediate mode, inbound only, BPF-filtered, nonblocking.
  *
- * The capture path is: `wait()` = ONE nonblocking FFI `poll` (on libpcap's selectable fd and a
- * wake pipe) on Deno's blocking thread pool, then `drain()` = a synchronous loop of
+ * The capture path is: `wait()` = a place in the process's ONE nonblocking FFI `poll` over every
+ * capture's selectable fd (capture_poller.ts), then `drain()` = a synchronous loop of
  * `pcap_next_ex` on the JS thread until libpcap has nothing more. No per-frame async call, no
  * callbacks, no copy: each frame is a view into libpcap's ring, valid during `onFrame` only.
  */
@@ -23,7 +23,7 @@ import {
   PKTHDR_CAPLEN_OFFSET,
   PKTHDR_LEN_OFFSET,
 } from "../ffi/libpcap.ts";
-import { libc, POLLFD_SIZE, POLLIN, WakePipe } from "../ffi/libc.ts";
+import { capturePoller } from "./capture_poller.ts";
 
 export interface PcapCaptureOptions {
   /** Largest frame kept; bigger ones are truncated (`wireLength > frame.length`). */
@@ -49,10 +49,9 @@ export class PcapCapture implements Capture {
   readonly device: string;
   readonly #handle: PcapHandle;
   readonly #pcapT: Deno.PointerObject;
-  readonly #wake: WakePipe;
   readonly #nextEx: ReturnType<typeof pcap>["pcap_next_ex"];
-  /** struct pollfd[2]: libpcap's fd, the wake pipe. Off-heap: poll runs on another thread. */
-  readonly #pollfds = new Uint8Array(new ArrayBuffer(2 * POLLFD_SIZE));
+  /** libpcap's selectable fd, watched by the shared poll. */
+  readonly #fd: number;
   /** pcap_next_ex out-params: `struct pcap_pkthdr *` at 0, `const u_char *` at 8. */
   readonly #out = new ArrayBuffer(16);
   readonly #hdrOut = new Uint8Array(this.#out, 0, 8);
@@ -67,7 +66,6 @@ export class PcapCapture implements Capture {
 
   #closed = false;
   #released = false;
-  #pending: Promise<boolean> | null = null;
   #draining = false;
 
   constructor(device: string, filter: string, options: PcapCaptureOptions = {}) {
@@ -111,12 +109,7 @@ export class PcapCapture implements Capture {
       if (fd < 0) {
         throw new VnetError(`libpcap gives no selectable fd for '${device}': cannot wait on it`);
       }
-      this.#wake = new WakePipe();
-      const pfd = new DataView(this.#pollfds.buffer);
-      pfd.setInt32(0, fd, true);
-      pfd.setInt16(4, POLLIN, true);
-      pfd.setInt32(POLLFD_SIZE, this.#wake.readFd, true);
-      pfd.setInt16(POLLFD_SIZE + 4, POLLIN, true);
+      this.#fd = fd;
     } catch (e) {
       h.close();
       throw e;
@@ -128,22 +121,10 @@ export class PcapCapture implements Capture {
 
   wait(timeoutMs: number): Promise<boolean> {
     if (this.#closed) return Promise.resolve(false);
-    // One poll at a time: a second caller shares the one in flight.
-    this.#pending ??= this.#poll(timeoutMs);
-    return this.#pending;
-  }
-
-  async #poll(timeoutMs: number): Promise<boolean> {
     const ms = Number.isFinite(timeoutMs)
-      ? Math.min(Math.max(Math.ceil(timeoutMs), 0), MAX_POLL_MS)
-      : -1;
-    try {
-      await libc().poll(this.#pollfds, 2n, ms);
-    } finally {
-      this.#pending = null;
-      if (this.#closed && !this.#draining) this.#release();
-    }
-    return !this.#closed;
+      ? Math.min(Math.max(timeoutMs, 0), MAX_POLL_MS)
+      : MAX_POLL_MS;
+    return capturePoller.wait(this.#fd, ms);
   }
 
   drain(onFrame: (frame: Uint8Array, wireLength: number) => void, max: number): number {
@@ -177,7 +158,7 @@ export class PcapCapture implements Capture {
       }
     } finally {
       this.#draining = false;
-      if (this.#closed && this.#pending === null) this.#release();
+      if (this.#closed) this.#releaseWhenIdle();
     }
     return n;
   }
@@ -192,21 +173,19 @@ export class PcapCapture implements Capture {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#pending !== null || this.#draining) {
-      // A poll may be running on another thread with libpcap's fd: wake it, and free the
-      // handle only when it has returned (see #poll / drain).
-      this.#wake.wake();
-    } else {
-      this.#release();
-    }
+    capturePoller.cancel(this.#fd);
+    // Inside drain (close from onFrame), drain releases when it ends.
+    if (!this.#draining) this.#releaseWhenIdle();
   }
 
-  #release(): void {
-    if (this.#released) return;
-    this.#released = true;
-    this.#hdrView = null;
-    this.#handle.close();
-    this.#wake.close();
+  /** Frees the handle, once no poll on another thread watches its fd any more. */
+  #releaseWhenIdle(): void {
+    capturePoller.whenIdle(this.#fd, () => {
+      if (this.#released) return;
+      this.#released = true;
+      this.#hdrView = null;
+      this.#handle.close();
+    });
   }
 }
 
