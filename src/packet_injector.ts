@@ -27,15 +27,20 @@ const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
 const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 
+/**
+ * Header and frame go out from one buffer, the header rewritten in place per frame. Injection is
+ * synchronous on the one JS thread, so every injector shares it (a hundred handlers would
+ * otherwise hold 25 MB of them).
+ */
+const buf = new Uint8Array(VNET_HDR_LEN + MAX_FRAME);
+const hdr = new DataView(buf.buffer, 0, VNET_HDR_LEN);
+
 export class PacketInjector implements Injector {
   readonly device: string;
   readonly mtu: number;
   #fd: number;
   #closed = false;
   #error = "";
-  /** Header and frame go out from one buffer: the header is rewritten in place per frame. */
-  #buf = new Uint8Array(VNET_HDR_LEN + MAX_FRAME);
-  #hdr = new DataView(this.#buf.buffer, 0, VNET_HDR_LEN);
 
   constructor(device: string) {
     if (Deno.build.os !== "linux") {
@@ -73,8 +78,8 @@ export class PacketInjector implements Injector {
 
   /** Writes a frame that already fits the MTU, checksums complete: a zeroed header. */
   inject(frame: Uint8Array): boolean {
-    this.#hdr.setBigUint64(0, 0n);
-    this.#hdr.setUint16(8, 0);
+    hdr.setBigUint64(0, 0n);
+    hdr.setUint16(8, 0);
     return this.#send(frame);
   }
 
@@ -83,7 +88,7 @@ export class PacketInjector implements Injector {
    * sum (CHECKSUM_PARTIAL), which `prepareForWire` arranges.
    */
   injectGso(frame: Uint8Array, gso: GsoFrame): boolean {
-    const h = this.#hdr;
+    const h = hdr;
     h.setUint8(0, VIRTIO_NET_HDR_F_NEEDS_CSUM);
     h.setUint8(
       1,
@@ -99,8 +104,8 @@ export class PacketInjector implements Injector {
 
   #send(frame: Uint8Array): boolean {
     if (this.#closed) return false;
-    this.#buf.set(frame, VNET_HDR_LEN);
-    const n = libc().send(this.#fd, this.#buf, BigInt(VNET_HDR_LEN + frame.length), 0);
+    buf.set(frame, VNET_HDR_LEN);
+    const n = libc().send(this.#fd, buf, BigInt(VNET_HDR_LEN + frame.length), 0);
     if (n >= 0) return true;
     this.#error = lastErrno().text;
     return false;
