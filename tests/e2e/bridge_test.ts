@@ -8,8 +8,6 @@
  *   VNET_MIN_MBPS=50 ...                         # iperf3 throughput floor (default 20 Mbit/s)
  */
 import {
-  canMakeNamespaces,
-  DHCP_RANGE,
   type HandlerInfo,
   LAN,
   macOf,
@@ -17,20 +15,28 @@ import {
   type RunResult,
   sendRawFrame,
   spawn,
-  Topology,
-  type TopologyOptions,
+  type Topology,
   tryRun,
   vnetCommand,
   waitFor,
   WAN,
 } from "../netns.ts";
+import {
+  assert,
+  assertCleanFailure,
+  e2e,
+  findByMac,
+  firstLine,
+  iperf,
+  ipInRange,
+  NS_OK,
+  stepper,
+  withTopology,
+} from "./fixtures/e2e_common.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Preconditions: decided once, printed, never silently passed.
 // ---------------------------------------------------------------------------------------------
-
-const NS_OK = await canMakeNamespaces();
-if (!NS_OK) console.log("SKIP e2e: needs root and `ip netns` (run via `bash scripts/run.sh test`)");
 
 async function tlsSupport(): Promise<string | null> {
   if (!NS_OK) return "no namespaces";
@@ -47,119 +53,8 @@ const ETHERTYPE = 0x88b5; // IEEE 802 local experimental EtherType: certainly no
 // Small assertion helpers (no JSR here: keep the suite dependency-free).
 // ---------------------------------------------------------------------------------------------
 
-function assert(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(msg);
-}
-
-function firstLine(r: RunResult): string {
-  return r.stderr.trim().split("\n")[0] ?? "";
-}
-
-/** The contract for failures: exit ≠ 0 and exactly one clear line on stderr matching `re`. */
-function assertCleanFailure(r: RunResult, re: RegExp, what: string): void {
-  const lines = r.stderr.trim().split("\n").filter((l) => l.trim());
-  assert(r.code !== 0, `${what}: expected exit ≠ 0, got 0 (stdout: ${r.stdout.trim()})`);
-  assert(r.code !== 124, `${what}: hung until killed\n${r.stderr}`);
-  assert(lines.length === 1, `${what}: expected one line on stderr, got:\n${r.stderr}`);
-  assert(re.test(lines[0]), `${what}: stderr should match ${re}, got: ${lines[0]}`);
-}
-
-function ipInRange(ip: string): boolean {
-  const last = (s: string) => Number(s.split(".")[3]);
-  return ip.startsWith("10.77.0.") && last(ip) >= last(DHCP_RANGE.first) &&
-    last(ip) <= last(DHCP_RANGE.last);
-}
-
 function find(list: HandlerInfo[], id: string): HandlerInfo | undefined {
   return list.find((h) => h.id === id);
-}
-
-/** The handler on a server carrying `mac` (the host side may or may not share the id). */
-function findByMac(list: HandlerInfo[], mac: string): HandlerInfo | undefined {
-  return list.find((h) => h.macs.map((m) => m.toLowerCase()).includes(mac));
-}
-
-/**
- * Runs `fn` on a fresh topology; always cleans up. The whole body is bounded by `timeoutMs`
- * (on expiry cleanup kills every process, which unblocks whatever the body was waiting on).
- */
-async function withTopology(
-  opts: TopologyOptions,
-  timeoutMs: number,
-  fn: (topo: Topology) => Promise<void>,
-): Promise<void> {
-  const topo = await Topology.create(opts);
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    await Promise.race([
-      fn(topo),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () =>
-            reject(new Error(`test body timed out after ${timeoutMs} ms\n${topo.serverLogs()}`)),
-          timeoutMs,
-        );
-      }),
-    ]);
-  } catch (e) {
-    if (e instanceof Error && !e.message.includes(" server:\n")) {
-      e.message += `\n${topo.serverLogs(25)}`;
-    }
-    throw e;
-  } finally {
-    clearTimeout(timer);
-    await topo.cleanup();
-  }
-}
-
-/**
- * `t.step` that skips the remaining steps once one has failed (they build on each other), so
- * the report shows the first failure instead of a cascade; prints `diag()` (server logs) then.
- */
-function stepper(t: Deno.TestContext, diag: () => string = () => "") {
-  let failed = false;
-  return async (name: string, fn: () => Promise<void>): Promise<void> => {
-    if (failed) {
-      await t.step({ name: `${name} (skipped: an earlier step failed)`, ignore: true, fn });
-      return;
-    }
-    failed = !(await t.step(name, fn));
-    if (failed) console.error(`--- diagnostics after failed step '${name}':\n${diag()}`);
-  };
-}
-
-/** Options every e2e test shares. */
-function e2e(name: string, fn: (t: Deno.TestContext) => Promise<void>, ignore = false) {
-  Deno.test({
-    name,
-    ignore: !NS_OK || ignore,
-    // Child processes and their pipes are closed by cleanup(); timers by the helpers.
-    sanitizeOps: false,
-    sanitizeResources: false,
-    fn,
-  });
-}
-
-async function iperf(topo: Topology, serverIp: string, reverse: boolean): Promise<number> {
-  const r = await tryRun(topo.ns.client, [
-    "iperf3",
-    "-c",
-    serverIp,
-    "-t",
-    "3",
-    "-J",
-    "--connect-timeout",
-    "3000",
-    ...(reverse ? ["-R"] : []),
-  ], { timeoutMs: 20_000 });
-  let j;
-  try {
-    j = JSON.parse(r.stdout);
-  } catch {
-    throw new Error(`iperf3 ${reverse ? "-R " : ""}gave no JSON (exit ${r.code}): ${r.stderr}`);
-  }
-  assert(r.code === 0 && !j.error, `iperf3 ${reverse ? "-R " : ""}failed: ${j.error ?? r.stderr}`);
-  return j.end.sum_received.bits_per_second / 1e6;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,8 +159,8 @@ for (const { tls, injector } of variants) {
         const srv = spawn(vm.ns, ["iperf3", "-s", "-B", vmIp, "--forceflush"]);
         topo.procs.push(srv);
         await srv.waitForLine(/Server listening/, 5000);
-        const up = await iperf(topo, vmIp, false);
-        const down = await iperf(topo, vmIp, true);
+        const up = await iperf(topo, vmIp, false, 3);
+        const down = await iperf(topo, vmIp, true, 3);
         console.log(`    iperf3 LAN→VM ${up.toFixed(0)} Mbit/s, VM→LAN ${down.toFixed(0)} Mbit/s`);
         assert(up >= MIN_MBPS, `LAN→VM throughput ${up.toFixed(1)} Mbit/s < ${MIN_MBPS}`);
         assert(down >= MIN_MBPS, `VM→LAN throughput ${down.toFixed(1)} Mbit/s < ${MIN_MBPS}`);

@@ -16,7 +16,7 @@ import {
   ipInRange,
   stepper,
   timed,
-  withTopology,
+  withEnv,
 } from "./fixtures/e2e_common.ts";
 import {
   createArgs,
@@ -42,7 +42,7 @@ async function natSite(): Promise<Site> {
 }
 
 e2e("nat: Host behind masquerading NAT, client uses --via host", async (t) => {
-  await withTopology(natSite, 180_000, async (site) => {
+  await withEnv(natSite, 180_000, async (site) => {
     const { topo } = site;
     const step = stepper(t, () => topo.serverLogs());
     const vm = topo.vms[0];

@@ -4,24 +4,19 @@
  * byte-counting TCP stream and a timestamped ping. Built on tests/netns.ts (not edited here).
  */
 import {
-  canMakeNamespaces,
   type Proc,
   type Role,
   run,
   type RunResult,
   sleep,
   spawn,
-  Topology,
-  type TopologyOptions,
+  type Topology,
   tryRun,
   waitFor,
 } from "../netns.ts";
 
-export const NS_OK = await canMakeNamespaces();
-
-export function assert(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(msg);
-}
+export { assert, e2e, NS_OK, stepper, withTopology } from "./fixtures/e2e_common.ts";
+import { assert } from "./fixtures/e2e_common.ts";
 
 /** One entry of `vnet client list --json`, as src/server.ts's ListedHandler. */
 export interface Listed {
@@ -59,71 +54,6 @@ export async function list(topo: Topology, role: Role = "proxy"): Promise<Listed
 
 export function byMac(handlers: Listed[], mac: string): Listed | undefined {
   return handlers.find((h) => h.macs.map((m) => m.toLowerCase()).includes(mac.toLowerCase()));
-}
-
-/**
- * Runs `fn` on a fresh topology, bounded by `timeoutMs`; always cleans up (on expiry cleanup
- * kills every process, which unblocks whatever the body waited on). Server logs on failure.
- */
-export async function withTopology(
-  opts: TopologyOptions,
-  timeoutMs: number,
-  fn: (topo: Topology) => Promise<void>,
-  extraCleanup: () => Promise<void> = () => Promise.resolve(),
-): Promise<void> {
-  const topo = await Topology.create(opts);
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    await Promise.race([
-      fn(topo),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`test body timed out after ${timeoutMs} ms`)),
-          timeoutMs,
-        );
-      }),
-    ]);
-  } catch (e) {
-    if (e instanceof Error) e.message += `\n${topo.serverLogs(40)}`;
-    throw e;
-  } finally {
-    clearTimeout(timer);
-    // VNET_TEST_LOGS=DIR keeps every process's whole output there, for debugging.
-    const keep = Deno.env.get("VNET_TEST_LOGS");
-    if (keep) {
-      await Deno.mkdir(keep, { recursive: true });
-      for (const [i, p] of topo.procs.entries()) {
-        await Deno.writeTextFile(`${keep}/${topo.name}-${i}-${p.name}.log`, p.output());
-      }
-    }
-    await extraCleanup().catch(() => {});
-    await topo.cleanup();
-  }
-}
-
-/** `t.step` that skips the remaining steps once one has failed (they build on each other). */
-export function stepper(t: Deno.TestContext, diag: () => string = () => "") {
-  let failed = false;
-  return async (name: string, fn: () => Promise<void>): Promise<void> => {
-    if (failed) {
-      await t.step({ name: `${name} (skipped: an earlier step failed)`, ignore: true, fn });
-      return;
-    }
-    failed = !(await t.step(name, fn));
-    if (failed) console.error(`--- diagnostics after failed step '${name}':\n${diag()}`);
-  };
-}
-
-/** Options every e2e test of these files shares. */
-export function e2e(name: string, fn: (t: Deno.TestContext) => Promise<void>, ignore = false) {
-  Deno.test({
-    name,
-    ignore: !NS_OK || ignore,
-    // Child processes and their pipes are closed by cleanup(); timers by the helpers.
-    sanitizeOps: false,
-    sanitizeResources: false,
-    fn,
-  });
 }
 
 /** Gives a VM a fixed LAN address (no DHCP: faster, and independent of the bridge's state). */

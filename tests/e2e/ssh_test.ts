@@ -15,7 +15,7 @@ import {
   ipInRange,
   stepper,
   timed,
-  withTopology,
+  withEnv,
 } from "./fixtures/e2e_common.ts";
 import { keygen, listAt, nft, Site, startSshd, waitForPort } from "./fixtures/firewall.ts";
 
@@ -24,7 +24,7 @@ async function site(): Promise<Site> {
 }
 
 e2e("ssh: only port 22 reaches the Host; the link goes through ssh -W", async (t) => {
-  await withTopology(site, 150_000, async ({ topo }) => {
+  await withEnv(site, 150_000, async ({ topo }) => {
     const vm = topo.vms[0];
     const dir = `${topo.dir}/ssh`;
     await Deno.mkdir(dir, { mode: 0o700 });

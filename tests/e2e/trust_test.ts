@@ -14,7 +14,7 @@ import {
   findByMac,
   ipInRange,
   stepper,
-  withTopology,
+  withEnv,
 } from "./fixtures/e2e_common.ts";
 import { listAt, Site, startServerAt } from "./fixtures/firewall.ts";
 
@@ -29,7 +29,7 @@ async function vnetOk(args: string[]): Promise<void> {
 }
 
 e2e("trust: TLS with vnet cert material, and what it refuses", async (t) => {
-  await withTopology(site, 240_000, async ({ topo }) => {
+  await withEnv(site, 240_000, async ({ topo }) => {
     const step = stepper(t, () => topo.serverLogs());
     const vm = topo.vms[0];
     await topo.startServers({ tls: true });
