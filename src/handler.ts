@@ -3,14 +3,14 @@
  * VMs send and injects what the LAN sends them; on the Proxy it does the reverse. Its two
  * directions are the whole data path:
  *
- *   to the peer:   Capture.wait → Capture.drain → Link.sendFrame          (captureLoop)
+ *   to the peer:   (device capture loop) → Capture → Handler.#forward → Link.sendFrame
  *   from the peer: Link reader → Handler.receive → prepareForWire → Injector.inject
  *
  * The handler outlives its link: when the link drops the handler stays open (frames to the peer
  * are counted as drops) until a new link is attached.
  */
 import { type Capture, type Injector, type Interfaces } from "./ports.ts";
-import { buildFilter, type Role } from "./filter.ts";
+import { type Role } from "./filter.ts";
 import { type Link } from "./link.ts";
 import { type Logger } from "./log.ts";
 import { messageOf } from "./errors.ts";
@@ -57,11 +57,6 @@ export interface HandlerInfo extends HandlerSpec {
   capture: { received: number; dropped: number; ifDropped: number };
 }
 
-/** Frames drained per wait: bounds the time spent in one synchronous burst. */
-const DRAIN_BATCH = 1024;
-/** A safety net only: close() ends a pending wait at once. */
-const WAIT_MS = 1000;
-
 export function handlerNumber(id: string): number {
   return parseInt(id, 16) >>> 0;
 }
@@ -74,20 +69,20 @@ export class Handler {
   readonly dropReasons: DropCounters = { link: 0, truncated: 0, offload: 0, inject: 0 };
 
   #ports: Interfaces;
-  #filter: string;
   #capture: Capture | null = null;
   #injector: Injector | null = null;
   #link: Link | null = null;
   #log: Logger;
   #open = true;
-  #loop: Promise<void> | null = null;
+  /** Frames are flowing from the capture to the link (started at the first attach). */
+  #capturing = false;
   #retry: ReturnType<typeof setTimeout> | undefined;
   #lastInjectError = "";
   /** Why the interface handles are closed while the handler is open (device gone). */
   degraded: string | null = null;
 
   /**
-   * Opens both interface handles. Throws a VnetError if the device or filter is bad, unless
+   * Opens both interface handles. Throws a VnetError if the device is bad, unless
    * `tolerant` (restoring saved handlers), where the handler starts degraded and retries.
    */
   constructor(spec: HandlerSpec, ports: Interfaces, log: Logger, tolerant = false) {
@@ -95,10 +90,9 @@ export class Handler {
     this.number = handlerNumber(spec.id);
     this.#ports = ports;
     this.#log = log.with({ handler: spec.id, role: spec.role, dev: spec.device });
-    this.#filter = buildFilter(spec.role, spec.macs, spec.multicast);
     try {
       this.#openPorts();
-      this.#log.info("handler opened", { macs: spec.macs.join(","), filter: this.#filter });
+      this.#log.info("handler opened", { macs: spec.macs.join(","), multicast: spec.multicast });
     } catch (e) {
       if (!tolerant) throw e;
       this.#degrade(messageOf(e));
@@ -106,7 +100,8 @@ export class Handler {
   }
 
   #openPorts(): void {
-    const capture = this.#ports.openCapture(this.spec.device, this.#filter);
+    const { role, macs, multicast } = this.spec;
+    const capture = this.#ports.openCapture(this.spec.device, { role, macs, multicast });
     try {
       this.#injector = this.#ports.openInjector(this.spec.device);
     } catch (e) {
@@ -121,6 +116,7 @@ export class Handler {
   }
 
   #closePorts(): void {
+    this.#capturing = false;
     this.#capture?.close();
     this.#injector?.close();
     this.#capture = null;
@@ -142,7 +138,7 @@ export class Handler {
       }
       this.degraded = null;
       this.#log.info("handler resumed: interface is back");
-      if (this.#link) this.#loop = this.#captureLoop();
+      if (this.#link) this.#startCapture();
     }, 1000);
   }
 
@@ -153,7 +149,7 @@ export class Handler {
   /** Binds the handler to a link (a new one after a reconnect) and starts capturing. */
   attach(link: Link): void {
     this.#link = link;
-    if (this.#capture && !this.#loop) this.#loop = this.#captureLoop();
+    if (this.#capture && !this.#capturing) this.#startCapture();
   }
 
   /** Forgets a link that went down; captured frames are dropped until the next attach. */
@@ -195,19 +191,12 @@ export class Handler {
   /** Set when the injector takes super-frames whole (GSO): no segmentation in JavaScript. */
   #injectGso: GsoEmit | undefined;
 
-  /** Role: move every captured frame onto the link, one wait and one drain at a time. */
-  async #captureLoop(): Promise<void> {
-    const capture = this.#capture!;
-    this.#log.info("capture loop started");
-    try {
-      while (this.#open && await capture.wait(WAIT_MS)) {
-        capture.drain(this.#forward, DRAIN_BATCH);
-      }
-    } catch (e) {
+  /** Every frame the capture hands over goes to `#forward`; a failed capture degrades us. */
+  #startCapture(): void {
+    this.#capturing = true;
+    this.#capture!.start(this.#forward, (e) => {
       if (this.#open) this.#degrade(messageOf(e));
-    }
-    this.#loop = null;
-    this.#log.info("capture loop stopped");
+    });
   }
 
   #forward = (frame: Uint8Array, wireLength: number): void => {
@@ -250,18 +239,17 @@ export class Handler {
     };
   }
 
-  /** Stops the capture loop and releases both handles; safe to call twice. */
-  async close(): Promise<void> {
-    if (!this.#open) return;
+  /** Stops capturing and releases both handles; safe to call twice. */
+  close(): Promise<void> {
+    if (!this.#open) return Promise.resolve();
     this.#open = false;
     this.#link = null;
     clearTimeout(this.#retry);
-    this.#capture?.close();
-    await this.#loop;
     this.#closePorts();
     this.#log.info("handler closed", {
       toPeer: this.toPeer.frames,
       fromPeer: this.fromPeer.frames,
     });
+    return Promise.resolve();
   }
 }

@@ -4,6 +4,7 @@
  */
 import type { Interfaces } from "./ports.ts";
 import { PcapCapture } from "./pcap_capture.ts";
+import { DeviceCaptures } from "./device_capture.ts";
 import { PacketInjector } from "./packet_injector.ts";
 import { interfaceMtu, LibnetInjector, PcapInjector } from "./libnet_injector.ts";
 import {
@@ -32,9 +33,11 @@ export const DEFAULT_INJECTOR: InjectorKind = Deno.build.os === "linux" ? "packe
 export function systemInterfaces(
   options: { injector: InjectorKind; captureBufferBytes?: number },
 ): Interfaces {
+  const captures = new DeviceCaptures((device, filter) =>
+    new PcapCapture(device, filter, { bufferSize: options.captureBufferBytes })
+  );
   return {
-    openCapture: (device, filter) =>
-      new PcapCapture(device, filter, { bufferSize: options.captureBufferBytes }),
+    openCapture: (device, spec) => captures.open(device, spec),
     openInjector: (device) => {
       switch (options.injector) {
         case "pcap":

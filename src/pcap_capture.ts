@@ -8,7 +8,8 @@
  */
 import { VnetError } from "./errors.ts";
 import { log } from "./log.ts";
-import type { Capture, CaptureStats } from "./ports.ts";
+import type { CaptureStats } from "./ports.ts";
+import type { RawCapture } from "./device_capture.ts";
 import {
   cString,
   DLT_EN10MB,
@@ -45,7 +46,8 @@ export const DEFAULT_BUFFER_SIZE = 64 * 1024 * 1024;
 
 const MAX_POLL_MS = 0x7fffffff;
 
-export class PcapCapture implements Capture {
+/** One libpcap handle: what a DeviceCapture shares among the handlers of an interface. */
+export class PcapCapture implements RawCapture {
   readonly device: string;
   readonly #handle: PcapHandle;
   readonly #pcapT: Deno.PointerObject;
@@ -161,6 +163,11 @@ export class PcapCapture implements Capture {
       if (this.#closed) this.#releaseWhenIdle();
     }
     return n;
+  }
+
+  /** Replaces the BPF filter (the members of a shared capture changed). */
+  setFilter(filter: string): void {
+    if (!this.#closed) setFilter(this.#handle, filter);
   }
 
   stats(): CaptureStats {

@@ -1,30 +1,37 @@
 /**
  * The ports of the VNET core: what a Handler needs from the outside world.
  *
- * Production plugs in libpcap (`Capture`) and libnet (`Injector`) from `src/pcap_capture.ts`
- * and `src/libnet_injector.ts`; unit tests plug in fakes. Nothing here knows C.
+ * Production plugs in libpcap (`Capture`, shared per device: src/device_capture.ts over
+ * src/pcap_capture.ts) and the injectors of src/packet_injector.ts and src/libnet_injector.ts;
+ * unit tests plug in fakes. Nothing here knows C.
  */
+import type { Role } from "./filter.ts";
 
-/** Frames arriving on one interface, already filtered (BPF) and inbound only. */
+/** What a handler captures: the paper's frames for its role and MACs (see filter.ts). */
+export interface CaptureSpec {
+  role: Role;
+  macs: string[];
+  multicast: boolean;
+}
+
+/** Receives frames: `frame` is only valid during the call (it may point into libpcap's ring). */
+export type FrameSink = (frame: Uint8Array, wireLength: number) => void;
+
+/**
+ * Frames arriving on one interface for one handler, inbound only. `wireLength` is the frame's
+ * length on the wire: larger than `frame.length` means the snap length truncated it.
+ */
 export interface Capture {
   /** The interface name, e.g. `eth0`. */
   readonly device: string;
   /**
-   * Waits until frames may be ready, or `timeoutMs` passes, or the capture is closed.
-   * This is the only asynchronous call on the capture path: one wait, then a synchronous drain.
-   * Returns false once the capture is closed.
+   * Starts handing over frames, synchronously, one `onFrame` each. `onError` is called once
+   * if the capture fails (the interface disappeared); no frames follow it.
    */
-  wait(timeoutMs: number): Promise<boolean>;
-  /**
-   * Hands every ready frame (at most `max`) to `onFrame` synchronously and returns how many.
-   * `frame` is only valid during the call (it may point into libpcap's ring): copy it if kept.
-   * `wireLength` is the frame's length on the wire; if it is larger than `frame.length` the
-   * frame was truncated by the snap length.
-   */
-  drain(onFrame: (frame: Uint8Array, wireLength: number) => void, max: number): number;
-  /** Kernel counters: frames received by the filter, dropped by the buffer, by the interface. */
+  start(onFrame: FrameSink, onError: (error: Error) => void): void;
+  /** Kernel counters of the interface's capture. */
   stats(): CaptureStats;
-  /** Releases the handle; safe to call twice. A pending `wait` resolves false. */
+  /** Stops; safe to call twice. */
   close(): void;
 }
 
@@ -67,6 +74,6 @@ export interface GsoFrame {
 
 /** What a Handler asks of the outside world when it opens its end. */
 export interface Interfaces {
-  openCapture(device: string, filter: string): Capture;
+  openCapture(device: string, spec: CaptureSpec): Capture;
   openInjector(device: string): Injector;
 }

@@ -42,9 +42,9 @@ Options:
                         default elsewhere) or pcap (pcap_inject)
   --keepalive SECONDS   peer link keepalive interval; 3 silent intervals drop the link (5)
   --state FILE          save handlers here and restore them when the server starts again
-  --capture-buffer MIB  kernel capture buffer per handler (default 32). With offloads on,
-                        libpcap's immediate mode gives every frame a 64 KiB slot, so 32 MiB
-                        holds 512 frames; lower it when one server carries many handlers
+  --capture-buffer MIB  kernel capture buffer per interface, shared by the handlers that
+                        capture there (default 32). With offloads on, libpcap's immediate
+                        mode gives every frame a 64 KiB slot: 32 MiB holds ~500 frames
   --metrics ADDR:PORT   serve Prometheus metrics at http://ADDR:PORT/metrics (off by default;
                         e.g. 127.0.0.1:9477). Per handler: frames, bytes, drops by reason,
                         link up, reconnects, keepalive RTT, capture drops; and process memory,

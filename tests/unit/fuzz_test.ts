@@ -368,37 +368,23 @@ class MemoryLog extends Logger {
   }
 }
 
-/** Fake capture: never has frames; `wait` ends on close or after its timeout. */
+/** Fake capture: hands over the frames it was given, once started. */
 class FakeCapture implements Capture {
   #closed = false;
-  #wake: ((v: boolean) => void) | null = null;
   constructor(readonly device: string, readonly frames: Uint8Array[] = []) {}
-  wait(timeoutMs: number): Promise<boolean> {
-    if (this.#closed) return Promise.resolve(false);
-    if (this.frames.length) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(!this.#closed), Math.min(timeoutMs, 50));
-      this.#wake = (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      };
-    });
-  }
-  drain(onFrame: (frame: Uint8Array, wireLength: number) => void, max: number): number {
-    let n = 0;
-    while (n < max && this.frames.length) {
-      const f = this.frames.shift()!;
-      onFrame(f, f.length);
-      n++;
-    }
-    return n;
+  start(onFrame: (frame: Uint8Array, wireLength: number) => void): void {
+    setTimeout(() => {
+      while (!this.#closed && this.frames.length) {
+        const f = this.frames.shift()!;
+        onFrame(f, f.length);
+      }
+    }, 0);
   }
   stats() {
     return { received: 0, dropped: 0, ifDropped: 0 };
   }
   close(): void {
     this.#closed = true;
-    this.#wake?.(false);
   }
 }
 

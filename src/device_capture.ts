@@ -1,0 +1,204 @@
+/**
+ * One libpcap capture per network interface, shared by every handler that captures there.
+ *
+ * Why not one capture per handler: in immediate mode libpcap gives every frame a fixed ring
+ * slot big enough for a 64 KiB super-frame (and rounds each to a 128 KiB block), so each capture
+ * costs 2 MiB at the very least; a hundred handlers on one LAN interface held 280 MB of rings.
+ * Shared, the device has one ring, one wait and one drain, and frames are handed out here:
+ *
+ *   1. The kernel filter is the union of the members' filters (filter.ts), or everything when
+ *      that union would be too long for the kernel's BPF limit.
+ *   2. Each drained frame goes, by its MAC addresses, to the members that want it, with the
+ *      paper's rules: a Host member takes frames from its MACs; a Proxy member takes frames to
+ *      its MACs, broadcast (and multicast if asked), never those from its own MACs.
+ */
+import { messageOf } from "./errors.ts";
+import { buildFilter } from "./filter.ts";
+import { log } from "./log.ts";
+import { macBytes } from "./mac.ts";
+import type { Capture, CaptureSpec, CaptureStats } from "./ports.ts";
+
+/** What a device capture needs of libpcap (PcapCapture). */
+export interface RawCapture {
+  wait(timeoutMs: number): Promise<boolean>;
+  drain(onFrame: FrameSink, max: number): number;
+  setFilter(filter: string): void;
+  stats(): CaptureStats;
+  close(): void;
+}
+
+type FrameSink = (frame: Uint8Array, wireLength: number) => void;
+
+/** Frames drained per wait: bounds the time spent in one synchronous burst. */
+const DRAIN_BATCH = 1024;
+/** A safety net only: closing ends a pending wait at once. */
+const WAIT_MS = 1000;
+/** Past this many MACs the union filter could exceed the kernel's 4096 BPF instructions. */
+const MAX_FILTER_MACS = 200;
+const BROADCAST = 0xffffffffffff;
+
+/** A MAC address as one number (48 bits fit a double exactly). */
+function mac48(b: Uint8Array, at: number): number {
+  return (b[at] * 0x10000 + ((b[at + 1] << 8) | b[at + 2])) * 0x1000000 +
+    ((b[at + 3] << 16) | (b[at + 4] << 8) | b[at + 5]);
+}
+
+/** The shared captures of one process, by device. */
+export class DeviceCaptures {
+  #devices = new Map<string, DeviceCapture>();
+
+  constructor(private readonly openRaw: (device: string, filter: string) => RawCapture) {}
+
+  /** A capture of `spec`'s frames on `device`; throws a VnetError if the device can't be opened. */
+  open(device: string, spec: CaptureSpec): Capture {
+    let shared = this.#devices.get(device);
+    if (!shared) {
+      shared = new DeviceCapture(device, this.openRaw, () => this.#devices.delete(device));
+      this.#devices.set(device, shared);
+    }
+    return shared.join(spec);
+  }
+}
+
+class Member implements Capture {
+  /** This member's own MACs (a Proxy member never takes frames from them). */
+  readonly own: Set<number>;
+  onFrame: FrameSink | null = null;
+  onError: ((error: Error) => void) | null = null;
+  closed = false;
+
+  constructor(
+    readonly device: string,
+    readonly spec: CaptureSpec,
+    private readonly shared: DeviceCapture,
+  ) {
+    this.own = new Set(spec.macs.map((m) => mac48(macBytes(m), 0)));
+  }
+
+  start(onFrame: FrameSink, onError: (error: Error) => void): void {
+    this.onFrame = onFrame;
+    this.onError = onError;
+    this.shared.run();
+  }
+
+  stats(): CaptureStats {
+    return this.shared.stats();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.shared.leave(this);
+  }
+}
+
+class DeviceCapture {
+  #raw: RawCapture | null = null;
+  #members = new Set<Member>();
+  #hostBySrc = new Map<number, Member>();
+  #proxyByDst = new Map<number, Member>();
+  #proxies: Member[] = [];
+  #running = false;
+  #closed = false;
+
+  constructor(
+    readonly device: string,
+    private readonly openRaw: (device: string, filter: string) => RawCapture,
+    private readonly forget: () => void,
+  ) {}
+
+  join(spec: CaptureSpec): Member {
+    const member = new Member(this.device, spec, this);
+    this.#members.add(member);
+    try {
+      this.#update();
+    } catch (e) {
+      this.#members.delete(member);
+      if (this.#members.size === 0) this.#close();
+      else this.#update();
+      throw e;
+    }
+    return member;
+  }
+
+  leave(member: Member): void {
+    if (!this.#members.delete(member) || this.#closed) return;
+    if (this.#members.size === 0) this.#close();
+    else this.#update();
+  }
+
+  stats(): CaptureStats {
+    return this.#raw && !this.#closed
+      ? this.#raw.stats()
+      : { received: 0, dropped: 0, ifDropped: 0 };
+  }
+
+  /** Starts the device's capture loop, once. */
+  run(): void {
+    if (this.#running || this.#closed) return;
+    this.#running = true;
+    this.#loop(this.#raw!);
+  }
+
+  /** Role: move every frame of the device to the handlers that want it. */
+  async #loop(raw: RawCapture): Promise<void> {
+    log.info("capture loop started", { dev: this.device });
+    try {
+      while (!this.#closed && await raw.wait(WAIT_MS)) raw.drain(this.#dispatch, DRAIN_BATCH);
+    } catch (e) {
+      if (!this.#closed) this.#fail(e instanceof Error ? e : new Error(messageOf(e)));
+    }
+    log.info("capture loop stopped", { dev: this.device });
+  }
+
+  #dispatch = (frame: Uint8Array, wireLength: number): void => {
+    if (frame.length < 14) return;
+    const dst = mac48(frame, 0);
+    const src = mac48(frame, 6);
+    this.#hostBySrc.get(src)?.onFrame?.(frame, wireLength);
+    if ((frame[0] & 1) === 0) {
+      const proxy = this.#proxyByDst.get(dst);
+      if (proxy && !proxy.own.has(src)) proxy.onFrame?.(frame, wireLength);
+      return;
+    }
+    const broadcast = dst === BROADCAST;
+    for (const proxy of this.#proxies) {
+      if ((broadcast || proxy.spec.multicast) && !proxy.own.has(src)) {
+        proxy.onFrame?.(frame, wireLength);
+      }
+    }
+  };
+
+  /** Re-indexes the members and sets the union filter (opening libpcap on first use). */
+  #update(): void {
+    this.#hostBySrc.clear();
+    this.#proxyByDst.clear();
+    this.#proxies = [];
+    let macs = 0;
+    for (const m of this.#members) {
+      macs += m.own.size;
+      const index = m.spec.role === "host" ? this.#hostBySrc : this.#proxyByDst;
+      for (const mac of m.own) index.set(mac, m);
+      if (m.spec.role === "proxy") this.#proxies.push(m);
+    }
+    // Over the limit: let everything through and sort it out here (still exact, just busier).
+    const filter = macs > MAX_FILTER_MACS ? "" : [...this.#members]
+      .map((m) => `(${buildFilter(m.spec.role, m.spec.macs, m.spec.multicast)})`).join(" or ");
+    if (this.#raw) this.#raw.setFilter(filter);
+    else this.#raw = this.openRaw(this.device, filter);
+  }
+
+  /** The interface failed (e.g. it disappeared): every member hears it, then all starts over. */
+  #fail(error: Error): void {
+    const members = [...this.#members];
+    this.#close();
+    for (const m of members) m.onError?.(error);
+  }
+
+  #close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.forget();
+    this.#raw?.close();
+  }
+}
