@@ -115,6 +115,15 @@ async function expect(reader: MessageReader, type: MessageType, what: string) {
   return m.payload.slice();
 }
 
+/** What a completed handshake established. */
+export interface Handshake {
+  /** What the other end said the connection is for. */
+  kind: ConnectionKind;
+  /** This side's and the other side's nonces: fresh, shared, bound to this connection. */
+  own: Uint8Array;
+  peer: Uint8Array;
+}
+
 /**
  * Runs the handshake on a fresh connection. Resolves with the peer's declared kind; throws
  * AuthError (after telling the peer) if the peer does not know the secret, VnetError or
@@ -129,7 +138,7 @@ export async function handshake(
     kind: ConnectionKind;
     timeoutMs?: number;
   },
-): Promise<ConnectionKind> {
+): Promise<Handshake> {
   const timeoutMs = options.timeoutMs ?? HANDSHAKE_TIMEOUT_MS;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
@@ -146,7 +155,7 @@ export async function handshake(
     clearTimeout(timer);
   }
 
-  async function run(): Promise<ConnectionKind> {
+  async function run(): Promise<Handshake> {
     const own = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
     await writeAll(
       conn,
@@ -186,6 +195,6 @@ export async function handshake(
     // Authenticated: from now on the peer may send full-size frames and long answers.
     reader.maxMessage = MAX_MESSAGE;
     reader.reserve(1 << 20);
-    return hello.kind;
+    return { kind: hello.kind, own, peer: hello.nonce };
   }
 }

@@ -33,6 +33,7 @@ import {
 } from "./wire.ts";
 import { formatHostPort, type HostPort } from "./addr.ts";
 import { type SshOptions, sshStream } from "./ssh.ts";
+import { makeProof, type PeerIdentity } from "./peer_cert.ts";
 
 /** One chunk holds at least one maximal frame; chunks are recycled through a pool. */
 const CHUNK_BYTES = 512 * 1024;
@@ -377,6 +378,8 @@ export interface DialOptions {
   keepaliveMs?: number;
   /** Reach the other end through `ssh -W` on this gateway instead of connecting directly. */
   ssh?: SshOptions;
+  /** A server dialling a peer over TLS proves its certificate with this (peer_cert.ts). */
+  identity?: PeerIdentity;
 }
 
 /** Connects to `addr`, runs the handshake and returns the open Link. Throws a VnetError. */
@@ -415,7 +418,15 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
   }
   const reader = new MessageReader(conn);
   try {
-    await handshake(conn, reader, { key: options.key, side: "dialer", kind: options.kind });
+    const done = await handshake(conn, reader, {
+      key: options.key,
+      side: "dialer",
+      kind: options.kind,
+    });
+    if (options.tlsCa && options.identity && options.kind === "peer") {
+      const proof = await makeProof(options.identity, done.own, done.peer);
+      await writeAll(conn, encodeMessage(MessageType.CertProof, proof));
+    }
   } catch (e) {
     try {
       conn.close();

@@ -12,7 +12,8 @@
  * The dialling side owns the link: if it breaks, the dialler reconnects with backoff and
  * re-attaches every handler it carries; the other side's handlers wait, down, meanwhile.
  */
-import { type ConnectionKind, handshake } from "./auth.ts";
+import { type ConnectionKind, handshake, writeAll } from "./auth.ts";
+import { checkProof, loadIdentity, type PeerIdentity } from "./peer_cert.ts";
 import { formatHostPort, type HostPort } from "./addr.ts";
 import { messageOf, VnetError } from "./errors.ts";
 import { Handler, type HandlerInfo, type HandlerSpec } from "./handler.ts";
@@ -20,7 +21,7 @@ import { dial, Link, type LinkEvents, withTimeout } from "./link.ts";
 import { type Logger } from "./log.ts";
 import { parseMac } from "./mac.ts";
 import { type Interfaces } from "./ports.ts";
-import { MessageReader } from "./wire.ts";
+import { encodeMessage, MessageReader, MessageType } from "./wire.ts";
 import { type Role } from "./filter.ts";
 import { parseGateway, type SshOptions } from "./ssh.ts";
 import { loadState, type SavedHandler, saveState } from "./state.ts";
@@ -128,6 +129,8 @@ export class Server {
   #stopping = false;
   /** Connections still in their handshake; past the limit new ones are closed at once. */
   #handshaking = 0;
+  /** Our certificate and key as proved to the peers we dial (TLS only). */
+  #identity: Promise<PeerIdentity> | null = null;
   #lastFloodLog = 0;
 
   constructor(options: ServerOptions) {
@@ -195,6 +198,7 @@ export class Server {
   async #authenticate(conn: Deno.Conn, remote: string): Promise<void> {
     const tls = Boolean(this.#options.tls);
     let kind: ConnectionKind;
+    let peerCert = "";
     const reader = new MessageReader(conn);
     try {
       if (tls) {
@@ -206,11 +210,16 @@ export class Server {
       } else {
         (conn as Deno.TcpConn).setNoDelay(true);
       }
-      kind = await handshake(conn, reader, {
+      const done = await handshake(conn, reader, {
         key: this.#options.key,
         side: "acceptor",
         kind: "acceptor",
       });
+      kind = done.kind;
+      // With TLS, a dialling server must also prove the certificate it holds (peer_cert.ts).
+      if (this.#options.tls && kind === "peer") {
+        peerCert = await this.#checkPeerCertificate(conn, reader, done.peer, done.own);
+      }
     } catch (e) {
       this.#log.warn("connection refused", { remote, reason: messageOf(e) });
       try {
@@ -231,7 +240,34 @@ export class Server {
       keepaliveMs: kind === "peer" ? this.#options.keepaliveMs : 0,
     });
     this.#links.add(link);
-    this.#log.info(kind === "peer" ? "peer link up" : "client connected", { remote, tls });
+    this.#log.info(kind === "peer" ? "peer link up" : "client connected", {
+      remote,
+      tls,
+      cert: peerCert || undefined,
+    });
+  }
+
+  /** Reads the dialler's certificate proof; on a bad one, tells it why and throws. */
+  async #checkPeerCertificate(
+    conn: Deno.Conn,
+    reader: MessageReader,
+    dialerNonce: Uint8Array,
+    acceptorNonce: Uint8Array,
+  ): Promise<string> {
+    const m = await withTimeout(reader.message(), 10_000, () => "no certificate proof in time");
+    try {
+      if (m?.type !== MessageType.CertProof) {
+        throw new VnetError(
+          "the dialling server proved no certificate (give it --tls-cert/--tls-key/--tls-ca)",
+        );
+      }
+      return await checkProof(m.payload, this.#options.tls!.ca, dialerNonce, acceptorNonce);
+    } catch (e) {
+      const text = `certificate refused: ${messageOf(e)}`;
+      await writeAll(conn, encodeMessage(MessageType.Error, new TextEncoder().encode(text)))
+        .catch(() => {});
+      throw new VnetError(text, { cause: e });
+    }
   }
 
   #events(kind: "control" | "peer"): LinkEvents {
@@ -569,7 +605,9 @@ export class Server {
 
   async #dialPeer(peer: Peer): Promise<Link> {
     const tls = this.#options.tls;
+    if (tls) this.#identity ??= loadIdentity(tls.cert, tls.key);
     const link = await dial(peer.addr, {
+      identity: tls ? await this.#identity! : undefined,
       ssh: peer.ssh,
       key: this.#options.key,
       kind: "peer",

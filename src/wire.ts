@@ -29,6 +29,8 @@ export const MessageType = {
   /** Keepalive probe: 8 bytes echoed back in a Pong. */
   Ping: 7,
   Pong: 8,
+  /** A dialling server's certificate and signature over the nonces (peer_cert.ts). */
+  CertProof: 9,
 } as const;
 export type MessageType = typeof MessageType[keyof typeof MessageType];
 

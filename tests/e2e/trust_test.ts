@@ -183,6 +183,44 @@ e2e("trust: TLS with vnet cert material, and what it refuses", async (t) => {
       );
     });
 
+    await step("the accepting server refuses a dialler whose certificate is foreign", async () => {
+      // The proxy holds a certificate of another CA (the client is told to trust that CA), and
+      // dials the host: the host, not the TLS layer, must refuse the proof of that certificate.
+      const foreign = `${topo.dir}/foreign`;
+      await vnetOk([
+        "cert",
+        "issue",
+        "--ca",
+        `${foreign}/ca`,
+        "--name",
+        "proxy",
+        "--san",
+        WAN.proxy,
+        "--out",
+        `${foreign}/proxy`,
+      ]);
+      await restart("host", serverTls(`${tls}/host`));
+      await restart("proxy", [
+        "--tls-cert",
+        `${foreign}/proxy/cert.pem`,
+        "--tls-key",
+        `${foreign}/proxy/key.pem`,
+        "--tls-ca",
+        ca,
+      ]);
+      const r = await create({ tlsCa: `${foreign}/ca/ca.pem` });
+      assertCleanFailure(r, /certificate refused: .*not issued by this server's CA/, "dialler");
+      const hostLog = topo.servers.host!.lines.join("\n");
+      assert(/connection refused.*certificate refused/.test(hostLog), `host log:\n${hostLog}`);
+      const p = await listAt(topo, topo.ns.proxy, topo.addr("proxy"), [
+        "--tls-ca",
+        `${foreign}/ca/ca.pem`,
+      ]);
+      assert(p.length === 0, `the proxy lists ${JSON.stringify(p)}`);
+      assert(!/handler opened/.test(hostLog), `the host opened a handler:\n${hostLog}`);
+      await restart("proxy", serverTls(`${tls}/proxy`));
+    });
+
     await step("an expired peer certificate is refused", async () => {
       await vnetOk([
         "cert",

@@ -76,8 +76,11 @@ Deno.test("both sides with the same secret authenticate each other", async () =>
     handshake(b, new MessageReader(b), { key, side: "acceptor", kind: "acceptor" }),
     handshake(a, new MessageReader(a), { key, side: "dialer", kind: "control" }),
   ]);
-  assertEquals(kindSeenByAcceptor, "control");
-  assertEquals(kindSeenByDialer, "acceptor");
+  assertEquals(kindSeenByAcceptor.kind, "control");
+  assertEquals(kindSeenByDialer.kind, "acceptor");
+  // Both sides end up with the same two nonces, each seen from its own side.
+  assertEquals(kindSeenByAcceptor.own, kindSeenByDialer.peer);
+  assertEquals(kindSeenByAcceptor.peer, kindSeenByDialer.own);
 });
 
 Deno.test("a wrong secret fails on both sides, with a clear reason", async () => {
