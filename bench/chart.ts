@@ -63,14 +63,14 @@ export function renderChart(
     const x0 = pad + (i % cols) * pw, y0 = top + Math.floor(i / cols) * ph;
     const vals = configs.map((c) => m[metric]?.[c] ?? null);
     const max = Math.max(1e-9, ...vals.filter((v): v is number => v !== null));
-    const plotH = ph - 70, plotY = y0 + 30, plotW = pw - 30;
+    const plotH = ph - 80, plotY = y0 + 40, plotW = pw - 30;
     const bw = plotW / configs.length;
     out.push(
       `<g>`,
       `<rect x="${x0}" y="${y0}" width="${pw - 10}" height="${ph - 10}" fill="#fafafa" ` +
         `stroke="#ddd"/>`,
       `<text x="${x0 + 8}" y="${y0 + 16}" font-weight="bold">${esc(title)}</text>`,
-      `<text x="${x0 + pw - 18}" y="${y0 + 16}" text-anchor="end" fill="#888">${better} ` +
+      `<text x="${x0 + 8}" y="${y0 + 30}" font-size="10" fill="#888">${better} ` +
         `is better</text>`,
       `<line x1="${x0 + 10}" y1="${plotY + plotH}" x2="${x0 + 10 + plotW}" ` +
         `y2="${plotY + plotH}" stroke="#999"/>`,
