@@ -482,7 +482,14 @@ function explainConnectError(e: unknown): string {
   if (e instanceof Deno.errors.TimedOut) return "timed out";
   const text = messageOf(e);
   if (/UnknownIssuer|invalid peer certificate|certificate/i.test(text)) {
-    return `the server's TLS certificate was refused: ${text} (check --tls-ca and the name the certificate was issued for)`;
+    const why = /UnknownIssuer/.test(text)
+      ? "not issued by the CA given with --tls-ca; "
+      : /CaUsedAsEndEntity/.test(text)
+      ? "it is a CA (self-signed) certificate, not one issued by your CA; "
+      : /expired/i.test(text)
+      ? "it has expired; "
+      : "";
+    return `the server's TLS certificate was refused: ${why}${text} (check --tls-ca and the name the certificate was issued for)`;
   }
   if (/InvalidContentType|CorruptMessage|received corrupt message/i.test(text)) {
     return `not a TLS server: ${text} (drop --tls-ca, or give that server --tls-cert/--tls-key)`;
