@@ -65,15 +65,16 @@ class Peer {
   constructor(
     readonly addr: HostPort,
     readonly ssh: SshOptions | undefined,
-    private readonly open: (peer: Peer) => Promise<Link>,
+    private readonly open: (peer: Peer, timeoutMs: number) => Promise<Link>,
     private readonly onReconnect: (peer: Peer, link: Link) => Promise<void>,
     private readonly log: Logger,
   ) {}
 
   /** The open link, dialling if there is none. */
-  connect(): Promise<Link> {
+  /** The open link, dialling (within `timeoutMs`) if there is none. */
+  connect(timeoutMs = DIAL_TIMEOUT_MS): Promise<Link> {
     if (this.link?.isOpen) return Promise.resolve(this.link);
-    this.#connecting ??= this.open(this).then((link) => {
+    this.#connecting ??= this.open(this, timeoutMs).then((link) => {
       this.link = link;
       this.#failures = 0;
       return link;
@@ -117,6 +118,8 @@ interface Entry {
 }
 
 const MAX_HANDSHAKING = 64;
+/** How long a server tries to reach its peer when it has no link to it. */
+const DIAL_TIMEOUT_MS = 10_000;
 
 export class Server {
   #options: ServerOptions;
@@ -326,6 +329,9 @@ export class Server {
     const other = req[otherRole];
     const id = this.#newId();
     const dialTo = req.peer ?? other.addr;
+    // Answer within the client's own timeout, so that it hears why, not just "no answer".
+    const budget = typeof body.timeoutMs === "number" ? body.timeoutMs : 20_000;
+    const dialMs = Math.max(1_000, Math.min(DIAL_TIMEOUT_MS, budget - 2_000));
     const handler = this.#open({
       id,
       role: ownRole,
@@ -338,7 +344,7 @@ export class Server {
       const peer = this.#peer(dialTo, req.ssh);
       let link: Link;
       try {
-        link = await peer.connect();
+        link = await peer.connect(dialMs);
       } catch (e) {
         // Advice on reaching the other server only when it could not be reached: through ssh,
         // or when TLS or the secret refused it, the message itself says what is wrong.
@@ -365,7 +371,7 @@ export class Server {
         peer: formatHostPort(own.addr),
       };
       try {
-        await link.request("attach", attach);
+        await link.request("attach", attach, Math.max(1_000, budget - dialMs - 1_000));
       } catch (e) {
         throw new VnetError(`the ${otherRole} server refused: ${messageOf(e)}`, { cause: e });
       }
@@ -510,8 +516,25 @@ export class Server {
 
   // --- handlers --------------------------------------------------------------------------
 
-  /** Opens a handler's end on this server and indexes it by its frame number. */
+  /**
+   * Opens a handler's end on this server and indexes it by its frame number. A MAC is carried
+   * by one handler per interface and role: the capture of that interface hands each frame to
+   * one owner.
+   */
   #open(spec: HandlerSpec, tolerant = false): Handler {
+    for (const { handler } of this.#entries.values()) {
+      const other = handler.spec;
+      if (other.id === spec.id || other.device !== spec.device || other.role !== spec.role) {
+        continue;
+      }
+      const shared = spec.macs.find((m) => other.macs.includes(m));
+      if (shared) {
+        throw new VnetError(
+          `MAC ${shared} is already carried by handler ${other.id} on ${spec.device} ` +
+            `(${spec.role} role): close that handler first, or carry the MAC there`,
+        );
+      }
+    }
     const handler = new Handler(spec, this.#options.ports, this.#log, tolerant);
     this.#byNumber.set(handler.number, handler);
     return handler;
@@ -594,7 +617,7 @@ export class Server {
       peer = new Peer(
         addr,
         ssh,
-        (p) => this.#dialPeer(p),
+        (p, timeoutMs) => this.#dialPeer(p, timeoutMs),
         (p, link) => this.#reattach(p, link),
         this.#log,
       );
@@ -603,10 +626,11 @@ export class Server {
     return peer;
   }
 
-  async #dialPeer(peer: Peer): Promise<Link> {
+  async #dialPeer(peer: Peer, timeoutMs: number): Promise<Link> {
     const tls = this.#options.tls;
     if (tls) this.#identity ??= loadIdentity(tls.cert, tls.key);
     const link = await dial(peer.addr, {
+      timeoutMs,
       identity: tls ? await this.#identity! : undefined,
       ssh: peer.ssh,
       key: this.#options.key,

@@ -177,6 +177,7 @@ async function create(args: string[]): Promise<void> {
     multicast: values.multicast === true,
     peer,
     ssh: sshRequest(values),
+    timeoutMs: timeoutMs(values),
   });
   console.log(String(result.id));
 }

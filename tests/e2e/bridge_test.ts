@@ -255,6 +255,12 @@ e2e("two handlers on one server pair", async (t) => {
       assert((await topo.list("host")).length === 2, `host should list two handlers`);
     });
 
+    await step("a MAC another handler carries is refused, with one clear line", async () => {
+      const r = await topo.vnet(topo.handlerArgs([b]));
+      assertCleanFailure(r, new RegExp(`MAC ${b.mac} is already carried by handler ${idb}`), "dup");
+      assert((await topo.list("proxy")).length === 2, "no third handler on the proxy");
+    });
+
     await step("closing one leaves the other working", async () => {
       const r = await topo.closeHandler(ida);
       assert(r.code === 0, `close exit ${r.code}: ${r.stderr}`);
@@ -363,6 +369,16 @@ e2e("bad CLI input: one clear line on stderr, exit ≠ 0", async (t) => {
     await t.step("server host unreachable", async () => {
       const r = await topo.vnet(withArg("--host", "10.78.0.99:7000"), { timeoutMs: 60_000 });
       assertCleanFailure(r, /10\.78\.0\.99|connect|unreachable|timed? ?out/i, "unreachable");
+    });
+
+    await t.step("a short --timeout still says why the peer was not reached", async () => {
+      const t0 = performance.now();
+      const r = await topo.vnet([...withArg("--host", "10.78.0.99:7000"), "--timeout", "4"], {
+        timeoutMs: 30_000,
+      });
+      const ms = performance.now() - t0;
+      assertCleanFailure(r, /could not reach the host server: .*10\.78\.0\.99/, "--timeout 4");
+      assert(ms < 10_000, `the client took ${Math.round(ms)} ms with --timeout 4`);
     });
 
     await t.step("close of an unknown id", async () => {
