@@ -244,7 +244,7 @@ async function checkTls(
   const ca = parse(read(files.ca, "TLS CA"), "TLS CA", files.ca);
   let keyPem: string | undefined;
   try {
-    await checkPrivateFile(files.key);
+    checkPrivateFile(files.key);
     keyPem = read(files.key, "TLS key");
   } catch (e) {
     problems.push(`TLS key: ${messageOf(e)}`);

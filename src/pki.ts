@@ -15,6 +15,9 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { VnetError } from "./errors.ts";
+import { checkPrivateFile, shellQuote } from "./secret.ts";
+
+export { checkPrivateFile };
 
 x509.cryptoProvider.set(crypto);
 
@@ -271,46 +274,15 @@ export async function fingerprint(pem: string): Promise<string> {
 
 const EXISTS_HINT = "remove it or pass --force to overwrite";
 
-function shellQuote(path: string): string {
-  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replaceAll("'", `'\\''`)}'`;
-}
-
 /** The OS reason of a Deno file error, without the trailing ": open '/path'" part. */
 function reason(e: unknown): string {
   const text = e instanceof Error ? e.message : String(e);
   return text.replace(/:\s*[a-z]+ '.*'$/s, "").replace(/\s*\n\s*/g, " ");
 }
 
-function octal(mode: number): string {
-  return (mode & 0o7777).toString(8).padStart(4, "0");
-}
-
-/**
- * Refuses a private file (key, secret) that group or others may access, like OpenSSH:
- * `permissions 0644 for 'x' are too open; run chmod 600 x`. Also a clear error if it is
- * missing or not a regular file. No check of modes where the OS has none (Windows).
- */
-export async function checkPrivateFile(path: string): Promise<void> {
-  let info: Deno.FileInfo;
-  try {
-    info = await Deno.stat(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new VnetError(`'${path}' not found`);
-    throw new VnetError(`cannot read '${path}': ${reason(e)}`, { cause: e });
-  }
-  if (!info.isFile) throw new VnetError(`'${path}' is not a regular file`);
-  if (info.mode !== null && (info.mode & 0o077) !== 0) {
-    throw new VnetError(
-      `permissions ${octal(info.mode)} for '${path}' are too open; run chmod 600 ${
-        shellQuote(path)
-      }`,
-    );
-  }
-}
-
 /** `checkPrivateFile`, then the file's text. */
 export async function readPrivateFile(path: string): Promise<string> {
-  await checkPrivateFile(path);
+  checkPrivateFile(path);
   try {
     return await Deno.readTextFile(path);
   } catch (e) {

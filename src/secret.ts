@@ -9,18 +9,30 @@ const MIN_SECRET_BYTES = 16;
 const HOW_TO_MAKE =
   "make one with: head -c 32 /dev/urandom | base64 > vnet.secret && chmod 600 vnet.secret";
 
-/** Refuses files that others can read, as OpenSSH does for private keys. */
-export function checkPrivateFile(path: string, what: string): void {
+/** `path` as a shell word, quoted only when it needs to be (for "run chmod 600 PATH"). */
+export function shellQuote(path: string): string {
+  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * Refuses a private file (secret, key) that group or others may access, as OpenSSH does:
+ * `permissions 0644 for secret file 'x' are too open; run chmod 600 x`. Also one clear line if
+ * it is missing or not a regular file. Modes are not checked where the OS has none (Windows).
+ */
+export function checkPrivateFile(path: string, what = ""): void {
+  const named = what ? `${what} '${path}'` : `'${path}'`;
   let info: Deno.FileInfo;
   try {
     info = Deno.statSync(path);
   } catch (e) {
-    throw new VnetError(`cannot read ${what} '${path}': ${(e as Error).message}`, { cause: e });
+    if (e instanceof Deno.errors.NotFound) throw new VnetError(`${named} not found`);
+    throw new VnetError(`cannot read ${named}: ${(e as Error).message}`, { cause: e });
   }
+  if (!info.isFile) throw new VnetError(`${named} is not a regular file`);
   if (info.mode !== null && (info.mode & 0o077) !== 0 && Deno.build.os !== "windows") {
-    const mode = (info.mode & 0o777).toString(8).padStart(4, "0");
+    const mode = (info.mode & 0o7777).toString(8).padStart(4, "0");
     throw new VnetError(
-      `permissions ${mode} for ${what} '${path}' are too open: others could read it; run chmod 600 ${path}`,
+      `permissions ${mode} for ${named} are too open; run chmod 600 ${shellQuote(path)}`,
     );
   }
 }

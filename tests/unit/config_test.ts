@@ -171,7 +171,7 @@ Deno.test("check-config: secret too open, too short, or missing", async () => {
     const p2 = await checkSettings({ ...base, "secret-file": short });
     assertMatch(p2.join(), /too short \(8 bytes, need 16\)/);
     const p3 = await checkSettings({ ...base, "secret-file": `${dir}/nope` });
-    assertMatch(p3.join(), /cannot read secret file/);
+    assertMatch(p3.join(), /secret file .* not found/);
   });
 });
 

@@ -488,7 +488,7 @@ Deno.test({
         );
       }
       await Deno.chmod(key, 0o400);
-      await checkPrivateFile(key); // read-only for the owner is fine
+      checkPrivateFile(key); // read-only for the owner is fine
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -504,7 +504,7 @@ Deno.test({
       const path = `${dir}/secret`;
       await writeSecretFile(path, "s3cret\n");
       assertEquals(await mode(path), "600");
-      await checkPrivateFile(path);
+      checkPrivateFile(path);
       await assertRejects(() => writeSecretFile(path, "x"), "already exists");
       // overwrite replaces a too-open file with a fresh 0600 one
       await Deno.chmod(path, 0o644);
@@ -512,7 +512,7 @@ Deno.test({
       assertEquals(await mode(path), "600");
       assertEquals(await Deno.readTextFile(path), "new\n");
       assertEquals([...Deno.readDirSync(dir)].length, 1); // no temp file left behind
-      await assertRejects(() => checkPrivateFile(`${dir}/none`), "not found");
+      await assertRejects(async () => checkPrivateFile(`${dir}/none`), "not found");
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
