@@ -28,6 +28,7 @@
  * of medians. Needs root; installs iperf3/openvpn with apt-get when missing.
  */
 import {
+  addBridge,
   LAN,
   type Proc,
   REPO_ROOT,
@@ -212,20 +213,7 @@ const VM_IP = "10.77.0.60";
 const OVPN_PORT = "1194";
 
 async function bridgePorts(ns: string, br: string, ports: string[]): Promise<void> {
-  await run(ns, [
-    "ip",
-    "link",
-    "add",
-    br,
-    "type",
-    "bridge",
-    "stp_state",
-    "0",
-    "forward_delay",
-    "0",
-    "mcast_snooping",
-    "0",
-  ]);
+  await addBridge(ns, br);
   for (const p of ports) await run(ns, ["ip", "link", "set", p, "master", br]);
   await run(ns, ["ip", "link", "set", br, "up"]);
 }

@@ -386,6 +386,27 @@ export const WAN = { proxy: "10.78.0.1", host: "10.78.0.2", host2: "10.78.0.3", 
 export const VM_MACS = ["02:00:00:00:00:01", "02:00:00:00:00:02"] as const;
 export const DHCP_RANGE = { first: "10.77.0.100", last: "10.77.0.150" } as const;
 
+/**
+ * Adds a Linux bridge that behaves like a dumb switch: no STP (ports forward at once), no
+ * multicast snooping (multicast is flooded).
+ */
+export async function addBridge(ns: Ns, br: string): Promise<void> {
+  await run(ns, [
+    "ip",
+    "link",
+    "add",
+    br,
+    "type",
+    "bridge",
+    "stp_state",
+    "0",
+    "forward_delay",
+    "0",
+    "mcast_snooping",
+    "0",
+  ]);
+}
+
 export class Topology {
   /** Namespace names by role. */
   readonly ns: {
@@ -459,21 +480,7 @@ export class Topology {
   }
 
   private async bridge(ns: string, br: string, addr?: string) {
-    // No STP (ports forward at once), no multicast snooping (flood multicast like a dumb switch).
-    await run(ns, [
-      "ip",
-      "link",
-      "add",
-      br,
-      "type",
-      "bridge",
-      "stp_state",
-      "0",
-      "forward_delay",
-      "0",
-      "mcast_snooping",
-      "0",
-    ]);
+    await addBridge(ns, br);
     if (addr) await run(ns, ["ip", "addr", "add", addr, "dev", br]);
     await run(ns, ["ip", "link", "set", br, "up"]);
   }
