@@ -512,7 +512,7 @@ Deno.test({
       assertEquals(await mode(path), "600");
       assertEquals(await Deno.readTextFile(path), "new\n");
       assertEquals([...Deno.readDirSync(dir)].length, 1); // no temp file left behind
-      await assertRejects(async () => checkPrivateFile(`${dir}/none`), "not found");
+      assertThrows(() => checkPrivateFile(`${dir}/none`), "not found");
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
