@@ -140,6 +140,15 @@ function fixIpv4HeaderChecksum(f: Uint8Array, l3: number, ihl: number): void {
   offloadStats.checksumsFixed++;
 }
 
+/** Writes the IPv4 header checksum of a header we built in the scratch buffer. */
+function writeIpv4HeaderChecksum(s: Uint8Array, l3: number, ihl: number): void {
+  s[l3 + 10] = 0;
+  s[l3 + 11] = 0;
+  const hc = ~sumBytes(scratchDv, l3, l3 + ihl) & 0xffff;
+  s[l3 + 10] = hc >>> 8;
+  s[l3 + 11] = hc & 0xff;
+}
+
 /**
  * Verifies the TCP/UDP checksum of `f[l4, l4 + len)` (field at `f[ck]`) against `pseudo`, the
  * unfolded pseudo-header sum; rewrites it when wrong. `udp`: a result of 0 is sent as 0xffff, and
@@ -400,11 +409,7 @@ function segmentTcp(
       const id = (id0 + k) & 0xffff;
       s[l3 + 4] = id >>> 8;
       s[l3 + 5] = id & 0xff;
-      s[l3 + 10] = 0;
-      s[l3 + 11] = 0;
-      const hc = ~sumBytes(scratchDv, l3, l3 + netLen) & 0xffff;
-      s[l3 + 10] = hc >>> 8;
-      s[l3 + 11] = hc & 0xff;
+      writeIpv4HeaderChecksum(s, l3, netLen);
     } else {
       const plen = netLen - 40 + segLen;
       s[l3 + 4] = plen >>> 8;
@@ -492,11 +497,7 @@ function fragmentIpv4(
     const fo = (last ? lastMf : IP_MF) | ((baseOff + off) >>> 3);
     s[l3 + 6] = fo >>> 8;
     s[l3 + 7] = fo & 0xff;
-    s[l3 + 10] = 0;
-    s[l3 + 11] = 0;
-    const hc = ~sumBytes(scratchDv, l3, l3 + hlen) & 0xffff;
-    s[l3 + 10] = hc >>> 8;
-    s[l3 + 11] = hc & 0xff;
+    writeIpv4HeaderChecksum(s, l3, hlen);
     emit(scratchOf(l3 + len));
     off += n;
   }
