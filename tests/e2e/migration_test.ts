@@ -31,6 +31,27 @@ const STREAM_RATE = 300_000;
 e2e("migration: a VM moves to another host; its TCP stream survives", async (t) => {
   await withTopology({ vms: 1, secondHost: true }, 120_000, async (topo) => {
     const step = stepper(t, () => topo.serverLogs());
+    /** `vnet client migrate ID --host TO --host-dev DEV`, sent to the Proxy's server by default. */
+    const migrate = (
+      id: string,
+      to: string,
+      dev: string,
+      o: { server?: string; extra?: string[]; timeoutMs?: number } = {},
+    ) =>
+      topo.vnet([
+        "client",
+        "migrate",
+        "--server",
+        o.server ?? topo.addr("proxy"),
+        "--secret-file",
+        topo.secretFile,
+        id,
+        "--host",
+        to,
+        "--host-dev",
+        dev,
+        ...(o.extra ?? []),
+      ], { timeoutMs: o.timeoutMs });
     const vm = topo.vms[0];
     let id = "";
     await topo.startServers();
@@ -51,19 +72,7 @@ e2e("migration: a VM moves to another host; its TCP stream survives", async (t) 
       await sleep(3000);
 
       await topo.moveVm(vm, "host2");
-      const r = await topo.vnet([
-        "client",
-        "migrate",
-        "--server",
-        topo.addr("proxy"),
-        "--secret-file",
-        topo.secretFile,
-        id,
-        "--host",
-        topo.addr("host2"),
-        "--host-dev",
-        vm.hostDev,
-      ]);
+      const r = await migrate(id, topo.addr("host2"), vm.hostDev);
       assert(r.code === 0, `migrate exit ${r.code}: ${r.stderr}`);
       assert(r.stdout.trim() === id, `migrate prints the id, got '${r.stdout.trim()}'`);
       const gap = /gap (\d+) ms/.exec(r.stderr);
@@ -105,78 +114,31 @@ e2e("migration: a VM moves to another host; its TCP stream survives", async (t) 
 
     await step("and back again: ping works on the first host", async () => {
       await topo.moveVm(vm, "host");
-      const r = await topo.vnet([
-        "client",
-        "migrate",
-        "--server",
-        topo.addr("proxy"),
-        "--secret-file",
-        topo.secretFile,
-        id,
-        "--host",
-        topo.addr("host"),
-        "--host-dev",
-        vm.hostDev,
-      ]);
+      const r = await migrate(id, topo.addr("host"), vm.hostDev);
       assert(r.code === 0, `migrate back exit ${r.code}: ${r.stderr}`);
       await pingOk(topo, VM_IP);
       assert(!byMac(await list(topo, "host2"), vm.mac), "host2 still has the handler");
     });
 
     await step("migrate of an unknown id fails clearly", async () => {
-      const r = await topo.vnet([
-        "client",
-        "migrate",
-        "--server",
-        topo.addr("proxy"),
-        "--secret-file",
-        topo.secretFile,
-        "0badc0de",
-        "--host",
-        topo.addr("host2"),
-        "--host-dev",
-        "vmif0",
-      ]);
+      const r = await migrate("0badc0de", topo.addr("host2"), "vmif0");
       assert(r.code !== 0, `migrate of an unknown id succeeded: ${r.stdout}`);
       assert(/no handler '0badc0de'/.test(r.stderr), `unclear error: ${r.stderr}`);
       assert(r.stderr.trim().split("\n").length === 1, `one line expected:\n${r.stderr}`);
     });
 
     await step("migrate sent to the host server says to send it to the Proxy's", async () => {
-      const r = await topo.vnet([
-        "client",
-        "migrate",
-        "--server",
-        `${WAN.host}:7000`,
-        "--secret-file",
-        topo.secretFile,
-        id,
-        "--host",
-        topo.addr("host2"),
-        "--host-dev",
-        "vmif0",
-      ]);
+      const r = await migrate(id, topo.addr("host2"), "vmif0", { server: `${WAN.host}:7000` });
       assert(r.code !== 0, `migrate via the host succeeded: ${r.stdout}`);
       assert(/Proxy's server/.test(r.stderr), `unclear error: ${r.stderr}`);
       await pingOk(topo, VM_IP);
     });
 
     await step("a failed migrate is reported and the handler keeps its old host", async () => {
-      const r = await topo.vnet([
-        "client",
-        "migrate",
-        "--server",
-        topo.addr("proxy"),
-        "--secret-file",
-        topo.secretFile,
-        id,
-        "--host",
-        "10.78.0.9:7000",
-        "--host-dev",
-        "vmif0",
-        "--timeout",
-        "15",
-      ], { timeoutMs: 30_000 });
+      const r = await migrate(id, "10.78.0.9:7000", "vmif0", {
+        extra: ["--timeout", "15"],
+        timeoutMs: 30_000,
+      });
       assert(r.code !== 0, `migrate to nowhere succeeded: ${r.stdout}`);
       assert(/migrating .* failed.*stays on its old host/.test(r.stderr), `unclear: ${r.stderr}`);
       const proxy = (await list(topo, "proxy")).find((h) => h.id === id);
