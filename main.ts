@@ -12,7 +12,7 @@ import { error } from "./src/cli/common.ts";
 import { serverCommand } from "./src/cli/server.ts";
 import { certCommand } from "./src/cli/cert.ts";
 import { messageOf, VnetError } from "./src/errors.ts";
-import { COMMIT, VERSION } from "./src/version.ts";
+import { COMMIT, VERSION } from "./src/ops/version.ts";
 
 const HELP = `
 vnet ${VERSION}: bridge a remote VM onto a local Ethernet over one TCP (or TLS) connection

@@ -1,5 +1,5 @@
 /**
- * VNET against the wire and against OpenVPN, in one run, on the test topology (tests/netns.ts).
+ * VNET against the wire and against OpenVPN, in one run, on the test topology (lab/netns.ts).
  *
  *   deno task bench [--runs N] [--seconds S] [--quick] [--rate 100mbit] [--only a,b]
  *
@@ -39,7 +39,7 @@ import {
   tryRun,
   vnetCommand,
   WAN,
-} from "../tests/netns.ts";
+} from "../lab/netns.ts";
 import { type Medians, renderChart } from "./chart.ts";
 
 // ---------------------------------------------------------------------------------------------

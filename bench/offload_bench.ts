@@ -2,7 +2,7 @@
  * prepareForWire throughput. Run: deno bench -A bench/offload_bench.ts
  * Frames are built once; each iteration re-dirties the checksum so the repair path is measured.
  */
-import { prepareForWire } from "../src/offload.ts";
+import { prepareForWire } from "../src/dataplane/offload.ts";
 
 function tcpFrame(payloadLen: number): Uint8Array {
   const ipLen = 20 + 32 + payloadLen;

@@ -8,7 +8,7 @@
  * handler, runs one iperf3 TCP transfer, stops the servers with SIGINT (the profile is written on
  * exit) and prints the top self-time functions of each server (bench/cpuprofile.ts).
  */
-import { LAN, REPO_ROOT, run, spawn, Topology, tryRun } from "../tests/netns.ts";
+import { LAN, REPO_ROOT, run, spawn, Topology, tryRun } from "../lab/netns.ts";
 import { summarize } from "./cpuprofile.ts";
 
 function arg(name: string, dflt: string): string {

@@ -2,7 +2,7 @@
  * `deno task compile [--target TRIPLE] [--output FILE]`: builds the self-contained `dist/vnet`.
  *
  * 1. Stamps the build: writes `dist/.build/stamp.ts` (gitignored, like all of dist/), which
- *    calls `stampBuild({ commit })` from src/version.ts, and compiles it in with `--preload`, so
+ *    calls `stampBuild({ commit })` from src/ops/version.ts, and compiles it in with `--preload`, so
  *    `vnet --version` names the commit without any generated file in the repository.
  * 2. Runs `deno compile` with the permissions the program needs baked in (PERMISSIONS, no -A).
  *

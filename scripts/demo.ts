@@ -3,13 +3,13 @@
  *
  *   bash scripts/run.sh demo      (or, with everything installed: deno task demo)
  *
- * Builds the test topology (tests/netns.ts) in network namespaces, starts a VNET server on the
+ * Builds the test topology (lab/netns.ts) in network namespaces, starts a VNET server on the
  * Proxy and on the Host, asks for a handler with `vnet client`, lets the VM get its address from
  * the LAN's DHCP server through VNET, pings it from the LAN client and shows `vnet client list`.
  * Always tears everything down, also on Ctrl-C; exits non-zero if any step fails.
  * Set VNET_DEMO_TLS=1 to run the servers with TLS.
  */
-import { canMakeNamespaces, LAN, removeLeftovers, Topology, WAN } from "../tests/netns.ts";
+import { canMakeNamespaces, LAN, removeLeftovers, Topology, WAN } from "../lab/netns.ts";
 
 const tls = Deno.env.get("VNET_DEMO_TLS") === "1";
 let topo: Topology | undefined;

@@ -63,7 +63,7 @@ cache_deps() {
   local files=()
   [[ -f main.ts ]] && files+=(main.ts)
   [[ -f scripts/demo.ts ]] && files+=(scripts/demo.ts)
-  while IFS= read -r f; do files+=("$f"); done < <(find tests -name '*.ts' 2>/dev/null | sort)
+  while IFS= read -r f; do files+=("$f"); done < <(find tests lab -name '*.ts' 2>/dev/null | sort)
   [[ ${#files[@]} -gt 0 ]] && deno cache --quiet "${files[@]}" >&2
 }
 
@@ -72,7 +72,7 @@ prepare() {
   ensure_apt
   ensure_deno
   cache_deps
-  bash tests/cleanup.sh >&2 || true
+  bash lab/cleanup.sh >&2 || true
 }
 
 run_tests() {
@@ -80,7 +80,7 @@ run_tests() {
   log=$(mktemp)
   # The suite bounds every wait itself; this is the last line of defence against a hang.
   NO_COLOR=1 timeout --kill-after=30 2400 deno test -A tests/ 2>&1 | tee "$log" || rc=$?
-  bash tests/cleanup.sh >/dev/null 2>&1 || true
+  bash lab/cleanup.sh >/dev/null 2>&1 || true
   # deno test ends with e.g. "ok | 5 passed (12 steps) | 0 failed (3s)" or
   # "FAILED | 4 passed (10 steps) | 1 failed (2 steps) | 1 ignored (3s)".
   local summary passed failed ignored

@@ -12,7 +12,7 @@ import {
   parseCertificate,
   writeCa,
   writeIssued,
-} from "../pki.ts";
+} from "../link/pki.ts";
 
 const CERT_HELP = `Usage: vnet cert <command> [options]
 

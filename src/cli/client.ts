@@ -1,11 +1,11 @@
 /** `vnet client`: ask a server to create, list and close handlers. */
 import { formatHostPort, type HostPort, parseHostPort } from "../addr.ts";
 import { messageOf, VnetError } from "../errors.ts";
-import { dial, type Link } from "../link.ts";
-import { log } from "../log.ts";
-import { parseMac } from "../mac.ts";
-import { parseGateway } from "../ssh.ts";
-import { type ListedHandler } from "../server.ts";
+import { dial, type Link } from "../link/link.ts";
+import { log } from "../ops/log.ts";
+import { parseMac } from "../dataplane/mac.ts";
+import { parseGateway } from "../link/ssh.ts";
+import { type ListedHandler } from "../control/server.ts";
 import { error, type Options, parseFlags, readTextFile, required, secretKey } from "./common.ts";
 
 export const CLIENT_HELP = `

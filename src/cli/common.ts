@@ -1,9 +1,9 @@
 /** What every subcommand shares: flag parsing, the one exit path for user errors, loading keys. */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { VnetError } from "../errors.ts";
-import { loadSecret } from "../secret.ts";
-import { importSecret } from "../auth.ts";
-import { configureLog, isLevel } from "../log.ts";
+import { loadSecret } from "../link/secret.ts";
+import { importSecret } from "../link/auth.ts";
+import { configureLog, isLevel } from "../ops/log.ts";
 
 /** Prints `vnet: <message>` on stderr and exits 1. The only way a command fails on bad input. */
 export function error(message: string): never {

@@ -5,14 +5,14 @@ import {
   mergeSettings,
   resolveSettings,
   type Settings,
-} from "../config.ts";
+} from "../ops/config.ts";
 import { messageOf } from "../errors.ts";
-import { listDevices, systemInterfaces } from "../interfaces.ts";
-import { configureLog, log } from "../log.ts";
-import { type MetricsServer, processInfo, renderMetrics, serveMetrics } from "../metrics.ts";
-import { Server, type TlsFiles } from "../server.ts";
-import { checkPrivateFile } from "../secret.ts";
-import { COMMIT, VERSION } from "../version.ts";
+import { listDevices, systemInterfaces } from "../dataplane/interfaces.ts";
+import { configureLog, log } from "../ops/log.ts";
+import { type MetricsServer, processInfo, renderMetrics, serveMetrics } from "../ops/metrics.ts";
+import { Server, type TlsFiles } from "../control/server.ts";
+import { checkPrivateFile } from "../link/secret.ts";
+import { COMMIT, VERSION } from "../ops/version.ts";
 import { error, parseFlags, readTextFile, secretKey } from "./common.ts";
 
 export const SERVER_HELP = `

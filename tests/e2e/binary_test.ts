@@ -9,7 +9,7 @@
  *
  *   deno task compile && VNET_BIN=$PWD/dist/vnet deno test -A tests/e2e/
  */
-import { REPO_ROOT, spawn, tryRun } from "../netns.ts";
+import { REPO_ROOT, spawn, tryRun } from "../../lab/netns.ts";
 import config from "../../deno.json" with { type: "json" };
 
 function assert(cond: unknown, msg: string): asserts cond {

@@ -1,6 +1,6 @@
 /**
  * End-to-end tests of the VNET CLI contract against real processes in network namespaces
- * (see tests/netns.ts for the topology). Needs root. Every wait is bounded; every topology is
+ * (see lab/netns.ts for the topology). Needs root. Every wait is bounded; every topology is
  * torn down in `finally`.
  *
  *   deno test -A tests/e2e/                      # with `deno run -A main.ts`
@@ -18,7 +18,7 @@ import {
   vnetCommand,
   waitFor,
   WAN,
-} from "../netns.ts";
+} from "../../lab/netns.ts";
 import {
   assert,
   assertCleanFailure,

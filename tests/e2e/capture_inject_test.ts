@@ -37,7 +37,7 @@ function sh(cmd: string, args: string[]): string {
   return new TextDecoder().decode(out.stdout);
 }
 
-/** A namespace named like tests/netns.ts's (`vnt-<pid>-<n>-<role>`) so cleanup.sh finds it. */
+/** A namespace named like lab/netns.ts's (`vnt-<pid>-<n>-<role>`) so cleanup.sh finds it. */
 function createNamespace(): string {
   const ns = `vnt-${Deno.pid}-${9000 + counter++}-capinj`;
   sh("ip", ["netns", "add", ns]);

@@ -6,7 +6,7 @@
  *
  *   deno test -A tests/e2e/faults_test.ts
  */
-import { type Role, run, type ServerOptions, type Topology, waitFor } from "../netns.ts";
+import { type Role, run, type ServerOptions, type Topology, waitFor } from "../../lab/netns.ts";
 import {
   assert,
   byMac,

@@ -5,8 +5,8 @@
  *
  *   deno test -A tests/e2e/hostile_test.ts
  */
-import { HANDSHAKE_TIMEOUT_MS } from "../../src/auth.ts";
-import { spawn, WAN } from "../netns.ts";
+import { HANDSHAKE_TIMEOUT_MS } from "../../src/link/auth.ts";
+import { spawn, WAN } from "../../lab/netns.ts";
 import {
   assert,
   e2e,

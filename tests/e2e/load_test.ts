@@ -13,7 +13,7 @@
  * counters add up: what one end sent is what the other received (exactly, when the link was
  * never re-made; frames dropped at the sender are counted as drops, not as sent).
  */
-import { REPO_ROOT, spawn, type Topology, tryRun, waitFor } from "../netns.ts";
+import { REPO_ROOT, spawn, type Topology, tryRun, waitFor } from "../../lab/netns.ts";
 import {
   assert,
   byMac,

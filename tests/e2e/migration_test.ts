@@ -5,7 +5,7 @@
  *
  *   deno test -A tests/e2e/migration_test.ts
  */
-import { WAN } from "../netns.ts";
+import { WAN } from "../../lab/netns.ts";
 import {
   assert,
   byMac,

@@ -6,7 +6,7 @@
  *
  *   deno test -A tests/e2e/nat_test.ts
  */
-import { LAN, spawn, Topology, WAN } from "../netns.ts";
+import { LAN, spawn, Topology, WAN } from "../../lab/netns.ts";
 import {
   assert,
   assertCleanFailure,

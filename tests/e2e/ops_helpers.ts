@@ -1,7 +1,7 @@
 /**
  * Helpers for the "keep it running" end-to-end tests (migration, faults, fuzz, load): bounded
  * topologies, `list` as the server really answers it, link faults with nft, process memory, a
- * byte-counting TCP stream and a timestamped ping. Built on tests/netns.ts (not edited here).
+ * byte-counting TCP stream and a timestamped ping. Built on lab/netns.ts (not edited here).
  */
 import {
   type Proc,
@@ -13,12 +13,12 @@ import {
   type Topology,
   tryRun,
   waitFor,
-} from "../netns.ts";
+} from "../../lab/netns.ts";
 
 export { assert, e2e, NS_OK, stepper, withTopology } from "./fixtures/e2e_common.ts";
 import { assert } from "./fixtures/e2e_common.ts";
 
-/** One entry of `vnet client list --json`, as src/server.ts's ListedHandler. */
+/** One entry of `vnet client list --json`, as src/control/server.ts's ListedHandler. */
 export interface Listed {
   id: string;
   role: "host" | "proxy";

@@ -6,7 +6,7 @@
  * The config and metrics parts run real servers in the root namespace on loopback, with
  * exactly the permissions `deno task compile` bakes into the binary (scripts/compile.ts
  * PERMISSIONS), so a missing permission shows up here. With VNET_BIN set they run that binary.
- * The handler part needs root and network namespaces (tests/netns.ts) and is skipped, saying
+ * The handler part needs root and network namespaces (lab/netns.ts) and is skipped, saying
  * so, without them.
  *
  *   deno test -A tests/e2e/service_test.ts
@@ -22,9 +22,9 @@ import {
   tryRun,
   waitFor,
   WAN,
-} from "../netns.ts";
+} from "../../lab/netns.ts";
 import { PERMISSIONS } from "../../scripts/compile.ts";
-import { createCa, issueCert } from "../../src/pki.ts";
+import { createCa, issueCert } from "../../src/link/pki.ts";
 import config from "../../deno.json" with { type: "json" };
 
 function assert(cond: unknown, msg: string): asserts cond {

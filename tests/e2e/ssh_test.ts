@@ -6,7 +6,7 @@
  *
  *   deno test -A tests/e2e/ssh_test.ts
  */
-import { LAN, Topology, tryRun, WAN } from "../netns.ts";
+import { LAN, Topology, tryRun, WAN } from "../../lab/netns.ts";
 import {
   assert,
   assertCleanFailure,

@@ -6,7 +6,7 @@
  *
  *   deno test -A tests/e2e/trust_test.ts
  */
-import { type RunResult, Topology, tryRun, vnetCommand, WAN } from "../netns.ts";
+import { type RunResult, Topology, tryRun, vnetCommand, WAN } from "../../lab/netns.ts";
 import {
   assert,
   assertCleanFailure,

@@ -6,8 +6,8 @@ import {
   handshake,
   importSecret,
   PROTOCOL_VERSION,
-} from "../../src/auth.ts";
-import { encodeMessage, MessageReader, MessageType } from "../../src/wire.ts";
+} from "../../src/link/auth.ts";
+import { encodeMessage, MessageReader, MessageType } from "../../src/link/wire.ts";
 
 const enc = new TextEncoder();
 

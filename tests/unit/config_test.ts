@@ -1,6 +1,6 @@
 /**
- * `vnet server --config` / `--check-config` (src/config.ts), the Prometheus exposition
- * (src/metrics.ts) and the client's rate arithmetic (src/cli/client.ts). No network, no root.
+ * `vnet server --config` / `--check-config` (src/ops/config.ts), the Prometheus exposition
+ * (src/ops/metrics.ts) and the client's rate arithmetic (src/cli/client.ts). No network, no root.
  */
 import { assert, assertEquals, assertMatch, assertThrows } from "./assert.ts";
 import {
@@ -11,11 +11,11 @@ import {
   resolvePath,
   resolveSettings,
   type Settings,
-} from "../../src/config.ts";
-import { type ProcessInfo, renderMetrics } from "../../src/metrics.ts";
-import { type ListedHandler } from "../../src/server.ts";
+} from "../../src/ops/config.ts";
+import { type ProcessInfo, renderMetrics } from "../../src/ops/metrics.ts";
+import { type ListedHandler } from "../../src/control/server.ts";
 import { computeRates, handlerTable, si } from "../../src/cli/client.ts";
-import { createCa, issueCert } from "../../src/pki.ts";
+import { createCa, issueCert } from "../../src/link/pki.ts";
 
 // --- parsing ------------------------------------------------------------------------------
 

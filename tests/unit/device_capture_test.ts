@@ -1,7 +1,7 @@
 import { assert, assertEquals } from "./assert.ts";
-import { DeviceCaptures, type RawCapture } from "../../src/device_capture.ts";
-import { macBytes } from "../../src/mac.ts";
-import type { CaptureSpec } from "../../src/ports.ts";
+import { DeviceCaptures, type RawCapture } from "../../src/dataplane/device_capture.ts";
+import { macBytes } from "../../src/dataplane/mac.ts";
+import type { CaptureSpec } from "../../src/dataplane/ports.ts";
 
 /** A RawCapture that hands out the frames a test queues, and records what it was told. */
 class FakeRaw implements RawCapture {

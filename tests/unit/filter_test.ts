@@ -1,6 +1,6 @@
 import { assertEquals, assertThrows } from "./assert.ts";
-import { buildFilter } from "../../src/filter.ts";
-import { isMulticast, parseMac } from "../../src/mac.ts";
+import { buildFilter } from "../../src/dataplane/filter.ts";
+import { isMulticast, parseMac } from "../../src/dataplane/mac.ts";
 import { parseHostPort } from "../../src/addr.ts";
 
 Deno.test("host role: frames from the proxied MACs", () => {

@@ -11,13 +11,13 @@
  * memory stays bounded.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { AuthError, handshake, importSecret } from "../../src/auth.ts";
+import { AuthError, handshake, importSecret } from "../../src/link/auth.ts";
 import { VnetError } from "../../src/errors.ts";
-import { Handler } from "../../src/handler.ts";
-import { dial, Link } from "../../src/link.ts";
-import { type Fields, Logger } from "../../src/log.ts";
-import { type Capture, type Injector, type Interfaces } from "../../src/ports.ts";
-import { Server } from "../../src/server.ts";
+import { Handler } from "../../src/dataplane/handler.ts";
+import { dial, Link } from "../../src/link/link.ts";
+import { type Fields, Logger } from "../../src/ops/log.ts";
+import { type Capture, type Injector, type Interfaces } from "../../src/dataplane/ports.ts";
+import { Server } from "../../src/control/server.ts";
 import {
   encodeJson,
   encodeMessage,
@@ -27,7 +27,7 @@ import {
   MessageType,
   ProtocolError,
   putFrame,
-} from "../../src/wire.ts";
+} from "../../src/link/wire.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness

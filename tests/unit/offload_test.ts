@@ -4,7 +4,7 @@ import {
   lastDropReason,
   offloadStats,
   prepareForWire,
-} from "../../src/offload.ts";
+} from "../../src/dataplane/offload.ts";
 
 // Minimal assertions (JSR's @std/assert is not reachable from here).
 function assert(cond: unknown, msg = "assertion failed"): asserts cond {

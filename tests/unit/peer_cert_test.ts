@@ -1,6 +1,6 @@
 import { assertEquals, assertRejects } from "./assert.ts";
-import { checkProof, loadIdentity, makeProof } from "../../src/peer_cert.ts";
-import { createCa, issueCert } from "../../src/pki.ts";
+import { checkProof, loadIdentity, makeProof } from "../../src/link/peer_cert.ts";
+import { createCa, issueCert } from "../../src/link/pki.ts";
 
 const nonce = () => crypto.getRandomValues(new Uint8Array(32));
 const ca = await createCa({ name: "Our CA" });

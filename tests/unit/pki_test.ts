@@ -1,5 +1,5 @@
 /**
- * Tests for src/pki.ts and `vnet cert`: the certificates are checked by what really consumes them,
+ * Tests for src/link/pki.ts and `vnet cert`: the certificates are checked by what really consumes them,
  * Deno.listenTls / Deno.connectTls (rustls) on loopback, plus node:tls for client certificates.
  */
 import "reflect-metadata";
@@ -15,7 +15,7 @@ import {
   parseSan,
   readCa,
   writeSecretFile,
-} from "../../src/pki.ts";
+} from "../../src/link/pki.ts";
 import { certCommand } from "../../src/cli/cert.ts";
 
 x509.cryptoProvider.set(crypto);

@@ -1,4 +1,4 @@
-import { summarizeSshError } from "../../src/ssh.ts";
+import { summarizeSshError } from "../../src/link/ssh.ts";
 import { assert, assertEquals } from "./assert.ts";
 
 Deno.test("ssh errors: the changed-host-key banner becomes one readable line", () => {

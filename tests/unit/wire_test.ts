@@ -7,7 +7,7 @@ import {
   MessageType,
   ProtocolError,
   putFrame,
-} from "../../src/wire.ts";
+} from "../../src/link/wire.ts";
 
 /** A byte source that returns the given chunks one read at a time. */
 function source(chunks: Uint8Array[]) {

@@ -10,12 +10,12 @@
  * `vnet server --check-config` runs `checkSettings`: every problem with the settings and the
  * files they name (secret, certificates, state file), one line each.
  */
-import { type HostPort, parseHostPort } from "./addr.ts";
-import { messageOf, VnetError } from "./errors.ts";
+import { type HostPort, parseHostPort } from "../addr.ts";
+import { messageOf, VnetError } from "../errors.ts";
 import { isLevel, type Level } from "./log.ts";
-import { loadSecret } from "./secret.ts";
-import { STATE_VERSION } from "./state.ts";
-import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "./interfaces.ts";
+import { loadSecret } from "../link/secret.ts";
+import { STATE_VERSION } from "../control/state.ts";
+import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "../dataplane/interfaces.ts";
 
 /** The keys a config file may hold (the server's flags) and the JSON type of each. */
 export const CONFIG_KEYS = {
@@ -215,7 +215,7 @@ async function checkTls(
   files: { cert: string; key: string; ca: string },
   now: Date,
 ): Promise<string[]> {
-  const { checkPrivateFile, importSigningKey, parseCertificate } = await import("./pki.ts");
+  const { checkPrivateFile, importSigningKey, parseCertificate } = await import("../link/pki.ts");
   const problems: string[] = [];
   const read = (path: string, what: string): string | undefined => {
     try {

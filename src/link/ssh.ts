@@ -4,8 +4,8 @@
  * No extra port is opened on the far side; host-key checking stays on (BatchMode fails
  * instead of asking), and ssh's own complaint is what the user sees when it fails.
  */
-import { formatHostPort, type HostPort } from "./addr.ts";
-import { VnetError } from "./errors.ts";
+import { formatHostPort, type HostPort } from "../addr.ts";
+import { VnetError } from "../errors.ts";
 import { type Stream } from "./link.ts";
 
 export interface SshOptions {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Removes network namespaces and temp dirs left behind by dead VNET test runs.
-# Names are vnt-<pid>-<n>-<role> (see tests/netns.ts); only those whose <pid> is gone are
+# Names are vnt-<pid>-<n>-<role> (see lab/netns.ts); only those whose <pid> is gone are
 # removed, so a concurrent run is left alone. `--all` removes every one of ours.
 set -euo pipefail
 all=false

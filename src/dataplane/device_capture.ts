@@ -12,9 +12,9 @@
  *      paper's rules: a Host member takes frames from its MACs; a Proxy member takes frames to
  *      its MACs, broadcast (and multicast if asked), never those from its own MACs.
  */
-import { messageOf } from "./errors.ts";
+import { messageOf } from "../errors.ts";
 import { buildFilter } from "./filter.ts";
-import { log } from "./log.ts";
+import { log } from "../ops/log.ts";
 import { macBytes } from "./mac.ts";
 import type { Capture, CaptureSpec, CaptureStats } from "./ports.ts";
 

@@ -3,11 +3,11 @@
  * (`pcap_inject`, for systems without libnet). Both write one complete Ethernet frame per
  * synchronous FFI call; the system refuses frames larger than the interface allows.
  */
-import { VnetError } from "./errors.ts";
+import { VnetError } from "../errors.ts";
 import type { Injector } from "./ports.ts";
-import { libnet, LibnetHandle } from "../ffi/libnet.ts";
-import { pcap, PCAP_D_OUT, PcapHandle } from "../ffi/libpcap.ts";
-import { dropAllReceived } from "../ffi/libc.ts";
+import { libnet, LibnetHandle } from "../../ffi/libnet.ts";
+import { pcap, PCAP_D_OUT, PcapHandle } from "../../ffi/libpcap.ts";
+import { dropAllReceived } from "../../ffi/libc.ts";
 
 export const DEFAULT_MTU = 1500;
 

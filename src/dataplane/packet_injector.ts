@@ -8,11 +8,11 @@
  * and where it has to (a veth hands it to the VM as is; a NIC segments it in hardware): one
  * system call instead of ~45, and no segmentation or checksum work in JavaScript for it.
  */
-import { lastErrno, libc } from "../ffi/libc.ts";
-import { VnetError } from "./errors.ts";
+import { lastErrno, libc } from "../../ffi/libc.ts";
+import { VnetError } from "../errors.ts";
 import { interfaceMtu } from "./libnet_injector.ts";
 import { type GsoFrame, type Injector } from "./ports.ts";
-import { MAX_FRAME } from "./wire.ts";
+import { MAX_FRAME } from "../link/wire.ts";
 
 const AF_PACKET = 17;
 const SOCK_RAW = 3;

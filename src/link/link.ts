@@ -16,8 +16,8 @@
  *      injected synchronously before the next read, so nothing is copied or allocated.
  */
 import { AuthError, handshake, writeAll } from "./auth.ts";
-import { messageOf, VnetError } from "./errors.ts";
-import { type Logger } from "./log.ts";
+import { messageOf, VnetError } from "../errors.ts";
+import { type Logger } from "../ops/log.ts";
 import {
   decodeJson,
   decodeText,
@@ -31,7 +31,7 @@ import {
   ProtocolError,
   putFrame,
 } from "./wire.ts";
-import { formatHostPort, type HostPort } from "./addr.ts";
+import { formatHostPort, type HostPort } from "../addr.ts";
 import { type SshOptions, sshStream } from "./ssh.ts";
 import { makeProof, type PeerIdentity } from "./peer_cert.ts";
 

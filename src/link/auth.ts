@@ -10,7 +10,7 @@
  *
  * The secret never crosses the wire; fresh nonces on both sides make replays useless.
  */
-import { VnetError } from "./errors.ts";
+import { ErrorCode, VnetError } from "../errors.ts";
 import { encodeMessage, MAX_MESSAGE, MessageReader, MessageType, ProtocolError } from "./wire.ts";
 
 export const PROTOCOL_VERSION = 1;
@@ -29,7 +29,11 @@ export interface Hello {
 }
 
 /** The peer proved it does not know the secret. */
-export class AuthError extends VnetError {}
+export class AuthError extends VnetError {
+  constructor(message: string) {
+    super(message, { code: ErrorCode.Auth });
+  }
+}
 
 export function encodeHello(hello: Hello): Uint8Array {
   const out = new Uint8Array(7 + NONCE_BYTES);

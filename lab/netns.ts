@@ -27,7 +27,7 @@
  *
  * Names: namespaces are `vnt-<pid>-<n>-<role>` (pid of the test process, n per topology), so
  * parallel runs never clash and leftovers of dead runs can be found (`removeLeftovers()`,
- * tests/cleanup.sh). Interface names are created directly inside their namespaces, so they are
+ * lab/cleanup.sh). Interface names are created directly inside their namespaces, so they are
  * short fixed names (`lan0`, `wan0`, `vmif0`, ...) well within IFNAMSIZ.
  */
 

@@ -14,7 +14,7 @@
 // tsyringe, used inside @peculiar/x509, needs the Reflect metadata API installed first.
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
-import { VnetError } from "./errors.ts";
+import { VnetError } from "../errors.ts";
 import { checkPrivateFile, shellQuote } from "./secret.ts";
 
 export { checkPrivateFile };

@@ -1,8 +1,8 @@
 /**
  * The ports of the VNET core: what a Handler needs from the outside world.
  *
- * Production plugs in libpcap (`Capture`, shared per device: src/device_capture.ts over
- * src/pcap_capture.ts) and the injectors of src/packet_injector.ts and src/libnet_injector.ts;
+ * Production plugs in libpcap (`Capture`, shared per device: src/dataplane/device_capture.ts over
+ * src/dataplane/pcap_capture.ts) and the injectors of src/dataplane/packet_injector.ts and src/dataplane/libnet_injector.ts;
  * unit tests plug in fakes. Nothing here knows C.
  */
 import type { Role } from "./filter.ts";

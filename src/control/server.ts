@@ -12,18 +12,18 @@
  * The dialling side owns the link: if it breaks, the dialler reconnects with backoff and
  * re-attaches every handler it carries; the other side's handlers wait, down, meanwhile.
  */
-import { type ConnectionKind, handshake, writeAll } from "./auth.ts";
-import { checkProof, loadIdentity, type PeerIdentity } from "./peer_cert.ts";
-import { formatHostPort, type HostPort } from "./addr.ts";
-import { messageOf, VnetError } from "./errors.ts";
-import { Handler, type HandlerInfo, type HandlerSpec } from "./handler.ts";
-import { dial, Link, type LinkEvents, withTimeout } from "./link.ts";
-import { type Logger } from "./log.ts";
-import { parseMac } from "./mac.ts";
-import { type Interfaces } from "./ports.ts";
-import { encodeMessage, MessageReader, MessageType } from "./wire.ts";
-import { type Role } from "./filter.ts";
-import { parseGateway, type SshOptions } from "./ssh.ts";
+import { type ConnectionKind, handshake, writeAll } from "../link/auth.ts";
+import { checkProof, loadIdentity, type PeerIdentity } from "../link/peer_cert.ts";
+import { formatHostPort, type HostPort } from "../addr.ts";
+import { messageOf, VnetError } from "../errors.ts";
+import { Handler, type HandlerInfo, type HandlerSpec } from "../dataplane/handler.ts";
+import { dial, Link, type LinkEvents, withTimeout } from "../link/link.ts";
+import { type Logger } from "../ops/log.ts";
+import { parseMac } from "../dataplane/mac.ts";
+import { type Interfaces } from "../dataplane/ports.ts";
+import { encodeMessage, MessageReader, MessageType } from "../link/wire.ts";
+import { type Role } from "../dataplane/filter.ts";
+import { parseGateway, type SshOptions } from "../link/ssh.ts";
 import { loadState, type SavedHandler, saveState } from "./state.ts";
 
 export interface TlsFiles {

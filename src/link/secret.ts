@@ -2,7 +2,7 @@
  * The shared secret every connection proves knowledge of (auth.ts). It comes from a file or
  * the environment, never from the command line, where the process list would show it.
  */
-import { VnetError } from "./errors.ts";
+import { VnetError } from "../errors.ts";
 
 export const SECRET_ENV = "VNET_SECRET";
 const MIN_SECRET_BYTES = 16;

@@ -6,8 +6,8 @@
  * `pcap_next_ex` on the JS thread until libpcap has nothing more. No per-frame async call, no
  * callbacks, no copy: each frame is a view into libpcap's ring, valid during `onFrame` only.
  */
-import { VnetError } from "./errors.ts";
-import { log } from "./log.ts";
+import { VnetError } from "../errors.ts";
+import { log } from "../ops/log.ts";
 import type { CaptureStats } from "./ports.ts";
 import type { RawCapture } from "./device_capture.ts";
 import {
@@ -23,7 +23,7 @@ import {
   PcapHandle,
   PKTHDR_CAPLEN_OFFSET,
   PKTHDR_LEN_OFFSET,
-} from "../ffi/libpcap.ts";
+} from "../../ffi/libpcap.ts";
 import { capturePoller } from "./capture_poller.ts";
 
 export interface PcapCaptureOptions {

@@ -11,9 +11,9 @@
  */
 import { type Capture, type Injector, type Interfaces } from "./ports.ts";
 import { type Role } from "./filter.ts";
-import { type Link } from "./link.ts";
-import { type Logger } from "./log.ts";
-import { messageOf } from "./errors.ts";
+import { type Link } from "../link/link.ts";
+import { type Logger } from "../ops/log.ts";
+import { messageOf } from "../errors.ts";
 import { type GsoEmit, prepareForWire } from "./offload.ts";
 
 /** What both ends agree on; `id` is 8 hex digits, also the number frames are tagged with. */

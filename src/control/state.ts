@@ -4,10 +4,10 @@
  * the old file or the new one. A file that cannot be read back is moved aside and reported,
  * never silently dropped.
  */
-import { type HostPort } from "./addr.ts";
-import { type HandlerSpec } from "./handler.ts";
-import { type Logger } from "./log.ts";
-import { type SshOptions } from "./ssh.ts";
+import { type HostPort } from "../addr.ts";
+import { type HandlerSpec } from "../dataplane/handler.ts";
+import { type Logger } from "../ops/log.ts";
+import { type SshOptions } from "../link/ssh.ts";
 
 export const STATE_VERSION = 1;
 

@@ -16,9 +16,9 @@ import {
   PCAP_IF_UP,
   pcapLibVersion,
   readCString,
-} from "../ffi/libpcap.ts";
-import { libnetVersion } from "../ffi/libnet.ts";
-import { messageOf, VnetError } from "./errors.ts";
+} from "../../ffi/libpcap.ts";
+import { libnetVersion } from "../../ffi/libnet.ts";
+import { messageOf, VnetError } from "../errors.ts";
 
 export type InjectorKind = "libnet" | "pcap" | "packet";
 export const INJECTORS: readonly InjectorKind[] = ["libnet", "pcap", "packet"];

@@ -1,5 +1,5 @@
 /** Ethernet (MAC) addresses: parsing, formatting and classification. */
-import { VnetError } from "./errors.ts";
+import { VnetError } from "../errors.ts";
 
 export const BROADCAST = "ff:ff:ff:ff:ff:ff";
 

@@ -11,7 +11,7 @@
  * u32 handler number followed by the Ethernet frame, so a FRAME message costs 9 bytes of
  * framing. Everything else is small and rare (handshake, JSON requests, keepalives).
  */
-import { VnetError } from "./errors.ts";
+import { ErrorCode, VnetError } from "../errors.ts";
 
 export const MessageType = {
   /** Handshake opener: magic, version, kind, nonce (see auth.ts). */
@@ -43,7 +43,11 @@ export const MAX_HANDSHAKE_MESSAGE = 1024;
 /** The largest message of any kind after authentication (a `list` of many handlers). */
 export const MAX_MESSAGE = 4 << 20;
 
-export class ProtocolError extends VnetError {}
+export class ProtocolError extends VnetError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, { ...options, code: ErrorCode.Protocol });
+  }
+}
 
 /** Writes one message into `out` at `offset`; returns the new offset. */
 export function putMessage(

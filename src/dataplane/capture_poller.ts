@@ -16,7 +16,7 @@
  * An fd that is part of an in-flight poll must not be closed: `whenIdle` defers that until the
  * poll has returned.
  */
-import { libc, POLLFD_SIZE, POLLIN, WakePipe } from "../ffi/libc.ts";
+import { libc, POLLFD_SIZE, POLLIN, WakePipe } from "../../ffi/libc.ts";
 
 interface Waiter {
   resolve: (ready: boolean) => void;

@@ -16,10 +16,10 @@
  * and vnet_handlers, vnet_process_resident_memory_bytes, vnet_process_uptime_seconds,
  * vnet_build_info{version,commit,deno}.
  */
-import { formatHostPort, type HostPort } from "./addr.ts";
-import { messageOf, VnetError } from "./errors.ts";
+import { formatHostPort, type HostPort } from "../addr.ts";
+import { messageOf, VnetError } from "../errors.ts";
 import { type Logger } from "./log.ts";
-import { type ListedHandler } from "./server.ts";
+import { type ListedHandler } from "../control/server.ts";
 
 export interface ProcessInfo {
   rssBytes: number;

@@ -7,7 +7,7 @@
  * this signature for this connection (fresh nonces: a proof cannot be replayed elsewhere).
  * Names are not checked this way round: behind NAT a dialler's address says nothing.
  */
-import { VnetError } from "./errors.ts";
+import { VnetError } from "../errors.ts";
 import { importSigningKey, parseCertificate } from "./pki.ts";
 
 const ECDSA = { name: "ECDSA", hash: "SHA-256" } as const;
