@@ -11,6 +11,7 @@ import { clientCommand } from "./src/cli/client.ts";
 import { error } from "./src/cli/common.ts";
 import { serverCommand } from "./src/cli/server.ts";
 import { certCommand } from "./src/cli/cert.ts";
+import { doctorCommand } from "./src/cli/doctor.ts";
 import { messageOf, VnetError } from "./src/errors.ts";
 import { COMMIT, VERSION } from "./src/ops/version.ts";
 
@@ -28,30 +29,32 @@ Usage:
 Run 'vnet <command> --help' for the flags of each command.
 `;
 
-const commands: Record<string, (args: string[]) => Promise<void>> = {
+/** A command resolves with its exit status (0 when it returns nothing) or throws. */
+const commands: Record<string, (args: string[]) => Promise<number | void>> = {
   server: serverCommand,
   client: clientCommand,
   cert: certCommand,
+  doctor: doctorCommand,
 };
 
-async function main(args: string[]): Promise<void> {
+async function main(args: string[]): Promise<number> {
   const [command, ...rest] = args;
   if (command === undefined || command === "--help" || command === "-h" || command === "help") {
     console.log(HELP.trim());
-    return;
+    return 0;
   }
   if (command === "--version" || command === "-V" || command === "version") {
     console.log(`vnet ${VERSION} (${COMMIT}) deno ${Deno.version.deno}`);
-    return;
+    return 0;
   }
   const run = commands[command];
   if (!run) error(`unknown command '${command}' (see 'vnet --help')`);
-  await run(rest);
+  return await run(rest) ?? 0;
 }
 
 if (import.meta.main) {
   try {
-    await main(Deno.args);
+    Deno.exit(await main(Deno.args));
   } catch (e) {
     if (e instanceof VnetError) error(messageOf(e));
     console.error(`vnet: internal error: ${(e as Error)?.stack ?? e}`);

@@ -55,6 +55,11 @@ export interface HandlerInfo extends HandlerSpec {
   fromPeer: DirectionCounters;
   dropReasons: DropCounters;
   capture: { received: number; dropped: number; ifDropped: number };
+  /**
+   * Frames seen on this end's interface with one of the handler's MACs as source, which only
+   * the far end should send: a duplicate MAC on the LAN, or a loop.
+   */
+  macConflicts: number;
 }
 
 export function handlerNumber(id: string): number {
@@ -236,6 +241,7 @@ export class Handler {
       fromPeer: { ...this.fromPeer },
       dropReasons: { ...this.dropReasons },
       capture: this.#capture?.stats() ?? { received: 0, dropped: 0, ifDropped: 0 },
+      macConflicts: 0,
     };
   }
 
