@@ -40,7 +40,7 @@ async function runIsolated(code: string, env: Record<string, string>) {
 Deno.test("VNET_LIBPCAP=/nonexistent gives one clear VnetError, on first use only", async () => {
   const r = await runIsolated(
     `
-    import { libraryVersions } from "./src/interfaces.ts"; // importing must not load anything
+    import { libraryVersions } from "./src/dataplane/interfaces.ts"; // importing must not load anything
     import { pcap } from "./ffi/libpcap.ts";
     console.log(JSON.stringify(libraryVersions()));
     try {

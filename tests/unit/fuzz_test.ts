@@ -16,7 +16,8 @@ import { VnetError } from "../../src/errors.ts";
 import { Handler } from "../../src/dataplane/handler.ts";
 import { dial, Link } from "../../src/link/link.ts";
 import { type Fields, Logger } from "../../src/ops/log.ts";
-import { type Capture, type Injector, type Interfaces } from "../../src/dataplane/ports.ts";
+import { FakeCapture, FakeInjector, fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
+import { duplex } from "../../src/link/fake_stream.ts";
 import { Server } from "../../src/control/server.ts";
 import {
   encodeJson,
@@ -231,39 +232,6 @@ Deno.test("fuzz: the codec rejects mutated and random streams with ProtocolError
 // 2. The handshake
 // ---------------------------------------------------------------------------------------------
 
-/** Two in-memory ends; closing either end ends both directions (like a socket). */
-function duplex() {
-  const queues: Uint8Array[][] = [[], []];
-  const wakers: ((() => void) | null)[] = [null, null];
-  let closed = false;
-  const wakeAll = () => wakers.forEach((w) => w?.());
-  const end = (me: 0 | 1) => ({
-    async read(p: Uint8Array): Promise<number | null> {
-      const q = queues[me];
-      while (q.length === 0) {
-        if (closed) return null;
-        await new Promise<void>((r) => wakers[me] = r);
-        wakers[me] = null;
-      }
-      const b = q.shift()!;
-      p.set(b.subarray(0, p.length));
-      if (b.length > p.length) q.unshift(b.subarray(p.length));
-      return Math.min(b.length, p.length);
-    },
-    write(p: Uint8Array): Promise<number> {
-      if (closed) return Promise.reject(new Deno.errors.BrokenPipe("closed"));
-      queues[1 - me].push(p.slice());
-      wakers[1 - me]?.();
-      return Promise.resolve(p.length);
-    },
-    close() {
-      closed = true;
-      wakeAll();
-    },
-  });
-  return [end(0), end(1)] as const;
-}
-
 Deno.test("fuzz: the handshake refuses mutated hellos and proofs, within its timeout", async () => {
   const rng = prng(SEED ^ 0x3);
   const key = await importSecret(rng.bytes(32));
@@ -366,62 +334,6 @@ class MemoryLog extends Logger {
   override error(msg: string, fields: Fields = {}) {
     this.#push("error", msg, fields);
   }
-}
-
-/** Fake capture: hands over the frames it was given, once started. */
-class FakeCapture implements Capture {
-  #closed = false;
-  constructor(readonly device: string, readonly frames: Uint8Array[] = []) {}
-  start(onFrame: (frame: Uint8Array, wireLength: number) => void): void {
-    setTimeout(() => {
-      while (!this.#closed && this.frames.length) {
-        const f = this.frames.shift()!;
-        onFrame(f, f.length);
-      }
-    }, 0);
-  }
-  stats() {
-    return { received: 0, dropped: 0, ifDropped: 0 };
-  }
-  close(): void {
-    this.#closed = true;
-  }
-}
-
-class FakeInjector implements Injector {
-  readonly mtu = 1500;
-  injected = 0;
-  constructor(readonly device: string) {}
-  inject(): boolean {
-    this.injected++;
-    return true;
-  }
-  lastError(): string {
-    return "";
-  }
-  close(): void {}
-}
-
-const FAKE_DEVICES = ["fake0", "fake1"];
-
-function fakeInterfaces(): Interfaces & { injectors: FakeInjector[] } {
-  const injectors: FakeInjector[] = [];
-  const check = (device: string) => {
-    if (!FAKE_DEVICES.includes(device)) throw new VnetError(`no such device '${device}'`);
-  };
-  return {
-    injectors,
-    openCapture(device: string) {
-      check(device);
-      return new FakeCapture(device);
-    },
-    openInjector(device: string) {
-      check(device);
-      const i = new FakeInjector(device);
-      injectors.push(i);
-      return i;
-    },
-  };
 }
 
 /** A loopback port nothing listens on (bound, then released). */
