@@ -1,6 +1,7 @@
 /**
- * `vnet server --metrics ADDR:PORT`: an opt-in HTTP endpoint serving `GET /metrics` in the
- * Prometheus text exposition format (version 0.0.4); every other request gets 404.
+ * `vnet server --metrics ADDR:PORT`: an opt-in, read-only HTTP endpoint serving `/metrics` in
+ * the Prometheus text exposition format (version 0.0.4), and the status page `/` with its
+ * JSON `/api/status` (status_page.ts), over the bounded server of status_http.ts.
  *
  * Series (per handler, labels id, role, device):
  *   vnet_handler_frames_total{direction}          frames forwarded, to_peer / from_peer
@@ -17,9 +18,18 @@
  * vnet_build_info{version,commit,deno}.
  */
 import { formatHostPort, type HostPort } from "../addr.ts";
-import { messageOf, VnetError } from "../errors.ts";
+import { createHash } from "node:crypto";
+import { ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Logger } from "./log.ts";
 import { type ListedHandler } from "../control/server.ts";
+import { PAGE_CSP, STATUS_PAGE, type StatusJson } from "./status_page.ts";
+import {
+  type HttpLimits,
+  type HttpRequest,
+  type HttpResponse,
+  type HttpStats,
+  serveHttp,
+} from "./status_http.ts";
 
 export interface ProcessInfo {
   rssBytes: number;
@@ -150,52 +160,106 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
 
 export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
+/** What the `--metrics` listener serves, and who may see it. */
+export interface MetricsSources {
+  /** The Prometheus exposition (`renderMetrics`). */
+  metrics: () => string;
+  /** The status for `/api/status` and the page; without it only `/metrics` is served. */
+  status?: () => StatusJson;
+  /** When set, every path needs `Authorization: Bearer <token>`; 401 otherwise. */
+  token?: string;
+  /** Connection cap and timeouts (defaults: 64 connections, 5 s head, 10 s write). */
+  limits?: HttpLimits;
+}
+
 /** A running metrics endpoint. */
 export interface MetricsServer {
   /** The address it listens on (the real port if 0 was asked for). */
   addr: HostPort;
+  stats(): HttpStats;
   shutdown(): Promise<void>;
 }
 
+/** SHA-256 of a token's UTF-8 bytes. */
+function digest(text: string): Uint8Array {
+  return new Uint8Array(createHash("sha256").update(text).digest());
+}
+
 /**
- * Serves `GET /metrics` on `addr` with `render()`'s text; anything else is 404. Throws a
- * VnetError if it cannot listen.
+ * A check of `Authorization: Bearer <token>` whose time does not depend on where the given
+ * token differs: both sides are hashed to 32 bytes first, then compared in full.
  */
-export function serveMetrics(addr: HostPort, render: () => string, log: Logger): MetricsServer {
-  const controller = new AbortController();
-  let server: Deno.HttpServer<Deno.NetAddr>;
-  try {
-    server = Deno.serve({
-      hostname: addr.hostname,
-      port: addr.port,
-      signal: controller.signal,
-      onListen: () => {},
-      onError: (e) => {
-        log.error("metrics request failed", { error: messageOf(e) });
-        return new Response("internal error\n", { status: 500 });
-      },
-    }, (req) => {
-      const url = new URL(req.url);
-      if (url.pathname !== "/metrics" || (req.method !== "GET" && req.method !== "HEAD")) {
-        return new Response("not found\n", { status: 404 });
+export function bearerCheck(token: string): (authorization: string | undefined) => boolean {
+  const want = digest(token);
+  return (authorization) => {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? "");
+    const got = digest(m ? m[1] : "");
+    let diff = m ? 0 : 1;
+    for (let i = 0; i < want.length; i++) diff |= want[i] ^ got[i];
+    return diff === 0;
+  };
+}
+
+const PAGE_HEADERS = {
+  "content-type": "text/html; charset=utf-8",
+  "content-security-policy": PAGE_CSP,
+  "referrer-policy": "no-referrer",
+  "x-frame-options": "DENY",
+};
+
+/**
+ * Serves, read-only (GET and HEAD), on `addr`: `/metrics` (Prometheus text), and with
+ * `sources.status` also `/` (the status page) and `/api/status` (JSON). With a token every
+ * path needs it; `/` without it answers 401 with the page itself, which holds no data and asks
+ * for the token. Throws a VnetError if it cannot listen; nothing after that ends the process.
+ *
+ * `serveMetrics(addr, render, log)` (a function) is the older form: `/metrics` only.
+ */
+export function serveMetrics(
+  addr: HostPort,
+  sources: MetricsSources | (() => string),
+  log: Logger,
+): MetricsServer {
+  const src: MetricsSources = typeof sources === "function" ? { metrics: sources } : sources;
+  const authorized = src.token !== undefined ? bearerCheck(src.token) : () => true;
+  const handle = (req: HttpRequest): HttpResponse => {
+    const known = req.path === "/metrics" ||
+      (src.status !== undefined && (req.path === "/" || req.path === "/api/status"));
+    if (!authorized(req.headers.get("authorization"))) {
+      const challenge = { "www-authenticate": 'Bearer realm="vnet"' };
+      if (req.path === "/" && src.status) {
+        return { status: 401, headers: { ...PAGE_HEADERS, ...challenge }, body: STATUS_PAGE };
       }
-      return new Response(req.method === "HEAD" ? null : render(), {
-        headers: { "content-type": CONTENT_TYPE },
-      });
-    });
+      return { status: 401, headers: challenge, body: "token needed: Authorization: Bearer\n" };
+    }
+    if (!known) return { status: 404, body: "not found\n" };
+    if (req.path === "/metrics") {
+      return { status: 200, headers: { "content-type": CONTENT_TYPE }, body: src.metrics() };
+    }
+    if (req.path === "/api/status") {
+      return {
+        status: 200,
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(src.status!()),
+      };
+    }
+    return { status: 200, headers: PAGE_HEADERS, body: STATUS_PAGE };
+  };
+  let server;
+  try {
+    server = serveHttp(addr, handle, log, src.limits);
   } catch (e) {
     throw new VnetError(
       `cannot serve metrics on ${formatHostPort(addr)}: ${messageOf(e)}`,
-      { cause: e },
+      { code: ErrorCode.System, cause: e },
     );
   }
   const bound = { hostname: server.addr.hostname, port: server.addr.port };
-  log.info("metrics listening", { addr: `http://${formatHostPort(bound)}/metrics` });
-  return {
-    addr: bound,
-    shutdown: async () => {
-      controller.abort();
-      await server.finished.catch(() => {});
-    },
-  };
+  const base = `http://${formatHostPort(bound)}`;
+  log.info("metrics listening", {
+    addr: `${base}/metrics`,
+    page: src.status ? `${base}/` : undefined,
+    token: src.token !== undefined ? "required" : undefined,
+  });
+  return { addr: bound, stats: server.stats, shutdown: server.shutdown };
 }
