@@ -4,8 +4,8 @@
  * same bytes for everyone, so it may be sent with a 401 when a token is needed, and then asks
  * for the token and sends it with every poll.
  */
-import { type ListedHandler } from "../control/server.ts";
-import { type ProcessInfo } from "./metrics.ts";
+import type { ListedHandler } from "../control/server.ts";
+import type { ProcessInfo } from "./metrics.ts";
 
 /**
  * One thing that happened to a link, as the server records it (newest last, a bounded list).
