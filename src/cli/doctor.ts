@@ -1,6 +1,169 @@
 /** `vnet doctor`: checks this machine, and the path to a peer, for what a bridge needs. */
+import { parseHostPort } from "../addr.ts";
 import { VnetError } from "../errors.ts";
+import { DLT_EN10MB, pcap, PcapHandle, pcapLibVersion } from "../../ffi/libpcap.ts";
+import { libnetVersion } from "../../ffi/libnet.ts";
+import { LIBPCAP, type LibrarySpec } from "../../ffi/load.ts";
+import { importSecret } from "../link/auth.ts";
+import { dial } from "../link/dial.ts";
+import { configureLog, log } from "../ops/log.ts";
+import { exitCode, fetchCertificate, formatChecks, type Probes, runDoctor } from "../ops/doctor.ts";
+import { parseIwInfo, parseOffloads } from "../ops/sysinfo.ts";
+import { SECRET_ENV } from "../link/secret.ts";
+import { VERSION } from "../ops/version.ts";
+import { noPositionals, parseFlags, readTextFile } from "./common.ts";
 
-export function doctorCommand(_args: string[]): Promise<number> {
-  return Promise.reject(new VnetError("vnet doctor is not built yet"));
+const DOCTOR_HELP = `
+vnet doctor: check this machine, and the way to a peer, for what a bridge needs
+
+Usage:
+  vnet doctor [--dev DEV ...] [--peer ADDR:PORT [--peer-dev DEV]] [--secret-file FILE]
+              [--tls-ca FILE] [--json]
+
+Each check prints PASS, WARN or FAIL and one line saying what to do (INFO lines are facts).
+Exit status: 0 all passed, 1 something FAILed, 2 only WARNings.
+
+Checks:
+  always          privileges (root, or CAP_NET_RAW and CAP_NET_ADMIN effective); libpcap and
+                  libnet found, their versions and the override variables VNET_LIBPCAP and
+                  VNET_LIBNET
+  --dev DEV       (repeat) the device exists, is up, has carrier; a promiscuous capture
+                  opens; MTU and offloads; whether it is a bridge port; a Wi-Fi client
+                  interface FAILs (it cannot carry other MACs)
+  --secret-file   the secret file is private (mode 0600) and usable; or VNET_SECRET
+  --peer A:P      TCP reachability and its time; the handshake with the secret ("wrong
+                  secret" said as such); with --tls-ca the peer's certificate: your CA,
+                  its name, expiry, clock skew; the peer's version
+  --peer-dev DEV  the peer's device's MTU against the first --dev's
+
+Options:
+  --timeout SECONDS   for each peer step (default 5)
+  --json              one JSON object: {"checks": [{status, name, message}], "exitCode": N}
+  -h, --help          show this help
+`;
+
+export async function doctorCommand(args: string[]): Promise<number> {
+  // Link and library chatter would bury the checks; --log-level brings it back.
+  configureLog({ level: "error" });
+  const parsed = parseFlags(
+    args,
+    {
+      dev: { type: "string", multiple: true },
+      peer: { type: "string" },
+      "peer-dev": { type: "string" },
+      "secret-file": { type: "string" },
+      "tls-ca": { type: "string" },
+      timeout: { type: "string", default: "5" },
+      json: { type: "boolean" },
+    },
+    DOCTOR_HELP,
+    "doctor",
+  );
+  if (!parsed) return 0; // --help
+  const { values, positionals } = parsed;
+  noPositionals(positionals, "doctor");
+  const seconds = Number(values.timeout);
+  if (!(seconds > 0 && seconds <= 300)) {
+    throw new VnetError(`bad --timeout '${values.timeout}': seconds from 0 to 300`);
+  }
+  const tlsCaPath = values["tls-ca"];
+  const checks = await runDoctor({
+    devs: values.dev ?? [],
+    peer: values.peer ? parseHostPort(values.peer, "--peer") : undefined,
+    peerDev: values["peer-dev"],
+    secretFile: values["secret-file"],
+    tlsCa: tlsCaPath ? { path: tlsCaPath, pem: readTextFile(tlsCaPath, "TLS CA") } : undefined,
+    version: VERSION,
+    timeoutMs: seconds * 1000,
+    envSecret: Deno.env.get(SECRET_ENV),
+  }, systemProbes);
+  const code = exitCode(checks);
+  if (values.json) {
+    console.log(JSON.stringify({ checks, exitCode: code }, null, 2));
+  } else {
+    console.log(formatChecks(checks));
+  }
+  return code;
 }
+
+async function runText(cmd: string, args: string[]): Promise<string | null> {
+  try {
+    const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "null" }).output();
+    return out.success ? new TextDecoder().decode(out.stdout) : null;
+  } catch {
+    return null; // not installed
+  }
+}
+
+/** The real system. */
+const systemProbes: Probes = {
+  libraryVersion(spec: LibrarySpec): string {
+    return spec === LIBPCAP ? pcapLibVersion() : libnetVersion();
+  },
+  openPromiscuous(dev: string): void {
+    const lib = pcap();
+    const h = PcapHandle.create(dev, "capturing on");
+    try {
+      h.check("pcap_set_snaplen", lib.pcap_set_snaplen(h.pointer, 256));
+      h.check("pcap_set_promisc", lib.pcap_set_promisc(h.pointer, 1));
+      h.check("pcap_activate", lib.pcap_activate(h.pointer));
+      const dlt = lib.pcap_datalink(h.pointer);
+      if (dlt !== DLT_EN10MB) {
+        throw new VnetError(
+          `'${dev}' is not Ethernet (libpcap link type ${dlt}): VNET bridges Ethernet frames only`,
+        );
+      }
+    } finally {
+      h.close();
+    }
+  },
+  async wifiMode(dev) {
+    const text = await runText("iw", ["dev", dev, "info"]);
+    return text === null ? null : parseIwInfo(text);
+  },
+  async offloads(dev) {
+    const text = await runText("ethtool", ["-k", dev]);
+    return text === null ? null : parseOffloads(text);
+  },
+  async tcpConnect(addr, timeoutMs) {
+    const t0 = performance.now();
+    const connecting = Deno.connect({ hostname: addr.hostname, port: addr.port });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let gaveUp = false;
+    connecting.then((c) => gaveUp && c.close(), () => {});
+    try {
+      const conn = await Promise.race([
+        connecting,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            gaveUp = true;
+            reject(new Deno.errors.TimedOut(`no answer in ${timeoutMs} ms`));
+          }, timeoutMs);
+        }),
+      ]);
+      const ms = performance.now() - t0;
+      conn.close();
+      return ms;
+    } finally {
+      clearTimeout(timer);
+    }
+  },
+  tlsCertificate: fetchCertificate,
+  async dialControl(addr, secret, tlsCa, timeoutMs) {
+    const link = await dial(addr, {
+      key: await importSecret(secret),
+      kind: "control",
+      tlsCa,
+      timeoutMs,
+      log,
+      events: {
+        onRequest: () => Promise.reject(new VnetError("the doctor takes no requests")),
+        onClose: () => {},
+      },
+    });
+    return {
+      request: (op, body = {}) => link.request(op, body, timeoutMs),
+      close: () => link.close("doctor done"),
+    };
+  },
+};

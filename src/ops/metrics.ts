@@ -158,10 +158,10 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
   return [...Object.values(f), handlerCount, rss, uptime, build].map((x) => x.render()).join("");
 }
 
-export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
 /** What the `--metrics` listener serves, and who may see it. */
-export interface MetricsSources {
+interface MetricsSources {
   /** The Prometheus exposition (`renderMetrics`). */
   metrics: () => string;
   /** The status for `/api/status` and the page; without it only `/metrics` is served. */

@@ -51,14 +51,14 @@ export interface HttpStats {
   acceptErrors: number;
 }
 
-export interface HttpServer {
+interface HttpServer {
   addr: Deno.NetAddr;
   stats(): HttpStats;
   shutdown(): Promise<void>;
 }
 
-export const MAX_HEAD_BYTES = 8192;
-export const DEFAULT_LIMITS: Required<HttpLimits> = {
+const MAX_HEAD_BYTES = 8192;
+const DEFAULT_LIMITS: Required<HttpLimits> = {
   maxConnections: 64,
   headTimeoutMs: 5000,
   writeTimeoutMs: 10_000,

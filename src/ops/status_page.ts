@@ -5,7 +5,6 @@
  * for the token and sends it with every poll.
  */
 import type { ListedHandler } from "../control/server.ts";
-import type { ProcessInfo } from "./metrics.ts";
 
 /**
  * One thing that happened to a link, as the server records it (newest last, a bounded list).
@@ -34,11 +33,11 @@ export interface StatusJson {
   events: LinkEvent[];
 }
 
-/** The status of a server with these handlers and events, for this process. */
+/** The status of a server with these handlers and events, for this process (`processInfo`). */
 export function buildStatus(
   handlers: ListedHandler[],
   events: LinkEvent[],
-  process: ProcessInfo,
+  process: { version: string; commit: string; uptimeSeconds: number },
 ): StatusJson {
   return {
     version: process.version,
@@ -62,8 +61,8 @@ export const PAGE_CSP = "default-src 'none'; script-src 'unsafe-inline'; " +
   "form-action 'none'; frame-ancestors 'none'";
 
 /** How often the page polls `/api/status`, and how much history its charts keep. */
-export const POLL_MS = 2000;
-export const CHART_SECONDS = 300;
+const POLL_MS = 2000;
+const CHART_SECONDS = 300;
 
 export const STATUS_PAGE = `<!doctype html>
 <html lang="en">

@@ -1,0 +1,353 @@
+/**
+ * `vnet doctor`'s checks against a fake sysfs/procfs tree in a temp dir and fake probes:
+ * capabilities from CapEff, devices (missing, down, no carrier, bridge port, Wi-Fi client and
+ * AP/4addr), the secret's mode, the peer's answers (wrong secret, versions, MTUs), exit codes.
+ */
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import {
+  type Check,
+  exitCode,
+  type PeerSession,
+  type Probes,
+  runDoctor,
+} from "../../src/ops/doctor.ts";
+import {
+  CAP_NET_ADMIN,
+  CAP_NET_RAW,
+  hasCapability,
+  parseIwInfo,
+  parseOffloads,
+  readDevice,
+  readPrivileges,
+  wifiCanBridge,
+} from "../../src/ops/sysinfo.ts";
+import { ErrorCode, VnetError } from "../../src/errors.ts";
+
+/** A fake /proc and /sys under one temp dir. */
+class FakeRoot {
+  readonly dir = Deno.makeTempDirSync({ prefix: "vnet-doctor-" });
+  get proc() {
+    return `${this.dir}/proc`;
+  }
+  get sys() {
+    return `${this.dir}/sys`;
+  }
+  status(uid: number, capEff: string): this {
+    Deno.mkdirSync(`${this.proc}/self`, { recursive: true });
+    Deno.writeTextFileSync(
+      `${this.proc}/self/status`,
+      `Name:\tvnet\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\nCapInh:\t0000000000000000\n` +
+        `CapPrm:\t${capEff}\nCapEff:\t${capEff}\nCapBnd:\t000001ffffffffff\n`,
+    );
+    return this;
+  }
+  device(
+    name: string,
+    o: {
+      up?: boolean;
+      carrier?: boolean;
+      mtu?: number;
+      devtype?: string;
+      master?: string;
+      wireless?: boolean;
+    } = {},
+  ): this {
+    const d = `${this.sys}/class/net/${name}`;
+    Deno.mkdirSync(d, { recursive: true });
+    const up = o.up ?? true;
+    Deno.writeTextFileSync(`${d}/flags`, up ? "0x1003\n" : "0x1002\n");
+    // The kernel refuses to read carrier of a down device (EINVAL): no file here.
+    if (up) Deno.writeTextFileSync(`${d}/carrier`, (o.carrier ?? true) ? "1\n" : "0\n");
+    Deno.writeTextFileSync(`${d}/operstate`, up ? "up\n" : "down\n");
+    Deno.writeTextFileSync(`${d}/mtu`, `${o.mtu ?? 1500}\n`);
+    Deno.writeTextFileSync(`${d}/address`, "02:aa:bb:cc:dd:ee\n");
+    Deno.writeTextFileSync(
+      `${d}/uevent`,
+      `INTERFACE=${name}\nIFINDEX=3\n${o.devtype ? `DEVTYPE=${o.devtype}\n` : ""}`,
+    );
+    if (o.master) {
+      Deno.mkdirSync(`${d}/brport`);
+      Deno.symlinkSync(`../${o.master}`, `${d}/master`);
+    }
+    if (o.wireless) Deno.mkdirSync(`${d}/phy80211`);
+    return this;
+  }
+  cleanup() {
+    Deno.removeSync(this.dir, { recursive: true });
+  }
+}
+
+const ALL_CAPS = "000001ffffffffff";
+const NET_CAPS = ((1n << BigInt(CAP_NET_RAW)) | (1n << BigInt(CAP_NET_ADMIN))).toString(16)
+  .padStart(16, "0");
+
+function probes(over: Partial<Probes> = {}): Probes {
+  return {
+    libraryVersion: (spec) => `${spec.name} version 1.0`,
+    openPromiscuous: () => {},
+    wifiMode: () => Promise.resolve(null),
+    offloads: () => Promise.resolve(["tso", "gso", "gro"]),
+    tcpConnect: () => Promise.resolve(0.4),
+    tlsCertificate: () => Promise.reject(new Error("not used")),
+    dialControl: () => Promise.resolve(session({})),
+    ...over,
+  };
+}
+
+function session(answers: Record<string, Record<string, unknown>>): PeerSession {
+  return {
+    request: (op) =>
+      answers[op]
+        ? Promise.resolve(answers[op])
+        : Promise.reject(new VnetError(`unknown request '${op}'`)),
+    close: () => {},
+  };
+}
+
+function find(checks: Check[], name: string): Check {
+  const c = checks.find((c) => c.name === name);
+  if (!c) throw new Error(`no check '${name}' in:\n${checks.map((c) => c.name).join("\n")}`);
+  return c;
+}
+
+Deno.test("sysinfo: capabilities from CapEff", () => {
+  const root = new FakeRoot().status(1000, NET_CAPS);
+  try {
+    const p = readPrivileges(root.proc);
+    assertEquals(p.uid, 1000);
+    assert(hasCapability(p.effective!, CAP_NET_RAW));
+    assert(hasCapability(p.effective!, CAP_NET_ADMIN));
+    assert(!hasCapability(p.effective!, 21)); // CAP_SYS_ADMIN
+  } finally {
+    root.cleanup();
+  }
+});
+
+Deno.test("sysinfo: devices from sysfs (up, carrier, bridge port, Wi-Fi)", () => {
+  const root = new FakeRoot()
+    .device("eth0", { master: "br0" })
+    .device("br0", { devtype: "bridge" })
+    .device("wlan0", { devtype: "wlan", wireless: true })
+    .device("tap0", { up: false });
+  try {
+    const eth = readDevice("eth0", root.sys);
+    assertEquals([eth.exists, eth.up, eth.carrier, eth.mtu], [true, true, true, 1500]);
+    assertEquals(eth.bridgeMaster, "br0");
+    assert(readDevice("br0", root.sys).isBridge);
+    assert(readDevice("wlan0", root.sys).wireless);
+    const tap = readDevice("tap0", root.sys);
+    assertEquals([tap.up, tap.carrier], [false, null]);
+    assertEquals(readDevice("nope0", root.sys).exists, false);
+    assertEquals(readDevice("../../etc", root.sys).exists, false);
+  } finally {
+    root.cleanup();
+  }
+});
+
+Deno.test("sysinfo: iw and ethtool output", () => {
+  const client = parseIwInfo(
+    "Interface wlan0\n\tifindex 3\n\taddr 02:aa:bb:cc:dd:ee\n\ttype managed\n\twiphy 0\n",
+  );
+  assertEquals(client, { type: "managed", fourAddr: false });
+  assert(!wifiCanBridge(client));
+  assert(wifiCanBridge({ type: "managed", fourAddr: true }));
+  assert(wifiCanBridge(parseIwInfo("Interface wlan0\n\ttype AP\n")));
+  assert(!wifiCanBridge(null));
+  assertEquals(
+    parseOffloads(
+      "Features for veth0:\nrx-checksumming: on\ntx-checksumming: on\n" +
+        "tcp-segmentation-offload: on\ngeneric-receive-offload: off\n" +
+        "large-receive-offload: off [fixed]\ngeneric-segmentation-offload: on\n",
+    ),
+    ["rx-csum", "tx-csum", "tso", "gso"],
+  );
+});
+
+Deno.test("doctor: all pass on a good machine: exit 0", async () => {
+  const root = new FakeRoot().status(0, ALL_CAPS).device("lan0");
+  try {
+    const checks = await runDoctor({
+      devs: ["lan0"],
+      version: "0.1.0",
+      sysRoot: root.sys,
+      procRoot: root.proc,
+    }, probes());
+    assertEquals(checks.filter((c) => c.status !== "PASS" && c.status !== "INFO"), []);
+    assertMatch(find(checks, "privileges").message, /root with CAP_NET_RAW and CAP_NET_ADMIN/);
+    assertMatch(find(checks, "device lan0 mtu").message, /MTU 1500; offloads on: tso gso gro/);
+    assertEquals(exitCode(checks), 0);
+  } finally {
+    root.cleanup();
+  }
+});
+
+Deno.test("doctor: no capabilities, missing and down devices, no libpcap: FAIL, exit 1", async () => {
+  const root = new FakeRoot().status(1000, "0000000000000000").device("lan0", { up: false })
+    .device("vmif0");
+  try {
+    const checks = await runDoctor(
+      {
+        devs: ["nope0", "lan0"],
+        version: "0.1.0",
+        sysRoot: root.sys,
+        procRoot: root.proc,
+      },
+      probes({
+        libraryVersion: (spec) => {
+          if (spec.name === "libpcap") {
+            throw new VnetError("libpcap not found (tried libpcap.so.1): install it");
+          }
+          return "libnet version 1.3";
+        },
+      }),
+    );
+    assertEquals(find(checks, "privileges").status, "FAIL");
+    assertMatch(find(checks, "privileges").message, /CAP_NET_RAW and CAP_NET_ADMIN.*setcap/);
+    assertEquals(find(checks, "libpcap").status, "FAIL");
+    assertEquals(find(checks, "libnet").status, "PASS");
+    const missing = find(checks, "device nope0");
+    assertEquals(missing.status, "FAIL");
+    assertMatch(missing.message, /does not exist here \(interfaces: lan0, vmif0\)/);
+    assertEquals(find(checks, "device lan0").status, "FAIL");
+    assertMatch(find(checks, "device lan0").message, /ip link set lan0 up/);
+    assertEquals(exitCode(checks), 1);
+  } finally {
+    root.cleanup();
+  }
+});
+
+Deno.test("doctor: a Wi-Fi client FAILs and says why; an AP passes", async () => {
+  const root = new FakeRoot().status(0, ALL_CAPS).device("wlan0", { wireless: true })
+    .device("wlan1", { devtype: "wlan" });
+  try {
+    const checks = await runDoctor(
+      {
+        devs: ["wlan0", "wlan1"],
+        version: "0.1.0",
+        sysRoot: root.sys,
+        procRoot: root.proc,
+      },
+      probes({
+        wifiMode: (dev) =>
+          Promise.resolve(
+            dev === "wlan0"
+              ? { type: "managed", fourAddr: false }
+              : { type: "AP", fourAddr: false },
+          ),
+      }),
+    );
+    const client = find(checks, "device wlan0 wifi");
+    assertEquals(client.status, "FAIL");
+    assertMatch(client.message, /source MACs are dropped/);
+    assertMatch(client.message, /wired port.*4addr\/WDS.*route/);
+    assertEquals(find(checks, "device wlan1 wifi").status, "PASS");
+  } finally {
+    root.cleanup();
+  }
+});
+
+Deno.test("doctor: a bridge port and no carrier are WARNs: exit 2", async () => {
+  const root = new FakeRoot().status(0, ALL_CAPS).device("eth0", { master: "br0" })
+    .device("tap0", { carrier: false });
+  try {
+    const checks = await runDoctor({
+      devs: ["eth0", "tap0"],
+      version: "0.1.0",
+      sysRoot: root.sys,
+      procRoot: root.proc,
+    }, probes());
+    assertMatch(find(checks, "device eth0 bridge").message, /port of bridge br0.*--dev br0/);
+    assertEquals(find(checks, "device tap0").status, "WARN");
+    assertEquals(exitCode(checks), 2);
+  } finally {
+    root.cleanup();
+  }
+});
+
+Deno.test("doctor: a world-readable secret FAILs with the chmod to run", async () => {
+  const root = new FakeRoot().status(0, ALL_CAPS);
+  const secret = `${root.dir}/vnet.secret`;
+  Deno.writeTextFileSync(secret, "a".repeat(44) + "\n");
+  Deno.chmodSync(secret, 0o644);
+  try {
+    const checks = await runDoctor({
+      devs: [],
+      secretFile: secret,
+      peer: { hostname: "127.0.0.1", port: 7000 },
+      version: "0.1.0",
+      procRoot: root.proc,
+      sysRoot: root.sys,
+    }, probes());
+    const s = find(checks, "secret");
+    assertEquals(s.status, "FAIL");
+    assertMatch(s.message, /0644.*chmod 600/);
+    assertMatch(find(checks, "peer handshake").message, /not tried/);
+    assertEquals(exitCode(checks), 1);
+  } finally {
+    root.cleanup();
+  }
+});
+
+Deno.test("doctor: the peer: refused, wrong secret, version, MTU mismatch", async () => {
+  const root = new FakeRoot().status(0, ALL_CAPS).device("lan0", { mtu: 1500 });
+  const base = {
+    devs: ["lan0"],
+    peer: { hostname: "10.78.0.2", port: 7000 },
+    version: "0.1.0",
+    procRoot: root.proc,
+    sysRoot: root.sys,
+    envSecret: "x",
+  };
+  Deno.env.set(
+    "VNET_SECRET",
+    btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
+  );
+  try {
+    let checks = await runDoctor(
+      base,
+      probes({
+        tcpConnect: () => Promise.reject(new Deno.errors.ConnectionRefused("refused")),
+      }),
+    );
+    assertMatch(find(checks, "peer tcp").message, /refused the connection: is vnet server running/);
+    assert(!checks.some((c) => c.name === "peer handshake"), "no handshake after a refusal");
+
+    checks = await runDoctor(
+      base,
+      probes({
+        dialControl: () =>
+          Promise.reject(
+            new VnetError("authentication failed", { code: ErrorCode.Auth }),
+          ),
+      }),
+    );
+    assertEquals(find(checks, "peer tcp").status, "PASS");
+    assertMatch(find(checks, "peer handshake").message, /^wrong secret: /);
+
+    const peer = session({
+      version: { version: "0.2.0", commit: "abc", time: Date.now() + 3_600_000 },
+      devices: { devices: [{ name: "vmif0", mtu: 1400 }] },
+    });
+    checks = await runDoctor(
+      { ...base, peerDev: "vmif0" },
+      probes({ dialControl: () => Promise.resolve(peer) }),
+    );
+    assertEquals(find(checks, "peer handshake").status, "PASS");
+    assertMatch(find(checks, "peer version").message, /runs vnet 0\.2\.0 \(abc\), this is 0\.1\.0/);
+    assertMatch(find(checks, "peer clock").message, /3600 s off/);
+    const mtu = find(checks, "peer mtu");
+    assertEquals(mtu.status, "WARN");
+    assertMatch(mtu.message, /lan0 here 1500, vmif0 on 10\.78\.0\.2:7000 1400/);
+    assertMatch(mtu.message, /TCP is segmented to fit, other frames .* dropped and counted/);
+    assertEquals(exitCode(checks), 2);
+
+    checks = await runDoctor(
+      { ...base, peerDev: "nope" },
+      probes({ dialControl: () => Promise.resolve(peer) }),
+    );
+    assertMatch(find(checks, "peer mtu").message, /has no device nope \(it has vmif0\)/);
+  } finally {
+    Deno.env.delete("VNET_SECRET");
+    root.cleanup();
+  }
+});
