@@ -8,19 +8,31 @@ import { type HostPort } from "../addr.ts";
 import { type HandlerSpec } from "../dataplane/handler.ts";
 import { type Logger } from "../ops/log.ts";
 import { type SshOptions } from "../link/ssh.ts";
+import { type AttachRequest } from "./rpc.ts";
 
-export const STATE_VERSION = 1;
+/** Version 2 adds the server's id and each handler's binding key; version 1 is still read. */
+export const STATE_VERSION = 2;
 
 export interface SavedHandler {
   spec: HandlerSpec;
+  /** The handler's binding key (rpc.ts); absent in version 1 files. */
+  bind?: string;
+  /** On the accepting side: the id of the server that dialled. */
+  origin?: string;
   /** Present on the side that dials: where, how, and what to ask the peer to attach. */
-  dial?: { addr: HostPort; ssh?: SshOptions; attach: Record<string, unknown> };
+  dial?: { addr: HostPort; ssh?: SshOptions; attach: AttachRequest };
 }
 
-export function saveState(path: string, handlers: SavedHandler[]): void {
+export interface SavedState {
+  /** This server's id, kept across restarts so that its peers recognise it. */
+  serverId?: string;
+  handlers: SavedHandler[];
+}
+
+export function saveState(path: string, state: SavedState): void {
   const tmp = `${path}.tmp-${Deno.pid}`;
   const data = new TextEncoder().encode(
-    JSON.stringify({ version: STATE_VERSION, handlers }, null, 2) + "\n",
+    JSON.stringify({ version: STATE_VERSION, ...state }, null, 2) + "\n",
   );
   const file = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
   try {
@@ -34,17 +46,17 @@ export function saveState(path: string, handlers: SavedHandler[]): void {
 }
 
 /** Reads saved handlers; a missing file is an empty state, a bad one is kept aside. */
-export function loadState(path: string, log: Logger): SavedHandler[] {
+export function loadState(path: string, log: Logger): SavedState {
   let text: string;
   try {
     text = Deno.readTextFileSync(path);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return [];
+    if (e instanceof Deno.errors.NotFound) return { handlers: [] };
     throw e;
   }
   try {
     const parsed = JSON.parse(text);
-    if (parsed?.version !== STATE_VERSION || !Array.isArray(parsed.handlers)) {
+    if (![1, STATE_VERSION].includes(parsed?.version) || !Array.isArray(parsed.handlers)) {
       throw new Error(`not a version ${STATE_VERSION} vnet state file`);
     }
     for (const h of parsed.handlers) {
@@ -52,7 +64,8 @@ export function loadState(path: string, log: Logger): SavedHandler[] {
         throw new Error("a handler entry lacks its id or MACs");
       }
     }
-    return parsed.handlers;
+    const serverId = typeof parsed.serverId === "string" ? parsed.serverId : undefined;
+    return { serverId, handlers: parsed.handlers };
   } catch (e) {
     const aside = `${path}.corrupt-${new Date().toISOString().replace(/[:.]/g, "-")}`;
     Deno.renameSync(path, aside);
@@ -61,6 +74,6 @@ export function loadState(path: string, log: Logger): SavedHandler[] {
       keptAs: aside,
       error: (e as Error).message,
     });
-    return [];
+    return { handlers: [] };
   }
 }

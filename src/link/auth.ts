@@ -2,21 +2,28 @@
  * The handshake every connection starts with, control and peer alike.
  *
  * 1. Both sides send HELLO: "VNET", protocol version (u16), kind (u8), a fresh 32-byte nonce.
- * 2. Both check the magic and version, then send AUTH = HMAC-SHA256(secret,
- *    "vnet/1 " + side + own nonce + peer nonce), `side` being "dialer" or "acceptor" so a
+ * 2. Both check the magic and version. The dialler sends AUTH = HMAC-SHA256(secret,
+ *    "vnet/2 " + side + own nonce + peer nonce), `side` being "dialer" or "acceptor" so a
  *    proof can never be reflected back to its author.
- * 3. Both verify the other's AUTH. A wrong proof gets an ERROR message and the connection is
- *    closed: nothing else is read from that peer, so nothing it sends is ever injected.
+ * 3. The acceptor verifies it, and only then sends its own AUTH, which the dialler verifies.
+ *    A wrong proof gets an ERROR message and the connection is closed: nothing else is read
+ *    from that peer, so nothing it sends is ever injected.
  *
- * The secret never crosses the wire; fresh nonces on both sides make replays useless.
+ * The secret never crosses the wire; fresh nonces on both sides make replays useless. The
+ * acceptor proves last, so a stranger who connects to a server learns nothing from it but a
+ * nonce: nothing to guess the secret from offline. A dialler does hand its proof to whatever
+ * answers at the address it dials, so against an impostor there, the protection of the secret
+ * rests on its entropy: 32 random bytes (`vnet secret`) cannot be guessed.
  */
 import { ErrorCode, VnetError } from "../errors.ts";
 import { encodeMessage, MAX_MESSAGE, MessageReader, MessageType, ProtocolError } from "./wire.ts";
+import { closeQuietly, writeAll, type Writer } from "./stream.ts";
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 const MAGIC = [0x56, 0x4e, 0x45, 0x54]; // "VNET"
 const NONCE_BYTES = 32;
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
+const AUTH_FAILED = "authentication failed";
 
 /** What the dialler wants the connection for; the acceptor answers with `acceptor`. */
 export const ConnectionKind = { acceptor: 0, control: 1, peer: 2 } as const;
@@ -100,20 +107,15 @@ export function verify(
   );
 }
 
-export interface Writer {
-  write(p: Uint8Array): Promise<number>;
-}
-
-export async function writeAll(w: Writer, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await w.write(data.subarray(off));
-}
-
 async function expect(reader: MessageReader, type: MessageType, what: string) {
   const m = await reader.message();
   if (!m) throw new ProtocolError(`connection closed during the handshake (waiting for ${what})`);
   if (m.type === MessageType.Error) {
-    throw new VnetError(new TextDecoder().decode(m.payload));
+    // The other end refused us and said why. Refused while we wait for its proof: it did not
+    // accept ours, so it holds another secret.
+    const text = new TextDecoder().decode(m.payload);
+    if (what === "authentication") throw new AuthError(text);
+    throw new VnetError(text, { code: ErrorCode.Protocol });
   }
   if (m.type !== type) throw new ProtocolError(`expected ${what}, got message type ${m.type}`);
   return m.payload.slice();
@@ -147,10 +149,9 @@ export async function handshake(
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
+      // Silence is a breach of the protocol: a peer that speaks it answers at once.
       reject(new ProtocolError(`handshake timed out after ${timeoutMs} ms`));
-      try {
-        conn.close();
-      } catch { /* already closed */ }
+      closeQuietly(conn);
     }, timeoutMs);
   });
   try {
@@ -177,25 +178,29 @@ export async function handshake(
       throw new ProtocolError(text);
     }
     const peerSide = options.side === "dialer" ? "acceptor" : "dialer";
-    await writeAll(
-      conn,
-      encodeMessage(MessageType.Auth, await prove(options.key, options.side, own, hello.nonce)),
-    );
+    const sendProof = async () =>
+      writeAll(
+        conn,
+        encodeMessage(MessageType.Auth, await prove(options.key, options.side, own, hello.nonce)),
+      );
+    // The dialler proves first; the acceptor proves only to someone who proved.
+    if (options.side === "dialer") await sendProof();
     const proof = await expect(reader, MessageType.Auth, "authentication");
     if (!await verify(options.key, peerSide, proof, hello.nonce, own)) {
-      const text =
-        "authentication failed: the other end holds a different shared secret (both sides need the same secret file)";
       await writeAll(
         conn,
         encodeMessage(
           MessageType.Error,
           new TextEncoder().encode(
-            "authentication failed: wrong shared secret (both sides need the same --secret-file)",
+            `${AUTH_FAILED}: wrong shared secret (both sides need the same --secret-file)`,
           ),
         ),
       ).catch(() => {});
-      throw new AuthError(text);
+      throw new AuthError(
+        `${AUTH_FAILED}: the other end holds a different shared secret (both sides need the same secret file)`,
+      );
     }
+    if (options.side === "acceptor") await sendProof();
     // Authenticated: from now on the peer may send full-size frames and long answers.
     reader.maxMessage = MAX_MESSAGE;
     reader.reserve(1 << 20);

@@ -14,9 +14,13 @@
  *   1. The reader loop reads as much as the socket has into one reusable buffer.
  *   2. Each complete FRAME message is handed to `onFrame` as a view into that buffer and
  *      injected synchronously before the next read, so nothing is copied or allocated.
+ *
+ * What a link may cost the server is bounded: control links carry no frames (a FRAME is a
+ * protocol error there), a peer may have only so many requests in flight, and an end that
+ * does not read what we send (replies, pongs) is disconnected once its backlog passes the
+ * queue bound, or once one write has been stuck for `stallMs`.
  */
-import { AuthError, handshake, writeAll } from "./auth.ts";
-import { messageOf, VnetError } from "../errors.ts";
+import { codeOf, ErrorCode, isErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Logger } from "../ops/log.ts";
 import {
   decodeJson,
@@ -31,18 +35,25 @@ import {
   ProtocolError,
   putFrame,
 } from "./wire.ts";
-import { formatHostPort, type HostPort } from "../addr.ts";
-import { type SshOptions, sshStream } from "./ssh.ts";
-import { makeProof, type PeerIdentity } from "./peer_cert.ts";
+import { closeQuietly, type Stream, writeAll } from "./stream.ts";
 
 /** One chunk holds at least one maximal frame; chunks are recycled through a pool. */
 const CHUNK_BYTES = 512 * 1024;
 const DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024;
 const REQUEST_TIMEOUT_MS = 15_000;
+/** Control messages (replies, pongs) may pass the frame queue bound by this much, no more. */
+const CONTROL_SLACK_BYTES = 1024 * 1024;
+/** Requests from the other end being served at once; more is a protocol error. */
+const MAX_SERVING = 64;
+/** A write stuck this long means the other end stopped reading. */
+const DEFAULT_STALL_MS = 30_000;
 
 export interface LinkEvents {
-  /** A frame for handler `handler`; `frame` is valid only during the call. */
-  onFrame(handler: number, frame: Uint8Array): void;
+  /**
+   * A frame for handler `handler`; `frame` is valid only during the call. Absent on links that
+   * carry no frames (control links): a FRAME there is a protocol error.
+   */
+  onFrame?(link: Link, handler: number, frame: Uint8Array): void;
   /** A request from the other end; the resolved value is the response's `result`. */
   onRequest(op: string, body: Record<string, unknown>, link: Link): Promise<unknown>;
   /** The link is gone (called once). */
@@ -52,11 +63,17 @@ export interface LinkEvents {
 export interface LinkOptions {
   /** The other end, for logs and `list`. */
   remote: string;
+  /** This end's IP address, when the link runs over TCP. */
+  local?: string;
   tls: boolean;
   log: Logger;
   events: LinkEvents;
   /** Keepalive: a PING every `keepaliveMs`; silence for 3 intervals closes the link. 0 = off. */
   keepaliveMs?: number;
+  /** Nothing received for this long closes the link (control links; 0 = never). */
+  idleTimeoutMs?: number;
+  /** One write stuck for this long closes the link: the other end does not read. */
+  stallMs?: number;
   maxQueuedBytes?: number;
 }
 
@@ -69,30 +86,22 @@ export interface LinkStats {
   queueDrops: number;
 }
 
-/** What a link runs over: a TCP or TLS connection, or the pipes of an `ssh -W` process. */
-export interface Stream {
-  read(p: Uint8Array): Promise<number | null>;
-  write(p: Uint8Array): Promise<number>;
-  close(): void;
-}
-
 let nextLinkNumber = 1;
 
 export class Link {
   readonly number = nextLinkNumber++;
   readonly remote: string;
+  readonly local: string;
   readonly tls: boolean;
   readonly stats: LinkStats = { framesOut: 0, bytesOut: 0, framesIn: 0, bytesIn: 0, queueDrops: 0 };
   /** Round-trip time of the last keepalive, in ms. */
   rttMs: number | null = null;
-  readonly closed: Promise<string>;
 
   #conn: Stream;
   #reader: MessageReader;
   #events: LinkEvents;
   #log: Logger;
   #open = true;
-  #resolveClosed!: (reason: string) => void;
 
   // Send side: the chunk being filled, sealed chunks waiting, spare chunks.
   #current = new Uint8Array(CHUNK_BYTES);
@@ -115,32 +124,38 @@ export class Link {
     }
   >();
 
-  #keepalive: ReturnType<typeof setInterval> | undefined;
+  /** Requests from the other end not answered yet. */
+  #serving = 0;
+
+  #watchdog: ReturnType<typeof setInterval> | undefined;
   #lastHeard = Date.now();
+  #lastPing = 0;
+  /** When the write in progress started (0: none). */
+  #writeStarted = 0;
+  #keepaliveMs: number;
+  #idleTimeoutMs: number;
+  #stallMs: number;
 
   constructor(conn: Stream, reader: MessageReader, options: LinkOptions) {
     this.#conn = conn;
     this.#reader = reader;
     this.remote = options.remote;
+    this.local = options.local ?? "";
     this.tls = options.tls;
     this.#events = options.events;
     this.#log = options.log.with({ link: this.number, remote: options.remote });
     this.#maxQueuedBytes = options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES;
-    this.closed = new Promise((resolve) => this.#resolveClosed = resolve);
+    this.#keepaliveMs = options.keepaliveMs ?? 0;
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? 0;
+    this.#stallMs = options.stallMs ?? DEFAULT_STALL_MS;
     this.#readLoop();
-    const every = options.keepaliveMs ?? 0;
-    if (every > 0) {
-      this.#keepalive = setInterval(() => this.#probe(every * 3), every);
-    }
+    // One timer per link checks silence, idleness and stuck writes, and sends keepalives.
+    const tick = Math.min(this.#keepaliveMs || 5_000, 5_000, this.#stallMs);
+    this.#watchdog = setInterval(() => this.#watch(), tick);
   }
 
   get isOpen(): boolean {
     return this.#open;
-  }
-
-  /** Bytes waiting to be written (sealed chunks plus the one being filled). */
-  get queuedBytes(): number {
-    return this.#readyBytes + this.#fill;
   }
 
   /** Queues one frame for `handler`. Returns false (and counts it) if it had to be dropped. */
@@ -163,12 +178,20 @@ export class Link {
     body: Record<string, unknown> = {},
     timeoutMs = REQUEST_TIMEOUT_MS,
   ): Promise<Record<string, unknown>> {
-    if (!this.#open) return Promise.reject(new VnetError(`link to ${this.remote} is down`));
+    if (!this.#open) {
+      return Promise.reject(
+        new VnetError(`link to ${this.remote} is down`, { code: ErrorCode.Unreachable }),
+      );
+    }
     const id = this.#nextRequest++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        reject(new VnetError(`${this.remote} did not answer '${op}' within ${timeoutMs} ms`));
+        reject(
+          new VnetError(`${this.remote} did not answer '${op}' within ${timeoutMs} ms`, {
+            code: ErrorCode.Timeout,
+          }),
+        );
       }, timeoutMs);
       this.#pending.set(id, {
         resolve: (v) => resolve((v ?? {}) as Record<string, unknown>),
@@ -183,17 +206,15 @@ export class Link {
   close(reason: string, notifyPeer?: string): void {
     if (!this.#open) return;
     this.#open = false;
-    clearInterval(this.#keepalive);
+    clearInterval(this.#watchdog);
     for (const [, p] of this.#pending) {
       clearTimeout(p.timer);
-      p.reject(new VnetError(`link to ${this.remote} closed: ${reason}`));
+      p.reject(
+        new VnetError(`link to ${this.remote} closed: ${reason}`, { code: ErrorCode.Unreachable }),
+      );
     }
     this.#pending.clear();
-    const finish = () => {
-      try {
-        this.#conn.close();
-      } catch { /* already closed */ }
-    };
+    const finish = () => closeQuietly(this.#conn);
     if (notifyPeer) {
       // Best effort, bounded: tell the peer why before hanging up.
       const bytes = encodeMessage(MessageType.Error, new TextEncoder().encode(notifyPeer));
@@ -203,7 +224,6 @@ export class Link {
       finish();
     }
     this.#log.debug("link closed", { reason });
-    this.#resolveClosed(reason);
     this.#events.onClose(this, reason);
   }
 
@@ -224,9 +244,17 @@ export class Link {
     return true;
   }
 
-  /** Control messages are never dropped: they may exceed the queue bound. */
+  /**
+   * Control messages are never dropped: they may pass the frame queue bound, by
+   * CONTROL_SLACK_BYTES at most. An end that lets more pile up does not read: it is cut off.
+   */
   #sendControl(message: Uint8Array): void {
     if (!this.#open) return;
+    const queued = this.#readyBytes + this.#fill;
+    if (queued + message.length > this.#maxQueuedBytes + CONTROL_SLACK_BYTES) {
+      this.close(`the other end does not read (${queued} bytes queued)`);
+      return;
+    }
     this.#makeRoom(message.length, true);
     this.#current.set(message, this.#fill);
     this.#fill += message.length;
@@ -255,7 +283,9 @@ export class Link {
         } else {
           break;
         }
+        this.#writeStarted = Date.now();
         await writeAll(this.#conn, chunk);
+        this.#writeStarted = 0;
         if (chunk.buffer.byteLength === CHUNK_BYTES) {
           this.#pool.push(new Uint8Array(chunk.buffer as ArrayBuffer));
         }
@@ -298,13 +328,15 @@ export class Link {
     const p = m.payload;
     switch (m.type) {
       case MessageType.Frame: {
+        const onFrame = this.#events.onFrame;
+        if (!onFrame) throw new ProtocolError("frames are not allowed on this connection");
         if (p.length < 4 || p.length > MAX_FRAME + 4) {
           throw new ProtocolError(`frame message of ${p.length} bytes`);
         }
         const handler = ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
         this.stats.framesIn++;
         this.stats.bytesIn += p.length - 4;
-        this.#events.onFrame(handler, p.subarray(4));
+        onFrame(this, handler, p.subarray(4));
         return;
       }
       case MessageType.Request:
@@ -333,16 +365,22 @@ export class Link {
     if (typeof id !== "number" || typeof op !== "string") {
       throw new ProtocolError("request without id or op");
     }
-    this.#events.onRequest(op, body, this).then(
+    if (this.#serving >= MAX_SERVING) {
+      throw new ProtocolError(`more than ${MAX_SERVING} requests in flight`);
+    }
+    this.#serving++;
+    // A handler that throws synchronously is a rejected request, not a broken link.
+    Promise.resolve().then(() => this.#events.onRequest(op, body, this)).then(
       (result) =>
         this.#sendControl(encodeJson(MessageType.Response, { req: id, ok: true, result })),
       (e) => {
         if (!(e instanceof VnetError)) this.#log.error("request failed", { op, error: String(e) });
+        const code = codeOf(e) ?? ErrorCode.System;
         this.#sendControl(
-          encodeJson(MessageType.Response, { req: id, ok: false, error: messageOf(e) }),
+          encodeJson(MessageType.Response, { req: id, ok: false, error: messageOf(e), code }),
         );
       },
-    );
+    ).finally(() => this.#serving--);
   }
 
   #settle(body: Record<string, unknown>): void {
@@ -351,166 +389,29 @@ export class Link {
     this.#pending.delete(body.req as number);
     clearTimeout(pending.timer);
     if (body.ok) pending.resolve(body.result);
-    else pending.reject(new VnetError(String(body.error ?? "request failed")));
-  }
-
-  #probe(silenceLimitMs: number): void {
-    if (Date.now() - this.#lastHeard > silenceLimitMs) {
-      this.close(`no data from the other end for ${silenceLimitMs} ms (keepalive)`);
-      return;
+    else {
+      // The other end's error keeps its code, so callers can tell "refused" from "not found".
+      const code = isErrorCode(body.code) ? body.code : ErrorCode.Invalid;
+      pending.reject(new VnetError(String(body.error ?? "request failed"), { code }));
     }
-    const ping = new Uint8Array(8);
-    new DataView(ping.buffer).setFloat64(0, performance.now());
-    this.#sendControl(encodeMessage(MessageType.Ping, ping));
   }
-}
 
-// --- opening links ---------------------------------------------------------------------------
-
-export interface DialOptions {
-  key: CryptoKey;
-  kind: "control" | "peer";
-  /** PEM of the CA that signs the other end's certificate; TLS is used iff this is set. */
-  tlsCa?: string;
-  timeoutMs?: number;
-  log: Logger;
-  events: LinkEvents;
-  keepaliveMs?: number;
-  /** Reach the other end through `ssh -W` on this gateway instead of connecting directly. */
-  ssh?: SshOptions;
-  /** A server dialling a peer over TLS proves its certificate with this (peer_cert.ts). */
-  identity?: PeerIdentity;
-}
-
-/** Connects to `addr`, runs the handshake and returns the open Link. Throws a VnetError. */
-export async function dial(addr: HostPort, options: DialOptions): Promise<Link> {
-  if (options.ssh) return await dialSsh(addr, options.ssh, options);
-  const where = formatHostPort(addr);
-  const timeoutMs = options.timeoutMs ?? 10_000;
-  let conn: Deno.Conn | undefined;
-  try {
-    // TCP first, with Nagle off (latency of small frames, and of the tail of each batch),
-    // then TLS on top: Deno's TLS connections cannot set TCP_NODELAY themselves.
-    const connecting = Deno.connect({ hostname: addr.hostname, port: addr.port });
-    // A connect that completes after the timeout is closed, not leaked.
-    let gaveUp = false;
-    connecting.then((c) => gaveUp && c.close(), () => {});
-    const tcp = await withTimeout(connecting, timeoutMs, () => {
-      gaveUp = true;
-      return `timed out after ${timeoutMs} ms`;
-    });
-    tcp.setNoDelay(true);
-    conn = tcp;
-    if (options.tlsCa) {
-      const tls = await Deno.startTls(tcp, { hostname: addr.hostname, caCerts: [options.tlsCa] });
-      conn = tls;
-      await withTimeout(
-        tls.handshake(),
-        timeoutMs,
-        () => `TLS handshake timed out after ${timeoutMs} ms`,
-      );
+  #watch(): void {
+    const now = Date.now();
+    if (this.#writeStarted && now - this.#writeStarted > this.#stallMs) {
+      this.close(`the other end does not read (a write stuck for ${now - this.#writeStarted} ms)`);
+    } else if (this.#keepaliveMs > 0 && now - this.#lastHeard > 3 * this.#keepaliveMs) {
+      this.close(`no data from the other end for ${3 * this.#keepaliveMs} ms (keepalive)`);
+    } else if (this.#idleTimeoutMs > 0 && now - this.#lastHeard > this.#idleTimeoutMs) {
+      this.close(`idle for ${this.#idleTimeoutMs} ms`);
+    } else if (this.#keepaliveMs > 0 && now - this.#lastPing >= this.#keepaliveMs - 50) {
+      this.#lastPing = now;
+      const ping = new Uint8Array(8);
+      new DataView(ping.buffer).setFloat64(0, performance.now());
+      this.#sendControl(encodeMessage(MessageType.Ping, ping));
     }
-  } catch (e) {
-    try {
-      conn?.close();
-    } catch { /* already closed */ }
-    throw new VnetError(`cannot connect to ${where}: ${explainConnectError(e)}`, { cause: e });
   }
-  const reader = new MessageReader(conn);
-  try {
-    const done = await handshake(conn, reader, {
-      key: options.key,
-      side: "dialer",
-      kind: options.kind,
-    });
-    if (options.tlsCa && options.identity && options.kind === "peer") {
-      const proof = await makeProof(options.identity, done.own, done.peer);
-      await writeAll(conn, encodeMessage(MessageType.CertProof, proof));
-    }
-  } catch (e) {
-    try {
-      conn.close();
-    } catch { /* closed by the handshake timeout */ }
-    const why = messageOf(e);
-    if (e instanceof AuthError || /authentication failed/.test(why)) {
-      throw new VnetError(`${where}: ${why}`, { cause: e });
-    }
-    const hint = options.tlsCa
-      ? ""
-      : " (if that server uses TLS, give --tls-ca with the CA that signed its certificate)";
-    throw new VnetError(`handshake with ${where} failed: ${why}${hint}`, { cause: e });
-  }
-  return new Link(conn, reader, {
-    remote: where,
-    tls: Boolean(options.tlsCa),
-    log: options.log,
-    events: options.events,
-    keepaliveMs: options.keepaliveMs,
-  });
 }
 
-/** Dials through `ssh -W`; SSH encrypts and authenticates the gateway, so no TLS on top. */
-async function dialSsh(addr: HostPort, ssh: SshOptions, options: DialOptions): Promise<Link> {
-  const where = `${formatHostPort(addr)} through ssh ${ssh.gateway}`;
-  const stream = sshStream(addr, ssh);
-  const reader = new MessageReader(stream);
-  try {
-    await handshake(stream, reader, {
-      key: options.key,
-      side: "dialer",
-      kind: options.kind,
-      timeoutMs: options.timeoutMs,
-    });
-  } catch (e) {
-    stream.close();
-    const said = await stream.failure();
-    throw new VnetError(`cannot reach ${where}: ${said || messageOf(e)}`, { cause: e });
-  }
-  return new Link(stream, reader, {
-    remote: where,
-    tls: false,
-    log: options.log,
-    events: options.events,
-    keepaliveMs: options.keepaliveMs,
-  });
-}
-
-function explainConnectError(e: unknown): string {
-  if (e instanceof Deno.errors.ConnectionRefused) {
-    return "connection refused (is vnet server running there?)";
-  }
-  if (e instanceof Deno.errors.TimedOut) return "timed out";
-  const text = messageOf(e);
-  if (/UnknownIssuer|invalid peer certificate|certificate/i.test(text)) {
-    const why = /UnknownIssuer/.test(text)
-      ? "not issued by the CA given with --tls-ca; "
-      : /CaUsedAsEndEntity/.test(text)
-      ? "it is a CA (self-signed) certificate, not one issued by your CA; "
-      : /expired/i.test(text)
-      ? "it has expired; "
-      : "";
-    return `the server's TLS certificate was refused: ${why}${text} (check --tls-ca and the name the certificate was issued for)`;
-  }
-  if (/InvalidContentType|CorruptMessage|received corrupt message/i.test(text)) {
-    return `not a TLS server: ${text} (drop --tls-ca, or give that server --tls-cert/--tls-key)`;
-  }
-  return text;
-}
-
-export async function withTimeout<T>(
-  promise: Promise<T>,
-  ms: number,
-  message: () => string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Deno.errors.TimedOut(message())), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+// TEMPORARY (until the importers move over): dial's old home.
+export { dial } from "./dial.ts";

@@ -6,7 +6,7 @@
  */
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { VnetError } from "../errors.ts";
-import { type Stream } from "./link.ts";
+import { type Stream } from "./stream.ts";
 
 export interface SshOptions {
   /** `[USER@]HOST[:PORT]` of the SSH server that can reach the peer. */

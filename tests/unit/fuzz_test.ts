@@ -576,6 +576,8 @@ Deno.test({
             device: "fake0",
             macs: ["02:00:00:00:00:01"],
             peer: "127.0.0.1:1",
+            origin: "0f".repeat(16),
+            bind: "a5".repeat(16),
           });
           ids.push(id);
         }

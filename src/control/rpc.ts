@@ -1,0 +1,279 @@
+/**
+ * The control protocol, typed: every request a client sends a server, and a server its peer,
+ * with its answer. Both sides use these types; servers accept nothing that `parse*` has not
+ * checked (types, ranges, kernel rules for names, the MAC policy that needs no system state).
+ *
+ * Client → server (control links):  create, close, migrate, list, devices, version
+ * Server → server (peer links):      attach, detach, sync
+ */
+import { type HostPort } from "../addr.ts";
+import { ErrorCode, VnetError } from "../errors.ts";
+import { type Role } from "../dataplane/filter.ts";
+import { type HandlerInfo, type HandlerSpec } from "../dataplane/handler.ts";
+import { type DeviceInfo } from "../dataplane/interfaces.ts";
+import { BROADCAST, parseMac } from "../dataplane/mac.ts";
+import { type Link } from "../link/link.ts";
+import { parseGateway, type SshOptions } from "../link/ssh.ts";
+
+export interface Endpoint {
+  addr: HostPort;
+  dev: string;
+}
+
+export interface CreateRequest {
+  proxy: Endpoint;
+  host: Endpoint;
+  /** The server the client contacted: it plays this role and dials the other one. */
+  via: Role;
+  macs: string[];
+  multicast: boolean;
+  /** Where the contacted server reaches the other one, if not at the client's address for it. */
+  peer?: HostPort;
+  /** Reach the other server through `ssh -W` on a gateway. */
+  ssh?: SshOptions;
+  /** The client's own timeout: the answer comes within it. */
+  timeoutMs?: number;
+}
+
+export interface MigrateRequest {
+  handler: string;
+  host: Endpoint;
+  ssh?: SshOptions;
+}
+
+/** A handler as `list` shows it. */
+export interface ListedHandler extends HandlerInfo {
+  /** Which side dialled the link: this server ("out") or the peer ("in"). */
+  dialled: "out" | "in";
+  reconnects: number;
+}
+
+/** What a server asks its peer to open: the other end of a handler. */
+export interface AttachRequest extends HandlerSpec {
+  /** The dialling server's id: the acceptor refuses its own, and reconciles by it. */
+  origin: string;
+  /**
+   * A random key made at creation: only the server that holds it may attach to, detach or
+   * sync this handler later. It binds the handler to the two servers that made it.
+   */
+  bind: string;
+}
+
+export interface DetachRequest {
+  handler: string;
+  bind: string;
+}
+
+/** After a reconnect, the dialler says which of its handlers the acceptor should still hold. */
+export interface SyncRequest {
+  origin: string;
+  handlers: string[];
+}
+
+/** Each operation's request and answer. */
+export interface Operations {
+  create: [CreateRequest, { id: string }];
+  close: [{ handler: string }, { closed: string; peerClosed: boolean }];
+  migrate: [MigrateRequest, { id: string; host: string; gapMs: number }];
+  list: [Record<never, never>, { handlers: ListedHandler[] }];
+  devices: [Record<never, never>, { devices: DeviceInfo[] }];
+  version: [Record<never, never>, { version: string; commit: string }];
+  attach: [AttachRequest, Record<never, never>];
+  detach: [DetachRequest, Record<never, never>];
+  sync: [SyncRequest, { closed: string[] }];
+}
+export type Operation = keyof Operations;
+export type RequestOf<O extends Operation> = Operations[O][0];
+export type ResultOf<O extends Operation> = Operations[O][1];
+
+/** Sends a typed request over `link` and waits for its typed answer. */
+export async function call<O extends Operation>(
+  link: Link,
+  op: O,
+  body: RequestOf<O>,
+  timeoutMs?: number,
+): Promise<ResultOf<O>> {
+  return await link.request(op, { ...body }, timeoutMs) as ResultOf<O>;
+}
+
+// --- checking what arrives -----------------------------------------------------------------
+
+type Body = Record<string, unknown>;
+
+function invalid(message: string): VnetError {
+  return new VnetError(message, { code: ErrorCode.Invalid });
+}
+
+function str(body: Body, key: string, max = 256): string {
+  const v = body[key];
+  if (typeof v !== "string" || v === "") throw invalid(`request lacks '${key}'`);
+  if (v.length > max || v.includes("\0")) throw invalid(`bad '${key}': too long or not text`);
+  return v;
+}
+
+function optionalStr(body: Body, key: string, max = 4096): string | undefined {
+  return body[key] === undefined || body[key] === null ? undefined : str(body, key, max);
+}
+
+/** A whole number in [min, max], or `fallback` when absent. */
+export function int(v: unknown, key: string, min: number, max: number, fallback?: number): number {
+  if (v === undefined && fallback !== undefined) return fallback;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    throw invalid(`bad '${key}': a whole number from ${min} to ${max}`);
+  }
+  return v;
+}
+
+function hostPort(v: unknown, key: string): HostPort {
+  const o = v as Body | undefined;
+  if (typeof o !== "object" || o === null) throw invalid(`request lacks '${key}'`);
+  const hostname = str(o, "hostname", 253);
+  if (!/^[\w.:%-]+$/.test(hostname)) throw invalid(`bad '${key}.hostname' '${hostname}'`);
+  return { hostname, port: int(o.port, `${key}.port`, 1, 65535) };
+}
+
+/**
+ * A network interface name by the kernel's rules (dev_valid_name): 1 to 15 bytes, not "." or
+ * "..", no "/", ":", white space or NUL.
+ */
+export function checkDeviceName(name: string): string {
+  if (
+    name.length === 0 || new TextEncoder().encode(name).length > 15 || name === "." ||
+    name === ".." || /[/:\s\0]/.test(name)
+  ) {
+    throw invalid(
+      `bad device name '${
+        name.replace(/[^\x20-\x7e]/g, "?")
+      }': 1 to 15 characters, no '/', ':' or spaces`,
+    );
+  }
+  return name;
+}
+
+function endpoint(v: unknown, key: string): Endpoint {
+  const o = (v ?? {}) as Body;
+  return { addr: hostPort(o.addr, `${key}.addr`), dev: checkDeviceName(str(o, "dev", 64)) };
+}
+
+/** The most MACs one handler carries. */
+export const MAX_MACS = 256;
+
+/**
+ * The MACs a handler may carry: unicast, not zero, each once. Broadcast and multicast are
+ * carried for every handler by its role's filter; as a proxied address they would claim the
+ * whole LAN.
+ */
+export function checkMacs(v: unknown): string[] {
+  if (!Array.isArray(v) || v.length === 0) throw invalid("a handler needs at least one MAC");
+  if (v.length > MAX_MACS) throw invalid(`a handler carries at most ${MAX_MACS} MACs`);
+  const macs = [...new Set(v.map((m) => parseMac(String(m))))];
+  for (const mac of macs) {
+    const why = mac === BROADCAST
+      ? "the broadcast address"
+      : mac === "00:00:00:00:00:00"
+      ? "the zero address"
+      : (parseInt(mac.slice(0, 2), 16) & 1) === 1
+      ? "a multicast address"
+      : "";
+    if (why) {
+      throw new VnetError(
+        `MAC ${mac} is ${why}: give the VM's own (unicast) MAC; broadcasts are carried anyway` +
+          " (and multicast with --multicast)",
+        { code: ErrorCode.Refused },
+      );
+    }
+  }
+  return macs;
+}
+
+function role(v: unknown): Role {
+  if (v !== "proxy" && v !== "host") throw invalid(`bad role '${String(v)}': proxy or host`);
+  return v;
+}
+
+function ssh(v: unknown): SshOptions | undefined {
+  if (v === undefined || v === null) return undefined;
+  const o = v as Body;
+  const gateway = str(o, "gateway");
+  parseGateway(gateway);
+  return {
+    gateway,
+    identity: optionalStr(o, "identity"),
+    knownHosts: optionalStr(o, "knownHosts"),
+  };
+}
+
+const HANDLER_ID = /^[0-9a-f]{8}$/;
+const KEY = /^[0-9a-f]{32}$/;
+
+function handlerId(body: Body, key = "handler"): string {
+  const id = str(body, key);
+  if (!HANDLER_ID.test(id) || id === "00000000") {
+    throw invalid(`bad handler id '${id.slice(0, 20)}' (see vnet client list)`);
+  }
+  return id;
+}
+
+function key(body: Body, name: string): string {
+  const v = str(body, name);
+  if (!KEY.test(v)) throw invalid(`bad '${name}': 32 hex digits`);
+  return v;
+}
+
+export function parseCreate(body: Body): CreateRequest {
+  return {
+    proxy: endpoint(body.proxy, "proxy"),
+    host: endpoint(body.host, "host"),
+    via: role(body.via),
+    macs: checkMacs(body.macs),
+    multicast: body.multicast === true,
+    peer: body.peer === undefined || body.peer === null ? undefined : hostPort(body.peer, "peer"),
+    ssh: ssh(body.ssh),
+    timeoutMs: int(body.timeoutMs, "timeoutMs", 1_000, 600_000, 20_000),
+  };
+}
+
+export function parseMigrate(body: Body): MigrateRequest {
+  return { handler: handlerId(body), host: endpoint(body.host, "host"), ssh: ssh(body.ssh) };
+}
+
+export function parseHandlerRef(body: Body): { handler: string } {
+  return { handler: handlerId(body) };
+}
+
+export function parseAttach(body: Body): AttachRequest {
+  return {
+    id: handlerId(body, "id"),
+    role: role(body.role),
+    device: checkDeviceName(str(body, "device", 64)),
+    macs: checkMacs(body.macs),
+    multicast: body.multicast === true,
+    peer: str(body, "peer"),
+    origin: key(body, "origin"),
+    bind: key(body, "bind"),
+  };
+}
+
+export function parseDetach(body: Body): DetachRequest {
+  return { handler: handlerId(body), bind: key(body, "bind") };
+}
+
+export function parseSync(body: Body): SyncRequest {
+  const handlers = body.handlers;
+  if (!Array.isArray(handlers) || handlers.length > 100_000) {
+    throw invalid("bad 'handlers': a list of handler ids");
+  }
+  return {
+    origin: key(body, "origin"),
+    handlers: handlers.map((h) => handlerId({ handler: h })),
+  };
+}
+
+/** 16 random bytes as 32 hex digits: server ids and handler keys. */
+export function randomKey(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(16)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}

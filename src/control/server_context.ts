@@ -1,0 +1,28 @@
+/** What the request handlers (client_requests.ts, peer_requests.ts) use of their server. */
+import { type DeviceInfo } from "../dataplane/interfaces.ts";
+import { type Link } from "../link/link.ts";
+import { type Logger } from "../ops/log.ts";
+import { type EventLog } from "./events.ts";
+import { type Peers } from "./peers.ts";
+import { type Registry } from "./registry.ts";
+
+export interface ServerContext {
+  /** This server's id (32 hex digits), sent with every attach as `origin`. */
+  readonly id: string;
+  /** The address this server listens on, `ADDR:PORT`. */
+  readonly address: string;
+  readonly registry: Registry;
+  readonly peers: Peers;
+  readonly events: EventLog;
+  readonly log: Logger;
+  /** `--allow-live-mac`: carry a MAC already live on the LAN (logged at WARN). */
+  readonly allowLiveMac: boolean;
+  /** This machine's interfaces. */
+  devices(): DeviceInfo[];
+  /** Throws if `device` holds the local address of `link`: a Host end must not carry its own link. */
+  checkDeviceNotCarryingLink(device: string, link: Link): void;
+  /** Closes and forgets a handler, drops peers nobody needs, saves the state. */
+  remove(id: string): Promise<void>;
+  dropUnusedPeers(): void;
+  save(): void;
+}
