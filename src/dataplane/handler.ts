@@ -169,7 +169,7 @@ export class Handler {
     if (!this.#injector) {
       this.fromPeer.drops++;
       this.dropReasons.inject++;
-    } else if (prepareForWire(frame, this.#injector.mtu, this.#inject, this.#injectGso) === 0) {
+    } else if (prepareForWire(frame, this.#injector.mtu, this.#inject, this.#injectGso) < 0) {
       this.fromPeer.drops++;
       this.dropReasons.offload++;
     }

@@ -12,55 +12,19 @@
  * are views over the same ArrayBuffer (a DataView over it is cached).
  */
 
-/** Why `prepareForWire` dropped a frame. */
-export type DropReason = "oversize" | "malformed";
-
-/** Counters since start (or the last `resetOffloadStats`). Plain numbers, updated in place. */
-export interface OffloadStats {
-  /** Frames given to `prepareForWire`. */
-  frames: number;
-  /** TCP/UDP/IPv4-header checksums that were wrong (usually partial) and were rewritten. */
-  checksumsFixed: number;
-  /** TCP super-frames cut into segments. */
-  segmented: number;
-  /** Segments emitted for those super-frames. */
-  segments: number;
-  /** IPv4 datagrams without DF cut into fragments. */
-  fragmented: number;
-  /** Fragments emitted for those datagrams. */
-  fragments: number;
-  /** Frames dropped because they exceed the MTU and cannot be segmented or fragmented. */
-  droppedOversize: number;
-  /** Frames dropped because their headers are inconsistent or truncated. */
-  droppedMalformed: number;
-}
-
-export const offloadStats: OffloadStats = {
-  frames: 0,
-  checksumsFixed: 0,
-  segmented: 0,
-  segments: 0,
-  fragmented: 0,
-  fragments: 0,
-  droppedOversize: 0,
-  droppedMalformed: 0,
-};
-
-export function resetOffloadStats(): void {
-  offloadStats.frames = 0;
-  offloadStats.checksumsFixed = 0;
-  offloadStats.segmented = 0;
-  offloadStats.segments = 0;
-  offloadStats.fragmented = 0;
-  offloadStats.fragments = 0;
-  offloadStats.droppedOversize = 0;
-  offloadStats.droppedMalformed = 0;
-}
-
-/** Why the last call of `prepareForWire` returned 0; null when it emitted something. */
-export let lastDropReason: DropReason | null = null;
-
 import { type GsoFrame } from "./ports.ts";
+
+/**
+ * What `prepareForWire` returns for a frame it dropped: negative, so that any result above 0 is
+ * the number of frames emitted.
+ */
+export const Dropped = {
+  /** Over the MTU, and neither segmentable (TCP) nor fragmentable (IPv4 without DF). */
+  oversize: -1,
+  /** Headers inconsistent or truncated. */
+  malformed: -2,
+} as const;
+export type DropReason = keyof typeof Dropped;
 
 const ETH_HLEN = 14;
 const ETH_P_IPV4 = 0x0800;
@@ -137,7 +101,6 @@ function fixIpv4HeaderChecksum(f: Uint8Array, l3: number, ihl: number): void {
   const c = ~fold(s + (0xffff ^ stored)) & 0xffff;
   f[l3 + 10] = c >>> 8;
   f[l3 + 11] = c & 0xff;
-  offloadStats.checksumsFixed++;
 }
 
 /** Writes the IPv4 header checksum of a header we built in the scratch buffer. */
@@ -170,7 +133,6 @@ function fixL4Checksum(
   if (udp && c === 0) c = 0xffff;
   f[ck] = c >>> 8;
   f[ck + 1] = c & 0xff;
-  offloadStats.checksumsFixed++;
 }
 
 /** Sum of the 16-bit words of `f[off, off + len)`, len even and small (addresses). */
@@ -206,13 +168,6 @@ const fragHeader = new Uint8Array(60);
 
 // ---------------------------------------------------------------------------------------------
 
-function drop(reason: DropReason): number {
-  lastDropReason = reason;
-  if (reason === "oversize") offloadStats.droppedOversize++;
-  else offloadStats.droppedMalformed++;
-  return 0;
-}
-
 /** Emits `f` trimmed to `l3 + ipLen` when trailing bytes beyond the IP packet would not fit. */
 function emitFitting(
   f: Uint8Array,
@@ -227,21 +182,25 @@ function emitFitting(
 
 /**
  * Hands a TCP super-frame to an injector that lets the kernel segment it (GSO), instead of
- * segmenting it here; returns false if the injector refused it.
+ * segmenting it here; returns false if the injector refused it. `gso` is only valid during the
+ * call (it is reused).
  */
 export type GsoEmit = (frame: Uint8Array, gso: GsoFrame) => boolean;
-/** The GSO hook of the current `prepareForWire` call (calls are synchronous, never nested). */
-let gsoEmit: GsoEmit | undefined;
+/** Handed to every `GsoEmit` call, rewritten each time: no allocation per super-frame. */
+const gsoFrame: GsoFrame = { v4: false, l4Offset: 0, headerLength: 0, mss: 0, ecn: false };
 
 /**
  * Makes one captured frame fit for a wire of `mtu` (the IP MTU of the interface it will be
  * injected on): completes/repairs TCP and UDP checksums (verify; rewrite when wrong) and the IPv4
  * header checksum, and segments TCP super-frames into MSS-sized segments (MSS = mtu - IP header -
- * TCP header incl. options). IPv4 datagrams over the MTU without DF (other than TCP super-frames)
- * are fragmented. Calls `emit` synchronously once per resulting frame (the view may be reused
- * after emit returns). Returns the number of frames emitted; 0 means the frame was dropped (see
- * `lastDropReason`). A frame that already fits is fixed in place and emitted as the same view.
- * Never throws (unless `emit` does).
+ * TCP header incl. options), or hands them whole to `gso` when given. IPv4 datagrams over the MTU
+ * without DF (other than TCP super-frames) are fragmented. Calls `emit` synchronously once per
+ * resulting frame (the view may be reused after emit returns). A frame that already fits is
+ * fixed in place and emitted as the same view.
+ *
+ * Returns the number of frames emitted; 0 if `gso` refused the super-frame (its failure, counted
+ * by the injector); a negative `Dropped` code if the frame was dropped. Never throws (unless
+ * `emit` does).
  */
 export function prepareForWire(
   frame: Uint8Array,
@@ -249,36 +208,39 @@ export function prepareForWire(
   emit: (frame: Uint8Array) => void,
   gso?: GsoEmit,
 ): number {
-  gsoEmit = gso;
-  offloadStats.frames++;
-  lastDropReason = null;
   const len = frame.length;
-  if (len < ETH_HLEN) return drop("malformed");
+  if (len < ETH_HLEN) return Dropped.malformed;
   let l3 = ETH_HLEN;
   let type = (frame[12] << 8) | frame[13];
   if (type === ETH_P_8021Q || type === ETH_P_8021AD) {
-    if (len < l3 + 4) return drop("malformed");
+    if (len < l3 + 4) return Dropped.malformed;
     type = (frame[16] << 8) | frame[17];
     l3 += 4;
   }
-  if (type === ETH_P_IPV4) return ipv4(frame, l3, mtu, emit);
-  if (type === ETH_P_IPV6) return ipv6(frame, l3, mtu, emit);
+  if (type === ETH_P_IPV4) return ipv4(frame, l3, mtu, emit, gso);
+  if (type === ETH_P_IPV6) return ipv6(frame, l3, mtu, emit, gso);
   // Anything else (ARP, 802.3/LLC, 0x88b5, a second VLAN tag, ...) goes out untouched.
-  if (len - l3 > mtu) return drop("oversize");
+  if (len - l3 > mtu) return Dropped.oversize;
   emit(frame);
   return 1;
 }
 
-function ipv4(f: Uint8Array, l3: number, mtu: number, emit: (frame: Uint8Array) => void): number {
+function ipv4(
+  f: Uint8Array,
+  l3: number,
+  mtu: number,
+  emit: (frame: Uint8Array) => void,
+  gso: GsoEmit | undefined,
+): number {
   const avail = f.length - l3;
-  if (avail < 20) return drop("malformed");
+  if (avail < 20) return Dropped.malformed;
   const vihl = f[l3];
   const ihl = (vihl & 15) << 2;
-  if (vihl >>> 4 !== 4 || ihl < 20 || ihl > avail) return drop("malformed");
+  if (vihl >>> 4 !== 4 || ihl < 20 || ihl > avail) return Dropped.malformed;
   let tot = (f[l3 + 2] << 8) | f[l3 + 3];
   // BIG TCP (Linux): GSO packets over 64 KiB carry total length 0.
   if (tot === 0 && avail > 65535) tot = avail;
-  if (tot < ihl || tot > avail) return drop("malformed");
+  if (tot < ihl || tot > avail) return Dropped.malformed;
   fixIpv4HeaderChecksum(f, l3, ihl);
   const frag = (f[l3 + 6] << 8) | f[l3 + 7];
   const proto = f[l3 + 9];
@@ -286,72 +248,78 @@ function ipv4(f: Uint8Array, l3: number, mtu: number, emit: (frame: Uint8Array) 
   const l4len = tot - ihl;
   if ((frag & 0x3fff) === 0) {
     if (proto === IPPROTO_TCP) {
-      if (l4len < 20) return drop("malformed");
+      if (l4len < 20) return Dropped.malformed;
       const th = (f[l4 + 12] >>> 4) << 2;
-      if (th < 20 || th > l4len) return drop("malformed");
+      if (th < 20 || th > l4len) return Dropped.malformed;
       const addr = sumWords(f, l3 + 12, 8);
-      if (tot > mtu) return segmentTcp(f, l3, ihl, th, l4len, addr, mtu, true, emit);
+      if (tot > mtu) return segmentTcp(f, l3, ihl, th, l4len, addr, mtu, true, emit, gso);
       fixL4Checksum(f, l4, l4len, l4 + 16, addr + IPPROTO_TCP + l4len, false);
     } else if (proto === IPPROTO_UDP) {
-      if (l4len < 8) return drop("malformed");
+      if (l4len < 8) return Dropped.malformed;
       const ulen = (f[l4 + 4] << 8) | f[l4 + 5];
-      if (ulen < 8 || ulen > l4len) return drop("malformed");
+      if (ulen < 8 || ulen > l4len) return Dropped.malformed;
       if (f[l4 + 6] !== 0 || f[l4 + 7] !== 0) { // 0: sent without checksum (RFC 768)
         fixL4Checksum(f, l4, ulen, l4 + 6, sumWords(f, l3 + 12, 8) + IPPROTO_UDP + ulen, true);
       }
     }
   }
   if (tot <= mtu) return emitFitting(f, l3, tot, mtu, emit);
-  if ((frag & IP_DF) !== 0 || tot > 65535) return drop("oversize");
+  if ((frag & IP_DF) !== 0 || tot > 65535) return Dropped.oversize;
   return fragmentIpv4(f, l3, ihl, tot, frag, mtu, emit);
 }
 
-function ipv6(f: Uint8Array, l3: number, mtu: number, emit: (frame: Uint8Array) => void): number {
+function ipv6(
+  f: Uint8Array,
+  l3: number,
+  mtu: number,
+  emit: (frame: Uint8Array) => void,
+  gso: GsoEmit | undefined,
+): number {
   const avail = f.length - l3;
-  if (avail < 40 || f[l3] >>> 4 !== 6) return drop("malformed");
+  if (avail < 40 || f[l3] >>> 4 !== 6) return Dropped.malformed;
   let plen = (f[l3 + 4] << 8) | f[l3 + 5];
   let nh = f[l3 + 6];
   // BIG TCP (Linux >= 6.3): GSO packets over 64 KiB carry payload length 0 and no jumbo option.
   // With a hop-by-hop header it would be an RFC 2675 jumbogram, which we leave alone.
   if (plen === 0 && avail - 40 > 65535) {
-    if (nh === IPV6_HOPOPTS) return drop("oversize");
+    if (nh === IPV6_HOPOPTS) return Dropped.oversize;
     plen = avail - 40;
   }
-  if (40 + plen > avail) return drop("malformed");
+  if (40 + plen > avail) return Dropped.malformed;
   const end = l3 + 40 + plen;
   let l4 = l3 + 40;
   // Hop-by-hop then destination options: fixed-format, skipped and copied verbatim. Anything
   // else (routing changes the pseudo-header, fragments, ESP, ...) passes through untouched.
   if (nh === IPV6_HOPOPTS) {
-    if (l4 + 8 > end) return drop("malformed");
+    if (l4 + 8 > end) return Dropped.malformed;
     nh = f[l4];
     l4 += (f[l4 + 1] + 1) << 3;
-    if (l4 > end) return drop("malformed");
+    if (l4 > end) return Dropped.malformed;
   }
   if (nh === IPV6_DSTOPTS) {
-    if (l4 + 8 > end) return drop("malformed");
+    if (l4 + 8 > end) return Dropped.malformed;
     nh = f[l4];
     l4 += (f[l4 + 1] + 1) << 3;
-    if (l4 > end) return drop("malformed");
+    if (l4 > end) return Dropped.malformed;
   }
   const l4len = end - l4;
   if (nh === IPPROTO_TCP) {
-    if (l4len < 20) return drop("malformed");
+    if (l4len < 20) return Dropped.malformed;
     const th = (f[l4 + 12] >>> 4) << 2;
-    if (th < 20 || th > l4len) return drop("malformed");
+    if (th < 20 || th > l4len) return Dropped.malformed;
     const addr = sumWords(f, l3 + 8, 32);
-    if (40 + plen > mtu) return segmentTcp(f, l3, l4 - l3, th, l4len, addr, mtu, false, emit);
+    if (40 + plen > mtu) return segmentTcp(f, l3, l4 - l3, th, l4len, addr, mtu, false, emit, gso);
     fixL4Checksum(f, l4, l4len, l4 + 16, addr + IPPROTO_TCP + l4len, false);
   } else if (nh === IPPROTO_UDP) {
-    if (l4len < 8) return drop("malformed");
+    if (l4len < 8) return Dropped.malformed;
     let ulen = (f[l4 + 4] << 8) | f[l4 + 5];
     if (ulen === 0 && l4len > 65535) ulen = l4len; // RFC 2675 jumbo UDP
-    if (ulen < 8 || ulen > l4len) return drop("malformed");
+    if (ulen < 8 || ulen > l4len) return Dropped.malformed;
     // IPv6 UDP must carry a checksum (RFC 8200): a stored 0 is completed like a partial one.
     const ulenSum = (ulen >>> 16) + (ulen & 0xffff);
     fixL4Checksum(f, l4, ulen, l4 + 6, sumWords(f, l3 + 8, 32) + IPPROTO_UDP + ulenSum, true);
   }
-  if (40 + plen > mtu) return drop("oversize");
+  if (40 + plen > mtu) return Dropped.oversize;
   return emitFitting(f, l3, 40 + plen, mtu, emit);
 }
 
@@ -370,6 +338,7 @@ function segmentTcp(
   mtu: number,
   v4: boolean,
   emit: (frame: Uint8Array) => void,
+  gso: GsoEmit | undefined,
 ): number {
   const l4 = l3 + netLen;
   const hdrEnd = l4 + th;
@@ -377,17 +346,20 @@ function segmentTcp(
   const mss = mtu - netLen - th;
   const flags = f[l4 + 13];
   // A SYN or RST is never built by GSO/GRO; segmenting one would change its meaning.
-  if (mss < 8 || (flags & (TCP_SYN | TCP_RST)) !== 0) return drop("oversize");
-  if (gsoEmit && netLen + l4len <= 65535) {
+  if (mss < 8 || (flags & (TCP_SYN | TCP_RST)) !== 0) return Dropped.oversize;
+  if (gso && netLen + l4len <= 65535) {
     // The kernel segments and checksums: leave it the pseudo-header sum (CHECKSUM_PARTIAL).
     const partial = fold(addrSum + IPPROTO_TCP + l4len);
     f[l4 + 16] = partial >>> 8;
     f[l4 + 17] = partial & 0xff;
-    const whole = f.subarray(0, l4 + l4len);
-    const gso = { v4, l4Offset: l4, headerLength: hdrEnd, mss, ecn: (flags & TCP_CWR) !== 0 };
-    if (!gsoEmit(whole, gso)) return 0;
-    offloadStats.segmented++;
-    return 1;
+    gsoFrame.v4 = v4;
+    gsoFrame.l4Offset = l4;
+    gsoFrame.headerLength = hdrEnd;
+    gsoFrame.mss = mss;
+    gsoFrame.ecn = (flags & TCP_CWR) !== 0;
+    // The frame ends with its IP packet: trailing bytes are cut only when there are some.
+    const end = l4 + l4len;
+    return gso(end === f.length ? f : f.subarray(0, end), gsoFrame) ? 1 : 0;
   }
   ensureScratch(hdrEnd + mss);
   const s = scratch;
@@ -431,8 +403,6 @@ function segmentTcp(
     s[l4 + 17] = c & 0xff;
     emit(scratchOf(hdrEnd + n));
   }
-  offloadStats.segmented++;
-  offloadStats.segments += count;
   return count;
 }
 
@@ -460,9 +430,9 @@ function fragmentIpv4(
       i++;
       continue;
     }
-    if (i + 1 >= end) return drop("malformed");
+    if (i + 1 >= end) return Dropped.malformed;
     const ol = f[i + 1];
-    if (ol < 2 || i + ol > end) return drop("malformed");
+    if (ol < 2 || i + ol > end) return Dropped.malformed;
     if ((t & 0x80) !== 0) {
       for (let j = 0; j < ol; j++) h[hl++] = f[i + j];
     }
@@ -474,7 +444,7 @@ function fragmentIpv4(
   const data = tot - ihl;
   const firstChunk = ((mtu - ihl) >>> 3) << 3;
   const laterChunk = ((mtu - hl) >>> 3) << 3;
-  if (mtu < ihl + 8 || firstChunk <= 0 || laterChunk <= 0) return drop("oversize");
+  if (mtu < ihl + 8 || firstChunk <= 0 || laterChunk <= 0) return Dropped.oversize;
   ensureScratch(l3 + 60 + Math.max(firstChunk, laterChunk));
   const s = scratch;
   const baseOff = (frag & 0x1fff) << 3;
@@ -501,7 +471,5 @@ function fragmentIpv4(
     emit(scratchOf(l3 + len));
     off += n;
   }
-  offloadStats.fragmented++;
-  offloadStats.fragments += count;
   return count;
 }

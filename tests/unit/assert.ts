@@ -7,6 +7,9 @@ export function assert(condition: unknown, message?: string): asserts condition 
 export function assertEquals<T>(actual: T, expected: T, message?: string): void {
   strict.deepEqual(actual, expected, message);
 }
+export function assertStrictEquals<T>(actual: T, expected: T, message?: string): void {
+  strict.strictEqual(actual, expected, message);
+}
 export function assertMatch(actual: string, re: RegExp, message?: string): void {
   strict.match(actual, re, message);
 }
