@@ -2,16 +2,19 @@
  * vnet: puts a far-away machine onto a local Ethernet (USENIX VM '04, section 4.2).
  *
  *   vnet server ...   run a VNET server (on the VM's Host and on the LAN's Proxy)
- *   vnet client ...   ask a server to set up, list or close handlers
+ *   vnet client ...   ask a server to set up, list, watch, migrate or close handlers
  *   vnet cert ...     make the TLS certificates servers use
+ *   vnet secret ...   make the shared secret
+ *   vnet doctor ...   check a machine for what a bridge needs
  *
- * Each subcommand lives in src/cli/<name>.ts with its own help text.
+ * Each command lives in src/cli/<name>.ts with its own help text. A command resolves with its
+ * exit status or throws; this file is the only place the process exits.
  */
 import { clientCommand } from "./src/cli/client.ts";
-import { error } from "./src/cli/common.ts";
 import { serverCommand } from "./src/cli/server.ts";
 import { certCommand } from "./src/cli/cert.ts";
 import { doctorCommand } from "./src/cli/doctor.ts";
+import { secretCommand } from "./src/cli/secret.ts";
 import { messageOf, VnetError } from "./src/errors.ts";
 import { COMMIT, VERSION } from "./src/ops/version.ts";
 
@@ -20,10 +23,15 @@ vnet ${VERSION}: bridge a remote VM onto a local Ethernet over one TCP (or TLS) 
 
 Usage:
   vnet server --listen ADDR:PORT --secret-file FILE [...]   run a server (Host or Proxy)
-  vnet client --proxy ADDR:PORT --proxy-dev DEV \\
-              --host ADDR:PORT --host-dev DEV --mac MAC ...   create a handler
-  vnet client list|close|devices --server ADDR:PORT ...      inspect and manage handlers
-  vnet cert ca|issue ...                                      make TLS certificates
+  vnet server --check-config [--config FILE] [...]          check a server's settings
+  vnet client [create] --proxy ADDR:PORT --proxy-dev DEV \\
+              --host ADDR:PORT --host-dev DEV --mac MAC ...  create a handler
+  vnet client list|watch --server ADDR:PORT ...              show handlers, once or live
+  vnet client close|migrate --server ADDR:PORT ... ID        close a handler, or move its Host end
+  vnet client devices --server ADDR:PORT ...                 list a server's interfaces
+  vnet cert ca|issue ...                                     make TLS certificates
+  vnet secret [--out FILE] [--force]                         make a shared secret
+  vnet doctor ...                                            check this machine for a bridge
   vnet --version
 
 Run 'vnet <command> --help' for the flags of each command.
@@ -34,6 +42,7 @@ const commands: Record<string, (args: string[]) => Promise<number | void>> = {
   server: serverCommand,
   client: clientCommand,
   cert: certCommand,
+  secret: secretCommand,
   doctor: doctorCommand,
 };
 
@@ -48,16 +57,22 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const run = commands[command];
-  if (!run) error(`unknown command '${command}' (see 'vnet --help')`);
+  if (!run) throw new VnetError(`unknown command '${command}' (see 'vnet --help')`);
   return await run(rest) ?? 0;
 }
 
 if (import.meta.main) {
+  let status: number;
   try {
-    Deno.exit(await main(Deno.args));
+    status = await main(Deno.args);
   } catch (e) {
-    if (e instanceof VnetError) error(messageOf(e));
-    console.error(`vnet: internal error: ${(e as Error)?.stack ?? e}`);
-    Deno.exit(70);
+    if (e instanceof VnetError) {
+      console.error(`vnet: ${messageOf(e)}`);
+      status = 1;
+    } else {
+      console.error(`vnet: internal error: ${(e as Error)?.stack ?? e}`);
+      status = 70;
+    }
   }
+  Deno.exit(status);
 }

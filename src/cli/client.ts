@@ -1,12 +1,20 @@
 /** `vnet client`: ask a server to create, list and close handlers. */
 import { formatHostPort, type HostPort, parseHostPort } from "../addr.ts";
 import { messageOf, VnetError } from "../errors.ts";
-import { dial, type Link } from "../link/link.ts";
+import { type Link } from "../link/link.ts";
+import { dial } from "../link/dial.ts";
 import { log } from "../ops/log.ts";
 import { parseMac } from "../dataplane/mac.ts";
 import { parseGateway } from "../link/ssh.ts";
 import { type ListedHandler } from "../control/server.ts";
-import { error, type Options, parseFlags, readTextFile, required, secretKey } from "./common.ts";
+import {
+  noPositionals,
+  type Options,
+  parseFlags,
+  readTextFile,
+  required,
+  secretKey,
+} from "./common.ts";
 
 export const CLIENT_HELP = `
 vnet client: set up and manage VNET handlers
@@ -71,7 +79,7 @@ const connectionOptions = {
   timeout: { type: "string", default: "20" },
 } as const satisfies Options;
 
-export async function clientCommand(args: string[]): Promise<void> {
+export async function clientCommand(args: string[]): Promise<number> {
   const sub = ["create", "list", "watch", "close", "devices", "migrate"].includes(args[0])
     ? args[0]
     : "create";
@@ -87,14 +95,16 @@ export async function clientCommand(args: string[]): Promise<void> {
       return await close(rest);
     case "devices":
       return await devices(rest);
-    case "migrate":
+    default:
       return await migrate(rest);
   }
 }
 
 function timeoutMs(values: Record<string, unknown>): number {
   const seconds = Number(values.timeout);
-  if (!(seconds > 0)) error(`bad --timeout '${values.timeout}': a number of seconds > 0`);
+  if (!(seconds > 0)) {
+    throw new VnetError(`bad --timeout '${values.timeout}': a number of seconds > 0`);
+  }
   return seconds * 1000;
 }
 
@@ -132,8 +142,8 @@ async function ask(
   }
 }
 
-async function create(args: string[]): Promise<void> {
-  const { values, positionals } = parseFlags(
+async function create(args: string[]): Promise<number> {
+  const parsed = parseFlags(
     args,
     {
       ...connectionOptions,
@@ -151,17 +161,19 @@ async function create(args: string[]): Promise<void> {
     CLIENT_HELP,
     "client",
   );
-  if (positionals.length > 0) {
-    error(`unexpected argument '${positionals[0]}' (see 'vnet client --help')`);
-  }
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  noPositionals(positionals, "client");
   const proxy = parseHostPort(required(values, "proxy", "client"), "--proxy");
   const host = parseHostPort(required(values, "host", "client"), "--host");
   const proxyDev = required(values, "proxy-dev", "client");
   const hostDev = required(values, "host-dev", "client");
   const macs = (values.mac ?? []).map(parseMac);
-  if (macs.length === 0) error("missing --mac: give the MAC address of at least one VM");
+  if (macs.length === 0) {
+    throw new VnetError("missing --mac: give the MAC address of at least one VM");
+  }
   const via = values.via;
-  if (via !== "proxy" && via !== "host") error(`bad --via '${via}': proxy or host`);
+  if (via !== "proxy" && via !== "host") throw new VnetError(`bad --via '${via}': proxy or host`);
   // The contacted server dials the other; an explicit peer address overrides the client's.
   const peerFlag = via === "proxy" ? values["host-peer"] : values["proxy-peer"];
   const peer = peerFlag
@@ -180,6 +192,7 @@ async function create(args: string[]): Promise<void> {
     timeoutMs: timeoutMs(values),
   });
   console.log(String(result.id));
+  return 0;
 }
 
 const sshOptions = {
@@ -192,7 +205,7 @@ function sshRequest(values: Record<string, unknown>) {
   const gateway = values.ssh as string | undefined;
   if (!gateway) {
     if (values["ssh-identity"] || values["ssh-known-hosts"]) {
-      error("--ssh-identity and --ssh-known-hosts go with --ssh GATEWAY");
+      throw new VnetError("--ssh-identity and --ssh-known-hosts go with --ssh GATEWAY");
     }
     return undefined;
   }
@@ -204,8 +217,8 @@ function sshRequest(values: Record<string, unknown>) {
   };
 }
 
-async function migrate(args: string[]): Promise<void> {
-  const { values, positionals } = parseFlags(
+async function migrate(args: string[]): Promise<number> {
+  const parsed = parseFlags(
     args,
     {
       ...connectionOptions,
@@ -217,11 +230,13 @@ async function migrate(args: string[]): Promise<void> {
     CLIENT_HELP,
     "client migrate",
   );
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
   const server = parseHostPort(required(values, "server", "client migrate"), "--server");
   const host = parseHostPort(required(values, "host", "client migrate"), "--host");
   const dev = required(values, "host-dev", "client migrate");
   if (positionals.length !== 1) {
-    error("give exactly one handler ID to migrate (see 'vnet client list')");
+    throw new VnetError("give exactly one handler ID to migrate (see 'vnet client list')");
   }
   const result = await ask(server, values, "migrate", {
     handler: positionals[0],
@@ -230,10 +245,11 @@ async function migrate(args: string[]): Promise<void> {
   });
   console.error(`migrated ${positionals[0]} to ${result.host} (gap ${result.gapMs} ms)`);
   console.log(positionals[0]);
+  return 0;
 }
 
-async function list(args: string[]): Promise<void> {
-  const { values } = parseFlags(
+async function list(args: string[]): Promise<number> {
+  const parsed = parseFlags(
     args,
     {
       ...connectionOptions,
@@ -244,13 +260,16 @@ async function list(args: string[]): Promise<void> {
     CLIENT_HELP,
     "client list",
   );
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  noPositionals(positionals, "client list");
   const server = parseHostPort(required(values, "server", "client list"), "--server");
   // Rates come from two samples `window` seconds apart over one connection. The table always
   // has them (1 s by default); --json only when --rate-window is given, so scripts stay fast.
   const windowFlag = values["rate-window"];
   const window = windowFlag === undefined ? (values.json ? 0 : 1) : Number(windowFlag);
   if (!(window >= 0 && window <= 3600)) {
-    error(`bad --rate-window '${windowFlag}': seconds from 0 to 3600 (0: no rates)`);
+    throw new VnetError(`bad --rate-window '${windowFlag}': seconds from 0 to 3600 (0: no rates)`);
   }
   const link = await connect(server, values);
   let first: Sample, second: Sample | null = null;
@@ -270,9 +289,10 @@ async function list(args: string[]): Promise<void> {
       ? now.handlers.map((h) => ({ ...h, rates: rates.get(h.id) ?? null }))
       : now.handlers;
     console.log(JSON.stringify(out, null, 2));
-    return;
+    return 0;
   }
   console.log(handlerTable(now.handlers, rates));
+  return 0;
 }
 
 /** One `list` answer and when it was taken. */
@@ -390,8 +410,8 @@ export function handlerTable(
  * previous sample. On a terminal it clears the screen and redraws; otherwise it prints one
  * timestamped snapshot per interval. Stops on Ctrl-C (or SIGTERM), or after --count snapshots.
  */
-async function watch(args: string[]): Promise<void> {
-  const { values } = parseFlags(
+async function watch(args: string[]): Promise<number> {
+  const parsed = parseFlags(
     args,
     {
       ...connectionOptions,
@@ -402,14 +422,17 @@ async function watch(args: string[]): Promise<void> {
     CLIENT_HELP,
     "client watch",
   );
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  noPositionals(positionals, "client watch");
   const server = parseHostPort(required(values, "server", "client watch"), "--server");
   const interval = Number(values.interval);
   if (!(interval >= 0.1 && interval <= 3600)) {
-    error(`bad --interval '${values.interval}': seconds from 0.1 to 3600`);
+    throw new VnetError(`bad --interval '${values.interval}': seconds from 0.1 to 3600`);
   }
   const count = values.count === undefined ? Infinity : Number(values.count);
   if (!(count >= 1) || !Number.isInteger(count) && count !== Infinity) {
-    error(`bad --count '${values.count}': a whole number >= 1`);
+    throw new VnetError(`bad --count '${values.count}': a whole number >= 1`);
   }
   const tty = Deno.stdout.isTerminal();
   const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();
@@ -448,10 +471,11 @@ async function watch(args: string[]): Promise<void> {
     for (const s of signals) Deno.removeSignalListener(s, onSignal);
     link.close("done");
   }
+  return 0;
 }
 
-async function close(args: string[]): Promise<void> {
-  const { values, positionals } = parseFlags(
+async function close(args: string[]): Promise<number> {
+  const parsed = parseFlags(
     args,
     {
       ...connectionOptions,
@@ -460,19 +484,22 @@ async function close(args: string[]): Promise<void> {
     CLIENT_HELP,
     "client close",
   );
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
   const server = parseHostPort(required(values, "server", "client close"), "--server");
   if (positionals.length !== 1) {
-    error("give exactly one handler ID to close (see 'vnet client list')");
+    throw new VnetError("give exactly one handler ID to close (see 'vnet client list')");
   }
   const result = await ask(server, values, "close", { handler: positionals[0] });
   if (!result.peerClosed) {
     log.warn("the peer server could not be told; its end stays until it is closed there");
   }
   console.error(`closed ${positionals[0]}`);
+  return 0;
 }
 
-async function devices(args: string[]): Promise<void> {
-  const { values } = parseFlags(
+async function devices(args: string[]): Promise<number> {
+  const parsed = parseFlags(
     args,
     {
       ...connectionOptions,
@@ -482,11 +509,14 @@ async function devices(args: string[]): Promise<void> {
     CLIENT_HELP,
     "client devices",
   );
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  noPositionals(positionals, "client devices");
   const server = parseHostPort(required(values, "server", "client devices"), "--server");
   const found = (await ask(server, values, "devices")).devices as Record<string, unknown>[];
   if (values.json) {
     console.log(JSON.stringify(found, null, 2));
-    return;
+    return 0;
   }
   const rows = [["NAME", "MAC", "MTU", "FLAGS", "ADDRESSES"]];
   for (const d of found) {
@@ -499,6 +529,7 @@ async function devices(args: string[]): Promise<void> {
     ]);
   }
   console.log(table(rows));
+  return 0;
 }
 
 function table(rows: string[][]): string {

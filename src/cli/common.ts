@@ -1,15 +1,13 @@
-/** What every subcommand shares: flag parsing, the one exit path for user errors, loading keys. */
+/**
+ * What every subcommand shares: flag parsing, loading keys. Commands never exit: a user error
+ * is a thrown VnetError (main.ts prints `vnet: <message>` and exits 1), anything else resolves
+ * with the exit status, and main.ts is the only caller of Deno.exit.
+ */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { VnetError } from "../errors.ts";
 import { loadSecret } from "../link/secret.ts";
 import { importSecret } from "../link/auth.ts";
 import { configureLog, isLevel } from "../ops/log.ts";
-
-/** Prints `vnet: <message>` on stderr and exits 1. The only way a command fails on bad input. */
-export function error(message: string): never {
-  console.error(`vnet: ${message}`);
-  Deno.exit(1);
-}
 
 export type Options = NonNullable<ParseArgsConfig["options"]>;
 
@@ -21,8 +19,8 @@ export const commonOptions = {
 } as const satisfies Options;
 
 /**
- * Parses `args` strictly (unknown flags are errors). Prints `help` and exits 0 on --help;
- * turns parser errors into one line that points at the help.
+ * Parses `args` strictly (unknown flags are errors, thrown as one line that points at the
+ * help). On --help it prints `help` and returns null: the command then resolves with 0.
  */
 export function parseFlags<O extends Options>(
   args: string[],
@@ -40,16 +38,16 @@ export function parseFlags<O extends Options>(
     });
   } catch (e) {
     const first = (e as Error).message.split(/\.\s/)[0].replace(/\.$/, "");
-    error(`${first} (see 'vnet ${command} --help')`);
+    throw new VnetError(`${first} (see 'vnet ${command} --help')`, { cause: e });
   }
   const values = parsed.values as Record<string, unknown>;
   if (values.help) {
     console.log(help.trim());
-    Deno.exit(0);
+    return null;
   }
   const level = values["log-level"] as string | undefined;
   if (level !== undefined && !isLevel(level)) {
-    error(`bad --log-level '${level}': debug, info, warn or error`);
+    throw new VnetError(`bad --log-level '${level}': debug, info, warn or error`);
   }
   configureLog({ level: level as "info" | undefined, json: values["log-json"] === true });
   return parsed;
@@ -58,9 +56,16 @@ export function parseFlags<O extends Options>(
 export function required(values: Record<string, unknown>, flag: string, command: string): string {
   const v = values[flag];
   if (typeof v !== "string" || v === "") {
-    error(`missing --${flag} (see 'vnet ${command} --help')`);
+    throw new VnetError(`missing --${flag} (see 'vnet ${command} --help')`);
   }
   return v;
+}
+
+/** Refuses positional arguments where a command takes none. */
+export function noPositionals(positionals: string[], command: string): void {
+  if (positionals.length > 0) {
+    throw new VnetError(`unexpected argument '${positionals[0]}' (see 'vnet ${command} --help')`);
+  }
 }
 
 /** The shared secret as an HMAC key, from --secret-file or $VNET_SECRET. */
@@ -74,4 +79,61 @@ export function readTextFile(path: string, what: string): string {
   } catch (e) {
     throw new VnetError(`cannot read ${what} '${path}': ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** What `optionsHelp` needs of a flag (SERVER_FLAGS in src/ops/config.ts is one such table). */
+export interface FlagHelp {
+  name: string;
+  short?: string;
+  type: string;
+  value?: string;
+  default?: string | number;
+  help: string;
+}
+
+const HELP_WIDTH = 96;
+const HELP_INDENT = 24;
+
+/**
+ * A help's Options section from a table of flags: `--name VALUE` then the text, wrapped at
+ * HELP_WIDTH with the text in a column, and "(default X)" after the first paragraph. Lines of
+ * the text that start with spaces (examples) are kept as they are, in the text's column.
+ */
+export function optionsHelp(flags: readonly FlagHelp[]): string {
+  const pad = " ".repeat(HELP_INDENT);
+  const out: string[] = [];
+  for (const f of flags) {
+    const left = `  ${f.short ? `-${f.short}, ` : ""}--${f.name}${f.value ? ` ${f.value}` : ""}`;
+    const lines: string[] = [];
+    f.help.split("\n").forEach((part, i) => {
+      if (part.startsWith(" ")) return lines.push(part);
+      // A no-break space keeps "(default X)" on one line; it is printed as a space.
+      const text = i === 0 && f.default !== undefined
+        ? `${part} (default\u00a0${f.default})`
+        : part;
+      lines.push(...wrap(text, HELP_WIDTH - HELP_INDENT).map((l) => l.replaceAll("\u00a0", " ")));
+    });
+    if (left.length + 2 <= HELP_INDENT) {
+      out.push(left.padEnd(HELP_INDENT) + lines[0]);
+    } else {
+      out.push(left, pad + lines[0]);
+    }
+    for (const line of lines.slice(1)) out.push(pad + line);
+  }
+  return out.join("\n");
+}
+
+function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(/[ \t\n]+/).filter((w) => w !== "")) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = line ? `${line} ${word}` : word;
+    }
+  }
+  lines.push(line);
+  return lines;
 }

@@ -8,44 +8,226 @@
  * errors naming the key. Relative paths in the file are relative to the file's directory.
  *
  * `vnet server --check-config` runs `checkSettings`: every problem with the settings and the
- * files they name (secret, certificates, state file), one line each.
+ * files they name (secret, certificates, state file, metrics token), one line each.
+ *
+ * SERVER_FLAGS is the one definition of the server's flags: the parser (src/cli/server.ts),
+ * the config keys and their types, the defaults and the help's Options section come from it.
  */
 import { type HostPort, parseHostPort } from "../addr.ts";
 import { messageOf, VnetError } from "../errors.ts";
 import { isLevel, type Level } from "./log.ts";
-import { loadSecret } from "../link/secret.ts";
+import { checkPrivateFile, loadSecret } from "../link/secret.ts";
 import { STATE_VERSION } from "../control/state.ts";
 import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "../dataplane/interfaces.ts";
 
-/** The keys a config file may hold (the server's flags) and the JSON type of each. */
-export const CONFIG_KEYS = {
-  listen: "string",
-  "secret-file": "string",
-  "tls-cert": "string",
-  "tls-key": "string",
-  "tls-ca": "string",
-  injector: "string",
-  keepalive: "number",
-  state: "string",
-  "capture-buffer": "number",
-  metrics: "string",
-  "log-level": "string",
-  "log-json": "boolean",
-} as const;
+/** One flag of `vnet server`: its parser option, its config key and its help come from here. */
+export interface ServerFlag {
+  /** The flag without `--`; also its key in a config file. */
+  readonly name: string;
+  /** Numbers are given as text on the command line and as JSON numbers (or text) in a file. */
+  readonly type: "string" | "number" | "boolean";
+  /** What the help shows after the flag, e.g. `ADDR:PORT`; booleans take none. */
+  readonly value?: string;
+  /** Used when neither the flag nor the file gives one; the help shows it. */
+  readonly default?: string | number;
+  /**
+   * The help text, wrapped to the help's width. A line that starts with spaces is an example,
+   * shown as it is.
+   */
+  readonly help: string;
+  /** A file name: relative names in a config file are relative to the file's directory. */
+  readonly path?: true;
+  /** Only on the command line, never in a config file (--config, --check-config, --help). */
+  readonly flagOnly?: true;
+  /** For numbers: which values are good, and how the problem line says so. */
+  readonly range?: { readonly valid: (n: number) => boolean; readonly expect: string };
+  readonly short?: string;
+}
 
-export type ConfigKey = keyof typeof CONFIG_KEYS;
+const wholeFrom = (min: number, max: number) => ({
+  valid: (n: number) => Number.isInteger(n) && n >= min && n <= max,
+  expect: `a whole number from ${min} to ${max}`,
+});
+
+/**
+ * Every flag of `vnet server`, in the order of its help. The parser options, the config file's
+ * keys and their types, the defaults and the help's Options section are all made from this.
+ */
+export const SERVER_FLAGS = [
+  {
+    name: "listen",
+    type: "string",
+    value: "ADDR:PORT",
+    help: "where clients and peer servers connect (e.g. 0.0.0.0:7000, [::]:443)",
+  },
+  {
+    name: "secret-file",
+    type: "string",
+    value: "FILE",
+    path: true,
+    help: "the shared secret (mode 0600); or set VNET_SECRET. Every server and client of one " +
+      "deployment uses the same secret: at least 32 random bytes, as hex or base64 text or " +
+      "raw. Make one with:\n  vnet secret --out vnet.secret",
+  },
+  {
+    name: "tls-cert",
+    type: "string",
+    value: "FILE",
+    path: true,
+    help: "this server's certificate (PEM); with --tls-key and --tls-ca, all connections to " +
+      "and from this server use TLS (see 'vnet cert --help')",
+  },
+  {
+    name: "tls-key",
+    type: "string",
+    value: "FILE",
+    path: true,
+    help: "this server's private key (PEM, mode 0600)",
+  },
+  {
+    name: "tls-ca",
+    type: "string",
+    value: "FILE",
+    path: true,
+    help: "the CA that peers' certificates are verified against",
+  },
+  {
+    name: "injector",
+    type: "string",
+    value: "NAME",
+    default: DEFAULT_INJECTOR,
+    help: "what writes frames onto interfaces: packet, a packet socket that hands TCP " +
+      "super-frames to the kernel whole, as GSO, ~4x faster (Linux only); libnet, " +
+      "libnet_adv_write_link, portable; or pcap, pcap_inject",
+  },
+  {
+    name: "keepalive",
+    type: "number",
+    value: "SECONDS",
+    default: 5,
+    range: { valid: (n) => n > 0 && Number.isFinite(n), expect: "a number of seconds > 0" },
+    help: "peer link keepalive interval; 3 silent intervals drop the link",
+  },
+  {
+    name: "state",
+    type: "string",
+    value: "FILE",
+    path: true,
+    help: "save handlers here and restore them when the server starts again",
+  },
+  {
+    name: "capture-buffer",
+    type: "number",
+    value: "MIB",
+    default: 32,
+    range: { valid: (n) => n >= 1 && n <= 1024, expect: "MiB from 1 to 1024" },
+    help: "kernel capture buffer per interface, shared by the handlers that capture there. " +
+      "With offloads on, libpcap's immediate mode gives every frame a 64\u00a0KiB slot: 32\u00a0MiB " +
+      "holds ~500 frames",
+  },
+  {
+    name: "allow-live-mac",
+    type: "boolean",
+    help: "open a Proxy end even for a MAC that is already live on the LAN (seen as a source " +
+      "there, or in the neighbour table); it is logged at WARN either way",
+  },
+  {
+    name: "no-direct",
+    type: "boolean",
+    help: "never open direct links between Hosts (reserved for switching between handlers; " +
+      "no effect yet)",
+  },
+  {
+    name: "max-handshakes",
+    type: "number",
+    value: "N",
+    default: 64,
+    range: wholeFrom(1, 65536),
+    help: "connections not yet authenticated, at once, from all addresses",
+  },
+  {
+    name: "max-handshakes-per-address",
+    type: "number",
+    value: "N",
+    default: 8,
+    range: wholeFrom(1, 65536),
+    help: "connections not yet authenticated, at once, from one address; at most " +
+      "--max-handshakes",
+  },
+  {
+    name: "max-connections",
+    type: "number",
+    value: "N",
+    default: 1024,
+    range: wholeFrom(1, 65536),
+    help: "authenticated links (peer servers and clients) at once",
+  },
+  {
+    name: "metrics",
+    type: "string",
+    value: "ADDR:PORT",
+    help: "serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; e.g. " +
+      "127.0.0.1:9477). Per handler: frames, bytes, drops by reason, MAC conflicts, link up, " +
+      "reconnects, keepalive RTT, capture drops; and process memory, uptime and build info",
+  },
+  {
+    name: "metrics-token-file",
+    type: "string",
+    value: "FILE",
+    path: true,
+    help: "a file (mode 0600) holding the token that --metrics requires of scrapers, as " +
+      "'Authorization: Bearer TOKEN' (Prometheus: bearer_token_file)",
+  },
+  {
+    name: "log-level",
+    type: "string",
+    value: "LEVEL",
+    default: "info",
+    help: "debug, info, warn or error",
+  },
+  {
+    name: "log-json",
+    type: "boolean",
+    help: "log one JSON object per line instead of text",
+  },
+  {
+    name: "config",
+    type: "string",
+    value: "FILE",
+    flagOnly: true,
+    help: "read settings from a JSON file: the keys are the flags' names, e.g.\n" +
+      '  {"listen": "0.0.0.0:7000", "secret-file": "/etc/vnet/vnet.secret",\n' +
+      '   "state": "/var/lib/vnet/state.json", "log-json": true}\n' +
+      "flags given too override the file; unknown keys are errors; relative paths are " +
+      "relative to the file's directory",
+  },
+  {
+    name: "check-config",
+    type: "boolean",
+    flagOnly: true,
+    help: "check the settings and the files they name (secret: exists, mode 0600, enough key " +
+      "material; TLS: certificates parse, key matches, signed by the CA, not expired; state " +
+      'file readable; metrics token file private), print "config ok" or one line per ' +
+      "problem, and exit (0 when ok)",
+  },
+  { name: "help", type: "boolean", short: "h", flagOnly: true, help: "show this help" },
+] as const satisfies readonly ServerFlag[];
+
+type ConfigFlag = Exclude<typeof SERVER_FLAGS[number], { flagOnly: true }>;
+export type ConfigKey = ConfigFlag["name"];
+const CONFIG_FLAGS: readonly ConfigFlag[] = SERVER_FLAGS.filter((f): f is ConfigFlag =>
+  !("flagOnly" in f)
+);
+const FLAG = new Map<string, ServerFlag>(CONFIG_FLAGS.map((f) => [f.name, f]));
+
 /** Settings as written: strings as in flags, numbers and booleans as in JSON. */
 export type Settings = Partial<Record<ConfigKey, string | number | boolean>>;
 
-const PATH_KEYS: ConfigKey[] = ["secret-file", "tls-cert", "tls-key", "tls-ca", "state"];
-
-export const DEFAULTS = {
-  injector: DEFAULT_INJECTOR,
-  keepalive: 5,
-  "capture-buffer": 32,
-  "log-level": "info",
-  "log-json": false,
-} as const;
+type Defaulted = Extract<ConfigFlag, { default: unknown }>;
+/** The value each flag has when neither the flag nor the config file gives one. */
+export const DEFAULTS = Object.fromEntries(
+  CONFIG_FLAGS.flatMap((f) => "default" in f ? [[f.name, f.default]] : []),
+) as { [F in Defaulted as F["name"]]: F["default"] extends number ? number : string };
 
 /** Parses a config file's text. Throws a VnetError naming the file and the offending key. */
 export function parseConfig(text: string, path: string): Settings {
@@ -61,18 +243,19 @@ export function parseConfig(text: string, path: string): Settings {
   const dir = dirOf(path);
   const settings: Settings = {};
   for (const [key, value] of Object.entries(data)) {
-    if (!Object.hasOwn(CONFIG_KEYS, key)) {
+    const flag = FLAG.get(key);
+    if (!flag) {
       throw new VnetError(
-        `config '${path}': unknown key '${key}' (known: ${Object.keys(CONFIG_KEYS).join(", ")})`,
+        `config '${path}': unknown key '${key}' (known: ${[...FLAG.keys()].join(", ")})`,
       );
     }
     const k = key as ConfigKey;
-    const type = CONFIG_KEYS[k];
+    const type = flag.type;
     // Numbers may also be written as strings, as on the command line.
     const ok = typeof value === type ||
       (type === "number" && typeof value === "string" && value.trim() !== "");
     if (!ok) throw new VnetError(`config '${path}': '${key}' must be a ${type}`);
-    settings[k] = PATH_KEYS.includes(k) && typeof value === "string" && value !== ""
+    settings[k] = flag.path && typeof value === "string" && value !== ""
       ? resolvePath(dir, value)
       : value as string | number | boolean;
   }
@@ -93,7 +276,7 @@ export function loadConfig(path: string): Settings {
 /** The file's settings with the flags that were given on top. */
 export function mergeSettings(file: Settings, flags: Record<string, unknown>): Settings {
   const merged: Settings = { ...file };
-  for (const key of Object.keys(CONFIG_KEYS) as ConfigKey[]) {
+  for (const { name: key } of CONFIG_FLAGS) {
     const v = flags[key];
     // parseArgs leaves absent flags undefined; a boolean flag is only ever `true` when given.
     if (v !== undefined && v !== false) merged[key] = v as string | boolean;
@@ -110,14 +293,25 @@ export interface ServerConfig {
   keepaliveSeconds: number;
   state?: string;
   captureBufferMiB: number;
+  /** Open a Proxy end for a MAC already live on the LAN (else refused). */
+  allowLiveMac: boolean;
+  /** Open direct Host-to-Host links (false with --no-direct). */
+  direct: boolean;
+  /** Unauthenticated connections at once, in all and from one source address. */
+  maxHandshakes: number;
+  maxHandshakesPerAddress: number;
+  /** Authenticated links at once. */
+  maxConnections: number;
   metrics?: HostPort;
+  /** Holds the bearer token the metrics endpoint requires; checked private by checkSettings. */
+  metricsTokenFile?: string;
   logLevel: Level;
   logJson: boolean;
 }
 
 /**
  * Checks the values (not the files they name). Returns the config, or the problems, one line
- * each, in the order of CONFIG_KEYS.
+ * each, in the order of SERVER_FLAGS.
  */
 export function resolveSettings(s: Settings): { config?: ServerConfig; problems: string[] } {
   const problems: string[] = [];
@@ -131,6 +325,12 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
       problems.push(messageOf(e));
       return undefined;
     }
+  };
+  const number = (k: keyof typeof DEFAULTS & ConfigKey): number => {
+    const n = Number(s[k] ?? DEFAULTS[k]);
+    const range = FLAG.get(k)?.range;
+    if (range && !range.valid(n)) problems.push(`bad --${k} '${s[k]}': ${range.expect}`);
+    return n;
   };
 
   const listen = addr("listen");
@@ -154,15 +354,23 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
   if (!INJECTORS.includes(injector as InjectorKind)) {
     problems.push(`bad --injector '${injector}': ${INJECTORS.join(", ")}`);
   }
-  const keepalive = Number(s.keepalive ?? DEFAULTS.keepalive);
-  if (!(keepalive > 0) || !Number.isFinite(keepalive)) {
-    problems.push(`bad --keepalive '${s.keepalive}': a number of seconds > 0`);
+  const keepalive = number("keepalive");
+  const captureBuffer = number("capture-buffer");
+  const before = problems.length;
+  const maxHandshakes = number("max-handshakes");
+  const maxPerAddress = number("max-handshakes-per-address");
+  if (problems.length === before && maxPerAddress > maxHandshakes) {
+    problems.push(
+      `bad --max-handshakes-per-address '${maxPerAddress}': at most --max-handshakes ` +
+        `(${maxHandshakes})`,
+    );
   }
-  const captureBuffer = Number(s["capture-buffer"] ?? DEFAULTS["capture-buffer"]);
-  if (!(captureBuffer >= 1 && captureBuffer <= 1024)) {
-    problems.push(`bad --capture-buffer '${s["capture-buffer"]}': MiB from 1 to 1024`);
-  }
+  const maxConnections = number("max-connections");
   const metrics = addr("metrics");
+  const metricsTokenFile = str("metrics-token-file");
+  if (metricsTokenFile && str("metrics") === undefined) {
+    problems.push("--metrics-token-file goes with --metrics ADDR:PORT");
+  }
   const level = str("log-level") ?? DEFAULTS["log-level"];
   if (!isLevel(level)) problems.push(`bad --log-level '${level}': debug, info, warn or error`);
 
@@ -177,7 +385,13 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
       keepaliveSeconds: keepalive,
       state: str("state"),
       captureBufferMiB: captureBuffer,
+      allowLiveMac: s["allow-live-mac"] === true,
+      direct: s["no-direct"] !== true,
+      maxHandshakes,
+      maxHandshakesPerAddress: maxPerAddress,
+      maxConnections,
       metrics,
+      metricsTokenFile,
       logLevel: level as Level,
       logJson: s["log-json"] === true,
     },
@@ -185,10 +399,33 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
 }
 
 /**
- * Everything `--check-config` checks: the values, the secret (file exists, mode 0600, long
- * enough; or $VNET_SECRET), the TLS files (parse, key matches certificate, certificate signed
- * by the CA and valid now), and that the state file, if it exists, is a readable state file
- * (if not, that its directory exists). Returns the problems, one line each; none = ok.
+ * The token a metrics scraper must present, from a private file (mode 0600, as the secret):
+ * its text without surrounding whitespace. Throws one line if the file is open, missing or
+ * empty.
+ */
+export function loadMetricsToken(path: string): string {
+  checkPrivateFile(path, "metrics token file");
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (e) {
+    throw new VnetError(`cannot read metrics token file '${path}': ${messageOf(e)}`, { cause: e });
+  }
+  const token = text.trim();
+  if (token === "") {
+    throw new VnetError(
+      `metrics token file '${path}' is empty; put a token in it, e.g. 'vnet secret --out ${path}'`,
+    );
+  }
+  return token;
+}
+
+/**
+ * Everything `--check-config` checks: the values, the secret (file exists, mode 0600, enough
+ * key material; or $VNET_SECRET), the TLS files (parse, key matches certificate, certificate
+ * signed by the CA and valid now), that the state file, if it exists, is a readable state file
+ * (if not, that its directory exists), and that the metrics token file is private and not
+ * empty. Returns the problems, one line each; none = ok.
  */
 export async function checkSettings(s: Settings, now = new Date()): Promise<string[]> {
   const { config, problems } = resolveSettings(s);
@@ -208,6 +445,14 @@ export async function checkSettings(s: Settings, now = new Date()): Promise<stri
     const problem = checkStateFile(state);
     if (problem) problems.push(problem);
   }
+  const tokenFile = s["metrics-token-file"];
+  if (tokenFile !== undefined && tokenFile !== "") {
+    try {
+      loadMetricsToken(String(tokenFile));
+    } catch (e) {
+      problems.push(messageOf(e));
+    }
+  }
   return problems;
 }
 
@@ -215,7 +460,7 @@ async function checkTls(
   files: { cert: string; key: string; ca: string },
   now: Date,
 ): Promise<string[]> {
-  const { checkPrivateFile, importSigningKey, parseCertificate } = await import("../link/pki.ts");
+  const { importSigningKey, parseCertificate } = await import("../link/pki.ts");
   const problems: string[] = [];
   const read = (path: string, what: string): string | undefined => {
     try {
@@ -309,7 +554,10 @@ function checkStateFile(path: string): string | null {
   }
   try {
     const parsed = JSON.parse(text);
-    if (parsed?.version !== STATE_VERSION || !Array.isArray(parsed.handlers)) {
+    // Versions from 1 up are read (src/control/state.ts).
+    const version = parsed?.version;
+    const known = Number.isInteger(version) && version >= 1 && version <= STATE_VERSION;
+    if (!known || !Array.isArray(parsed.handlers)) {
       return `state file '${path}' is not a version ${STATE_VERSION} vnet state file`;
     }
   } catch {

@@ -1,21 +1,19 @@
-/**
- * `vnet server --config` / `--check-config` (src/ops/config.ts), the Prometheus exposition
- * (src/ops/metrics.ts) and the client's rate arithmetic (src/cli/client.ts). No network, no root.
- */
+/** `vnet server --config` / `--check-config` (src/ops/config.ts). No network, no root. */
 import { assert, assertEquals, assertMatch, assertThrows } from "./assert.ts";
 import {
   checkSettings,
   DEFAULTS,
+  loadMetricsToken,
   mergeSettings,
   parseConfig,
   resolvePath,
   resolveSettings,
+  SERVER_FLAGS,
   type Settings,
 } from "../../src/ops/config.ts";
-import { type ProcessInfo, renderMetrics } from "../../src/ops/metrics.ts";
-import { type ListedHandler } from "../../src/control/server.ts";
-import { computeRates, handlerTable, si } from "../../src/cli/client.ts";
+import { SERVER_HELP } from "../../src/cli/server.ts";
 import { createCa, issueCert } from "../../src/link/pki.ts";
+import { STATE_VERSION } from "../../src/control/state.ts";
 
 // --- parsing ------------------------------------------------------------------------------
 
@@ -34,6 +32,12 @@ Deno.test("config: every flag name is a key; values keep their JSON types", () =
       metrics: "127.0.0.1:9477",
       "log-level": "debug",
       "log-json": true,
+      "allow-live-mac": true,
+      "no-direct": true,
+      "max-handshakes": 32,
+      "max-handshakes-per-address": "4",
+      "max-connections": 100,
+      "metrics-token-file": "metrics.token",
     }),
     "/etc/vnet/vnet.json",
   );
@@ -53,6 +57,75 @@ Deno.test("config: every flag name is a key; values keep their JSON types", () =
   assertEquals(config?.captureBufferMiB, 16);
   assertEquals(config?.logLevel, "debug");
   assertEquals(config?.logJson, true);
+  assertEquals(config?.allowLiveMac, true);
+  assertEquals(config?.direct, false);
+  assertEquals(config?.maxHandshakes, 32);
+  assertEquals(config?.maxHandshakesPerAddress, 4);
+  assertEquals(config?.maxConnections, 100);
+  assertEquals(config?.metricsTokenFile, "/etc/vnet/metrics.token");
+});
+
+Deno.test("config: every server flag is in the parser, the help and (but three) the file", () => {
+  const keys = SERVER_FLAGS.filter((f) => !("flagOnly" in f)).map((f) => f.name);
+  assertEquals(
+    SERVER_FLAGS.filter((f) => "flagOnly" in f).map((f) => f.name),
+    ["config", "check-config", "help"],
+  );
+  const options = SERVER_HELP.slice(SERVER_HELP.indexOf("\nOptions:\n"));
+  for (const f of SERVER_FLAGS) {
+    // Each flag starts a line of the Options section, with its value name.
+    const value = "value" in f ? ` ${f.value}` : "";
+    assertMatch(options, new RegExp(`^  (-h, )?--${f.name}${value}( |$)`, "m"), f.name);
+    if ("default" in f) assertMatch(options, new RegExp(`\\(default ${f.default}\\)`), f.name);
+    // A file key of each type is accepted with its type and refused with another.
+    if (keys.includes(f.name)) {
+      const good = f.type === "boolean" ? true : f.type === "number" ? 1 : "x";
+      assertEquals(
+        parseConfig(JSON.stringify({ [f.name]: good }), "c.json")[f.name as "listen"],
+        good,
+      );
+      const bad = f.type === "boolean" ? "yes" : f.type === "number" ? false : 1;
+      assertThrows(
+        () => parseConfig(JSON.stringify({ [f.name]: bad }), "c.json"),
+        new RegExp(`'${f.name}' must be a ${f.type}`),
+      );
+    }
+  }
+  for (const line of SERVER_HELP.split("\n")) assert(line.length <= 100, `too long: ${line}`);
+});
+
+Deno.test("config: handshake and connection limits, live MACs, direct links, metrics token", () => {
+  const ok = resolveSettings({ listen: "127.0.0.1:7000" });
+  assertEquals(ok.config?.maxHandshakes, 64);
+  assertEquals(ok.config?.maxHandshakesPerAddress, 8);
+  assertEquals(ok.config?.maxConnections, 1024);
+  assertEquals(ok.config?.allowLiveMac, false);
+  assertEquals(ok.config?.direct, true);
+  assertEquals(ok.config?.metricsTokenFile, undefined);
+
+  const problems = (s: Settings) => resolveSettings({ listen: "127.0.0.1:7000", ...s }).problems;
+  assertEquals(problems({ "max-handshakes": "0" }), [
+    "bad --max-handshakes '0': a whole number from 1 to 65536",
+  ]);
+  assertEquals(problems({ "max-handshakes-per-address": 2.5 }), [
+    "bad --max-handshakes-per-address '2.5': a whole number from 1 to 65536",
+  ]);
+  assertEquals(problems({ "max-connections": "lots" }), [
+    "bad --max-connections 'lots': a whole number from 1 to 65536",
+  ]);
+  assertEquals(problems({ "max-handshakes": 4, "max-handshakes-per-address": 8 }), [
+    "bad --max-handshakes-per-address '8': at most --max-handshakes (4)",
+  ]);
+  // One problem per bad value: a bad total is not also blamed on the per-address limit.
+  assertEquals(problems({ "max-handshakes": 0 }).length, 1);
+  assertEquals(problems({ "metrics-token-file": "/t" }), [
+    "--metrics-token-file goes with --metrics ADDR:PORT",
+  ]);
+  // Absent boolean flags do not override the file; given ones do.
+  assertEquals(mergeSettings({ "no-direct": true }, { "no-direct": undefined }), {
+    "no-direct": true,
+  });
+  assertEquals(mergeSettings({}, { "allow-live-mac": true })["allow-live-mac"], true);
 });
 
 Deno.test("config: an unknown key is an error naming the key and the file", () => {
@@ -148,7 +221,8 @@ async function writeFile(path: string, text: string, mode = 0o600): Promise<stri
   return path;
 }
 
-const SECRET = "0123456789abcdef0123456789abcdef\n";
+// 32 random bytes as hex, as the lab writes them.
+const SECRET = "575c1d3e16076403f4648fd952038746d9dd177b0adb3b9147857496acbf0eee\n";
 
 Deno.test("check-config: a good secret and state file are ok", async () => {
   await withDir(async (dir) => {
@@ -169,9 +243,34 @@ Deno.test("check-config: secret too open, too short, or missing", async () => {
     assertEquals(p1.length, 1);
     assertMatch(p1[0], /permissions 0644 for secret file .* too open.*chmod 600/);
     const p2 = await checkSettings({ ...base, "secret-file": short });
-    assertMatch(p2.join(), /too short \(8 bytes, need 16\)/);
+    assertMatch(
+      p2.join(),
+      /too short: 6 bytes of key material \(read as base64\), need at least 32/,
+    );
     const p3 = await checkSettings({ ...base, "secret-file": `${dir}/nope` });
     assertMatch(p3.join(), /secret file .* not found/);
+  });
+});
+
+Deno.test("check-config: the metrics token file is private and not empty", async () => {
+  await withDir(async (dir) => {
+    const base = {
+      listen: "127.0.0.1:7000",
+      "secret-file": await writeFile(`${dir}/vnet.secret`, SECRET),
+      metrics: "127.0.0.1:9477",
+    };
+    const good = await writeFile(`${dir}/good.token`, "s3cret-token\n");
+    assertEquals(await checkSettings({ ...base, "metrics-token-file": good }), []);
+    assertEquals(loadMetricsToken(good), "s3cret-token");
+    const open = await writeFile(`${dir}/open.token`, "s3cret-token\n", 0o644);
+    const p1 = await checkSettings({ ...base, "metrics-token-file": open });
+    assertEquals(p1.length, 1, p1.join("\n"));
+    assertMatch(p1[0], /permissions 0644 for metrics token file .*open\.token' are too open/);
+    const empty = await writeFile(`${dir}/empty.token`, " \n");
+    const p2 = await checkSettings({ ...base, "metrics-token-file": empty });
+    assertMatch(p2.join("\n"), /metrics token file .*empty\.token' is empty/);
+    const p3 = await checkSettings({ ...base, "metrics-token-file": `${dir}/none` });
+    assertMatch(p3.join("\n"), /metrics token file .*none' not found/);
   });
 });
 
@@ -187,7 +286,7 @@ Deno.test("check-config: a corrupt state file or a missing state directory is re
     await writeFile(`${dir}/state.json`, '{"version": 99}');
     assertMatch(
       (await checkSettings({ ...base, state: `${dir}/state.json` })).join(),
-      /not a version 1 vnet state file/,
+      new RegExp(`not a version ${STATE_VERSION} vnet state file`),
     );
     const p2 = await checkSettings({ ...base, state: `${dir}/no/such/dir/state.json` });
     assertMatch(p2.join(), /state file directory .* does not exist/);
@@ -241,141 +340,6 @@ Deno.test("check-config: TLS files: good, mismatched key, other CA, expired, unp
     const missing = await checkSettings(s(`${dir}/none.pem`, files.key, files.ca));
     assertMatch(missing.join("\n"), /cannot read TLS certificate .*none\.pem/);
   });
-});
-
-// --- metrics ------------------------------------------------------------------------------
-
-function handler(over: Partial<ListedHandler> = {}): ListedHandler {
-  return {
-    id: "0a0b0c0d",
-    role: "proxy",
-    device: "lan0",
-    macs: ["02:00:00:00:00:01"],
-    multicast: false,
-    peer: "10.78.0.2:7000",
-    state: "up",
-    degraded: null,
-    link: { state: "up", remote: "10.78.0.2:7000", tls: true, rttMs: 1.5 },
-    toPeer: { frames: 10, bytes: 1000, drops: 3 },
-    fromPeer: { frames: 20, bytes: 4000, drops: 1 },
-    dropReasons: { link: 2, truncated: 1, offload: 0, inject: 1 },
-    capture: { received: 13, dropped: 4, ifDropped: 5 },
-    dialled: "out",
-    reconnects: 2,
-    ...over,
-  };
-}
-
-const PROCESS: ProcessInfo = {
-  rssBytes: 12345678,
-  uptimeSeconds: 61.5,
-  version: "0.1.0",
-  commit: "abc123",
-  deno: "2.9.6",
-};
-
-Deno.test("metrics: Prometheus text with HELP and TYPE for every family", () => {
-  const text = renderMetrics([handler()], PROCESS);
-  const lines = text.trimEnd().split("\n");
-  const l = 'id="0a0b0c0d",role="proxy",device="lan0"';
-  for (
-    const want of [
-      `vnet_handler_frames_total{${l},direction="to_peer"} 10`,
-      `vnet_handler_frames_total{${l},direction="from_peer"} 20`,
-      `vnet_handler_bytes_total{${l},direction="to_peer"} 1000`,
-      `vnet_handler_bytes_total{${l},direction="from_peer"} 4000`,
-      `vnet_handler_drops_total{${l},reason="link"} 2`,
-      `vnet_handler_drops_total{${l},reason="truncated"} 1`,
-      `vnet_handler_drops_total{${l},reason="offload"} 0`,
-      `vnet_handler_drops_total{${l},reason="inject"} 1`,
-      `vnet_handler_link_up{${l}} 1`,
-      `vnet_handler_degraded{${l}} 0`,
-      `vnet_handler_reconnects_total{${l}} 2`,
-      `vnet_handler_link_rtt_seconds{${l}} 0.0015`,
-      `vnet_handler_capture_received_total{${l}} 13`,
-      `vnet_handler_capture_kernel_drops_total{${l}} 4`,
-      `vnet_handler_capture_interface_drops_total{${l}} 5`,
-      "vnet_handlers 1",
-      "vnet_process_resident_memory_bytes 12345678",
-      "vnet_process_uptime_seconds 61.5",
-      'vnet_build_info{version="0.1.0",commit="abc123",deno="2.9.6"} 1',
-    ]
-  ) {
-    assert(lines.includes(want), `missing line: ${want}\n${text}`);
-  }
-  // Every sample's family has exactly one HELP and one TYPE line, before its samples.
-  const families = new Set(
-    lines.filter((x) => !x.startsWith("#")).map((x) => x.split(/[{ ]/)[0]),
-  );
-  for (const f of families) {
-    const help = lines.findIndex((x) => x.startsWith(`# HELP ${f} `));
-    const type = lines.findIndex((x) => x.startsWith(`# TYPE ${f} `));
-    const first = lines.findIndex((x) => x.startsWith(`${f}{`) || x.startsWith(`${f} `));
-    assert(help >= 0 && type === help + 1 && first > type, `HELP/TYPE of ${f}`);
-    assertMatch(lines[type], f.endsWith("_total") ? / counter$/ : / gauge$/);
-  }
-  assert(text.endsWith("\n"));
-});
-
-Deno.test("metrics: link down, unknown RTT, degraded; label values escaped", () => {
-  const text = renderMetrics(
-    [handler({
-      device: 'we"ird\\dev',
-      state: "degraded",
-      link: { state: "down", remote: null, tls: false, rttMs: null },
-    })],
-    PROCESS,
-  );
-  const l = 'id="0a0b0c0d",role="proxy",device="we\\"ird\\\\dev"';
-  assert(text.includes(`vnet_handler_link_up{${l}} 0\n`), text);
-  assert(text.includes(`vnet_handler_degraded{${l}} 1\n`), text);
-  assert(!/^vnet_handler_link_rtt_seconds\{/m.test(text), "no RTT sample while unknown");
-  assert(text.includes("# TYPE vnet_handler_link_rtt_seconds gauge\n"));
-  const none = renderMetrics([], PROCESS);
-  assert(none.includes("vnet_handlers 0\n"));
-  assert(!/^vnet_handler_/m.test(none));
-});
-
-// --- client rates -------------------------------------------------------------------------
-
-Deno.test("client rates: from two samples; gone or restarted handlers have none", () => {
-  const a = { at: 1000, handlers: [handler(), handler({ id: "00000002" })] };
-  const b = {
-    at: 3000,
-    handlers: [
-      handler({
-        toPeer: { frames: 210, bytes: 251000, drops: 3 },
-        fromPeer: { frames: 20, bytes: 4000, drops: 1 },
-      }),
-      handler({ id: "00000002", toPeer: { frames: 1, bytes: 60, drops: 0 } }),
-      handler({ id: "00000003" }),
-    ],
-  };
-  const r = computeRates(a, b);
-  assertEquals(r.get("0a0b0c0d"), {
-    toPeer: { framesPerSecond: 100, bitsPerSecond: 1_000_000 },
-    fromPeer: { framesPerSecond: 0, bitsPerSecond: 0 },
-  });
-  assertEquals(r.has("00000002"), false);
-  assertEquals(r.has("00000003"), false);
-  assertEquals(computeRates(a, { ...a }).size, 0);
-
-  const table = handlerTable(b.handlers, r);
-  assertMatch(table, /RTT .*TO PEER rate +FROM PEER rate/);
-  assertMatch(table, /1\.50 ms/);
-  assertMatch(table, /100 fr\/s 1\.00 Mbit\/s +0 fr\/s 0 bit\/s/);
-  assert(!handlerTable(b.handlers, null).includes("rate"));
-  assertEquals(handlerTable([], null), "no handlers");
-});
-
-Deno.test("client rates: SI formatting", () => {
-  assertEquals(si(0), "0");
-  assertEquals(si(2.5), "2.5");
-  assertEquals(si(999), "999");
-  assertEquals(si(1000), "1.00k");
-  assertEquals(si(12_345), "12.3k");
-  assertEquals(si(987_654_321), "988M");
-  assertEquals(si(9_400_000_000), "9.40G");
 });
 
 Deno.test("packaging: the example config is valid and fits the systemd unit", async () => {
