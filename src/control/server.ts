@@ -83,7 +83,7 @@ export class Server implements ServerContext {
       tls: options.tls,
       log: this.log,
       maxHandshakes: options.maxHandshakes ?? 64,
-      maxPerAddress: options.maxHandshakesPerAddress ?? 8,
+      maxPerAddress: options.maxHandshakesPerAddress ?? 16,
       onAccepted: (a) => this.#accepted(a),
       onRefused: (remote, reason) => this.events.add({ kind: "refused", remote, reason }),
     });
