@@ -24,7 +24,7 @@ import {
   type WifiMode,
 } from "./sysinfo.ts";
 
-export type Status = "PASS" | "WARN" | "FAIL" | "INFO";
+type Status = "PASS" | "WARN" | "FAIL" | "INFO";
 
 export interface Check {
   status: Status;
@@ -48,7 +48,7 @@ export interface PeerSession {
 }
 
 /** The peer's TLS certificate as it presented it. */
-export interface PeerCertificate {
+interface PeerCertificate {
   /** DER of the leaf certificate. */
   der: Uint8Array<ArrayBuffer>;
 }
@@ -76,7 +76,7 @@ export interface Probes {
   ): Promise<PeerSession>;
 }
 
-export interface DoctorOptions {
+interface DoctorOptions {
   devs: string[];
   peer?: HostPort;
   peerDev?: string;
@@ -393,12 +393,16 @@ async function checkTls(
   const issuedByCa = cert.issuer === caCert.subject &&
     await cert.verify({ publicKey: caCert.publicKey, signatureOnly: true }).catch(() => false);
   if (!issuedByCa) {
+    // Every `vnet cert ca` is called "CN=VNET CA": say when only the key differs.
+    const issuer = cert.issuer === caCert.subject
+      ? `another CA also named ${cert.issuer}`
+      : cert.issuer;
     add(
       "FAIL",
       "peer tls",
-      `${where}'s certificate (${subject}, issued by ${cert.issuer}) is not from the CA in ` +
-        `${ca.path} (${caCert.subject}): give --tls-ca the CA that issued it, or re-issue the ` +
-        "server's certificate with 'vnet cert issue --ca DIR'",
+      `${where}'s certificate (${subject}, issued by ${issuer}) is not from the CA in ` +
+        `${ca.path}: give --tls-ca the CA that issued it, or re-issue the server's ` +
+        "certificate with 'vnet cert issue --ca DIR'",
     );
     return;
   }
