@@ -127,7 +127,7 @@ function say(line: string): void {
   console.error(line);
 }
 
-async function caCommand(args: string[]): Promise<void> {
+async function caCommand(args: string[]): Promise<number> {
   const cmd = "vnet cert ca";
   const v = parse(args, {
     out: { type: "string" },
@@ -139,7 +139,7 @@ async function caCommand(args: string[]): Promise<void> {
   }, cmd);
   if (v.help) {
     console.log(CA_HELP.trimEnd());
-    return;
+    return 0;
   }
   const out = required(v.out, "--out", cmd);
   const { paths, ca } = await writeCa(out, {
@@ -153,9 +153,10 @@ async function caCommand(args: string[]): Promise<void> {
   say(`CA "${cert.subject}" valid until ${cert.notAfter.toISOString()}`);
   say(`SHA-256 fingerprint ${await fingerprint(ca.cert)}`);
   say(`next: vnet cert issue --ca ${out} --name NAME --san IP-OR-DNS --out DIR`);
+  return 0;
 }
 
-async function issueCommand(args: string[]): Promise<void> {
+async function issueCommand(args: string[]): Promise<number> {
   const cmd = "vnet cert issue";
   const v = parse(args, {
     ca: { type: "string" },
@@ -169,7 +170,7 @@ async function issueCommand(args: string[]): Promise<void> {
   }, cmd);
   if (v.help) {
     console.log(ISSUE_HELP.trimEnd());
-    return;
+    return 0;
   }
   const caDir = required(v.ca, "--ca", cmd);
   const name = required(v.name, "--name", cmd);
@@ -194,10 +195,14 @@ async function issueCommand(args: string[]): Promise<void> {
   say(
     `certificate "${cert.subject}" for ${sans.join(", ")} ${when} ${cert.notAfter.toISOString()}`,
   );
+  return 0;
 }
 
-/** `vnet cert ...`: dispatches to `ca` / `issue`; user errors are thrown as VnetError. */
-export async function certCommand(args: string[]): Promise<void> {
+/**
+ * `vnet cert ...`: dispatches to `ca` / `issue`. Resolves with the exit status (0, also after
+ * --help); user errors are thrown as VnetError.
+ */
+export async function certCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   switch (sub) {
     case "ca":
@@ -208,7 +213,7 @@ export async function certCommand(args: string[]): Promise<void> {
     case "--help":
     case "help":
       console.log(CERT_HELP.trimEnd());
-      return;
+      return 0;
     case undefined:
       throw new VnetError("missing command; see 'vnet cert --help'");
     default:

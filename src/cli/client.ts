@@ -110,13 +110,14 @@ function timeoutMs(values: Record<string, unknown>): number {
 
 /** Opens an authenticated control link to a server, with one clear error if it cannot. */
 async function connect(addr: HostPort, values: Record<string, unknown>): Promise<Link> {
+  const timeout = timeoutMs(values); // a bad flag is named before the secret is read
   const key = await secretKey(values["secret-file"] as string | undefined);
   const ca = values["tls-ca"] as string | undefined;
   return await dial(addr, {
     key,
     kind: "control",
     tlsCa: ca ? readTextFile(ca, "TLS CA") : undefined,
-    timeoutMs: Math.min(timeoutMs(values), 10_000),
+    timeoutMs: Math.min(timeout, 10_000),
     log,
     events: {
       onFrame: () => {},
@@ -368,12 +369,23 @@ function rateText(r: DirectionRate | undefined): string {
   return `${si(r.framesPerSecond)} fr/s ${bits.replace(/(\d)([kMGT]?)$/, "$1 $2")}bit/s`;
 }
 
-/** The `list` and `watch` table; `rates` null when there was one sample only. */
+/**
+ * The `list` and `watch` table; `rates` null when there was one sample only. A DROPS BY REASON
+ * column appears when any handler dropped frames, naming every non-zero reason the server
+ * reports (newer servers may report reasons this client does not know), and a CONFLICTS
+ * column when any handler saw its MACs sent by someone else on its interface.
+ */
 export function handlerTable(
   handlers: ListedHandler[],
   rates: Map<string, HandlerRates> | null,
 ): string {
   if (handlers.length === 0) return "no handlers";
+  const reasons = (h: ListedHandler) =>
+    Object.entries(h.dropReasons ?? {}).filter(([, n]) => typeof n === "number" && n > 0);
+  const showReasons = handlers.some((h) => reasons(h).length > 0);
+  // Servers from before MAC conflicts were counted send none.
+  const conflicts = (h: ListedHandler) => h.macConflicts ?? 0;
+  const showConflicts = handlers.some((h) => conflicts(h) > 0);
   const rows = [[
     "ID",
     "ROLE",
@@ -384,6 +396,8 @@ export function handlerTable(
     "MACS",
     "TO PEER frames/bytes/drops",
     "FROM PEER frames/bytes/drops",
+    ...(showReasons ? ["DROPS BY REASON"] : []),
+    ...(showConflicts ? ["CONFLICTS"] : []),
     ...(rates ? ["TO PEER rate", "FROM PEER rate"] : []),
   ]];
   for (const h of handlers) {
@@ -399,6 +413,8 @@ export function handlerTable(
       h.macs.join(",") + (h.multicast ? " +multicast" : ""),
       `${h.toPeer.frames}/${h.toPeer.bytes}/${h.toPeer.drops}`,
       `${h.fromPeer.frames}/${h.fromPeer.bytes}/${h.fromPeer.drops}`,
+      ...(showReasons ? [reasons(h).map(([k, n]) => `${k} ${n}`).join(", ") || "-"] : []),
+      ...(showConflicts ? [String(conflicts(h))] : []),
       ...(rates ? [rateText(r?.toPeer), rateText(r?.fromPeer)] : []),
     ]);
   }

@@ -15,6 +15,7 @@ import { type MetricsServer, processInfo, renderMetrics, serveMetrics } from "..
 import { Server, type TlsFiles } from "../control/server.ts";
 import { checkPrivateFile } from "../link/secret.ts";
 import { COMMIT, VERSION } from "../ops/version.ts";
+import { buildStatus } from "../ops/status_page.ts";
 import { noPositionals, optionsHelp, parseFlags, readTextFile, secretKey } from "./common.ts";
 
 export const SERVER_HELP = `
@@ -101,11 +102,17 @@ export async function serverCommand(args: string[]): Promise<number> {
     log,
     keepaliveMs: config.keepaliveSeconds * 1000,
     statePath: config.state,
+    maxHandshakes: config.maxHandshakes,
+    maxHandshakesPerAddress: config.maxHandshakesPerAddress,
+    maxConnections: config.maxConnections,
+    allowLiveMac: config.allowLiveMac,
   });
   let metrics: MetricsServer | null = null;
   if (config.metrics) {
     metrics = serveMetrics(config.metrics, {
       metrics: () => renderMetrics(server.list(), processInfo(VERSION, COMMIT)),
+      status: () =>
+        buildStatus(server.list(), server.events.recent(), processInfo(VERSION, COMMIT)),
       token: metricsToken,
     }, log);
   }

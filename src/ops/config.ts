@@ -167,8 +167,9 @@ export const SERVER_FLAGS = [
     type: "string",
     value: "ADDR:PORT",
     help: "serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; e.g. " +
-      "127.0.0.1:9477). Per handler: frames, bytes, drops by reason, MAC conflicts, link up, " +
-      "reconnects, keepalive RTT, capture drops; and process memory, uptime and build info",
+      "127.0.0.1:9477). Per handler: frames, bytes, drops by reason, link up, " +
+      "reconnects, keepalive RTT, capture drops; and process memory, uptime and build info. " +
+      "The same listener serves a status page at / and its JSON at /api/status",
   },
   {
     name: "metrics-token-file",

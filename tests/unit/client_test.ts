@@ -2,6 +2,7 @@
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { computeRates, handlerTable, si } from "../../src/cli/client.ts";
 import { listedHandler } from "./listed_handler.ts";
+import { type ListedHandler } from "../../src/control/server.ts";
 
 Deno.test("client rates: from two samples; gone or restarted handlers have none", () => {
   const a = { at: 1000, handlers: [listedHandler(), listedHandler({ id: "00000002" })] };
@@ -41,4 +42,34 @@ Deno.test("client rates: SI formatting", () => {
   assertEquals(si(12_345), "12.3k");
   assertEquals(si(987_654_321), "988M");
   assertEquals(si(9_400_000_000), "9.40G");
+});
+
+Deno.test("client table: drop reasons as the server names them, CONFLICTS only when any", () => {
+  const quiet = listedHandler({
+    id: "00000001",
+    dropReasons: { link: 0, truncated: 0, offload: 0, inject: 0 },
+  });
+  const plain = handlerTable([quiet], null);
+  assert(!plain.includes("DROPS BY REASON"), plain);
+  assert(!plain.includes("CONFLICTS"), plain);
+
+  // A reason this client was built without (a newer server) is shown like the known ones.
+  const dropping = listedHandler({
+    id: "00000002",
+    dropReasons: { link: 2, truncated: 0, offload: 0, inject: 1, spoofed: 7 } as ListedHandler[
+      "dropReasons"
+    ],
+    macConflicts: 5,
+  });
+  const text = handlerTable([quiet, dropping], null);
+  const [header, first, second] = text.split("\n");
+  const column = (row: string, name: string) => row.slice(header.indexOf(name)).split(/\s{2,}/)[0];
+  assertEquals(column(second, "DROPS BY REASON"), "link 2, inject 1, spoofed 7");
+  assertEquals(column(first, "DROPS BY REASON"), "-");
+  assertEquals(column(second, "CONFLICTS"), "5");
+  assertEquals(column(first, "CONFLICTS"), "0");
+  // A server that does not count conflicts yet sends no field: no column, no "undefined".
+  const old = listedHandler({ macConflicts: undefined as unknown as number });
+  assert(!handlerTable([old], null).includes("CONFLICTS"));
+  assert(!handlerTable([old], null).includes("undefined"));
 });
