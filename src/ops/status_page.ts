@@ -87,15 +87,18 @@ section { background:var(--card); border:1px solid var(--line); border-radius:6p
 h2 { font-size:15px; margin:0 0 8px; }
 .scroll { overflow-x:auto; }
 table { border-collapse:collapse; width:100%; }
-th, td { text-align:left; padding:4px 8px; border-bottom:1px solid var(--line);
-  vertical-align:top; white-space:nowrap; }
+th, td { text-align:left; padding:4px 6px; border-bottom:1px solid var(--line);
+  vertical-align:top; }
+td.mono { white-space:nowrap; }
 th { color:var(--muted); font-weight:600; font-size:12px; }
 td.num { text-align:right; font-variant-numeric:tabular-nums; }
 .mono { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size:12px; }
 .up { color:var(--ok); font-weight:600; } .down { color:var(--bad); font-weight:600; }
 .degraded { color:var(--warn); font-weight:600; }
 .charts { display:grid; grid-template-columns:repeat(auto-fill, minmax(320px, 1fr)); gap:12px; }
-.chart h3 { font-size:13px; margin:0 0 4px; }
+.chart h3 { font-size:13px; margin:0 0 4px; display:flex; justify-content:space-between; gap:8px; }
+.chart h3 span { color:var(--muted); font-weight:400; font-size:12px; }
+.axis { display:flex; justify-content:space-between; font-size:11px; color:var(--muted); }
 .chart svg { width:100%; height:140px; display:block; background:#fbfcfd;
   border:1px solid var(--line); border-radius:4px; }
 .legend { font-size:12px; color:var(--muted); display:flex; gap:14px; flex-wrap:wrap; }
@@ -294,13 +297,15 @@ function renderCharts(handlers) {
     const last = pts[pts.length - 1] ?? { to: 0, from: 0 };
     const chart = svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img",
       class: "rate-chart", "data-id": h.id, "data-to-bps": String(last.to), "data-from-bps": String(last.from),
-      "aria-label": "rate of handler " + h.id });
+      "data-points": String(pts.length), "aria-label": "rate of handler " + h.id });
     for (let i = 1; i < 4; i++) {
       chart.append(svg("line", { x1: 0, x2: W, y1: H * i / 4, y2: H * i / 4, stroke: "#e6e9ed", "stroke-width": 1 }));
     }
+    // Until the history fills the window, the samples there are spread over the whole width.
+    const step = W / Math.max(1, Math.min(HISTORY, pts.length) - 1);
     for (const [key, color] of [["to", "#1f6feb"], ["from", "#d9480f"]]) {
       const coords = pts.map((p, i) => {
-        const x = W - (pts.length - 1 - i) * (W / (HISTORY - 1));
+        const x = W - (pts.length - 1 - i) * step;
         const y = H - PAD - (p[key] / max) * (H - 2 * PAD);
         return x.toFixed(1) + "," + y.toFixed(1);
       });
@@ -308,12 +313,11 @@ function renderCharts(handlers) {
       chart.append(svg("polyline", { points: coords.join(" "), fill: "none", stroke: color,
         "stroke-width": 2, "vector-effect": "non-scaling-stroke", class: "series-" + key }));
     }
-    const label = svg("text", { x: 6, y: 14, "font-size": 12, fill: "#5b6672" });
-    label.textContent = "max " + si(max) + "bit/s";
-    chart.append(label);
     box.append(el("div", { class: "chart" },
-      el("h3", {}, h.id + " " + h.role + " " + h.device),
+      el("h3", {}, h.id + " " + h.role + " " + h.device, el("span", {}, "top " + si(max) + "bit/s")),
       chart,
+      el("div", { class: "axis" }, el("span", {}, "-" + duration(Math.max(1, pts.length - 1) * POLL_MS / 1000)),
+        el("span", {}, "now")),
       el("div", { class: "legend" },
         el("span", {}, el("i", { class: "to" }), "to peer " + si(last.to) + "bit/s"),
         el("span", {}, el("i", { class: "from" }), "from peer " + si(last.from) + "bit/s")),
@@ -326,7 +330,8 @@ function renderEvents(events) {
   ul.replaceChildren();
   if (events.length === 0) { ul.append(el("li", { class: "empty" }, "none")); return; }
   for (const e of events.slice(-50).reverse()) {
-    const cls = /refus|disconnect|fail/.test(e.kind) ? "down" : e.kind === "connect" || e.kind === "reconnect" ? "up" : "";
+    const cls = /refus|disconnect|fail|down|degrad/.test(e.kind) ? "down"
+      : /connect|up$|resum/.test(e.kind) ? "up" : "";
     ul.append(el("li", {},
       el("span", { class: "mono" }, new Date(e.at).toLocaleString() + " "),
       el("b", { class: cls }, e.kind), " " + e.remote +

@@ -7,7 +7,8 @@
  * real request out.
  *
  *   flock /tmp/vnet-ns.lock deno test -A tests/e2e/status_page_test.ts
- *   VNET_STATUS_SCREENSHOT=docs/status-page.png ...   also keep the screenshot there
+ *   VNET_STATUS_SCREENSHOT=docs/status-page.png VNET_STATUS_MIN_POINTS=12 ...
+ *     also keep the screenshot there, taken once the chart holds 12 rates (traffic both ways)
  */
 import { REPO_ROOT, spawn, type Topology, tryRun } from "../../lab/netns.ts";
 import { assert, e2e, iperf, stepper, withTopology } from "./fixtures/e2e_common.ts";
@@ -76,8 +77,15 @@ e2e("status page: a live page in Chromium, the token, promtool, and a flood", as
       const srv = spawn(topo.vms[0].ns, ["iperf3", "-s", "-B", VM_IP, "--forceflush"]);
       topo.procs.push(srv);
       await srv.waitForLine(/Server listening/, 10_000);
-      // Traffic for as long as the browser needs: the page polls every 2 s and wants 3 rates.
-      const traffic = iperf(topo, VM_IP, false, 14);
+      // Traffic for as long as the browser needs: the page polls every 2 s and wants 3 rates
+      // (VNET_STATUS_MIN_POINTS more for a picture: then both ways, one after the other).
+      const points = Number(Deno.env.get("VNET_STATUS_MIN_POINTS") ?? "3");
+      const seconds = Math.max(14, points * 2 + 8);
+      const traffic = points > 3
+        ? iperf(topo, VM_IP, false, seconds / 2).then(async (up) =>
+          Math.min(up, await iperf(topo, VM_IP, true, seconds / 2))
+        )
+        : iperf(topo, VM_IP, false, seconds);
       const shot = `${topo.dir}/status-page.png`;
       const browser = await tryRun(topo.ns.proxy, [
         Deno.execPath(),
