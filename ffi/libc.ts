@@ -6,7 +6,7 @@
  */
 import { lazyLibrary, LIBC } from "./load.ts";
 
-export const symbols = {
+const symbols = {
   // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
   poll: {
     parameters: [
@@ -127,34 +127,38 @@ export function libc(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
 }
 
 export const POLLIN = 0x001;
-export const POLLERR = 0x008;
-export const POLLHUP = 0x010;
-export const POLLNVAL = 0x020;
 export const POLLFD_SIZE = 8;
 
 /**
- * A self-pipe: `wake()` makes the read end readable forever (it is never drained), so a poll
- * on `readFd` returns at once. One wake is all a capture needs: it is used to close.
+ * A self-pipe that ends a pending poll early: `wake()` makes the read end readable, so a poll
+ * that watches `readFd` returns at once; `drain()` empties it again once a poll has said so. The
+ * capture poller wakes it whenever the set of fds to watch changes (a new waiter, a cancelled
+ * one, an fd to close) and drains it after every poll that found it readable.
  */
 export class WakePipe {
   readonly readFd: number;
   readonly #writeFd: number;
   #open = true;
+  readonly #byte = new Uint8Array(1);
+  readonly #sink = new Uint8Array(64);
 
   constructor() {
     const fds = new Int32Array(2);
-    if (libc().pipe(fds) !== 0) throw new Error("pipe() failed");
+    if (libc().pipe(fds) !== 0) throw new Error(`pipe() failed: ${lastErrno().text}`);
     this.readFd = fds[0];
     this.#writeFd = fds[1];
   }
 
   wake(): void {
-    if (this.#open) libc().write(this.#writeFd, new Uint8Array(1), 1n);
+    if (this.#open) libc().write(this.#writeFd, this.#byte, 1n);
   }
 
-  /** Empties the pipe after a poll said it is readable (never blocks then). */
+  /**
+   * Reads what the wakes wrote, after a poll said the pipe is readable (so it never blocks). A
+   * burst of more than 64 wakes leaves it readable: the next poll returns at once and drains again.
+   */
   drain(): void {
-    if (this.#open) libc().read(this.readFd, new Uint8Array(64), 64n);
+    if (this.#open) libc().read(this.readFd, this.#sink, BigInt(this.#sink.length));
   }
 
   /** Closes both ends; safe twice. Never call while a poll on `readFd` may be in flight. */

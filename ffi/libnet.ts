@@ -2,11 +2,11 @@
  * libnet bindings (prototypes from <libnet/libnet-functions.h>, libnet >= 1.1): link-layer
  * injection of complete frames in "advanced" mode, and `LibnetHandle`, an owned `libnet_t *`.
  */
-import { VnetError } from "../src/errors.ts";
+import { LibnetError } from "./errors.ts";
 import { cString, errbufText, readCString } from "./libpcap.ts";
 import { lazyLibrary, LIBNET } from "./load.ts";
 
-export const symbols = {
+const symbols = {
   // libnet_t *libnet_init(int injection_type, const char *device, char *err_buf);
   libnet_init: {
     parameters: [
@@ -56,14 +56,13 @@ export const symbols = {
 
 const library = lazyLibrary(LIBNET, symbols);
 
-/** The libnet symbols; opens the library on first call (throws the clear VnetError if absent). */
+/** The libnet symbols; opens the library on first call (a LibraryError if it cannot). */
 export function libnet(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
   return library.get();
 }
 
-export const LIBNET_LINK = 0x00;
-export const LIBNET_LINK_ADV = 0x08;
-export const LIBNET_ERRBUF_SIZE = 0x100;
+const LIBNET_LINK_ADV = 0x08;
+const LIBNET_ERRBUF_SIZE = 0x100;
 
 /** An owned `libnet_t *` opened with LIBNET_LINK_ADV. `close()` is safe to call twice. */
 export class LibnetHandle {
@@ -73,27 +72,18 @@ export class LibnetHandle {
     this.#pointer = pointer;
   }
 
-  /** `libnet_init(LIBNET_LINK_ADV, device)`; unknown device and permission get clear errors. */
+  /** `libnet_init(LIBNET_LINK_ADV, device)`; a LibnetError saying why if it fails. */
   static open(device: string): LibnetHandle {
     const errbuf = new Uint8Array(LIBNET_ERRBUF_SIZE);
     const p = libnet().libnet_init(LIBNET_LINK_ADV, cString(device), errbuf);
     if (p === null) {
       const text = errbufText(errbuf).replace(/\s*\n\s*/g, " ");
-      const cause = new Error(`libnet_init: ${text}`);
-      if (/no such device/i.test(text)) {
-        throw new VnetError(
-          `no such network interface '${device}' (see \`vnet client devices\`)`,
-          { cause },
-        );
-      }
-      if (/operation not permitted|permission denied|CAP_NET_RAW|UID/i.test(text)) {
-        throw new VnetError(
-          `injecting on '${device}' needs root or CAP_NET_RAW+CAP_NET_ADMIN ` +
-            `(e.g. sudo setcap cap_net_raw,cap_net_admin+ep "$(command -v deno)"): ${text}`,
-          { cause },
-        );
-      }
-      throw new VnetError(`libnet cannot open '${device}': ${text}`, { cause });
+      const code = /no such device/i.test(text)
+        ? "no_such_device"
+        : /operation not permitted|permission denied|CAP_NET_RAW|UID/i.test(text)
+        ? "permission_denied"
+        : "failed";
+      throw new LibnetError(code, device, text);
     }
     return new LibnetHandle(p, device);
   }
@@ -119,6 +109,11 @@ export class LibnetHandle {
     if (p === null) return;
     this.#pointer = null;
     libnet().libnet_destroy(p);
+  }
+
+  /** Closes: `using h = LibnetHandle.open(dev)` releases it on every way out of the block. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 

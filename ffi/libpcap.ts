@@ -1,14 +1,14 @@
 /**
  * libpcap bindings: the symbols VNET uses (prototypes from <pcap/pcap.h>, libpcap >= 1.5),
- * the error helper, and `PcapHandle`, an owned `pcap_t *`.
+ * `PcapError` for a failed call, and `PcapHandle`, an owned `pcap_t *`.
  *
  * Every call here is synchronous; the only asynchronous FFI call on the capture path is `poll`
  * in `ffi/libc.ts`.
  */
-import { VnetError } from "../src/errors.ts";
+import { PcapError } from "./errors.ts";
 import { lazyLibrary, LIBPCAP } from "./load.ts";
 
-export const symbols = {
+const symbols = {
   // pcap_t *pcap_create(const char *source, char *errbuf);
   pcap_create: {
     parameters: [
@@ -194,28 +194,23 @@ export const symbols = {
 
 const library = lazyLibrary(LIBPCAP, symbols);
 
-/** The libpcap symbols; opens the library on first call (throws the clear VnetError if absent). */
+/** The libpcap symbols; opens the library on first call (a LibraryError if it cannot). */
 export function pcap(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
   return library.get();
 }
 
 export const PCAP_ERRBUF_SIZE = 256;
 export const PCAP_NETMASK_UNKNOWN = 0xffffffff;
-export const PCAP_D_INOUT = 0;
 export const PCAP_D_IN = 1;
 export const PCAP_D_OUT = 2;
 export const DLT_EN10MB = 1;
 
-export const PCAP_ERROR = -1;
+const PCAP_ERROR = -1;
 export const PCAP_ERROR_BREAK = -2;
-export const PCAP_ERROR_NOT_ACTIVATED = -3;
-export const PCAP_ERROR_ACTIVATED = -4;
 export const PCAP_ERROR_NO_SUCH_DEVICE = -5;
 export const PCAP_ERROR_PERM_DENIED = -8;
 export const PCAP_ERROR_IFACE_NOT_UP = -9;
 export const PCAP_ERROR_PROMISC_PERM_DENIED = -11;
-export const PCAP_WARNING = 1;
-export const PCAP_WARNING_PROMISC_NOTSUP = 2;
 
 export const PCAP_IF_LOOPBACK = 0x1;
 export const PCAP_IF_UP = 0x2;
@@ -246,51 +241,25 @@ export function errbufText(buf: Uint8Array): string {
   return new TextDecoder().decode(end < 0 ? buf : buf.subarray(0, end)).trim();
 }
 
-/** `pcap_statustostr(status)`, e.g. "No such device exists". */
-export function statusText(status: number): string {
-  return readCString(pcap().pcap_statustostr(status));
-}
-
 /**
- * The one libpcap error helper: a VnetError for `status` (a PCAP_ERROR_* / PCAP_WARNING_*
- * code) returned by `what` on `device`, using `pcap_geterr` text when the handle has one.
- * Unknown device and missing permissions get their own actionable messages.
+ * A PcapError for `status` (a PCAP_ERROR_* code) returned by `operation` on `device`, with
+ * `pcap_geterr` text when the handle has one. libpcap reports a missing device or a refused
+ * permission sometimes by code and sometimes as PCAP_ERROR with text: both come out as the code.
  */
 export function pcapError(
   device: string,
-  what: string,
+  operation: string,
   status: number,
   handle?: PcapHandle,
-  action = handle?.action ?? "capturing on",
-): VnetError {
-  const detail = (handle?.lastError() || statusText(status)).replace(/\s*\n\s*/g, " ");
-  const cause = new Error(`${what}: ${status} ${detail}`);
-  if (
-    status === PCAP_ERROR_NO_SUCH_DEVICE ||
-    (status === PCAP_ERROR && /no such device/i.test(detail))
-  ) {
-    return new VnetError(
-      `no such network interface '${device}' (see \`vnet client devices\`)`,
-      { cause },
-    );
+): PcapError {
+  const detail = (handle?.lastError() || readCString(pcap().pcap_statustostr(status)))
+    .replace(/\s*\n\s*/g, " ");
+  let code = status;
+  if (status === PCAP_ERROR && /no such device/i.test(detail)) code = PCAP_ERROR_NO_SUCH_DEVICE;
+  if (status === PCAP_ERROR && /operation not permitted|permission denied/i.test(detail)) {
+    code = PCAP_ERROR_PERM_DENIED;
   }
-  if (
-    status === PCAP_ERROR_PERM_DENIED || status === PCAP_ERROR_PROMISC_PERM_DENIED ||
-    /operation not permitted|permission denied/i.test(detail)
-  ) {
-    return new VnetError(
-      `${action} '${device}' needs root or CAP_NET_RAW+CAP_NET_ADMIN ` +
-        `(e.g. sudo setcap cap_net_raw,cap_net_admin+ep "$(command -v deno)"): ${detail}`,
-      { cause },
-    );
-  }
-  if (status === PCAP_ERROR_IFACE_NOT_UP) {
-    return new VnetError(
-      `network interface '${device}' is down (bring it up: ip link set ${device} up)`,
-      { cause },
-    );
-  }
-  return new VnetError(`libpcap ${what} failed on '${device}': ${detail}`, { cause });
+  return new PcapError(code, device, operation, detail, handle?.purpose ?? "capturing on");
 }
 
 /**
@@ -303,26 +272,24 @@ export class PcapHandle {
   private constructor(
     pointer: Deno.PointerObject,
     readonly device: string,
-    readonly action: string,
+    readonly purpose: string,
   ) {
     this.#pointer = pointer;
   }
 
   /**
-   * `pcap_create(device)`: not yet activated. `action` words permission errors, e.g.
-   * "capturing on" / "injecting on".
+   * `pcap_create(device)`: not yet activated. `purpose` says what the handle is for, in the
+   * words of an error message: "capturing on", "injecting on".
    */
-  static create(device: string, action = "capturing on"): PcapHandle {
+  static create(device: string, purpose = "capturing on"): PcapHandle {
     const errbuf = new Uint8Array(PCAP_ERRBUF_SIZE);
     const p = pcap().pcap_create(cString(device), errbuf);
     if (p === null) {
-      const text = errbufText(errbuf);
-      if (/no such device/i.test(text)) {
-        throw pcapError(device, "pcap_create", PCAP_ERROR_NO_SUCH_DEVICE, undefined, action);
-      }
-      throw new VnetError(`libpcap pcap_create failed on '${device}': ${text}`);
+      const text = errbufText(errbuf).replace(/\s*\n\s*/g, " ");
+      const code = /no such device/i.test(text) ? PCAP_ERROR_NO_SUCH_DEVICE : PCAP_ERROR;
+      throw new PcapError(code, device, "pcap_create", text, purpose);
     }
-    return new PcapHandle(p, device, action);
+    return new PcapHandle(p, device, purpose);
   }
 
   get closed(): boolean {
@@ -340,7 +307,7 @@ export class PcapHandle {
     return this.#pointer === null ? "" : readCString(pcap().pcap_geterr(this.#pointer));
   }
 
-  /** Throws `pcapError` if `status` < 0; returns it otherwise. */
+  /** Throws a PcapError if `status` < 0; returns it otherwise. */
   check(what: string, status: number): number {
     if (status < 0) throw pcapError(this.device, what, status, this);
     return status;
@@ -352,6 +319,11 @@ export class PcapHandle {
     if (p === null) return;
     this.#pointer = null;
     pcap().pcap_close(p);
+  }
+
+  /** Closes: `using h = PcapHandle.create(dev)` releases it on every way out of the block. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 

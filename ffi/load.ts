@@ -4,10 +4,10 @@
  * Libraries are opened lazily, on first use, so that commands that do not touch the network
  * (`vnet --help`, config checks) work on a machine without them. The search order is:
  * the environment override (e.g. `VNET_LIBPCAP=/opt/lib/libpcap.so`), then a list of names for
- * the current OS handed to the system loader. If nothing loads, ONE VnetError says which
+ * the current OS handed to the system loader. If nothing loads, ONE LibraryError says which
  * library, what was tried and how to install it.
  */
-import { VnetError } from "../src/errors.ts";
+import { LibraryError } from "./errors.ts";
 
 type Os = typeof Deno.build.os;
 
@@ -50,7 +50,7 @@ function exampleFile(spec: LibrarySpec): string {
 }
 
 /**
- * Opens `spec` with `symbols` now. Throws a VnetError (with the loader errors as `cause`) if no
+ * Opens `spec` with `symbols` now. Throws a LibraryError (with the loader errors as `cause`) if no
  * candidate loads. A library that is found but lacks a symbol is reported as too old.
  */
 export function openLibrary<S extends Deno.ForeignLibraryInterface>(
@@ -65,7 +65,8 @@ export function openLibrary<S extends Deno.ForeignLibraryInterface>(
       return Deno.dlopen(path, symbols);
     } catch (e) {
       if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
-        throw new VnetError(
+        throw new LibraryError(
+          spec.name,
           `cannot load ${spec.name}: FFI is not permitted (run with --allow-ffi or -A)`,
           { cause: e },
         );
@@ -78,14 +79,16 @@ export function openLibrary<S extends Deno.ForeignLibraryInterface>(
   const missing = errors.map(firstLine).find((m) => /symbol/i.test(m));
   const setHint = spec.envVar ? ` or set ${spec.envVar}=/path/to/${exampleFile(spec)}` : "";
   if (missing) {
-    throw new VnetError(
+    throw new LibraryError(
+      spec.name,
       `${spec.name} is unusable (${missing}): install a newer one (${spec.install})${setHint}`,
       { cause },
     );
   }
   const what = override ? `${spec.envVar}=${override}` : tried.join(", ");
   const detail = override && errors.length ? `: ${firstLine(errors[0])}` : "";
-  throw new VnetError(
+  throw new LibraryError(
+    spec.name,
     `${spec.name} not found (tried ${what}${detail}): install it (${spec.install})${setHint}`,
     { cause },
   );

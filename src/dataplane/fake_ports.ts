@@ -90,7 +90,7 @@ export class FakeInjector implements Injector {
 }
 
 /** `Interfaces` over fakes, with every capture and injector it opened, for assertions. */
-export interface FakeInterfaces extends Interfaces {
+interface FakeInterfaces extends Interfaces {
   readonly captures: { capture: FakeCapture; spec: CaptureSpec }[];
   readonly injectors: FakeInjector[];
 }

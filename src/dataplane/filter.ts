@@ -7,8 +7,10 @@
  *        are our own injections seen again, or a loop.
  */
 import { parseMac } from "./mac.ts";
+import type { Role } from "./ports.ts";
 
-export type Role = "host" | "proxy";
+/** Where Role was first defined; src/control imports it from here until it imports ports.ts. */
+export type { Role };
 
 export function buildFilter(role: Role, macs: string[], multicast: boolean): string {
   if (macs.length === 0) throw new Error("a filter needs at least one MAC");

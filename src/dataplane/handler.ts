@@ -9,8 +9,7 @@
  * The handler outlives its link: when the link drops the handler stays open (frames to the peer
  * are counted as drops) until a new link is attached.
  */
-import { type Capture, type Injector, type Interfaces } from "./ports.ts";
-import { type Role } from "./filter.ts";
+import { type Capture, type Injector, type Interfaces, type Role } from "./ports.ts";
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../ops/log.ts";
 import { messageOf } from "../errors.ts";
@@ -28,14 +27,14 @@ export interface HandlerSpec {
   peer: string;
 }
 
-export interface DirectionCounters {
+interface DirectionCounters {
   frames: number;
   bytes: number;
   drops: number;
 }
 
 /** Why frames were dropped, for `list` and metrics. */
-export interface DropCounters {
+interface DropCounters {
   /** Link down or its send queue full. */
   link: number;
   /** Captured frame longer than the snap length. */

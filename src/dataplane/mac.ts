@@ -1,4 +1,4 @@
-/** Ethernet (MAC) addresses: parsing, formatting and classification. */
+/** Ethernet (MAC) addresses: parsing and classification. */
 import { VnetError } from "../errors.ts";
 
 export const BROADCAST = "ff:ff:ff:ff:ff:ff";
@@ -23,12 +23,6 @@ export function parseMac(text: string): string {
 
 export function macBytes(mac: string): Uint8Array {
   return new Uint8Array(parseMac(mac).split(":").map((b) => parseInt(b, 16)));
-}
-
-export function formatMac(bytes: Uint8Array, offset = 0): string {
-  const parts: string[] = [];
-  for (let i = 0; i < 6; i++) parts.push(bytes[offset + i].toString(16).padStart(2, "0"));
-  return parts.join(":");
 }
 
 export function isMulticast(mac: string): boolean {

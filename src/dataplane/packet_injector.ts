@@ -1,7 +1,7 @@
 /**
  * The Linux fast path for injection: an AF_PACKET socket with PACKET_VNET_HDR.
  *
- * libnet (the portable default) writes one frame per call, and costs two system calls a frame
+ * The default on Linux. libnet (the portable injector, the default elsewhere) writes one frame per call, and costs two system calls a frame
  * (it looks the interface up again each time): a 64 KB TCP super-frame captured on the far side
  * must be cut into ~45 segments in JavaScript and written one by one. With a virtio-net header in
  * front of each frame, the kernel takes the super-frame whole, as GSO, and segments it only if
@@ -9,8 +9,9 @@
  * system call instead of ~45, and no segmentation or checksum work in JavaScript for it.
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
-import { VnetError } from "../errors.ts";
-import { interfaceMtu } from "./libnet_injector.ts";
+import { ErrorCode, VnetError } from "../errors.ts";
+import { noSuchInterface, translated } from "./ffi_errors.ts";
+import { interfaceMtu } from "./sysfs.ts";
 import { type GsoFrame, type Injector } from "./ports.ts";
 import { MAX_FRAME } from "../link/wire.ts";
 
@@ -44,13 +45,15 @@ export class PacketInjector implements Injector {
 
   constructor(device: string) {
     if (Deno.build.os !== "linux") {
-      throw new VnetError("--injector packet is Linux only: use libnet or pcap");
+      throw new VnetError("--injector packet is Linux only: use libnet or pcap", {
+        code: ErrorCode.Invalid,
+      });
     }
     this.device = device;
-    const lib = libc();
+    const lib = translated(libc);
     const index = lib.if_nametoindex(new TextEncoder().encode(device + "\0"));
     if (index === 0) {
-      throw new VnetError(`no such network interface '${device}' (see \`vnet client devices\`)`);
+      throw noSuchInterface(device);
     }
     // Protocol 0: the socket sends only and never receives a copy of the traffic.
     const fd = lib.socket(AF_PACKET, SOCK_RAW, 0);
@@ -58,6 +61,7 @@ export class PacketInjector implements Injector {
       const { text } = lastErrno();
       throw new VnetError(
         `cannot open a packet socket on '${device}': ${text} (needs root or CAP_NET_RAW)`,
+        { code: ErrorCode.System },
       );
     }
     const one = new Int32Array([1]);
@@ -70,7 +74,9 @@ export class PacketInjector implements Injector {
     ) {
       const { text } = lastErrno();
       lib.close(fd);
-      throw new VnetError(`cannot set up the packet socket on '${device}': ${text}`);
+      throw new VnetError(`cannot set up the packet socket on '${device}': ${text}`, {
+        code: ErrorCode.System,
+      });
     }
     this.#fd = fd;
     this.mtu = interfaceMtu(device);

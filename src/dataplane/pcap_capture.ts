@@ -6,7 +6,8 @@
  * `pcap_next_ex` on the JS thread until libpcap has nothing more. No per-frame async call, no
  * callbacks, no copy: each frame is a view into libpcap's ring, valid during `onFrame` only.
  */
-import { VnetError } from "../errors.ts";
+import { ErrorCode, VnetError } from "../errors.ts";
+import { translated, userError } from "./ffi_errors.ts";
 import { log } from "../ops/log.ts";
 import type { CaptureStats } from "./ports.ts";
 import type { RawCapture } from "./device_capture.ts";
@@ -26,7 +27,7 @@ import {
 } from "../../ffi/libpcap.ts";
 import { capturePoller } from "./capture_poller.ts";
 
-export interface PcapCaptureOptions {
+interface PcapCaptureOptions {
   /** Largest frame kept; bigger ones are truncated (`wireLength > frame.length`). */
   snaplen?: number;
   /** Kernel buffer (ring) size in bytes. */
@@ -35,14 +36,15 @@ export interface PcapCaptureOptions {
   promiscuous?: boolean;
 }
 
-export const DEFAULT_SNAPLEN = 262144;
+const DEFAULT_SNAPLEN = 262144;
 /**
- * 64 MiB, not 8: in immediate mode libpcap uses TPACKET_V2, whose ring slots are fixed-size, and
- * on an interface with offloads (TSO/GSO/GRO, e.g. any veth) a slot is ~64 KiB so that GSO
- * super-frames fit. 8 MiB is then only 128 frames (measured: 25-40% loss in 200k frames/s bursts);
- * 64 MiB is 1023 frames (about 1% loss).
+ * 32 MiB, as the server's `--capture-buffer` default (src/ops/config.ts), not 8: in immediate
+ * mode libpcap uses TPACKET_V2, whose ring slots are fixed-size, and on an interface with
+ * offloads (TSO/GSO/GRO, e.g. any veth) a slot is ~64 KiB so that GSO super-frames fit. 8 MiB is
+ * then only 128 frames (measured: 25-40% loss in 200k frames/s bursts); 32 MiB is ~500 (which the
+ * kernel rounds up to 64 MiB of memory); 64 MiB was measured at 1023 frames and about 1% loss.
  */
-export const DEFAULT_BUFFER_SIZE = 64 * 1024 * 1024;
+const DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024;
 
 const MAX_POLL_MS = 0x7fffffff;
 
@@ -70,55 +72,14 @@ export class PcapCapture implements RawCapture {
   #released = false;
   #draining = false;
 
+  /** Opens and activates a capture on `device`; a VnetError saying why if it cannot. */
   constructor(device: string, filter: string, options: PcapCaptureOptions = {}) {
     this.device = device;
-    const lib = pcap();
-    if (!lib.pcap_get_selectable_fd) {
-      throw new VnetError(
-        "this libpcap has no pcap_get_selectable_fd (Windows/Npcap): capture is not supported here",
-      );
-    }
-    const h = PcapHandle.create(device);
-    try {
-      const p = h.pointer;
-      h.check("pcap_set_snaplen", lib.pcap_set_snaplen(p, options.snaplen ?? DEFAULT_SNAPLEN));
-      h.check("pcap_set_promisc", lib.pcap_set_promisc(p, options.promiscuous === false ? 0 : 1));
-      h.check("pcap_set_immediate_mode", lib.pcap_set_immediate_mode(p, 1));
-      h.check(
-        "pcap_set_buffer_size",
-        lib.pcap_set_buffer_size(p, options.bufferSize ?? DEFAULT_BUFFER_SIZE),
-      );
-      const activated = h.check("pcap_activate", lib.pcap_activate(p));
-      if (activated > 0) {
-        log.warn("libpcap warning", { dev: device, warning: h.lastError() || String(activated) });
-      }
-      const dlt = lib.pcap_datalink(p);
-      if (dlt !== DLT_EN10MB) {
-        throw new VnetError(
-          `network interface '${device}' is not Ethernet (libpcap link type ${dlt}): ` +
-            "VNET bridges Ethernet frames only",
-        );
-      }
-      h.check("pcap_setdirection(PCAP_D_IN)", lib.pcap_setdirection(p, PCAP_D_IN));
-      const errbuf = new Uint8Array(PCAP_ERRBUF_SIZE);
-      if (lib.pcap_setnonblock(p, 1, errbuf) < 0) {
-        throw new VnetError(
-          `libpcap pcap_setnonblock failed on '${device}': ${errbufText(errbuf)}`,
-        );
-      }
-      setFilter(h, filter);
-      const fd = lib.pcap_get_selectable_fd(p);
-      if (fd < 0) {
-        throw new VnetError(`libpcap gives no selectable fd for '${device}': cannot wait on it`);
-      }
-      this.#fd = fd;
-    } catch (e) {
-      h.close();
-      throw e;
-    }
-    this.#handle = h;
-    this.#pcapT = h.pointer;
-    this.#nextEx = lib.pcap_next_ex;
+    const { handle, fd } = translated(() => activate(device, filter, options));
+    this.#handle = handle;
+    this.#fd = fd;
+    this.#pcapT = handle.pointer;
+    this.#nextEx = pcap().pcap_next_ex;
   }
 
   wait(timeoutMs: number): Promise<boolean> {
@@ -155,7 +116,7 @@ export class PcapCapture implements RawCapture {
         } else if (rc === 0 || rc === PCAP_ERROR_BREAK) {
           break;
         } else {
-          throw pcapError(this.device, "pcap_next_ex", rc, this.#handle);
+          throw userError(pcapError(this.device, "pcap_next_ex", rc, this.#handle));
         }
       }
     } finally {
@@ -167,13 +128,13 @@ export class PcapCapture implements RawCapture {
 
   /** Replaces the BPF filter (the members of a shared capture changed). */
   setFilter(filter: string): void {
-    if (!this.#closed) setFilter(this.#handle, filter);
+    if (!this.#closed) translated(() => setFilter(this.#handle, filter));
   }
 
   stats(): CaptureStats {
     if (this.#closed) return { received: 0, dropped: 0, ifDropped: 0 };
     const s = this.#stats;
-    this.#handle.check("pcap_stats", pcap().pcap_stats(this.#pcapT, s));
+    translated(() => this.#handle.check("pcap_stats", pcap().pcap_stats(this.#pcapT, s)));
     return { received: s[0], dropped: s[1], ifDropped: s[2] };
   }
 
@@ -196,6 +157,61 @@ export class PcapCapture implements RawCapture {
   }
 }
 
+/** A live, filtered, nonblocking libpcap handle on `device`, and its selectable fd. */
+function activate(
+  device: string,
+  filter: string,
+  options: PcapCaptureOptions,
+): { handle: PcapHandle; fd: number } {
+  const lib = pcap();
+  if (!lib.pcap_get_selectable_fd) {
+    throw new VnetError(
+      "this libpcap has no pcap_get_selectable_fd (Windows/Npcap): capture is not supported here",
+      { code: ErrorCode.System },
+    );
+  }
+  // Everything opened here is released if a later step throws (`stack.move()` keeps it).
+  using stack = new DisposableStack();
+  const h = stack.use(PcapHandle.create(device, "capturing on"));
+  const p = h.pointer;
+  h.check("pcap_set_snaplen", lib.pcap_set_snaplen(p, options.snaplen ?? DEFAULT_SNAPLEN));
+  h.check("pcap_set_promisc", lib.pcap_set_promisc(p, options.promiscuous === false ? 0 : 1));
+  h.check("pcap_set_immediate_mode", lib.pcap_set_immediate_mode(p, 1));
+  h.check(
+    "pcap_set_buffer_size",
+    lib.pcap_set_buffer_size(p, options.bufferSize ?? DEFAULT_BUFFER_SIZE),
+  );
+  const activated = h.check("pcap_activate", lib.pcap_activate(p));
+  if (activated > 0) {
+    log.warn("libpcap warning", { dev: device, warning: h.lastError() || String(activated) });
+  }
+  const dlt = lib.pcap_datalink(p);
+  if (dlt !== DLT_EN10MB) {
+    throw new VnetError(
+      `network interface '${device}' is not Ethernet (libpcap link type ${dlt}): ` +
+        "VNET bridges Ethernet frames only",
+      { code: ErrorCode.Invalid },
+    );
+  }
+  h.check("pcap_setdirection(PCAP_D_IN)", lib.pcap_setdirection(p, PCAP_D_IN));
+  const errbuf = new Uint8Array(PCAP_ERRBUF_SIZE);
+  if (lib.pcap_setnonblock(p, 1, errbuf) < 0) {
+    throw new VnetError(
+      `libpcap pcap_setnonblock failed on '${device}': ${errbufText(errbuf)}`,
+      { code: ErrorCode.System },
+    );
+  }
+  setFilter(h, filter);
+  const fd = lib.pcap_get_selectable_fd(p);
+  if (fd < 0) {
+    throw new VnetError(`libpcap gives no selectable fd for '${device}': cannot wait on it`, {
+      code: ErrorCode.System,
+    });
+  }
+  stack.move();
+  return { handle: h, fd };
+}
+
 /**
  * Compiles `filter` (netmask unknown, optimized) and installs it; bad syntax → VnetError.
  *
@@ -209,7 +225,9 @@ function setFilter(h: PcapHandle, filter: string): void {
   // struct bpf_program { u_int bf_len; struct bpf_insn *bf_insns; }
   const prog = new Uint8Array(16);
   if (lib.pcap_compile(h.pointer, prog, cString(filter), 1, PCAP_NETMASK_UNKNOWN) < 0) {
-    throw new VnetError(`bad capture filter '${filter}': ${h.lastError()}`);
+    throw new VnetError(`bad capture filter '${filter}': ${h.lastError()}`, {
+      code: ErrorCode.Invalid,
+    });
   }
   try {
     h.check(`pcap_setfilter('${filter}')`, lib.pcap_setfilter(h.pointer, prog));

@@ -1,11 +1,18 @@
 /**
  * The ports of the VNET core: what a Handler needs from the outside world.
  *
- * Production plugs in libpcap (`Capture`, shared per device: src/dataplane/device_capture.ts over
- * src/dataplane/pcap_capture.ts) and the injectors of src/dataplane/packet_injector.ts and src/dataplane/libnet_injector.ts;
- * unit tests plug in fakes. Nothing here knows C.
+ * Production plugs in libpcap (`Capture`, shared per device: device_capture.ts over
+ * pcap_capture.ts) and the injectors of packet_injector.ts, libnet_injector.ts and
+ * pcap_injector.ts, wired in interfaces.ts; unit tests plug in the fakes of fake_ports.ts.
+ * Nothing here knows C.
  */
-import type { Role } from "./filter.ts";
+
+/**
+ * Which end of a bridge a handler is (paper, section 4.2). The Host captures what its VMs send
+ * and injects what the LAN sends them; the Proxy captures, on the LAN, what is sent to the VMs
+ * and injects what they send.
+ */
+export type Role = "host" | "proxy";
 
 /** What a handler captures: the paper's frames for its role and MACs (see filter.ts). */
 export interface CaptureSpec {

@@ -5,7 +5,7 @@
  */
 
 /** One end: reads what the other end wrote, in order, split however the reader's buffer asks. */
-export interface FakeStreamEnd {
+interface FakeStreamEnd {
   read(p: Uint8Array): Promise<number | null>;
   write(p: Uint8Array): Promise<number>;
   /** Ends both directions, as closing a socket does: reads return null, writes fail. */

@@ -13,9 +13,42 @@ export function assertStrictEquals<T>(actual: T, expected: T, message?: string):
 export function assertMatch(actual: string, re: RegExp, message?: string): void {
   strict.match(actual, re, message);
 }
-export function assertThrows(f: () => unknown, re?: RegExp): void {
-  strict.throws(f, re ?? Error);
+/** What a thrown error must match: its text, or its class. */
+type Expected<E> = RegExp | (abstract new (...args: never[]) => E);
+
+/** Asserts that `f` throws an error matching `expected`, and returns it. */
+export function assertThrows<E extends Error = Error>(f: () => unknown, expected?: Expected<E>): E {
+  let thrown: unknown = undefined;
+  let threw = false;
+  try {
+    f();
+  } catch (e) {
+    threw = true;
+    thrown = e;
+  }
+  strict.ok(threw, "expected a throw, nothing was thrown");
+  strict.throws(() => {
+    throw thrown;
+  }, expected ?? Error);
+  return thrown as E;
 }
-export async function assertRejects(f: () => Promise<unknown>, re?: RegExp): Promise<void> {
-  await strict.rejects(f, re ?? Error);
+
+/** Asserts that `f` rejects with an error matching `expected`, and returns it. */
+export async function assertRejects<E extends Error = Error>(
+  f: () => Promise<unknown>,
+  expected?: Expected<E>,
+): Promise<E> {
+  let thrown: unknown = undefined;
+  let threw = false;
+  try {
+    await f();
+  } catch (e) {
+    threw = true;
+    thrown = e;
+  }
+  strict.ok(threw, "expected a rejection, the promise resolved");
+  strict.throws(() => {
+    throw thrown;
+  }, expected ?? Error);
+  return thrown as E;
 }

@@ -1,26 +1,6 @@
-import { VnetError } from "../../src/errors.ts";
+import { assert, assertEquals, assertMatch, assertThrows } from "./assert.ts";
 import { candidatesFor, LIBNET, LIBPCAP, type LibrarySpec, openLibrary } from "../../ffi/load.ts";
-
-// Minimal assertions (JSR's @std/assert is not reachable from here).
-function assert(cond: unknown, msg = "assertion failed"): asserts cond {
-  if (!cond) throw new Error(msg);
-}
-function assertEquals(actual: unknown, expected: unknown, msg?: string): void {
-  const a = JSON.stringify(actual), e = JSON.stringify(expected);
-  assert(a === e, `${msg ? msg + ": " : ""}expected ${e}, got ${a}`);
-}
-function assertMatch(actual: string, re: RegExp): void {
-  assert(re.test(actual), `expected ${JSON.stringify(actual)} to match ${re}`);
-}
-function assertThrows<E extends Error>(f: () => unknown, type: new (...a: never[]) => E): E {
-  try {
-    f();
-  } catch (e) {
-    assert(e instanceof type, `expected ${type.name}, got ${e}`);
-    return e;
-  }
-  throw new Error(`expected ${type.name} to be thrown`);
-}
+import { LibraryError } from "../../ffi/errors.ts";
 
 const root = new URL("../../", import.meta.url);
 
@@ -37,32 +17,43 @@ async function runIsolated(code: string, env: Record<string, string>) {
   return { code: out.code, stdout: decode(out.stdout).trim(), stderr: decode(out.stderr) };
 }
 
-Deno.test("VNET_LIBPCAP=/nonexistent gives one clear VnetError, on first use only", async () => {
+Deno.test("VNET_LIBPCAP=/nonexistent gives one clear error, on first use only", async () => {
   const r = await runIsolated(
     `
-    import { libraryVersions } from "./src/dataplane/interfaces.ts"; // importing must not load anything
+    import { libraryVersions, listDevices } from "./src/dataplane/interfaces.ts"; // loads nothing
     import { pcap } from "./ffi/libpcap.ts";
     console.log(JSON.stringify(libraryVersions()));
+    const show = (e) => JSON.stringify({ name: e.name, code: e.code, message: e.message, cause: !!e.cause });
     try {
       pcap();
       console.log("loaded");
     } catch (e) {
-      console.log(JSON.stringify({ name: e.name, message: e.message, cause: !!e.cause }));
+      console.log(show(e));
+    }
+    try {
+      listDevices();
+      console.log("listed");
+    } catch (e) {
+      console.log(show(e));
     }
     `,
     { VNET_LIBPCAP: "/nonexistent" },
   );
   assertEquals(r.code, 0, r.stderr);
-  const [versionsLine, errorLine] = r.stdout.split("\n");
+  const [versionsLine, ffiLine, userLine] = r.stdout.split("\n");
   const versions = JSON.parse(versionsLine);
   assertMatch(versions.libpcap, /^unavailable: libpcap not found/);
-  const err = JSON.parse(errorLine);
-  assertEquals(err.name, "VnetError");
+  // ffi/ says it in its own terms...
+  const err = JSON.parse(ffiLine);
+  assertEquals(err.name, "LibraryError");
   assertEquals(err.cause, true);
   assertMatch(err.message, /^libpcap not found \(tried VNET_LIBPCAP=\/nonexistent/);
   assertMatch(err.message, /apt-get install libpcap0\.8/);
   assertMatch(err.message, /set VNET_LIBPCAP=/);
   assert(!err.message.includes("\n"));
+  // ...and the data plane hands users the same line as a VnetError (`vnet: ...`, exit 1).
+  const user = JSON.parse(userLine);
+  assertEquals([user.name, user.code, user.message], ["VnetError", "system", err.message]);
 });
 
 Deno.test("VNET_LIBNET=/nonexistent names libnet and its package", async () => {
@@ -87,7 +78,7 @@ Deno.test("no candidate loads: the message lists every name tried", () => {
     candidates: { default: ["libvnetmissing.so.1", "libvnetmissing.so"] },
     install: "apt-get install nothing",
   };
-  const e = assertThrows(() => openLibrary(spec, {}), VnetError);
+  const e = assertThrows(() => openLibrary(spec, {}), LibraryError);
   assertEquals(
     e.message,
     "libvnetmissing not found (tried libvnetmissing.so.1, libvnetmissing.so): " +
@@ -105,7 +96,7 @@ Deno.test("a library without a needed symbol is reported as unusable, not missin
   };
   const e = assertThrows(
     () => openLibrary(spec, { vnet_no_such_symbol: { parameters: [], result: "void" } }),
-    VnetError,
+    LibraryError,
   );
   assertMatch(e.message, /^libc is unusable \(.*vnet_no_such_symbol.*\): install a newer one/);
 });

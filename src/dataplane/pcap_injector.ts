@@ -1,0 +1,75 @@
+/**
+ * `PcapInjector`: an `Injector` on libpcap's `pcap_inject`, for systems without libnet
+ * (`--injector pcap`). One complete Ethernet frame per synchronous FFI call.
+ */
+import { ErrorCode, VnetError } from "../errors.ts";
+import { translated } from "./ffi_errors.ts";
+import type { Injector } from "./ports.ts";
+import { pcap, PCAP_D_OUT, PcapHandle } from "../../ffi/libpcap.ts";
+import { interfaceMtu } from "./sysfs.ts";
+
+/** Injects with libpcap (`pcap_inject`) on a handle that captures nothing. */
+export class PcapInjector implements Injector {
+  readonly device: string;
+  readonly mtu: number;
+  readonly #handle: PcapHandle;
+  readonly #p: Deno.PointerObject;
+  readonly #inject: ReturnType<typeof pcap>["pcap_inject"];
+
+  /** Opens `device` for injecting; a VnetError saying why if it cannot. */
+  constructor(device: string) {
+    this.device = device;
+    this.#handle = translated(() => openSendOnly(device));
+    this.#p = this.#handle.pointer;
+    this.#inject = pcap().pcap_inject;
+    this.mtu = interfaceMtu(device);
+  }
+
+  inject(frame: Uint8Array): boolean {
+    if (this.#handle.closed) return false;
+    return this.#inject(this.#p, frame, BigInt(frame.length)) >= 0;
+  }
+
+  lastError(): string {
+    return this.#handle.lastError().trim();
+  }
+
+  close(): void {
+    this.#handle.close();
+  }
+}
+
+/** An activated pcap handle on `device` that sends and keeps nothing of what it could capture. */
+function openSendOnly(device: string): PcapHandle {
+  const lib = pcap();
+  using stack = new DisposableStack();
+  const h = stack.use(PcapHandle.create(device, "injecting on"));
+  const p = h.pointer;
+  // This handle only sends: keep its ring tiny and make the kernel keep nothing for it.
+  h.check("pcap_set_snaplen", lib.pcap_set_snaplen(p, 64));
+  h.check("pcap_set_buffer_size", lib.pcap_set_buffer_size(p, 64 * 1024));
+  h.check("pcap_activate", lib.pcap_activate(p));
+  lib.pcap_setdirection(p, PCAP_D_OUT); // best effort: fewer frames reach the filter
+  setDropAllFilter(h);
+  stack.move();
+  return h;
+}
+
+/** Installs the one-instruction BPF program `ret #0` (accept nothing) on a pcap handle. */
+function setDropAllFilter(h: PcapHandle): void {
+  // struct bpf_insn { u_short code; u_char jt; u_char jf; bpf_u_int32 k; }: BPF_RET|BPF_K, k = 0
+  const insn = new ArrayBuffer(8);
+  new Uint16Array(insn)[0] = 0x06; // host byte order, like the kernel/libpcap expect
+  // struct bpf_program { u_int bf_len; struct bpf_insn *bf_insns; }
+  const prog = new Uint8Array(16);
+  new Uint32Array(prog.buffer)[0] = 1;
+  new BigUint64Array(prog.buffer)[1] = BigInt(
+    Deno.UnsafePointer.value(Deno.UnsafePointer.of(insn)),
+  );
+  const rc = pcap().pcap_setfilter(h.pointer, prog);
+  if (rc < 0 || insn.byteLength !== 8) { // (keeps `insn` alive across the call)
+    throw new VnetError(`libpcap cannot set a filter on '${h.device}': ${h.lastError()}`, {
+      code: ErrorCode.System,
+    });
+  }
+}
