@@ -16,7 +16,7 @@ import {
   secretKey,
 } from "./common.ts";
 
-export const CLIENT_HELP = `
+const CLIENT_HELP = `
 vnet client: set up and manage VNET handlers
 
 Usage:
@@ -297,7 +297,7 @@ async function list(args: string[]): Promise<number> {
 }
 
 /** One `list` answer and when it was taken. */
-export interface Sample {
+interface Sample {
   at: number;
   handlers: ListedHandler[];
 }
@@ -315,11 +315,11 @@ async function sample(
   }
 }
 
-export interface DirectionRate {
+interface DirectionRate {
   framesPerSecond: number;
   bitsPerSecond: number;
 }
-export interface HandlerRates {
+interface HandlerRates {
   toPeer: DirectionRate;
   fromPeer: DirectionRate;
 }

@@ -12,7 +12,7 @@ import { configureLog, isLevel } from "../ops/log.ts";
 export type Options = NonNullable<ParseArgsConfig["options"]>;
 
 /** Flags every command takes. */
-export const commonOptions = {
+const commonOptions = {
   help: { type: "boolean", short: "h" },
   "log-level": { type: "string" },
   "log-json": { type: "boolean" },
@@ -82,7 +82,7 @@ export function readTextFile(path: string, what: string): string {
 }
 
 /** What `optionsHelp` needs of a flag (SERVER_FLAGS in src/ops/config.ts is one such table). */
-export interface FlagHelp {
+interface FlagHelp {
   name: string;
   short?: string;
   type: string;

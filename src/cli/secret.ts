@@ -4,7 +4,7 @@ import { NEW_SECRET_BYTES, newSecretText } from "../link/secret.ts";
 import { writeSecretFile } from "../link/pki.ts";
 import { noPositionals, parseFlags } from "./common.ts";
 
-export const SECRET_HELP = `
+const SECRET_HELP = `
 vnet secret: make a shared secret (${NEW_SECRET_BYTES} random bytes, base64)
 
 Usage:

@@ -19,7 +19,7 @@ import { VnetError } from "../errors.ts";
 
 export const SECRET_ENV = "VNET_SECRET";
 /** Bytes of key material a secret must have: an HMAC-SHA-256 key as long as its output. */
-export const MIN_SECRET_BYTES = 32;
+const MIN_SECRET_BYTES = 32;
 /** What `estimateSecretBits` must find; a random 32-byte key scores about 155. */
 export const MIN_SECRET_BITS = 128;
 /** Bytes `vnet secret` writes. */
@@ -55,7 +55,7 @@ export function checkPrivateFile(path: string, what = ""): void {
 }
 
 /** How a secret's bytes were read. */
-export type SecretEncoding = "hex" | "base64" | "raw";
+type SecretEncoding = "hex" | "base64" | "raw";
 
 /** Decodes a secret's bytes as described at the top of this file. Does not judge the result. */
 export function decodeSecret(bytes: Uint8Array): { key: Uint8Array; encoding: SecretEncoding } {

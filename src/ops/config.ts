@@ -21,7 +21,7 @@ import { STATE_VERSION } from "../control/state.ts";
 import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "../dataplane/interfaces.ts";
 
 /** One flag of `vnet server`: its parser option, its config key and its help come from here. */
-export interface ServerFlag {
+interface ServerFlag {
   /** The flag without `--`; also its key in a config file. */
   readonly name: string;
   /** Numbers are given as text on the command line and as JSON numbers (or text) in a file. */
@@ -215,7 +215,7 @@ export const SERVER_FLAGS = [
 ] as const satisfies readonly ServerFlag[];
 
 type ConfigFlag = Exclude<typeof SERVER_FLAGS[number], { flagOnly: true }>;
-export type ConfigKey = ConfigFlag["name"];
+type ConfigKey = ConfigFlag["name"];
 const CONFIG_FLAGS: readonly ConfigFlag[] = SERVER_FLAGS.filter((f): f is ConfigFlag =>
   !("flagOnly" in f)
 );
@@ -286,7 +286,7 @@ export function mergeSettings(file: Settings, flags: Record<string, unknown>): S
 }
 
 /** Settings checked and typed, defaults filled in. */
-export interface ServerConfig {
+interface ServerConfig {
   listen: HostPort;
   secretFile?: string;
   tls?: { cert: string; key: string; ca: string };
