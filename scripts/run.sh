@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DENO_VERSION=2.9.6
 APT_PACKAGES=(libpcap0.8 libnet1 iproute2 iputils-ping iperf3 dnsmasq-base udhcpc nftables
-  openssh-server openssh-client ethtool tcpdump python3)
+  openssh-server openssh-client ethtool tcpdump python3 util-linux chromium prometheus)
 
 say() { echo "[run.sh] $*" >&2; }
 

@@ -77,7 +77,7 @@ export interface Operations {
   migrate: [MigrateRequest, { id: string; host: string; gapMs: number }];
   list: [Record<never, never>, { handlers: ListedHandler[] }];
   devices: [Record<never, never>, { devices: DeviceInfo[] }];
-  version: [Record<never, never>, { version: string; commit: string }];
+  version: [Record<never, never>, { version: string; commit: string; time: number }];
   attach: [AttachRequest, Record<never, never>];
   detach: [DetachRequest, Record<never, never>];
   sync: [SyncRequest, { closed: string[] }];

@@ -188,7 +188,7 @@ export class Server implements ServerContext {
       case "devices":
         return Promise.resolve({ devices: this.devices() });
       case "version":
-        return Promise.resolve({ version: VERSION, commit: COMMIT });
+        return Promise.resolve({ version: VERSION, commit: COMMIT, time: Date.now() });
       default:
         return Promise.reject(new VnetError(`unknown request '${op.slice(0, 40)}'`));
     }

@@ -149,7 +149,7 @@ export const SERVER_FLAGS = [
     name: "max-handshakes-per-address",
     type: "number",
     value: "N",
-    default: 8,
+    default: 16,
     range: wholeFrom(1, 65536),
     help: "connections not yet authenticated, at once, from one address; at most " +
       "--max-handshakes",

@@ -95,7 +95,15 @@ async function clientGetsIn(
 ): Promise<number> {
   const t0 = performance.now();
   for (;;) {
-    const r = await topo.vnet(["client", "list", "--server", `${WAN.host}:7000`, "--json"], {
+    const r = await topo.vnet([
+      "client",
+      "list",
+      "--server",
+      `${WAN.host}:7000`,
+      "--json",
+      "--secret-file",
+      topo.secretFile,
+    ], {
       timeoutMs: 15_000,
     });
     if (r.code === 0) return Math.round(performance.now() - t0);
@@ -169,7 +177,7 @@ e2e("attack: resets, floods, fd exhaustion and secret holders overstepping", asy
             `${rssAfter >> 10} MiB; ping lost ${p.lost}/${p.replies + p.lost}`,
         );
         assert(clientMs < 5_000, `a client needed ${clientMs} ms to get in`);
-        assert(fdsDuring - fdsBefore <= 80, `the flood held ${fdsDuring - fdsBefore} fds`);
+        assert(fdsDuring - fdsBefore <= 250, `the flood held ${fdsDuring - fdsBefore} fds`);
         assert(fdsAfter - fdsBefore <= 5, `fds not released: ${fdsBefore} -> ${fdsAfter}`);
         assert((await list(topo, "host")).length === 1, "the host holds an orphan or lost one");
         await pingOk(topo, VM_IP);
@@ -177,12 +185,20 @@ e2e("attack: resets, floods, fd exhaustion and secret holders overstepping", asy
     );
 
     await step("out of fds (EMFILE): the server backs off and accepts again", async () => {
-      await run(null, ["prlimit", `--pid=${hostPid}`, "--nofile=96:96"]);
+      // Only the soft limit moves, so that it can be put back.
+      const [soft] = (await run(null, [
+        "prlimit",
+        `--pid=${hostPid}`,
+        "--nofile",
+        "--output=SOFT",
+        "--noheadings",
+      ])).trim().split(/\s+/);
+      await run(null, ["prlimit", `--pid=${hostPid}`, "--nofile=96:"]);
       const hold = attack(attacker, "hold", WAN.host, 200, 4);
       topo.procs.push(hold);
       assert(await hold.exited === 0, `attacker:\n${hold.output()}`);
       const ms = await clientGetsIn(topo, 10_000);
-      await run(null, ["prlimit", `--pid=${hostPid}`, "--nofile=20000:20000"]);
+      await run(null, ["prlimit", `--pid=${hostPid}`, `--nofile=${soft}:`]);
       console.log(`    ${hold.lines.join("; ")}; a client got in ${ms} ms after the attack`);
       const host = topo.servers.host!.lines.join("\n");
       assert(/accept failed, backing off/.test(host), "EMFILE was never hit");
@@ -205,7 +221,7 @@ e2e("attack: resets, floods, fd exhaustion and secret holders overstepping", asy
         ]);
         topo.procs.push(rogue);
         assert(await rogue.exited === 0, `rogue peer:\n${rogue.output()}`);
-        const r = JSON.parse(rogue.lines.at(-1)!);
+        const r = JSON.parse(rogue.lines.at(-1)!.replace(/^out\| /, ""));
         console.log(`    ${JSON.stringify(r)}`);
         assert(r.detach === "refused", `detach of another pair's handler: ${r.detach}`);
         assert(r.attach === "refused", `attach to another pair's handler: ${r.attach}`);
@@ -236,7 +252,7 @@ e2e("attack: resets, floods, fd exhaustion and secret holders overstepping", asy
         ]);
         topo.procs.push(rogue);
         assert(await rogue.exited === 0, `unread client:\n${rogue.output()}`);
-        const r = JSON.parse(rogue.lines.at(-1)!);
+        const r = JSON.parse(rogue.lines.at(-1)!.replace(/^out\| /, ""));
         const rssAfter = rssKiB(hostPid);
         console.log(`    ${JSON.stringify(r)}; rss ${rssBefore >> 10} -> ${rssAfter >> 10} MiB`);
         assert(r.cut, "the server kept a client that does not read");
@@ -285,6 +301,8 @@ while time.time()<end:
             vm.hostDev,
             "--mac",
             mac,
+            "--secret-file",
+            topo.secretFile,
           ]);
           const line = r.stderr.trim().split("\n").at(-1) ?? "";
           console.log(`    ${mac}: ${line}`);

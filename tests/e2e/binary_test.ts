@@ -122,7 +122,10 @@ Deno.test({
     };
     const [listen, metrics] = [port(), port()];
     try {
-      await Deno.writeTextFile(`${dir}/vnet.secret`, "0123456789abcdef0123456789abcdef\n");
+      await Deno.writeTextFile(
+        `${dir}/vnet.secret`,
+        "921de031692801b6131e3e435ffa812ced2ad067801e614de2e3fe8bae9d093b\n",
+      );
       await Deno.chmod(`${dir}/vnet.secret`, 0o600);
       await Deno.writeTextFile(
         `${dir}/vnet.json`,

@@ -45,7 +45,7 @@ function freePort(): number {
   return port;
 }
 
-const SECRET = "0123456789abcdef0123456789abcdef\n";
+const SECRET = "cdf569895ff0020204eb37ad937db3b53e0dacffa5452c05f9c7f6f62bb74db1\n";
 
 async function write(path: string, text: string, mode = 0o600): Promise<string> {
   await Deno.writeTextFile(path, text);
