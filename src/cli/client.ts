@@ -6,7 +6,7 @@ import { dial } from "../link/dial.ts";
 import { log } from "../ops/log.ts";
 import { parseMac } from "../dataplane/mac.ts";
 import { parseGateway } from "../link/ssh.ts";
-import { type ListedHandler } from "../control/server.ts";
+import { type ListedHandler } from "../control/rpc.ts";
 import {
   noPositionals,
   type Options,

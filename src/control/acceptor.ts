@@ -38,7 +38,7 @@ export interface Accepted {
   cert: string;
 }
 
-export interface AcceptorOptions {
+interface AcceptorOptions {
   listen: HostPort;
   key: CryptoKey;
   tls?: TlsFiles;

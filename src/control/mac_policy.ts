@@ -13,7 +13,7 @@ import { PcapCapture } from "../dataplane/pcap_capture.ts";
 import { type Logger } from "../ops/log.ts";
 
 /** How long the Proxy listens for frames from a MAC before it carries it. */
-export const LIVE_LISTEN_MS = 300;
+const LIVE_LISTEN_MS = 300;
 
 export function checkNotOwnMacs(macs: string[], devices: DeviceInfo[]): void {
   for (const mac of macs) {
@@ -28,7 +28,7 @@ export function checkNotOwnMacs(macs: string[], devices: DeviceInfo[]): void {
 }
 
 /** The MACs the kernel's IPv4 neighbour table holds on `device` (complete entries). */
-export function neighbourMacs(device: string, arpTable = "/proc/net/arp"): Set<string> {
+function neighbourMacs(device: string, arpTable = "/proc/net/arp"): Set<string> {
   const found = new Set<string>();
   let text = "";
   try {
@@ -45,7 +45,7 @@ export function neighbourMacs(device: string, arpTable = "/proc/net/arp"): Set<s
 }
 
 /** Which of `macs` send on `device` within `ms` (a capture of `ether src` those MACs). */
-export async function heardFrom(device: string, macs: string[], ms: number): Promise<Set<string>> {
+async function heardFrom(device: string, macs: string[], ms: number): Promise<Set<string>> {
   const heard = new Set<string>();
   const filter = macs.map((m) => `ether src ${m}`).join(" or ");
   const capture = new PcapCapture(device, filter, { snaplen: 64, bufferSize: 1 << 20 });

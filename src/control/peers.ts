@@ -12,7 +12,7 @@ import { type Logger } from "../ops/log.ts";
 /** How long a server tries to reach its peer when it has no link to it. */
 export const DIAL_TIMEOUT_MS = 10_000;
 
-export interface PeerHooks {
+interface PeerHooks {
   /** Opens a link to the peer within `timeoutMs`. */
   dial(peer: Peer, timeoutMs: number): Promise<Link>;
   /** The link came back after a failure: re-attach what it carries. */

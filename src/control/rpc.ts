@@ -15,7 +15,7 @@ import { BROADCAST, parseMac } from "../dataplane/mac.ts";
 import { type Link } from "../link/link.ts";
 import { parseGateway, type SshOptions } from "../link/ssh.ts";
 
-export interface Endpoint {
+interface Endpoint {
   addr: HostPort;
   dev: string;
 }
@@ -71,7 +71,7 @@ export interface SyncRequest {
 }
 
 /** Each operation's request and answer. */
-export interface Operations {
+interface Operations {
   create: [CreateRequest, { id: string }];
   close: [{ handler: string }, { closed: string; peerClosed: boolean }];
   migrate: [MigrateRequest, { id: string; host: string; gapMs: number }];
@@ -82,8 +82,8 @@ export interface Operations {
   detach: [DetachRequest, Record<never, never>];
   sync: [SyncRequest, { closed: string[] }];
 }
-export type Operation = keyof Operations;
-export type RequestOf<O extends Operation> = Operations[O][0];
+type Operation = keyof Operations;
+type RequestOf<O extends Operation> = Operations[O][0];
 export type ResultOf<O extends Operation> = Operations[O][1];
 
 /** Sends a typed request over `link` and waits for its typed answer. */
@@ -116,7 +116,7 @@ function optionalStr(body: Body, key: string, max = 4096): string | undefined {
 }
 
 /** A whole number in [min, max], or `fallback` when absent. */
-export function int(v: unknown, key: string, min: number, max: number, fallback?: number): number {
+function int(v: unknown, key: string, min: number, max: number, fallback?: number): number {
   if (v === undefined && fallback !== undefined) return fallback;
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
     throw invalid(`bad '${key}': a whole number from ${min} to ${max}`);
@@ -128,26 +128,35 @@ function hostPort(v: unknown, key: string): HostPort {
   const o = v as Body | undefined;
   if (typeof o !== "object" || o === null) throw invalid(`request lacks '${key}'`);
   const hostname = str(o, "hostname", 253);
-  if (!/^[\w.:%-]+$/.test(hostname)) throw invalid(`bad '${key}.hostname' '${hostname}'`);
+  if (!/^[\w.:%-]+$/.test(hostname)) {
+    throw invalid(`bad '${key}.hostname' '${printable(hostname)}'`);
+  }
   return { hostname, port: int(o.port, `${key}.port`, 1, 65535) };
 }
 
+/** Bytes the kernel's isspace() is true for (include/linux/ctype.h: Latin-1 NBSP too). */
+const KERNEL_SPACE = new Set([0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x20, 0xa0]);
+
 /**
- * A network interface name by the kernel's rules (dev_valid_name): 1 to 15 bytes, not "." or
- * "..", no "/", ":", white space or NUL.
+ * A network interface name by the kernel's rules (dev_valid_name), on its UTF-8 bytes: 1 to
+ * 15 bytes, not "." or "..", no "/", ":", NUL or byte the kernel counts as space.
  */
 export function checkDeviceName(name: string): string {
+  const bytes = new TextEncoder().encode(name);
   if (
-    name.length === 0 || new TextEncoder().encode(name).length > 15 || name === "." ||
-    name === ".." || /[/:\s\0]/.test(name)
+    bytes.length === 0 || bytes.length > 15 || name === "." || name === ".." ||
+    bytes.some((b) => b === 0x2f || b === 0x3a || b === 0 || KERNEL_SPACE.has(b))
   ) {
     throw invalid(
-      `bad device name '${
-        name.replace(/[^\x20-\x7e]/g, "?")
-      }': 1 to 15 characters, no '/', ':' or spaces`,
+      `bad device name '${printable(name)}': 1 to 15 bytes, no '/', ':' or spaces`,
     );
   }
   return name;
+}
+
+/** `text` cut short, with anything unprintable shown as '?': error messages stay one line. */
+function printable(text: string): string {
+  return text.slice(0, 40).replace(/[^\x20-\x7e]/g, "?");
 }
 
 function endpoint(v: unknown, key: string): Endpoint {
@@ -166,7 +175,18 @@ export const MAX_MACS = 256;
 export function checkMacs(v: unknown): string[] {
   if (!Array.isArray(v) || v.length === 0) throw invalid("a handler needs at least one MAC");
   if (v.length > MAX_MACS) throw invalid(`a handler carries at most ${MAX_MACS} MACs`);
-  const macs = [...new Set(v.map((m) => parseMac(String(m))))];
+  const macs = [
+    ...new Set(v.map((m) => {
+      if (typeof m !== "string") throw invalid("bad 'macs': a list of MAC address strings");
+      try {
+        return parseMac(m);
+      } catch {
+        throw invalid(
+          `bad MAC address '${printable(m)}': expected six hex bytes like 02:00:00:aa:bb:cc`,
+        );
+      }
+    })),
+  ];
   for (const mac of macs) {
     const why = mac === BROADCAST
       ? "the broadcast address"
@@ -187,7 +207,9 @@ export function checkMacs(v: unknown): string[] {
 }
 
 function role(v: unknown): Role {
-  if (v !== "proxy" && v !== "host") throw invalid(`bad role '${String(v)}': proxy or host`);
+  if (v !== "proxy" && v !== "host") {
+    throw invalid(`bad role '${printable(String(v))}': proxy or host`);
+  }
   return v;
 }
 
@@ -209,7 +231,7 @@ const KEY = /^[0-9a-f]{32}$/;
 function handlerId(body: Body, key = "handler"): string {
   const id = str(body, key);
   if (!HANDLER_ID.test(id) || id === "00000000") {
-    throw invalid(`bad handler id '${id.slice(0, 20)}' (see vnet client list)`);
+    throw invalid(`bad handler id '${printable(id)}' (see vnet client list)`);
   }
   return id;
 }

@@ -21,7 +21,7 @@ import { type Logger } from "../ops/log.ts";
 import { COMMIT, VERSION } from "../ops/version.ts";
 import { type Accepted, Acceptor, type TlsFiles } from "./acceptor.ts";
 import * as clients from "./client_requests.ts";
-import { EventLog, type LinkEvent } from "./events.ts";
+import { EventLog } from "./events.ts";
 import * as peers from "./peer_requests.ts";
 import { type Peer, Peers } from "./peers.ts";
 import { Registry } from "./registry.ts";
@@ -29,7 +29,7 @@ import * as rpc from "./rpc.ts";
 import { type ServerContext } from "./server_context.ts";
 import { loadState, saveState } from "./state.ts";
 
-export interface ServerOptions {
+interface ServerOptions {
   listen: HostPort;
   key: CryptoKey;
   tls?: TlsFiles;
@@ -275,10 +275,6 @@ export class Server implements ServerContext {
     }));
   }
 
-  recentEvents(): LinkEvent[] {
-    return this.events.recent();
-  }
-
   async #dial(peer: Peer, timeoutMs: number): Promise<Link> {
     const tls = this.#options.tls;
     if (tls) this.#identity ??= loadIdentity(tls.cert, tls.key);
@@ -334,7 +330,3 @@ export class Server implements ServerContext {
     this.log.info("server stopped");
   }
 }
-
-// TEMPORARY (until the importers move over): the old home of these types.
-export type { ListedHandler } from "./rpc.ts";
-export type { TlsFiles } from "./acceptor.ts";

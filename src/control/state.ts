@@ -13,7 +13,7 @@ import { type AttachRequest } from "./rpc.ts";
 /** Version 2 adds the server's id and each handler's binding key; version 1 is still read. */
 export const STATE_VERSION = 2;
 
-export interface SavedHandler {
+interface SavedHandler {
   spec: HandlerSpec;
   /** The handler's binding key (rpc.ts); absent in version 1 files. */
   bind?: string;
@@ -23,7 +23,7 @@ export interface SavedHandler {
   dial?: { addr: HostPort; ssh?: SshOptions; attach: AttachRequest };
 }
 
-export interface SavedState {
+interface SavedState {
   /** This server's id, kept across restarts so that its peers recognise it. */
   serverId?: string;
   handlers: SavedHandler[];

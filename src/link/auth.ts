@@ -29,7 +29,7 @@ const AUTH_FAILED = "authentication failed";
 export const ConnectionKind = { acceptor: 0, control: 1, peer: 2 } as const;
 export type ConnectionKind = keyof typeof ConnectionKind;
 
-export interface Hello {
+interface Hello {
   version: number;
   kind: ConnectionKind;
   nonce: Uint8Array;
@@ -82,7 +82,7 @@ function proofInput(side: "dialer" | "acceptor", own: Uint8Array, peer: Uint8Arr
   return data;
 }
 
-export async function prove(
+async function prove(
   key: CryptoKey,
   side: "dialer" | "acceptor",
   own: Uint8Array,
@@ -91,7 +91,7 @@ export async function prove(
   return new Uint8Array(await crypto.subtle.sign("HMAC", key, proofInput(side, own, peer)));
 }
 
-export function verify(
+function verify(
   key: CryptoKey,
   side: "dialer" | "acceptor",
   proof: Uint8Array,
@@ -122,7 +122,7 @@ async function expect(reader: MessageReader, type: MessageType, what: string) {
 }
 
 /** What a completed handshake established. */
-export interface Handshake {
+interface Handshake {
   /** What the other end said the connection is for. */
   kind: ConnectionKind;
   /** This side's and the other side's nonces: fresh, shared, bound to this connection. */

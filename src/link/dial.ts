@@ -17,7 +17,7 @@ import { type SshOptions, sshStream } from "./ssh.ts";
 import { closeQuietly, withTimeout, writeAll } from "./stream.ts";
 import { encodeMessage, MessageReader, MessageType } from "./wire.ts";
 
-export interface DialOptions {
+interface DialOptions {
   key: CryptoKey;
   kind: "control" | "peer";
   /** PEM of the CA that signs the other end's certificate; TLS is used iff this is set. */

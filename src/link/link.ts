@@ -60,7 +60,7 @@ export interface LinkEvents {
   onClose(link: Link, reason: string): void;
 }
 
-export interface LinkOptions {
+interface LinkOptions {
   /** The other end, for logs and `list`. */
   remote: string;
   /** This end's IP address, when the link runs over TCP. */
@@ -77,7 +77,7 @@ export interface LinkOptions {
   maxQueuedBytes?: number;
 }
 
-export interface LinkStats {
+interface LinkStats {
   framesOut: number;
   bytesOut: number;
   framesIn: number;
@@ -412,6 +412,3 @@ export class Link {
     }
   }
 }
-
-// TEMPORARY (until the importers move over): dial's old home.
-export { dial } from "./dial.ts";

@@ -23,7 +23,7 @@ export function parseGateway(text: string): { user?: string; host: string; port?
   return { user: m[1], host: m[2].replace(/^\[|\]$/g, ""), port: m[3] ? Number(m[3]) : undefined };
 }
 
-export function sshArgs(target: HostPort, options: SshOptions): string[] {
+function sshArgs(target: HostPort, options: SshOptions): string[] {
   const gw = parseGateway(options.gateway);
   const args = [
     "-W",
@@ -45,7 +45,7 @@ export function sshArgs(target: HostPort, options: SshOptions): string[] {
 }
 
 /** A Stream over `ssh -W`; `failure()` tells what ssh said on stderr if it died. */
-export interface SshStream extends Stream {
+interface SshStream extends Stream {
   failure(): Promise<string>;
 }
 

@@ -4,7 +4,7 @@
  * `ssh -W` process (ssh.ts) and the in-memory pair the tests use (fake_stream.ts).
  */
 
-export interface Reader {
+interface Reader {
   read(p: Uint8Array): Promise<number | null>;
 }
 

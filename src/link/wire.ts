@@ -39,7 +39,7 @@ export const FRAME_OVERHEAD = 9;
 /** The largest Ethernet frame a link carries (a 64 KB GSO super-frame plus headers fits). */
 export const MAX_FRAME = 262144;
 /** Before authentication only the tiny handshake messages are accepted. */
-export const MAX_HANDSHAKE_MESSAGE = 1024;
+const MAX_HANDSHAKE_MESSAGE = 1024;
 /** The largest message of any kind after authentication (a `list` of many handlers). */
 export const MAX_MESSAGE = 4 << 20;
 
@@ -50,7 +50,7 @@ export class ProtocolError extends VnetError {
 }
 
 /** Writes one message into `out` at `offset`; returns the new offset. */
-export function putMessage(
+function putMessage(
   out: Uint8Array,
   offset: number,
   type: MessageType,

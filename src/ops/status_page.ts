@@ -4,22 +4,8 @@
  * same bytes for everyone, so it may be sent with a 401 when a token is needed, and then asks
  * for the token and sends it with every poll.
  */
-import type { ListedHandler } from "../control/server.ts";
-
-/**
- * One thing that happened to a link, as the server records it (newest last, a bounded list).
- * `kind` is e.g. "connect", "disconnect", "reconnect", "refused"; `reason` says why (a refusal's
- * cause, a disconnect's error); `handler` when it concerns one handler.
- */
-export interface LinkEvent {
-  /** ISO 8601 time. */
-  at: string;
-  kind: string;
-  /** The other end, `ADDR:PORT`. */
-  remote: string;
-  reason?: string;
-  handler?: string;
-}
+import type { LinkEvent } from "../control/events.ts";
+import type { ListedHandler } from "../control/rpc.ts";
 
 /** What `/api/status` answers. */
 export interface StatusJson {

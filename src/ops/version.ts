@@ -18,11 +18,8 @@ function envCommit(): string | undefined {
 
 /** The git commit the binary was built from (live binding: see `stampBuild`). */
 export let COMMIT: string = envCommit() ?? "dev";
-/** True when a build stamp was baked into this program. */
-export let STAMPED = false;
 
 /** Called once by the generated build module, before main.ts runs. */
 export function stampBuild(build: { commit: string }): void {
   COMMIT = build.commit;
-  STAMPED = true;
 }

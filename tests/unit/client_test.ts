@@ -2,7 +2,7 @@
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { computeRates, handlerTable, si } from "../../src/cli/client.ts";
 import { listedHandler } from "./listed_handler.ts";
-import { type ListedHandler } from "../../src/control/server.ts";
+import { type ListedHandler } from "../../src/control/rpc.ts";
 
 Deno.test("client rates: from two samples; gone or restarted handlers have none", () => {
   const a = { at: 1000, handlers: [listedHandler(), listedHandler({ id: "00000002" })] };
@@ -47,7 +47,7 @@ Deno.test("client rates: SI formatting", () => {
 Deno.test("client table: drop reasons as the server names them, CONFLICTS only when any", () => {
   const quiet = listedHandler({
     id: "00000001",
-    dropReasons: { link: 0, truncated: 0, offload: 0, inject: 0 },
+    dropReasons: { link: 0, truncated: 0, offload: 0, inject: 0, foreignMac: 0 },
   });
   const plain = handlerTable([quiet], null);
   assert(!plain.includes("DROPS BY REASON"), plain);
@@ -56,7 +56,14 @@ Deno.test("client table: drop reasons as the server names them, CONFLICTS only w
   // A reason this client was built without (a newer server) is shown like the known ones.
   const dropping = listedHandler({
     id: "00000002",
-    dropReasons: { link: 2, truncated: 0, offload: 0, inject: 1, spoofed: 7 } as ListedHandler[
+    dropReasons: {
+      link: 2,
+      truncated: 0,
+      offload: 0,
+      inject: 1,
+      foreignMac: 0,
+      spoofed: 7,
+    } as ListedHandler[
       "dropReasons"
     ],
     macConflicts: 5,

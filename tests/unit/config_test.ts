@@ -97,7 +97,7 @@ Deno.test("config: every server flag is in the parser, the help and (but three) 
 Deno.test("config: handshake and connection limits, live MACs, direct links, metrics token", () => {
   const ok = resolveSettings({ listen: "127.0.0.1:7000" });
   assertEquals(ok.config?.maxHandshakes, 64);
-  assertEquals(ok.config?.maxHandshakesPerAddress, 8);
+  assertEquals(ok.config?.maxHandshakesPerAddress, 16);
   assertEquals(ok.config?.maxConnections, 1024);
   assertEquals(ok.config?.allowLiveMac, false);
   assertEquals(ok.config?.direct, true);

@@ -1,5 +1,5 @@
 /** A handler as `list` answers it, for tests of what shows handlers (metrics, the client). */
-import { type ListedHandler } from "../../src/control/server.ts";
+import { type ListedHandler } from "../../src/control/rpc.ts";
 
 export function listedHandler(over: Partial<ListedHandler> = {}): ListedHandler {
   return {
@@ -14,7 +14,7 @@ export function listedHandler(over: Partial<ListedHandler> = {}): ListedHandler 
     link: { state: "up", remote: "10.78.0.2:7000", tls: true, rttMs: 1.5 },
     toPeer: { frames: 10, bytes: 1000, drops: 3 },
     fromPeer: { frames: 20, bytes: 4000, drops: 1 },
-    dropReasons: { link: 2, truncated: 1, offload: 0, inject: 1 },
+    dropReasons: { link: 2, truncated: 1, offload: 0, inject: 1, foreignMac: 0 },
     capture: { received: 13, dropped: 4, ifDropped: 5 },
     macConflicts: 0,
     dialled: "out",

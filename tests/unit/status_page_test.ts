@@ -5,10 +5,11 @@
  */
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { bearerCheck, type MetricsServer, serveMetrics } from "../../src/ops/metrics.ts";
-import { buildStatus, type LinkEvent, STATUS_PAGE } from "../../src/ops/status_page.ts";
+import { type LinkEvent } from "../../src/control/events.ts";
+import { buildStatus, STATUS_PAGE } from "../../src/ops/status_page.ts";
 import { parseHead } from "../../src/ops/status_http.ts";
 import { Logger } from "../../src/ops/log.ts";
-import { type ListedHandler } from "../../src/control/server.ts";
+import { type ListedHandler } from "../../src/control/rpc.ts";
 
 const quiet = new Logger();
 const TOKEN = "tok-0123456789abcdef";
