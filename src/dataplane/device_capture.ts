@@ -6,17 +6,20 @@
  * costs 2 MiB at the very least; a hundred handlers on one LAN interface held 280 MB of rings.
  * Shared, the device has one ring, one wait and one drain, and frames are handed out here:
  *
- *   1. The kernel filter is the union of the members' filters (filter.ts), or everything when
- *      that union would be too long for the kernel's BPF limit.
+ *   1. The kernel filter is the union of the members' filters (filter.ts) and, for the Proxy
+ *      members, of the frames that arrive from their MACs; or everything, when that union would
+ *      be too long for the kernel's BPF limit.
  *   2. Each drained frame goes, by its MAC addresses, to the members that want it, with the
  *      paper's rules: a Host member takes frames from its MACs; a Proxy member takes frames to
  *      its MACs, broadcast (and multicast if asked), never those from its own MACs.
+ *   3. A frame from a Proxy member's MAC is that member's conflict (a duplicate MAC on the LAN,
+ *      or a loop): counted through `onConflict`, never forwarded by it.
  */
 import { messageOf } from "../errors.ts";
-import { buildFilter } from "./filter.ts";
+import { buildFilter, conflictFilter } from "./filter.ts";
 import { log } from "../ops/log.ts";
 import { macBytes } from "./mac.ts";
-import type { Capture, CaptureSpec, CaptureStats } from "./ports.ts";
+import type { Capture, CaptureSpec, CaptureStats, FrameSink } from "./ports.ts";
 
 /** What a device capture needs of libpcap (PcapCapture). */
 export interface RawCapture {
@@ -26,8 +29,6 @@ export interface RawCapture {
   stats(): CaptureStats;
   close(): void;
 }
-
-type FrameSink = (frame: Uint8Array, wireLength: number) => void;
 
 /** Frames drained per wait: bounds the time spent in one synchronous burst. */
 const DRAIN_BATCH = 1024;
@@ -65,6 +66,7 @@ class Member implements Capture {
   readonly own: Set<number>;
   onFrame: FrameSink | null = null;
   onError: ((error: Error) => void) | null = null;
+  onConflict: FrameSink | null = null;
   closed = false;
 
   constructor(
@@ -75,9 +77,10 @@ class Member implements Capture {
     this.own = new Set(spec.macs.map((m) => mac48(macBytes(m), 0)));
   }
 
-  start(onFrame: FrameSink, onError: (error: Error) => void): void {
+  start(onFrame: FrameSink, onError: (error: Error) => void, onConflict?: FrameSink): void {
     this.onFrame = onFrame;
     this.onError = onError;
+    this.onConflict = onConflict ?? null;
     this.shared.run();
   }
 
@@ -97,6 +100,8 @@ class DeviceCapture {
   #members = new Set<Member>();
   #hostBySrc = new Map<number, Member>();
   #proxyByDst = new Map<number, Member>();
+  /** Proxy members by their MACs: a frame from one of them is that member's conflict. */
+  #proxyBySrc = new Map<number, Member>();
   #proxies: Member[] = [];
   #running = false;
   #closed = false;
@@ -156,6 +161,7 @@ class DeviceCapture {
     const dst = mac48(frame, 0);
     const src = mac48(frame, 6);
     this.#hostBySrc.get(src)?.onFrame?.(frame, wireLength);
+    this.#proxyBySrc.get(src)?.onConflict?.(frame, wireLength);
     if ((frame[0] & 1) === 0) {
       const proxy = this.#proxyByDst.get(dst);
       if (proxy && !proxy.own.has(src)) proxy.onFrame?.(frame, wireLength);
@@ -173,17 +179,28 @@ class DeviceCapture {
   #update(): void {
     this.#hostBySrc.clear();
     this.#proxyByDst.clear();
+    this.#proxyBySrc.clear();
     this.#proxies = [];
     let macs = 0;
+    const proxied: string[] = [];
     for (const m of this.#members) {
       macs += m.own.size;
-      const index = m.spec.role === "host" ? this.#hostBySrc : this.#proxyByDst;
-      for (const mac of m.own) index.set(mac, m);
-      if (m.spec.role === "proxy") this.#proxies.push(m);
+      if (m.spec.role === "host") {
+        for (const mac of m.own) this.#hostBySrc.set(mac, m);
+      } else {
+        for (const mac of m.own) {
+          this.#proxyByDst.set(mac, m);
+          this.#proxyBySrc.set(mac, m);
+        }
+        this.#proxies.push(m);
+        proxied.push(...m.spec.macs);
+      }
     }
     // Over the limit: let everything through and sort it out here (still exact, just busier).
-    const filter = macs > MAX_FILTER_MACS ? "" : [...this.#members]
-      .map((m) => `(${buildFilter(m.spec.role, m.spec.macs, m.spec.multicast)})`).join(" or ");
+    const clauses = [...this.#members]
+      .map((m) => `(${buildFilter(m.spec.role, m.spec.macs, m.spec.multicast)})`);
+    if (proxied.length) clauses.push(`(${conflictFilter(proxied)})`);
+    const filter = macs > MAX_FILTER_MACS ? "" : clauses.join(" or ");
     if (this.#raw) this.#raw.setFilter(filter);
     else this.#raw = this.openRaw(this.device, filter);
   }

@@ -20,6 +20,7 @@ import type {
 export class FakeCapture implements Capture {
   #onFrame: FrameSink | null = null;
   #onError: ((error: Error) => void) | null = null;
+  #onConflict: FrameSink | null = null;
   #closed = false;
 
   /** `frames` is the queue still to be handed over: a test can wait for it to empty. */
@@ -29,9 +30,10 @@ export class FakeCapture implements Capture {
     return this.#closed;
   }
 
-  start(onFrame: FrameSink, onError: (error: Error) => void): void {
+  start(onFrame: FrameSink, onError: (error: Error) => void, onConflict?: FrameSink): void {
     this.#onFrame = onFrame;
     this.#onError = onError;
+    this.#onConflict = onConflict ?? null;
     setTimeout(() => this.#flush(), 0);
   }
 
@@ -40,6 +42,16 @@ export class FakeCapture implements Capture {
     if (this.#closed) return;
     if (this.#onFrame && this.frames.length === 0) this.#onFrame(frame, wireLength);
     else this.frames.push(frame);
+  }
+
+  /**
+   * Hands over `frame` as a real capture hands a Proxy a frame from one of its MACs; false if
+   * the capture has not started or its owner takes no conflicts.
+   */
+  conflict(frame: Uint8Array): boolean {
+    if (this.#closed || !this.#onConflict) return false;
+    this.#onConflict(frame, frame.length);
+    return true;
   }
 
   /** Fails as a capture whose interface disappeared: `onError` once, then nothing more. */

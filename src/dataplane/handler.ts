@@ -8,11 +8,18 @@
  *
  * The handler outlives its link: when the link drops the handler stays open (frames to the peer
  * are counted as drops) until a new link is attached.
+ *
+ * It injects only what its end may speak (issue 9): a Proxy only frames from its VMs' MACs (the
+ * Host may speak as its VMs and nothing else), a Host only frames to its VMs' MACs, broadcast,
+ * and with multicast on, multicast. Anything else from the peer is dropped and counted
+ * (`dropReasons.foreignMac`). A Proxy also counts the frames that arrive on its LAN interface
+ * from its VMs' MACs (`macConflicts`): a duplicate MAC on the LAN or a loop.
  */
 import { type Capture, type Injector, type Interfaces, type Role } from "./ports.ts";
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../ops/log.ts";
 import { messageOf } from "../errors.ts";
+import { isBroadcastFrame, MacSet } from "./mac.ts";
 import { type GsoEmit, prepareForWire } from "./offload.ts";
 
 /** What both ends agree on; `id` is 8 hex digits, also the number frames are tagged with. */
@@ -43,7 +50,16 @@ interface DropCounters {
   offload: number;
   /** The system refused to inject it. */
   inject: number;
+  /**
+   * From the peer, but not this end's to inject: at a Proxy, a source that is not one of the
+   * handler's MACs; at a Host, a destination that is not one of them (nor broadcast, nor
+   * multicast with multicast on).
+   */
+  foreignMac: number;
 }
+
+/** At most one conflict warning per handler in this time, with the count since the last. */
+const CONFLICT_WARN_MS = 60_000;
 
 export interface HandlerInfo extends HandlerSpec {
   /** up: forwarding; down: no link to the peer; degraded: the interface is gone. */
@@ -70,7 +86,15 @@ export class Handler {
   readonly number: number;
   readonly toPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
   readonly fromPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
-  readonly dropReasons: DropCounters = { link: 0, truncated: 0, offload: 0, inject: 0 };
+  readonly dropReasons: DropCounters = {
+    link: 0,
+    truncated: 0,
+    offload: 0,
+    inject: 0,
+    foreignMac: 0,
+  };
+  /** Frames seen on the interface from one of our MACs (a Proxy's duplicate MAC or loop). */
+  macConflicts = 0;
 
   #ports: Interfaces;
   #capture: Capture | null = null;
@@ -82,6 +106,11 @@ export class Handler {
   #capturing = false;
   #retry: ReturnType<typeof setTimeout> | undefined;
   #lastInjectError = "";
+  /** The handler's MACs, to check frames from the peer against. */
+  readonly #macs: MacSet;
+  /** When the last conflict warning was logged, and the count it reported. */
+  #conflictWarnedAt = -Infinity;
+  #conflictsWarned = 0;
   /** Why the interface handles are closed while the handler is open (device gone). */
   degraded: string | null = null;
 
@@ -92,6 +121,7 @@ export class Handler {
   constructor(spec: HandlerSpec, ports: Interfaces, log: Logger, tolerant = false) {
     this.spec = spec;
     this.number = handlerNumber(spec.id);
+    this.#macs = new MacSet(spec.macs);
     this.#ports = ports;
     this.#log = log.with({ handler: spec.id, role: spec.role, dev: spec.device });
     try {
@@ -165,13 +195,23 @@ export class Handler {
   receive(frame: Uint8Array): void {
     this.fromPeer.frames++;
     this.fromPeer.bytes += frame.length;
-    if (!this.#injector) {
+    if (frame.length >= 14 && !this.#mayInject(frame)) {
+      this.fromPeer.drops++;
+      this.dropReasons.foreignMac++;
+    } else if (!this.#injector) {
       this.fromPeer.drops++;
       this.dropReasons.inject++;
     } else if (prepareForWire(frame, this.#injector.mtu, this.#inject, this.#injectGso) < 0) {
       this.fromPeer.drops++;
       this.dropReasons.offload++;
     }
+  }
+
+  /** Whether this end may put `frame` (from the peer) on its interface; see the top. */
+  #mayInject(frame: Uint8Array): boolean {
+    if (this.spec.role === "proxy") return this.#macs.has(frame, 6);
+    if ((frame[0] & 1) === 0) return this.#macs.has(frame, 0);
+    return this.spec.multicast || isBroadcastFrame(frame);
   }
 
   #inject = (frame: Uint8Array): void => {
@@ -200,8 +240,25 @@ export class Handler {
     this.#capturing = true;
     this.#capture!.start(this.#forward, (e) => {
       if (this.#open) this.#degrade(messageOf(e));
-    });
+    }, this.#conflict);
   }
+
+  /** A frame from one of our MACs arrived on a Proxy's interface: count; warn now and then. */
+  #conflict = (frame: Uint8Array): void => {
+    this.macConflicts++;
+    const now = performance.now();
+    if (now - this.#conflictWarnedAt < CONFLICT_WARN_MS) return;
+    this.#conflictWarnedAt = now;
+    const mac = Array.from(frame.subarray(6, 12), (b) => b.toString(16).padStart(2, "0"))
+      .join(":");
+    this.#log.warn(
+      this.#conflictsWarned === 0
+        ? "MAC conflict: a proxied MAC sends on this LAN (a duplicate MAC, or a loop)"
+        : "MAC conflicts go on",
+      { mac, conflicts: this.macConflicts, since: this.macConflicts - this.#conflictsWarned },
+    );
+    this.#conflictsWarned = this.macConflicts;
+  };
 
   #forward = (frame: Uint8Array, wireLength: number): void => {
     if (wireLength > frame.length) {
@@ -240,7 +297,7 @@ export class Handler {
       fromPeer: { ...this.fromPeer },
       dropReasons: { ...this.dropReasons },
       capture: this.#capture?.stats() ?? { received: 0, dropped: 0, ifDropped: 0 },
-      macConflicts: 0,
+      macConflicts: this.macConflicts,
     };
   }
 

@@ -28,3 +28,38 @@ export function macBytes(mac: string): Uint8Array {
 export function isMulticast(mac: string): boolean {
   return (parseInt(parseMac(mac).slice(0, 2), 16) & 1) === 1;
 }
+
+/**
+ * A set of MACs to look frame bytes up in, on the packet path: no string, no allocation. A MAC
+ * is two 24-bit halves (small integers, unboxed): the low half keys a map, the high half is
+ * compared.
+ */
+export class MacSet {
+  readonly #highsByLow = new Map<number, number[]>();
+
+  constructor(macs: readonly string[]) {
+    for (const mac of macs) {
+      const b = macBytes(mac);
+      const low = (b[3] << 16) | (b[4] << 8) | b[5];
+      const highs = this.#highsByLow.get(low) ?? [];
+      highs.push((b[0] << 16) | (b[1] << 8) | b[2]);
+      this.#highsByLow.set(low, highs);
+    }
+  }
+
+  /** Whether the six bytes of `frame` at `at` (0: destination, 6: source) are in the set. */
+  has(frame: Uint8Array, at: number): boolean {
+    const highs = this.#highsByLow.get(
+      (frame[at + 3] << 16) | (frame[at + 4] << 8) | frame[at + 5],
+    );
+    if (highs === undefined) return false;
+    const high = (frame[at] << 16) | (frame[at + 1] << 8) | frame[at + 2];
+    for (let i = 0; i < highs.length; i++) if (highs[i] === high) return true;
+    return false;
+  }
+}
+
+/** Whether the destination of `frame` is ff:ff:ff:ff:ff:ff. */
+export function isBroadcastFrame(frame: Uint8Array): boolean {
+  return (frame[0] & frame[1] & frame[2] & frame[3] & frame[4] & frame[5]) === 0xff;
+}

@@ -33,9 +33,12 @@ export interface Capture {
   readonly device: string;
   /**
    * Starts handing over frames, synchronously, one `onFrame` each. `onError` is called once
-   * if the capture fails (the interface disappeared); no frames follow it.
+   * if the capture fails (the interface disappeared); no frames follow it. For a Proxy,
+   * `onConflict` gets each frame that arrives FROM one of its MACs, which only the VM behind
+   * the far end should send (a duplicate MAC on the LAN, or a loop): to count, never to
+   * forward.
    */
-  start(onFrame: FrameSink, onError: (error: Error) => void): void;
+  start(onFrame: FrameSink, onError: (error: Error) => void, onConflict?: FrameSink): void;
   /** Kernel counters of the interface's capture. */
   stats(): CaptureStats;
   /** Stops; safe to call twice. */

@@ -149,6 +149,18 @@ Deno.test({
         );
       });
 
+      await t.step(
+        "a Proxy counts the VM's MAC arriving from the LAN as conflicts, not its own injections",
+        async () => {
+          const r = await probe(ns, "conflicts");
+          const vm = "02:00:00:00:00:0a";
+          assertEquals(r.forwarded, ["02:00:00:00:00:0c/0", "02:00:00:00:00:0c/26"]);
+          assertEquals(r.conflicts, [21, 22, 23, 24, 25].map((i) => `${vm}/${i}`));
+          // The 20 frames it injected itself never reached the ring: 2 + 5 frames were received.
+          assertEquals(r.stats.received, 7, JSON.stringify(r.stats));
+        },
+      );
+
       if (Deno.env.get("VNET_BENCH")) {
         await t.step("throughput (VNET_BENCH=1)", async () => {
           const n = Deno.env.get("VNET_BENCH_FRAMES") ?? "200000";

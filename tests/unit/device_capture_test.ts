@@ -1,5 +1,6 @@
 import { assert, assertEquals } from "./assert.ts";
 import { DeviceCaptures, type RawCapture } from "../../src/dataplane/device_capture.ts";
+import { conflictFilter } from "../../src/dataplane/filter.ts";
 import { macBytes } from "../../src/dataplane/mac.ts";
 import type { CaptureSpec } from "../../src/dataplane/ports.ts";
 
@@ -67,10 +68,15 @@ function setup() {
   });
   const open = (spec: CaptureSpec) => {
     const seen: string[] = [];
+    const conflicts: string[] = [];
     const errors: Error[] = [];
     const capture = captures.open("eth0", spec);
-    capture.start((f) => seen.push(`${f[5]}<-${f[11]}`), (e) => errors.push(e));
-    return { capture, seen, errors };
+    capture.start(
+      (f) => seen.push(`${f[5]}<-${f[11]}`),
+      (e) => errors.push(e),
+      (f) => conflicts.push(`${f[5]}<-${f[11]}`),
+    );
+    return { capture, seen, conflicts, errors };
   };
   return { raws, open };
 }
@@ -83,7 +89,12 @@ Deno.test("handlers on one device share one libpcap capture with the union filte
   const b = open({ role: "proxy", macs: [VM2], multicast: true });
   assertEquals(raws.length, 1);
   const union = raws[0].filters.at(-1)!;
-  assert(union.includes("ether dst 02:00:00:00:00:01") && union.includes("ether multicast"), union);
+  assertEquals(
+    union,
+    "((ether dst 02:00:00:00:00:01 or ether broadcast) and not (ether src 02:00:00:00:00:01))" +
+      " or ((ether dst 02:00:00:00:00:02 or ether multicast) and not (ether src 02:00:00:00:00:02))" +
+      ` or (${conflictFilter([VM1, VM2])})`,
+  );
   a.capture.close();
   assert(!raws[0].filters.at(-1)!.includes("02:00:00:00:00:01"), "a left the filter");
   b.capture.close();
@@ -99,10 +110,27 @@ Deno.test("proxy members get frames to their MACs, broadcast, multicast if asked
   raw.push(frame(VM2, LAN)); // to b
   raw.push(frame(BCAST, LAN)); // both
   raw.push(frame(MCAST, LAN)); // b only (multicast)
-  raw.push(frame(BCAST, VM1)); // from a's own MAC: b only
+  raw.push(frame(BCAST, VM1)); // from a's own MAC: b only, and a's conflict
   await tick();
   assertEquals(a.seen, ["1<-9", "255<-9"]);
   assertEquals(b.seen, ["2<-9", "255<-9", "1<-9", "255<-1"]);
+  assertEquals(a.conflicts, ["255<-1"]);
+  assertEquals(b.conflicts, []);
+});
+
+Deno.test("a frame from a Proxy member's MAC is its conflict, never its to forward", async () => {
+  const { raws, open } = setup();
+  const a = open({ role: "proxy", macs: [VM1], multicast: true });
+  const h = open({ role: "host", macs: [VM2], multicast: false });
+  raws[0].push(frame(LAN, VM1)); // VM1 on the LAN: a duplicate MAC or a loop
+  raws[0].push(frame(VM1, VM1)); // even to itself
+  raws[0].push(frame(MCAST, VM1));
+  raws[0].push(frame(LAN, VM2)); // a Host member's own traffic: no conflict of anyone's
+  await tick();
+  assertEquals(a.seen, []);
+  assertEquals(a.conflicts, ["9<-1", "1<-1", "1<-1"]);
+  assertEquals(h.seen, ["9<-2"]);
+  assertEquals(h.conflicts, []);
 });
 
 Deno.test("host members get frames from their MACs only", async () => {

@@ -1,6 +1,6 @@
 import { assertEquals, assertThrows } from "./assert.ts";
-import { buildFilter } from "../../src/dataplane/filter.ts";
-import { isMulticast, parseMac } from "../../src/dataplane/mac.ts";
+import { buildFilter, conflictFilter } from "../../src/dataplane/filter.ts";
+import { isBroadcastFrame, isMulticast, MacSet, parseMac } from "../../src/dataplane/mac.ts";
 import { parseHostPort } from "../../src/addr.ts";
 
 Deno.test("host role: frames from the proxied MACs", () => {
@@ -23,6 +23,33 @@ Deno.test("proxy role with multicast", () => {
     "(ether dst 02:00:00:00:00:01 or ether dst 02:00:00:00:00:02 or ether multicast)" +
       " and not (ether src 02:00:00:00:00:01 or ether src 02:00:00:00:00:02)",
   );
+});
+
+Deno.test("proxy conflicts: frames received from the MACs; on Linux said in the filter", () => {
+  assertEquals(
+    conflictFilter(["02:00:00:00:00:01", "02-00-00-00-00-02"], "linux"),
+    "inbound and (ether src 02:00:00:00:00:01 or ether src 02:00:00:00:00:02)",
+  );
+  // Elsewhere the kernel applies the capture's direction itself: no `inbound` (which BPF
+  // there does not know for Ethernet).
+  assertEquals(conflictFilter(["02:00:00:00:00:01"], "darwin"), "ether src 02:00:00:00:00:01");
+  assertThrows(() => conflictFilter([]), /at least one MAC/);
+});
+
+Deno.test("MAC sets match frame bytes at the source and destination", () => {
+  const set = new MacSet(["02:00:00:00:00:01", "03:00:00:00:00:01", "02:aa:bb:cc:dd:ee"]);
+  const f = new Uint8Array(14);
+  f.set([2, 0, 0, 0, 0, 1], 0);
+  f.set([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee], 6);
+  assertEquals([set.has(f, 0), set.has(f, 6)], [true, true]);
+  f[0] = 4; // same low half as two members, another high half
+  assertEquals(set.has(f, 0), false);
+  f[0] = 3;
+  assertEquals(set.has(f, 0), true);
+  f[11] = 0xef;
+  assertEquals(set.has(f, 6), false);
+  assertEquals(isBroadcastFrame(new Uint8Array(14).fill(0xff)), true);
+  assertEquals(isBroadcastFrame(Uint8Array.of(0xff, 0xff, 0xff, 0xff, 0xff, 0xfe)), false);
 });
 
 Deno.test("MAC parsing accepts common forms and refuses junk", () => {
