@@ -7,14 +7,7 @@
  *   VNET_BENCH=1 deno test -A tests/e2e/capture_inject_test.ts   (also prints throughput)
  */
 
-// Minimal assertions (JSR's @std/assert is not reachable from here).
-function assert(cond: unknown, msg = "assertion failed"): asserts cond {
-  if (!cond) throw new Error(msg);
-}
-function assertEquals(actual: unknown, expected: unknown, msg?: string): void {
-  const a = JSON.stringify(actual), e = JSON.stringify(expected);
-  assert(a === e, `${msg ? msg + ": " : ""}expected ${e}, got ${a}`);
-}
+import { assert, assertEquals } from "../unit/assert.ts";
 
 const PROBE = new URL("./fixtures/pcap_probe.ts", import.meta.url).pathname;
 let counter = 0;
