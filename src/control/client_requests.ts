@@ -117,6 +117,8 @@ export async function close(ctx: ServerContext, id: string): Promise<ResultOf<"c
       ctx.log.warn("peer did not close its end", { handler: id, error: messageOf(e) });
     }
   }
+  // The peer still holds its end: it is told (sync) when the link is back.
+  if (!peerClosed && entry.dial) ctx.owesSync(entry.dial.peer);
   await ctx.remove(id);
   ctx.events.add({ kind: "handler-down", remote: link?.remote ?? "", handler: id });
   return { closed: id, peerClosed };
@@ -147,9 +149,12 @@ export async function migrate(
   // 1. The old host end stops forwarding.
   const started = performance.now();
   const old = handler.link;
+  const oldPeer = entry.dial?.peer;
+  let detached = false;
   if (old?.isOpen) {
-    await call(old, "detach", { handler: id, bind: entry.bind }, 5_000).catch((e) =>
-      ctx.log.warn("old host did not close its end", { handler: id, error: messageOf(e) })
+    await call(old, "detach", { handler: id, bind: entry.bind }, 5_000).then(
+      () => detached = true,
+      (e) => ctx.log.warn("old host did not close its end", { handler: id, error: messageOf(e) }),
     );
     handler.detach(old);
   }
@@ -178,6 +183,8 @@ export async function migrate(
       { code: codeOf(e) ?? ErrorCode.Unreachable, cause: e },
     );
   }
+  // An old host that could not be told keeps its end until it hears from us again.
+  if (!detached && oldPeer && oldPeer !== peer) ctx.owesSync(oldPeer);
   entry.dial = { peer, attach };
   entry.origin = undefined;
   handler.spec.peer = formatHostPort(req.host.addr);

@@ -270,7 +270,7 @@ export function parseAttach(body: Body): AttachRequest {
     device: checkDeviceName(str(body, "device", 64)),
     macs: checkMacs(body.macs),
     multicast: body.multicast === true,
-    peer: str(body, "peer"),
+    peer: displayAddress(str(body, "peer")),
     origin: key(body, "origin"),
     bind: key(body, "bind"),
   };
@@ -289,6 +289,12 @@ export function parseSync(body: Body): SyncRequest {
     origin: key(body, "origin"),
     handlers: handlers.map((h) => handlerId({ handler: h })),
   };
+}
+
+/** The other server as shown in `list`: printable, one line. */
+function displayAddress(text: string): string {
+  if (!/^[\x21-\x7e]{1,300}$/.test(text)) throw invalid(`bad 'peer' '${printable(text)}'`);
+  return text;
 }
 
 /** 16 random bytes as 32 hex digits: server ids and handler keys. */

@@ -64,6 +64,8 @@ export class Server implements ServerContext {
   #acceptor: Acceptor;
   #links = { control: new Set<Link>(), peer: new Set<Link>() };
   #stopping = false;
+  /** Peers owed a sync (server_context.ts). */
+  #owed = new Set<Peer>();
   #sweep: ReturnType<typeof setInterval> | undefined;
   /** Our certificate and key as proved to the peers we dial (TLS only). */
   #identity: Promise<PeerIdentity> | null = null;
@@ -216,9 +218,18 @@ export class Server implements ServerContext {
   }
 
   dropUnusedPeers(): void {
-    const used = new Set<Peer>();
+    const used = new Set<Peer>(this.#owed);
     for (const e of this.registry.values()) if (e.dial) used.add(e.dial.peer);
     this.peers.dropUnused(used);
+  }
+
+  owesSync(peer: Peer): void {
+    this.#owed.add(peer);
+    const link = peer.link;
+    if (!link?.isOpen) return peer.scheduleReconnect();
+    this.#sync(peer, link).catch((e) =>
+      this.log.warn("sync failed; retried on reconnect", { peer: link.remote, error: messageOf(e) })
+    );
   }
 
   /** Writes every handler to the state file, if there is one. */
@@ -232,7 +243,8 @@ export class Server implements ServerContext {
       dial: e.dial && { addr: e.dial.peer.addr, ssh: e.dial.peer.ssh, attach: e.dial.attach },
     }));
     try {
-      saveState(path, { serverId: this.id, handlers });
+      const owesSync = [...this.#owed].map((p) => ({ addr: p.addr, ssh: p.ssh }));
+      saveState(path, { serverId: this.id, handlers, owesSync });
     } catch (e) {
       this.log.error("cannot write the state file", { path, error: messageOf(e) });
     }
@@ -263,6 +275,11 @@ export class Server implements ServerContext {
     if (saved.handlers.length > 0) {
       this.log.info("handlers restored", { count: this.registry.size, path });
       this.save();
+    }
+    for (const { addr, ssh } of saved.owesSync ?? []) {
+      const peer = this.peers.get(addr, ssh);
+      this.#owed.add(peer);
+      toReconnect.add(peer);
     }
     for (const peer of toReconnect) peer.scheduleReconnect();
   }
@@ -302,7 +319,7 @@ export class Server implements ServerContext {
   async #reattach(peer: Peer, link: Link): Promise<void> {
     this.events.add({ kind: "reconnect", remote: link.remote });
     const mine = [...this.registry.entries()].filter(([, e]) => e.dial?.peer === peer);
-    await rpc.call(link, "sync", { origin: this.id, handlers: mine.map(([id]) => id) });
+    await this.#sync(peer, link);
     for (const [id, entry] of mine) {
       try {
         await rpc.call(link, "attach", entry.dial!.attach);
@@ -311,6 +328,17 @@ export class Server implements ServerContext {
       } catch (e) {
         this.log.error("peer refused to re-attach handler", { handler: id, error: messageOf(e) });
       }
+    }
+  }
+
+  /** Tells `peer` which handlers we hold with it; it closes the others. */
+  async #sync(peer: Peer, link: Link): Promise<void> {
+    const handlers = [...this.registry.entries()].filter(([, e]) => e.dial?.peer === peer)
+      .map(([id]) => id);
+    await rpc.call(link, "sync", { origin: this.id, handlers });
+    if (this.#owed.delete(peer)) {
+      this.dropUnusedPeers();
+      this.save();
     }
   }
 

@@ -3,7 +3,7 @@ import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../ops/log.ts";
 import { type EventLog } from "./events.ts";
-import { type Peers } from "./peers.ts";
+import { type Peer, type Peers } from "./peers.ts";
 import { type Registry } from "./registry.ts";
 
 export interface ServerContext {
@@ -24,5 +24,10 @@ export interface ServerContext {
   /** Closes and forgets a handler, drops peers nobody needs, saves the state. */
   remove(id: string): Promise<void>;
   dropUnusedPeers(): void;
+  /**
+   * `peer` holds ends we closed without telling it: keep reconnecting to it until a `sync`
+   * has told it, even if no handler of ours uses it any more.
+   */
+  owesSync(peer: Peer): void;
   save(): void;
 }

@@ -27,6 +27,8 @@ interface SavedState {
   /** This server's id, kept across restarts so that its peers recognise it. */
   serverId?: string;
   handlers: SavedHandler[];
+  /** Peers that hold ends we closed while they were away: they are told on reconnect. */
+  owesSync?: { addr: HostPort; ssh?: SshOptions }[];
 }
 
 export function saveState(path: string, state: SavedState): void {
@@ -65,7 +67,8 @@ export function loadState(path: string, log: Logger): SavedState {
       }
     }
     const serverId = typeof parsed.serverId === "string" ? parsed.serverId : undefined;
-    return { serverId, handlers: parsed.handlers };
+    const owesSync = Array.isArray(parsed.owesSync) ? parsed.owesSync : [];
+    return { serverId, handlers: parsed.handlers, owesSync };
   } catch (e) {
     const aside = `${path}.corrupt-${new Date().toISOString().replace(/[:.]/g, "-")}`;
     Deno.renameSync(path, aside);

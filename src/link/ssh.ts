@@ -40,7 +40,8 @@ function sshArgs(target: HostPort, options: SshOptions): string[] {
   if (options.identity) args.push("-i", options.identity, "-o", "IdentitiesOnly=yes");
   if (options.knownHosts) args.push("-o", `UserKnownHostsFile=${options.knownHosts}`);
   if (gw.port) args.push("-p", String(gw.port));
-  args.push(gw.user ? `${gw.user}@${gw.host}` : gw.host);
+  // "--": a gateway can never be read as an ssh option (e.g. "-oProxyCommand=...").
+  args.push("--", gw.user ? `${gw.user}@${gw.host}` : gw.host);
   return args;
 }
 
