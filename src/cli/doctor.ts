@@ -1,7 +1,8 @@
 /** `vnet doctor`: checks this machine, and the path to a peer, for what a bridge needs. */
 import { parseHostPort } from "../addr.ts";
 import { VnetError } from "../errors.ts";
-import { DLT_EN10MB, pcap, PcapHandle, pcapLibVersion } from "../../ffi/libpcap.ts";
+import { pcapLibVersion } from "../../ffi/libpcap.ts";
+import { PcapCapture } from "../dataplane/pcap_capture.ts";
 import { libnetVersion } from "../../ffi/libnet.ts";
 import { LIBPCAP, type LibrarySpec } from "../../ffi/load.ts";
 import { importSecret } from "../link/auth.ts";
@@ -101,21 +102,8 @@ const systemProbes: Probes = {
     return spec === LIBPCAP ? pcapLibVersion() : libnetVersion();
   },
   openPromiscuous(dev: string): void {
-    const lib = pcap();
-    const h = PcapHandle.create(dev, "capturing on");
-    try {
-      h.check("pcap_set_snaplen", lib.pcap_set_snaplen(h.pointer, 256));
-      h.check("pcap_set_promisc", lib.pcap_set_promisc(h.pointer, 1));
-      h.check("pcap_activate", lib.pcap_activate(h.pointer));
-      const dlt = lib.pcap_datalink(h.pointer);
-      if (dlt !== DLT_EN10MB) {
-        throw new VnetError(
-          `'${dev}' is not Ethernet (libpcap link type ${dlt}): VNET bridges Ethernet frames only`,
-        );
-      }
-    } finally {
-      h.close();
-    }
+    // The data plane's own capture: the same checks (Ethernet) and the same one-line errors.
+    new PcapCapture(dev, "", { snaplen: 256, bufferSize: 1 << 20 }).close();
   },
   async wifiMode(dev) {
     const text = await runText("iw", ["dev", dev, "info"]);

@@ -12,7 +12,7 @@
  */
 import { formatHostPort } from "../addr.ts";
 import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
-import { type Role } from "../dataplane/filter.ts";
+import { type Role } from "../dataplane/ports.ts";
 import { type Link } from "../link/link.ts";
 import { checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
 import { DIAL_TIMEOUT_MS } from "./peers.ts";

@@ -8,7 +8,7 @@
  */
 import { type HostPort } from "../addr.ts";
 import { ErrorCode, VnetError } from "../errors.ts";
-import { type Role } from "../dataplane/filter.ts";
+import { type Role } from "../dataplane/ports.ts";
 import { type HandlerInfo, type HandlerSpec } from "../dataplane/handler.ts";
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { BROADCAST, parseMac } from "../dataplane/mac.ts";

@@ -13,9 +13,6 @@
 import { parseMac } from "./mac.ts";
 import type { Role } from "./ports.ts";
 
-/** Where Role was first defined; src/control imports it from here until it imports ports.ts. */
-export type { Role };
-
 export function buildFilter(role: Role, macs: string[], multicast: boolean): string {
   const from = fromAny(macs);
   if (role === "host") return from;

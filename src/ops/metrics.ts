@@ -14,6 +14,7 @@
  *   vnet_handler_capture_received_total           frames the capture saw
  *   vnet_handler_capture_kernel_drops_total       dropped by the kernel: capture buffer full
  *   vnet_handler_capture_interface_drops_total    dropped by the interface or its driver
+ *   vnet_handler_mac_conflicts_total              frames from a proxied MAC seen on the interface
  * and vnet_handlers, vnet_process_resident_memory_bytes, vnet_process_uptime_seconds,
  * vnet_build_info{version,commit,deno}.
  */
@@ -121,6 +122,11 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
       "counter",
       "Frames dropped by the network interface or its driver.",
     ),
+    conflicts: new Family(
+      "vnet_handler_mac_conflicts_total",
+      "counter",
+      "Frames seen on the interface from one of the handler's MACs: a duplicate MAC or a loop.",
+    ),
   };
   for (const h of handlers) {
     const l = { id: h.id, role: h.role, device: h.device };
@@ -138,6 +144,7 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     f.received.add(l, h.capture.received);
     f.kernelDrops.add(l, h.capture.dropped);
     f.ifDrops.add(l, h.capture.ifDropped);
+    f.conflicts.add(l, h.macConflicts);
   }
   const handlerCount = new Family("vnet_handlers", "gauge", "Handlers this server holds.");
   handlerCount.add({}, handlers.length);
