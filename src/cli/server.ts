@@ -107,6 +107,7 @@ export async function serverCommand(args: string[]): Promise<number> {
     maxHandshakesPerAddress: config.maxHandshakesPerAddress,
     maxConnections: config.maxConnections,
     allowLiveMac: config.allowLiveMac,
+    direct: config.direct,
   });
   let metrics: MetricsServer | null = null;
   if (config.metrics) {

@@ -183,6 +183,8 @@ export async function migrate(
       { code: codeOf(e) ?? ErrorCode.Unreachable, cause: e },
     );
   }
+  // Hosts that reached the VM directly at its old host must learn it again.
+  ctx.direct.forget(handler.spec.macs);
   // An old host that could not be told keeps its end until it hears from us again.
   if (!detached && oldPeer && oldPeer !== peer) ctx.owesSync(oldPeer);
   entry.dial = { peer, attach };

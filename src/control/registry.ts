@@ -4,6 +4,7 @@
  * that interface hands each frame to one owner.
  */
 import { ErrorCode, VnetError } from "../errors.ts";
+import { Fabric } from "../dataplane/fabric.ts";
 import { Handler, handlerNumber, type HandlerSpec } from "../dataplane/handler.ts";
 import { type Interfaces } from "../dataplane/ports.ts";
 import { type Logger } from "../ops/log.ts";
@@ -25,6 +26,9 @@ export interface Entry {
 export class Registry {
   readonly #entries = new Map<string, Entry>();
   readonly #byNumber = new Map<number, Handler>();
+
+  /** How frames pass between this server's handlers, and direct paths (fabric.ts). */
+  readonly fabric = new Fabric();
 
   constructor(private readonly ports: Interfaces, private readonly log: Logger) {}
 
@@ -77,7 +81,7 @@ export class Registry {
         { code: ErrorCode.Refused },
       );
     }
-    const handler = new Handler(spec, this.ports, this.log, tolerant);
+    const handler = new Handler(spec, this.ports, this.fabric, this.log, tolerant);
     const entry: Entry = { handler, ...rest, downSince: rest.dial ? 0 : Date.now() };
     this.#entries.set(spec.id, entry);
     this.#byNumber.set(handler.number, handler);

@@ -70,6 +70,26 @@ export interface SyncRequest {
   handlers: string[];
 }
 
+/** The Proxy tells a Host of a direct path for its handler's VMs to `mac` (direct.ts). */
+export interface RouteRequest {
+  handler: string;
+  mac: string;
+  /** The other Host's server, `ADDR:PORT`. */
+  peer: string;
+  /** The other Host's handler id for `mac`. */
+  remote: string;
+  token: string;
+  /** This Host dials the other; else it expects the other to dial it. */
+  dial: boolean;
+}
+
+/** A Host presents the Proxy's token on a direct link it dialled. */
+export interface DirectRequest {
+  token: string;
+  /** The handler (of the Host dialled) whose VM the dialler's VMs talk to. */
+  handler: string;
+}
+
 /** Each operation's request and answer. */
 interface Operations {
   create: [CreateRequest, { id: string }];
@@ -81,6 +101,9 @@ interface Operations {
   attach: [AttachRequest, Record<never, never>];
   detach: [DetachRequest, Record<never, never>];
   sync: [SyncRequest, { closed: string[] }];
+  route: [RouteRequest, Record<never, never>];
+  direct: [DirectRequest, Record<never, never>];
+  unroute: [{ mac: string }, Record<never, never>];
 }
 type Operation = keyof Operations;
 type RequestOf<O extends Operation> = Operations[O][0];
@@ -289,6 +312,26 @@ export function parseSync(body: Body): SyncRequest {
     origin: key(body, "origin"),
     handlers: handlers.map((h) => handlerId({ handler: h })),
   };
+}
+
+export function parseRoute(body: Body): RouteRequest {
+  const peer = displayAddress(str(body, "peer"));
+  return {
+    handler: handlerId(body),
+    mac: checkMacs([body.mac])[0],
+    peer,
+    remote: handlerId(body, "remote"),
+    token: key(body, "token"),
+    dial: body.dial === true,
+  };
+}
+
+export function parseDirect(body: Body): DirectRequest {
+  return { token: key(body, "token"), handler: handlerId(body) };
+}
+
+export function parseUnroute(body: Body): { mac: string } {
+  return { mac: checkMacs([body.mac])[0] };
 }
 
 /** The other server as shown in `list`: printable, one line. */

@@ -17,10 +17,12 @@ import { type Interfaces } from "../dataplane/ports.ts";
 import { dial } from "../link/dial.ts";
 import { Link, type LinkEvents } from "../link/link.ts";
 import { loadIdentity, type PeerIdentity } from "../link/peer_cert.ts";
+import { type SshOptions } from "../link/ssh.ts";
 import { type Logger } from "../ops/log.ts";
 import { COMMIT, VERSION } from "../ops/version.ts";
 import { type Accepted, Acceptor, type TlsFiles } from "./acceptor.ts";
 import * as clients from "./client_requests.ts";
+import { DirectPaths } from "./direct.ts";
 import { EventLog } from "./events.ts";
 import * as peers from "./peer_requests.ts";
 import { type Peer, Peers } from "./peers.ts";
@@ -48,6 +50,8 @@ interface ServerOptions {
   allowLiveMac?: boolean;
   /** Accepted-side handlers whose peer stays away this long are closed (orphans). */
   orphanGraceMs?: number;
+  /** Direct Host↔Host paths (direct.ts); on by default, off with --no-direct. */
+  direct?: boolean;
 }
 
 /** A control link that sends no request for this long is closed. */
@@ -58,6 +62,7 @@ export class Server implements ServerContext {
   readonly registry: Registry;
   readonly peers: Peers;
   readonly events = new EventLog();
+  readonly direct: DirectPaths;
   readonly allowLiveMac: boolean;
   id = rpc.randomKey();
   #options: ServerOptions;
@@ -78,6 +83,10 @@ export class Server implements ServerContext {
     this.peers = new Peers({
       dial: (peer, timeoutMs) => this.#dial(peer, timeoutMs),
       reconnected: (peer, link) => this.#reattach(peer, link),
+    }, this.log);
+    this.direct = new DirectPaths(this.registry, options.direct ?? true, {
+      dial: (addr, keepaliveMs, timeoutMs) =>
+        this.#dialLink(addr, undefined, timeoutMs, keepaliveMs),
     }, this.log);
     this.#acceptor = new Acceptor({
       listen: options.listen,
@@ -151,7 +160,9 @@ export class Server implements ServerContext {
       onFrame: kind === "peer"
         ? (link, number, frame) => {
           const handler = this.registry.byNumber(number);
-          if (handler?.link === link) handler.receive(frame);
+          if (handler && (handler.link === link || this.direct.allows(link, number))) {
+            handler.receive(frame);
+          }
         }
         : undefined,
       onRequest: (op, body, link) =>
@@ -163,6 +174,7 @@ export class Server implements ServerContext {
   #linkClosed(link: Link, reason: string, kind: "control" | "peer"): void {
     this.#links[kind].delete(link);
     if (kind === "control" || this.#stopping) return;
+    this.direct.linkClosed(link);
     let waiting = 0;
     for (const entry of this.registry.values()) {
       if (entry.handler.link !== link) continue;
@@ -206,12 +218,23 @@ export class Server implements ServerContext {
         return {};
       case "sync":
         return await peers.sync(this, rpc.parseSync(body));
+      case "route":
+        await this.direct.route(rpc.parseRoute(body), link);
+        return {};
+      case "direct":
+        await this.direct.direct(rpc.parseDirect(body), link);
+        return {};
+      case "unroute":
+        this.direct.unroute(rpc.parseUnroute(body).mac);
+        return {};
       default:
         throw new VnetError(`unknown peer request '${op.slice(0, 40)}'`);
     }
   }
 
   async remove(id: string): Promise<void> {
+    const entry = this.registry.get(id);
+    if (entry?.handler.spec.role === "proxy") this.direct.forget(entry.handler.spec.macs);
     if (!await this.registry.remove(id)) return;
     this.dropUnusedPeers();
     this.save();
@@ -292,19 +315,28 @@ export class Server implements ServerContext {
     }));
   }
 
-  async #dial(peer: Peer, timeoutMs: number): Promise<Link> {
+  #dial(peer: Peer, timeoutMs: number): Promise<Link> {
+    return this.#dialLink(peer.addr, peer.ssh, timeoutMs, this.#options.keepaliveMs);
+  }
+
+  async #dialLink(
+    addr: HostPort,
+    ssh: SshOptions | undefined,
+    timeoutMs: number,
+    keepaliveMs: number | undefined,
+  ): Promise<Link> {
     const tls = this.#options.tls;
     if (tls) this.#identity ??= loadIdentity(tls.cert, tls.key);
-    const link = await dial(peer.addr, {
+    const link = await dial(addr, {
       timeoutMs,
       identity: tls ? await this.#identity! : undefined,
-      ssh: peer.ssh,
+      ssh,
       key: this.#options.key,
       kind: "peer",
       tlsCa: tls?.ca,
       log: this.log,
       events: this.#linkEvents("peer"),
-      keepaliveMs: this.#options.keepaliveMs,
+      keepaliveMs,
     });
     this.#links.peer.add(link);
     this.log.info("peer link up", { remote: link.remote, tls: link.tls, dialled: true });
@@ -347,6 +379,7 @@ export class Server implements ServerContext {
     if (this.#stopping) return;
     this.#stopping = true;
     clearInterval(this.#sweep);
+    this.direct.close();
     this.#acceptor.close();
     for (const id of [...this.registry.entries()].map(([id]) => id)) {
       await this.registry.remove(id);

@@ -2,6 +2,7 @@
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../ops/log.ts";
+import { type DirectPaths } from "./direct.ts";
 import { type EventLog } from "./events.ts";
 import { type Peer, type Peers } from "./peers.ts";
 import { type Registry } from "./registry.ts";
@@ -14,6 +15,8 @@ export interface ServerContext {
   readonly registry: Registry;
   readonly peers: Peers;
   readonly events: EventLog;
+  /** Direct Host↔Host paths (direct.ts). */
+  readonly direct: DirectPaths;
   readonly log: Logger;
   /** `--allow-live-mac`: carry a MAC already live on the LAN (logged at WARN). */
   readonly allowLiveMac: boolean;

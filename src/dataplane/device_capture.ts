@@ -18,7 +18,7 @@
 import { messageOf } from "../errors.ts";
 import { buildFilter, conflictFilter } from "./filter.ts";
 import { log } from "../ops/log.ts";
-import { macBytes } from "./mac.ts";
+import { mac48, macBytes } from "./mac.ts";
 import type { Capture, CaptureSpec, CaptureStats, FrameSink } from "./ports.ts";
 
 /** What a device capture needs of libpcap (PcapCapture). */
@@ -37,12 +37,6 @@ const WAIT_MS = 1000;
 /** Past this many MACs the union filter could exceed the kernel's 4096 BPF instructions. */
 const MAX_FILTER_MACS = 200;
 const BROADCAST = 0xffffffffffff;
-
-/** A MAC address as one number (48 bits fit a double exactly). */
-function mac48(b: Uint8Array, at: number): number {
-  return (b[at] * 0x10000 + ((b[at + 1] << 8) | b[at + 2])) * 0x1000000 +
-    ((b[at + 3] << 16) | (b[at + 4] << 8) | b[at + 5]);
-}
 
 /** The shared captures of one process, by device. */
 export class DeviceCaptures {

@@ -6,6 +6,10 @@
  *   to the peer:   (device capture loop) → Capture → Handler.#forward → Link.sendFrame
  *   from the peer: Link reader → Handler.receive → prepareForWire → Injector.inject
  *
+ * Both paths ask the server's switch fabric (fabric.ts) first: a frame from the peer may be
+ * for another handler of the same device, and a Host's captured frame may have a direct path
+ * to another Host.
+ *
  * The handler outlives its link: when the link drops the handler stays open (frames to the peer
  * are counted as drops) until a new link is attached.
  *
@@ -19,6 +23,7 @@ import { type Capture, type Injector, type Interfaces, type Role } from "./ports
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../ops/log.ts";
 import { messageOf } from "../errors.ts";
+import { type DirectRoute, type Fabric, type FabricPort, LoopGuard, Verdict } from "./fabric.ts";
 import { isBroadcastFrame, MacSet } from "./mac.ts";
 import { type GsoEmit, prepareForWire } from "./offload.ts";
 
@@ -56,6 +61,18 @@ interface DropCounters {
    * multicast with multicast on).
    */
   foreignMac: number;
+  /** A loop: a Host's own frame come back, a broadcast seen twice (fabric.ts). */
+  loop: number;
+}
+
+/** A direct path to a MAC on another Host (fabric.ts), as `list` shows it. */
+interface PathInfo {
+  mac: string;
+  via: "direct";
+  peer: string;
+  state: "up" | "down";
+  frames: number;
+  bytes: number;
 }
 
 /** At most one conflict warning per handler in this time, with the count since the last. */
@@ -75,13 +92,17 @@ export interface HandlerInfo extends HandlerSpec {
    * the far end should send: a duplicate MAC on the LAN, or a loop.
    */
   macConflicts: number;
+  /** Frames from the peer handed to another handler of this device (a Proxy's switching). */
+  switched: { frames: number; bytes: number };
+  /** Direct paths this end's VMs use to other Hosts' VMs; the rest go through the Proxy. */
+  paths: PathInfo[];
 }
 
 export function handlerNumber(id: string): number {
   return parseInt(id, 16) >>> 0;
 }
 
-export class Handler {
+export class Handler implements FabricPort {
   readonly spec: HandlerSpec;
   readonly number: number;
   readonly toPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
@@ -92,11 +113,16 @@ export class Handler {
     offload: 0,
     inject: 0,
     foreignMac: 0,
+    loop: 0,
   };
+  readonly switched = { frames: 0, bytes: 0 };
   /** Frames seen on the interface from one of our MACs (a Proxy's duplicate MAC or loop). */
   macConflicts = 0;
 
   #ports: Interfaces;
+  #fabric: Fabric;
+  /** A Proxy's broadcasts seen lately: one that comes back is a loop (fabric.ts). */
+  #loopGuard = new LoopGuard();
   #capture: Capture | null = null;
   #injector: Injector | null = null;
   #link: Link | null = null;
@@ -118,11 +144,18 @@ export class Handler {
    * Opens both interface handles. Throws a VnetError if the device is bad, unless
    * `tolerant` (restoring saved handlers), where the handler starts degraded and retries.
    */
-  constructor(spec: HandlerSpec, ports: Interfaces, log: Logger, tolerant = false) {
+  constructor(
+    spec: HandlerSpec,
+    ports: Interfaces,
+    fabric: Fabric,
+    log: Logger,
+    tolerant = false,
+  ) {
     this.spec = spec;
     this.number = handlerNumber(spec.id);
     this.#macs = new MacSet(spec.macs);
     this.#ports = ports;
+    this.#fabric = fabric;
     this.#log = log.with({ handler: spec.id, role: spec.role, dev: spec.device });
     try {
       this.#openPorts();
@@ -131,6 +164,23 @@ export class Handler {
       if (!tolerant) throw e;
       this.#degrade(messageOf(e));
     }
+    fabric.join(this);
+  }
+
+  get role(): Role {
+    return this.spec.role;
+  }
+
+  get device(): string {
+    return this.spec.device;
+  }
+
+  get macs(): readonly string[] {
+    return this.spec.macs;
+  }
+
+  get multicast(): boolean {
+    return this.spec.multicast;
   }
 
   #openPorts(): void {
@@ -191,14 +241,38 @@ export class Handler {
     if (this.#link === link) this.#link = null;
   }
 
-  /** Injects one frame received from the peer. Synchronous: `frame` is only lent to us. */
+  /**
+   * Injects one frame received from the peer, or hands it on (fabric.ts). Synchronous: `frame`
+   * is only lent to us.
+   *   1. Only what this end may speak is taken (see the top).
+   *   2. The fabric may switch it to other handlers, or find it a loop.
+   *   3. It is made fit for the interface (offload.ts) and injected.
+   */
   receive(frame: Uint8Array): void {
     this.fromPeer.frames++;
     this.fromPeer.bytes += frame.length;
-    if (frame.length >= 14 && !this.#mayInject(frame)) {
+    if (frame.length < 14) {
+      this.fromPeer.drops++;
+      this.dropReasons.offload++;
+      return;
+    }
+    if (!this.#mayInject(frame)) {
       this.fromPeer.drops++;
       this.dropReasons.foreignMac++;
-    } else if (!this.#injector) {
+      return;
+    }
+    const verdict = this.#fabric.fromPeer(this, frame);
+    if (verdict === Verdict.Loop) {
+      this.fromPeer.drops++;
+      this.dropReasons.loop++;
+      return;
+    }
+    if (verdict === Verdict.Switched) {
+      this.switched.frames++;
+      this.switched.bytes += frame.length;
+      return;
+    }
+    if (!this.#injector) {
       this.fromPeer.drops++;
       this.dropReasons.inject++;
     } else if (prepareForWire(frame, this.#injector.mtu, this.#inject, this.#injectGso) < 0) {
@@ -260,20 +334,49 @@ export class Handler {
     this.#conflictsWarned = this.macConflicts;
   };
 
+  /**
+   * A captured frame:
+   *   1. A truncated one is dropped.
+   *   2. At a Host, the fabric may find it local (another handler's VM on this device) or give
+   *      it a direct path to another Host; at a Proxy, a broadcast seen again is a loop.
+   *   3. The rest goes to this handler's peer.
+   */
   #forward = (frame: Uint8Array, wireLength: number): void => {
     if (wireLength > frame.length) {
       this.toPeer.drops++;
       this.dropReasons.truncated++;
       return;
     }
+    if (this.spec.role === "host") {
+      const to = this.#fabric.toward(this, frame);
+      if (to === "local") return;
+      if (to !== null && this.#sendDirect(to, frame)) return;
+    } else if ((frame[0] & 1) === 1 && this.#loopGuard.repeat(frame)) {
+      this.toPeer.drops++;
+      this.dropReasons.loop++;
+      return;
+    }
+    this.sendToPeer(frame);
+  };
+
+  #sendDirect(route: DirectRoute, frame: Uint8Array): boolean {
+    if (!route.link.sendFrame(route.number, frame)) return false;
+    route.frames++;
+    route.bytes += frame.length;
+    return true;
+  }
+
+  /** Sends a frame to this handler's peer (its own, or one the fabric switched to it). */
+  sendToPeer(frame: Uint8Array): boolean {
     if (this.#link?.sendFrame(this.number, frame)) {
       this.toPeer.frames++;
       this.toPeer.bytes += frame.length;
-    } else {
-      this.toPeer.drops++;
-      this.dropReasons.link++;
+      return true;
     }
-  };
+    this.toPeer.drops++;
+    this.dropReasons.link++;
+    return false;
+  }
 
   info(): HandlerInfo {
     const link = this.#link;
@@ -298,6 +401,15 @@ export class Handler {
       dropReasons: { ...this.dropReasons },
       capture: this.#capture?.stats() ?? { received: 0, dropped: 0, ifDropped: 0 },
       macConflicts: this.macConflicts,
+      switched: { ...this.switched },
+      paths: this.#fabric.routes().filter((r) => r.owner === this.number).map((r) => ({
+        mac: r.mac,
+        via: "direct" as const,
+        peer: r.link.remote,
+        state: r.link.isOpen ? "up" as const : "down" as const,
+        frames: r.frames,
+        bytes: r.bytes,
+      })),
     };
   }
 
@@ -306,6 +418,7 @@ export class Handler {
     if (!this.#open) return Promise.resolve();
     this.#open = false;
     this.#link = null;
+    this.#fabric.leave(this);
     clearTimeout(this.#retry);
     this.#closePorts();
     this.#log.info("handler closed", {

@@ -59,6 +59,12 @@ export class MacSet {
   }
 }
 
+/** The MAC at `at` in `bytes` as one number (48 bits fit a double exactly). */
+export function mac48(bytes: Uint8Array, at: number): number {
+  return (bytes[at] * 0x10000 + ((bytes[at + 1] << 8) | bytes[at + 2])) * 0x1000000 +
+    ((bytes[at + 3] << 16) | (bytes[at + 4] << 8) | bytes[at + 5]);
+}
+
 /** Whether the destination of `frame` is ff:ff:ff:ff:ff:ff. */
 export function isBroadcastFrame(frame: Uint8Array): boolean {
   return (frame[0] & frame[1] & frame[2] & frame[3] & frame[4] & frame[5]) === 0xff;

@@ -134,8 +134,8 @@ export const SERVER_FLAGS = [
   {
     name: "no-direct",
     type: "boolean",
-    help: "never open direct links between Hosts (reserved for switching between handlers; " +
-      "no effect yet)",
+    help: "no direct Host-to-Host paths: on a Proxy, VM-to-VM traffic between sites always " +
+      "goes through it; on a Host, the Proxy's offers of direct paths are refused",
   },
   {
     name: "max-handshakes",

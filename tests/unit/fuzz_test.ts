@@ -13,6 +13,7 @@
 import { assert, assertEquals } from "./assert.ts";
 import { AuthError, handshake, importSecret } from "../../src/link/auth.ts";
 import { VnetError } from "../../src/errors.ts";
+import { Fabric } from "../../src/dataplane/fabric.ts";
 import { Handler } from "../../src/dataplane/handler.ts";
 import { dial } from "../../src/link/dial.ts";
 import { Link } from "../../src/link/link.ts";
@@ -666,6 +667,7 @@ Deno.test({
         openCapture: () => capture,
         openInjector: (d) => new FakeInjector(d),
       },
+      new Fabric(),
       log,
     );
     handler.attach(link);

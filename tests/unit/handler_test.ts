@@ -3,6 +3,7 @@
  * as foreign, and the conflicts a Proxy counts and warns about.
  */
 import { assert, assertEquals } from "./assert.ts";
+import { Fabric } from "../../src/dataplane/fabric.ts";
 import { Handler, type HandlerSpec } from "../../src/dataplane/handler.ts";
 import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
 import { duplex } from "../../src/link/fake_stream.ts";
@@ -53,7 +54,7 @@ function open(role: "proxy" | "host", multicast = false) {
     peer: "test",
   };
   const log = new Warnings();
-  const handler = new Handler(spec, ports, log);
+  const handler = new Handler(spec, ports, new Fabric(), log);
   return { handler, injector: ports.injectors[0], capture: ports.captures[0].capture, log };
 }
 

@@ -1,0 +1,147 @@
+/**
+ * The switch fabric (src/dataplane/fabric.ts), with stand-in handlers: what is switched, what
+ * is put on the interface, what is a loop, and where a Host's captured frame goes.
+ */
+import { assert, assertEquals } from "./assert.ts";
+import { Fabric, type FabricPort, LoopGuard, Verdict } from "../../src/dataplane/fabric.ts";
+import { macBytes } from "../../src/dataplane/mac.ts";
+import { type Link } from "../../src/link/link.ts";
+
+const VM1 = "02:00:00:00:00:01", VM2 = "02:00:00:00:00:02", VM3 = "02:00:00:00:00:03";
+const LAN = "02:aa:00:00:00:99";
+const BCAST = "ff:ff:ff:ff:ff:ff", MCAST = "33:33:00:00:00:01";
+
+/** A stand-in link: open, remembered by name. */
+function link(name: string): Link {
+  return { isOpen: true, remote: name, sendFrame: () => true } as unknown as Link;
+}
+
+class Port implements FabricPort {
+  readonly sent: string[] = [];
+  constructor(
+    readonly number: number,
+    readonly role: "proxy" | "host",
+    readonly macs: string[],
+    readonly link: Link | null,
+    readonly multicast = false,
+    readonly device = "eth0",
+  ) {}
+  sendToPeer(frame: Uint8Array): boolean {
+    this.sent.push(`${mac(frame, 0)}<-${mac(frame, 6)}`);
+    return true;
+  }
+}
+
+function mac(frame: Uint8Array, at: number): string {
+  return Array.from(frame.subarray(at, at + 6), (b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+function frame(dst: string, src: string, body = 0): Uint8Array {
+  const f = new Uint8Array(60);
+  f.set(macBytes(dst), 0);
+  f.set(macBytes(src), 6);
+  f[20] = body;
+  return f;
+}
+
+Deno.test("fabric, Proxy: known unicast is switched to its handler only, never flooded", () => {
+  const fabric = new Fabric();
+  const a = new Port(1, "proxy", [VM1], link("hostA"));
+  const b = new Port(2, "proxy", [VM2], link("hostB"));
+  const c = new Port(3, "proxy", [VM3], link("hostC"));
+  for (const p of [a, b, c]) fabric.join(p);
+  const switched: string[] = [];
+  fabric.onSwitched = (from, to) => switched.push(`${from.number}->${to.number}`);
+  assertEquals(fabric.fromPeer(a, frame(VM2, VM1)), Verdict.Switched);
+  assertEquals(b.sent, [`${VM2}<-${VM1}`]);
+  assertEquals(c.sent, []);
+  assertEquals(switched, ["1->2"]);
+  // To the LAN (or a MAC nobody here carries): put on the interface, switched nowhere.
+  assertEquals(fabric.fromPeer(a, frame(LAN, VM1)), Verdict.Inject);
+  assertEquals(b.sent.length + c.sent.length, 1);
+});
+
+Deno.test("fabric, Proxy: broadcast goes to the LAN and every other handler, multicast to those that asked", () => {
+  const fabric = new Fabric();
+  const a = new Port(1, "proxy", [VM1], link("hostA"));
+  const b = new Port(2, "proxy", [VM2], link("hostB"), true);
+  const c = new Port(3, "proxy", [VM3], link("hostC"), false);
+  const other = new Port(4, "proxy", ["02:00:00:00:00:04"], link("hostD"), true, "eth1");
+  for (const p of [a, b, c, other]) fabric.join(p);
+  assertEquals(fabric.fromPeer(a, frame(BCAST, VM1)), Verdict.Inject);
+  assertEquals([a.sent.length, b.sent.length, c.sent.length], [0, 1, 1]);
+  assertEquals(fabric.fromPeer(a, frame(MCAST, VM1)), Verdict.Inject);
+  assertEquals([a.sent.length, b.sent.length, c.sent.length], [0, 2, 1]);
+  assertEquals(other.sent, [], "another device's handler got a frame");
+  // Between two handlers on one peer link: switched, but no direct path to offer.
+  const same = link("hostA");
+  const fabric2 = new Fabric();
+  const x = new Port(5, "proxy", [VM1], same), y = new Port(6, "proxy", [VM2], same);
+  fabric2.join(x);
+  fabric2.join(y);
+  let offered = 0;
+  fabric2.onSwitched = () => offered++;
+  assertEquals(fabric2.fromPeer(x, frame(VM2, VM1)), Verdict.Switched);
+  assertEquals(offered, 0);
+  // A handler that left is no longer switched to.
+  fabric.leave(b);
+  assertEquals(fabric.fromPeer(a, frame(VM2, VM1)), Verdict.Inject);
+});
+
+Deno.test("fabric, Host: a VM's own frame coming back, and a broadcast twice, are loops", () => {
+  const fabric = new Fabric();
+  const a = new Port(1, "host", [VM1], link("proxy"));
+  const b = new Port(2, "host", [VM2], link("proxy"));
+  fabric.join(a);
+  fabric.join(b);
+  // VM1's broadcast, switched back by the Proxy through b: VM1 is on this device.
+  assertEquals(fabric.fromPeer(b, frame(BCAST, VM1)), Verdict.Loop);
+  // A LAN broadcast arrives through both handlers of the device: once on the wire.
+  assertEquals(fabric.fromPeer(a, frame(BCAST, LAN, 7)), Verdict.Inject);
+  assertEquals(fabric.fromPeer(b, frame(BCAST, LAN, 7)), Verdict.Loop);
+  assertEquals(fabric.fromPeer(b, frame(BCAST, LAN, 8)), Verdict.Inject, "another broadcast");
+  assertEquals(fabric.fromPeer(a, frame(VM1, LAN)), Verdict.Inject);
+});
+
+Deno.test("fabric, Host capture: local VMs stay local, direct routes are used while up", () => {
+  const fabric = new Fabric();
+  const a = new Port(1, "host", [VM1], link("proxy"));
+  const b = new Port(2, "host", [VM2], link("proxy"));
+  fabric.join(a);
+  fabric.join(b);
+  assertEquals(fabric.toward(a, frame(VM2, VM1)), "local");
+  assertEquals(fabric.toward(a, frame(VM3, VM1)), null);
+  assertEquals(fabric.toward(a, frame(BCAST, VM1)), null);
+  const direct = link("hostB");
+  fabric.addRoute(VM3, direct, 0x33, a.number);
+  const route = fabric.toward(a, frame(VM3, VM1));
+  assert(route !== null && route !== "local" && route.number === 0x33, "no direct route");
+  (direct as { isOpen: boolean }).isOpen = false;
+  assertEquals(fabric.toward(a, frame(VM3, VM1)), null, "a closed route was used");
+  assertEquals(fabric.removeRoutesOver(direct).map((r) => r.mac), [VM3]);
+  assertEquals(fabric.routes(), []);
+});
+
+Deno.test("fabric: idle routes age out, busy ones stay", () => {
+  const fabric = new Fabric();
+  fabric.addRoute(VM2, link("b"), 2, 1);
+  fabric.addRoute(VM3, link("c"), 3, 1);
+  const every = 60_000;
+  for (let i = 0; i < 4; i++) {
+    fabric.routes().find((r) => r.mac === VM3)!.frames++;
+    assertEquals(fabric.sweep(every), []);
+  }
+  fabric.routes().find((r) => r.mac === VM3)!.frames++;
+  assertEquals(fabric.sweep(every).map((r) => r.mac), [VM2]);
+  assertEquals(fabric.routes().map((r) => r.mac), [VM3]);
+});
+
+Deno.test("loop guard: the same broadcast within the window is a repeat; others are not", () => {
+  const guard = new LoopGuard();
+  const f = frame(BCAST, LAN, 1);
+  assert(!guard.repeat(f), "a first sighting was a repeat");
+  assert(guard.repeat(f.slice()), "the same frame again was not a repeat");
+  assert(!guard.repeat(frame(BCAST, LAN, 2)), "another frame was a repeat");
+  for (let i = 0; i < 100; i++) guard.remember(frame(BCAST, LAN, 10 + (i % 200)));
+  assert(!guard.seen(f), "the ring kept a frame past its size");
+});
