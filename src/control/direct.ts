@@ -35,9 +35,9 @@ const TOKEN_WAIT_MS = 3_000;
 const TOKEN_TTL_MS = 30_000;
 const SWEEP_MS = 30_000;
 /** Direct links notice a dead path within 3 keepalives. */
-export const DIRECT_KEEPALIVE_MS = 1_000;
+const DIRECT_KEEPALIVE_MS = 1_000;
 
-export interface DirectHooks {
+interface DirectHooks {
   /** Opens a peer link to another Host. */
   dial(addr: HostPort, keepaliveMs: number, timeoutMs: number): Promise<Link>;
 }

@@ -55,9 +55,9 @@ export interface DirectRoute {
 }
 
 /** Broadcasts seen again this soon are a loop (retransmissions wait a second or more). */
-export const LOOP_WINDOW_MS = 500;
+const LOOP_WINDOW_MS = 500;
 /** Learned routes idle this long are forgotten (a switch's MAC ageing). */
-export const ROUTE_AGE_MS = 300_000;
+const ROUTE_AGE_MS = 300_000;
 
 /** The handlers of one device, by role and MAC. */
 class DeviceTable {
@@ -80,7 +80,7 @@ export const Verdict = {
 export type Verdict = typeof Verdict[keyof typeof Verdict];
 
 /** Frames switched past a handler: the switch calls this for unicast between two peers. */
-export type SwitchedHook = (from: FabricPort, to: FabricPort, frame: Uint8Array) => void;
+type SwitchedHook = (from: FabricPort, to: FabricPort, frame: Uint8Array) => void;
 
 export class Fabric {
   readonly #devices = new Map<string, DeviceTable>();
