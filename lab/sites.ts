@@ -525,7 +525,16 @@ export class Sites {
 
   /** iperf3 TCP from one VM (or endpoint) to another for `seconds`; Mbit/s received. */
   async iperf(from: Endpoint, to: Endpoint, seconds = 3, port = 5201): Promise<number> {
-    const srv = spawn(to.ns, ["iperf3", "-s", "-1", "-B", to.ip, "-p", String(port)]);
+    const srv = spawn(to.ns, [
+      "iperf3",
+      "-s",
+      "-1",
+      "-B",
+      to.ip,
+      "-p",
+      String(port),
+      "--forceflush",
+    ]);
     this.procs.push(srv);
     try {
       await srv.waitForLine(/Server listening/, 5000);

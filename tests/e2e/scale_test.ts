@@ -1,0 +1,77 @@
+/**
+ * Scale (issue 11): 10 Hosts × 10 VMs behind one Proxy, one handler per VM. Every VM must reach
+ * every other VM and the LAN: one process (lab/py/udp_mesh.py) opens a UDP socket in each VM
+ * and in the LAN client, and each answers and probes all the others (101 × 100 pairs), paced,
+ * in rounds that retry only what is missing. Then the Proxy's memory, fds and links.
+ *
+ *   flock /tmp/vnet-ns.lock deno test -A tests/e2e/scale_test.ts
+ *   VNET_SCALE=HOSTSxVMS (default 10x10)
+ */
+import { establishedOn, type MeshReport, processFigures, withSites } from "../../lab/sites.ts";
+import { assert, e2e } from "./ops_helpers.ts";
+
+const [HOSTS, VMS] = (Deno.env.get("VNET_SCALE") ?? "10x10").split("x").map(Number);
+
+e2e(
+  `scale: ${HOSTS} Hosts × ${VMS} VMs behind one Proxy reach each other and the LAN`,
+  async (t) => {
+    const t0 = performance.now();
+    const at = () => `${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    await withSites({ hosts: HOSTS, vmsPerHost: VMS, dhcp: false }, 230_000, async (sites) => {
+      console.log(`    ${sites.vms.length} VMs in ${sites.hosts.length} Hosts built at ${at()}`);
+      await sites.startServers({ logLevel: "warn" });
+      console.log(`    ${sites.servers.size} servers listening at ${at()}`);
+      await sites.createHandlers(sites.vms, { concurrency: 6 });
+      console.log(`    ${sites.vms.length} handlers made at ${at()}`);
+      const proxy = sites.servers.get("proxy")!;
+
+      let mesh: MeshReport | undefined;
+      await t.step("every VM reaches every other VM and the LAN client (UDP)", async () => {
+        mesh = await sites.reachability(sites.endpoints(), {
+          rate: 800,
+          rounds: 4,
+          roundWait: 3,
+          deadlineS: 120,
+        });
+        console.log(
+          `    reachability: ${mesh.reached}/${mesh.pairs} ordered pairs of ${mesh.endpoints} ` +
+            `endpoints in ${mesh.seconds} s; rounds ${JSON.stringify(mesh.rounds)}`,
+        );
+        const lan = mesh.missing.filter(([a, b]) => a === "client" || b === "client");
+        assert(
+          mesh.missingCount === 0,
+          `${mesh.missingCount} pairs unanswered (${lan.length}+ with the LAN), e.g. ` +
+            mesh.missing.slice(0, 12).map(([a, b]) => `${a}→${b}`).join(" "),
+        );
+      });
+
+      await t.step("the Proxy's memory, fds and links", async () => {
+        const f = processFigures(proxy.pid);
+        const list = await sites.list("proxy");
+        const links = new Set(list.map((h) => h.link.remote)).size;
+        const tcp = await establishedOn(sites.ns.proxy);
+        const switched = list.reduce((n, h) => n + (h.switched?.frames ?? 0), 0);
+        const hostDirect = await Promise.all(
+          sites.hosts.map(async (h) =>
+            (await sites.list(h)).reduce(
+              (n, e) => n + (e.paths ?? []).filter((p) => p.via === "direct").length,
+              0,
+            )
+          ),
+        );
+        console.log(
+          `    Proxy: RSS ${
+            (f.rssKiB / 1024).toFixed(0)
+          } MiB, ${f.fds} fds, ${f.threads} threads, ` +
+            `${list.length} handlers over ${links} peer links (${tcp} established TCP on :7000), ` +
+            `${switched} frames switched; direct paths on the Hosts: ${
+              hostDirect.reduce((a, b) => a + b, 0)
+            } (${mesh ? "after" : "without"} the mesh) at ${at()}`,
+        );
+        assert(list.length === sites.vms.length, `the Proxy lists ${list.length} handlers`);
+        assert(links === HOSTS, `${links} peer links for ${HOSTS} Hosts: one link per Host`);
+        assert(f.rssKiB < 400 * 1024, `Proxy RSS ${f.rssKiB} KiB`);
+      });
+    });
+  },
+);
