@@ -155,7 +155,10 @@ async function buildImage(packages: [string, string][], work: string): Promise<v
   cpio.file("init", await Deno.readFile(`${GUEST_FILES_DIR}/init`), 0o755);
   cpio.file("etc/udhcpc.sh", await Deno.readFile(`${GUEST_FILES_DIR}/udhcpc.sh`), 0o755);
   cpio.file("bin/busybox", await Deno.readFile(`${tree}/bin/busybox`), 0o755);
-  cpio.file("etc/modules.order", new TextEncoder().encode(modules.map((m) => m.name).join("\n")));
+  cpio.file(
+    "etc/modules.order",
+    new TextEncoder().encode(modules.map((m) => `${m.name}\n`).join("")),
+  );
   for (const m of modules) {
     cpio.file(`lib/modules/${m.name}.ko`, await Deno.readFile(m.path), 0o644);
   }
@@ -305,15 +308,16 @@ export type Accel = "kvm" | "tcg";
 
 /**
  * KVM if /dev/kvm boots the image within a few seconds, else TCG. Some machines have a /dev/kvm
- * that cannot boot a stock kernel (kvm_pvm), so the answer is probed once per image and host
- * kernel and cached. `$VNET_GUEST_ACCEL=kvm|tcg` overrides.
+ * that cannot boot a stock kernel (kvm_pvm), so the answer is probed once per host kernel and
+ * guest packages, and cached. `$VNET_GUEST_ACCEL=kvm|tcg` overrides.
  */
 export async function guestAccel(image: GuestImage): Promise<Accel> {
   const forced = Deno.env.get("VNET_GUEST_ACCEL");
   if (forced === "kvm" || forced === "tcg") return forced;
   if (!(await exists("/dev/kvm"))) return "tcg";
-  const hostRelease = Deno.osRelease();
-  const cached = `${image.dir}/accel-${hostRelease}`;
+  // The answer depends on the host's kernel and the guest's packages, not on the guest's files.
+  const packagesKey = (await hex(new TextEncoder().encode(image.versions))).slice(0, 16);
+  const cached = `${CACHE_ROOT}/accel-${Deno.osRelease()}-${packagesKey}`;
   const known = await Deno.readTextFile(cached).catch(() => "");
   if (known.trim() === "kvm" || known.trim() === "tcg") return known.trim() as Accel;
   const accel: Accel = (await bootsWith(image, "kvm", 10_000)) ? "kvm" : "tcg";
