@@ -89,7 +89,18 @@ async function exists(path: string): Promise<boolean> {
  * Needs root, `apt-get` and the Debian registry the first time; afterwards only `apt-cache`.
  */
 export async function ensureGuestImage(): Promise<GuestImage> {
-  const packages = await resolvePackages();
+  try {
+    return await ensureImageOf(await resolvePackages());
+  } catch (first) {
+    // Stale or missing package lists name versions the registry no longer has (or none at
+    // all): refresh them once and retry.
+    const update = await tryRun(null, ["apt-get", "update", "-qq"], { timeoutMs: 300_000 });
+    if (update.code !== 0) throw first;
+    return await ensureImageOf(await resolvePackages());
+  }
+}
+
+async function ensureImageOf(packages: [string, string][]): Promise<GuestImage> {
   const versions = packages.map(([p, v]) => `${p}=${v}`).join(" ");
   const key = (await hex(new TextEncoder().encode(`${versions} ${await guestFilesHash()}`)))
     .slice(0, 16);
@@ -101,8 +112,13 @@ export async function ensureGuestImage(): Promise<GuestImage> {
   using lock = await Deno.open(`${CACHE_ROOT}/.lock`, { create: true, write: true });
   await lockWithin(lock, 600_000);
   if (await exists(`${dir}/versions.txt`)) return image; // built while we waited
+  // Holding the lock, any build dir is a leftover of a builder that died.
+  for (const e of Deno.readDirSync(CACHE_ROOT)) {
+    if (e.name.startsWith("build-")) {
+      await Deno.remove(`${CACHE_ROOT}/${e.name}`, { recursive: true });
+    }
+  }
   const work = `${CACHE_ROOT}/build-${Deno.pid}`;
-  await Deno.remove(work, { recursive: true }).catch(() => {});
   try {
     await buildImage(packages, work);
     await Deno.writeTextFile(`${work}/versions.txt`, versions + "\n");
@@ -313,6 +329,7 @@ export type Accel = "kvm" | "tcg";
  */
 export async function guestAccel(image: GuestImage): Promise<Accel> {
   const forced = Deno.env.get("VNET_GUEST_ACCEL");
+  requireQemu();
   if (forced === "kvm" || forced === "tcg") return forced;
   if (!(await exists("/dev/kvm"))) return "tcg";
   // The answer depends on the host's kernel and the guest's packages, not on the guest's files.
@@ -344,9 +361,26 @@ async function bootsWith(image: GuestImage, accel: Accel, timeoutMs: number): Pr
   }
 }
 
+const QEMU = "qemu-system-x86_64";
+
+/** Throws, saying which package to install, unless qemu is on PATH. */
+function requireQemu(): void {
+  const dirs = (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":");
+  const found = dirs.some((d) => {
+    try {
+      return Deno.statSync(`${d}/${QEMU}`).isFile;
+    } catch {
+      return false;
+    }
+  });
+  if (!found) {
+    throw new Error(`${QEMU} is not on PATH: install it with 'apt-get install qemu-system-x86'`);
+  }
+}
+
 function qemuArgs(image: GuestImage, accel: Accel): string[] {
   return [
-    "qemu-system-x86_64",
+    QEMU,
     "-accel",
     accel,
     "-m",
