@@ -8,7 +8,7 @@
  *   flock /tmp/vnet-ns.lock deno test -A tests/e2e/qemu_guest_test.ts
  *   VNET_GUEST_ACCEL=kvm|tcg ...   # skip the KVM probe (lab/qemu.ts)
  */
-import { LAN, type Proc, spawn, type Topology, tryRun, type Vm } from "../../lab/netns.ts";
+import { LAN, type Proc, sleep, spawn, type Topology, tryRun, type Vm } from "../../lab/netns.ts";
 import { ensureGuestImage, type Guest, startGuest } from "../../lab/qemu.ts";
 import {
   assert,
@@ -89,6 +89,13 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
       );
       console.log(`    virtio-net features ${bits.slice(0, 16)}…`);
       assert(missing.length === 0, `offloads not negotiated: ${missing.join(", ")}`);
+    });
+
+    await step("without a handler the guest gets no lease (VNET is its only way out)", async () => {
+      // The guest's DHCP client has been asking every second since boot.
+      await sleep(3000);
+      const leased = guest!.consoleText().split("\n").filter((l) => /^LEASE /.test(l));
+      assert(leased.length === 0, `a lease without VNET: ${leased.join("; ")}`);
     });
 
     await step("a handler for the guest's MAC on the tap; a lease from the LAN", async () => {
