@@ -32,6 +32,8 @@ const VIRTIO_NET_OFFLOADS = { CSUM: 0, GUEST_CSUM: 1, GUEST_TSO4: 7, HOST_TSO4: 
 /** Bytes each TCP transfer carries: many super-frames, a few seconds under TCG. */
 const TRANSFER_BYTES = 4 * 1024 * 1024;
 const MIB = TRANSFER_BYTES / (1 << 20);
+/** A frame this big on the tap was built by TSO: the path's MTU is 1500. */
+const SUPER_FRAME_BYTES = 3000;
 
 e2e(
   "qemu guest: a virtio-net VM on a tap gets a lease through VNET and talks to the LAN",
@@ -132,6 +134,19 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
     await step(`TCP ${MIB} MiB guest → LAN client (the guest's TSO super-frames)`, async () => {
       const sink = startSink(topo, 5001);
       await sink.waitForLine(/^ready$/, 10_000);
+      // Proof that the guest really hands the tap super-frames (bigger than any MTU on the path).
+      const superFrames = spawn(topo.ns.host, [
+        "tcpdump",
+        "-i",
+        TAP,
+        "-nn",
+        "-p",
+        "-c",
+        "1",
+        `ether src ${GUEST_MAC} and tcp and greater ${SUPER_FRAME_BYTES}`,
+      ]);
+      topo.procs.push(superFrames);
+      await superFrames.waitForLine(/listening on/, 10_000);
       const [r, ms] = await timed(() =>
         guest!.run(
           `dd if=/dev/zero bs=65536 count=${TRANSFER_BYTES / 65536} 2>/dev/null | ` +
@@ -143,9 +158,18 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
       console.log(`    ${got} bytes in ${ms.toFixed(0)} ms (${mbps(TRANSFER_BYTES, ms)} Mbit/s)`);
       assert(r.code === 0, `guest nc exit ${r.code}: ${r.output}`);
       assert(got === `received ${TRANSFER_BYTES}`, `client ${got}, expected ${TRANSFER_BYTES}`);
+      const caught = await Promise.race([superFrames.exited, sleep(3000).then(() => null)]);
+      await superFrames.kill();
+      assert(
+        caught === 0,
+        `no frame over ${SUPER_FRAME_BYTES} B from the guest on ${TAP}: are its offloads on?\n` +
+          superFrames.output(),
+      );
+      const frame = superFrames.lines.find((l) => /^out\| .*length \d+/.test(l)) ?? "";
+      console.log(`    a super-frame on ${TAP}: ${frame.replace(/^out\| /, "").slice(0, 110)}`);
     });
 
-    await step(`TCP ${MIB} MiB LAN client → guest (the client's TSO super-frames)`, async () => {
+    await step(`TCP ${MIB} MiB LAN client → guest`, async () => {
       // busybox nc -l prints nothing until it accepts, so retry the connect until it listens.
       const counted = guest!.run(`nc -l -p 5002 -w 20 | wc -c`, 40_000);
       const [r, ms] = await timed(() =>
