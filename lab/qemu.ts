@@ -453,7 +453,9 @@ export async function startGuest(ns: Ns, opts: GuestOptions): Promise<Guest> {
   const image = opts.image ?? await ensureGuestImage();
   const accel = await guestAccel(image);
   const ownDir = opts.dir === undefined;
-  const dir = opts.dir ?? await Deno.makeTempDir({ prefix: `vnt-${Deno.pid}-qemu-` });
+  // Named like a topology's dir (vnt-<pid>-<n>-, n = 0 is never a topology), so that
+  // removeLeftovers() finds it after a dead run.
+  const dir = opts.dir ?? await Deno.makeTempDir({ prefix: `vnt-${Deno.pid}-0-qemu-` });
   const socket = `${dir}/${opts.name}.console`;
   await run(ns, ["ip", "tuntap", "add", "dev", opts.tap, "mode", "tap"]);
   await run(ns, ["ip", "link", "set", opts.tap, "up"]);
