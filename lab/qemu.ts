@@ -40,7 +40,7 @@ const ROOT_MODULES = ["virtio_pci", "virtio_net"];
 /** Bump when the way the image is put together changes (the files in lab/guest are hashed). */
 const BUILDER_VERSION = 1;
 
-/** `Package: version` of the candidate of an apt package (apt-cache needs no network). */
+/** The Version and Depends of the candidate of an apt package (apt-cache needs no network). */
 async function candidate(pkg: string): Promise<{ version: string; depends: string }> {
   const out = await run(null, ["apt-cache", "show", "--no-all-versions", pkg], {
     timeoutMs: 30_000,
