@@ -330,7 +330,10 @@ export class Sites {
   // Servers and handlers
   // -------------------------------------------------------------------------------------------
 
-  /** Starts `vnet server` named `name` in `ns` listening on `listen`; waits until it listens. */
+  /**
+   * Starts `vnet server` named `name` in `ns` listening on `listen`; waits until it logs that it
+   * listens (an info line: the level must be info or debug).
+   */
   async startServerAt(
     name: string,
     ns: string,
@@ -569,11 +572,18 @@ export class Sites {
 
   /**
    * All-pairs UDP reachability over `endpoints` from one process (lab/py/udp_mesh.py): each
-   * endpoint answers and probes every other. Returns the tool's JSON report.
+   * endpoint answers and probes every other. With `announce`, each first broadcasts a gratuitous
+   * ARP that the others accept (every endpoint needs an eth0). Returns the tool's JSON report.
    */
   async reachability(
     endpoints: Endpoint[] = this.endpoints(),
-    o: { rate?: number; rounds?: number; roundWait?: number; deadlineS?: number } = {},
+    o: {
+      rate?: number;
+      rounds?: number;
+      roundWait?: number;
+      deadlineS?: number;
+      announce?: boolean;
+    } = {},
   ): Promise<MeshReport> {
     const deadline = o.deadlineS ?? 90;
     const cfg = {
@@ -583,6 +593,7 @@ export class Sites {
       rounds: o.rounds ?? 3,
       roundWait: o.roundWait ?? 2,
       deadline,
+      announce: o.announce ?? false,
     };
     const r = await tryRun(null, ["python3", `${PY_DIR}udp_mesh.py`], {
       stdin: JSON.stringify(cfg),
@@ -799,6 +810,8 @@ export interface MeshReport {
   missing: [string, string][];
   rounds: { sent: number; reached: number; seconds: number }[];
   seconds: number;
+  /** Time the gratuitous ARPs took (with `announce`). */
+  announceSeconds: number;
 }
 
 /** RSS (KiB), open fds and threads of a process. */

@@ -19,7 +19,7 @@ e2e(
     const at = () => `${((performance.now() - t0) / 1000).toFixed(1)} s`;
     await withSites({ hosts: HOSTS, vmsPerHost: VMS, dhcp: false }, 230_000, async (sites) => {
       console.log(`    ${sites.vms.length} VMs in ${sites.hosts.length} Hosts built at ${at()}`);
-      await sites.startServers({ logLevel: "warn" });
+      await sites.startServers();
       console.log(`    ${sites.servers.size} servers listening at ${at()}`);
       await sites.createHandlers(sites.vms, { concurrency: 6 });
       console.log(`    ${sites.vms.length} handlers made at ${at()}`);
@@ -32,10 +32,13 @@ e2e(
           rounds: 4,
           roundWait: 3,
           deadlineS: 120,
+          announce: true,
         });
         console.log(
           `    reachability: ${mesh.reached}/${mesh.pairs} ordered pairs of ${mesh.endpoints} ` +
-            `endpoints in ${mesh.seconds} s; rounds ${JSON.stringify(mesh.rounds)}`,
+            `endpoints in ${mesh.seconds} s after ${mesh.announceSeconds} s of gratuitous ARP; rounds ${
+              JSON.stringify(mesh.rounds)
+            }`,
         );
         const lan = mesh.missing.filter(([a, b]) => a === "client" || b === "client");
         assert(
