@@ -44,11 +44,32 @@ function neighbourMacs(device: string, arpTable = "/proc/net/arp"): Set<string> 
   return found;
 }
 
-/** Which of `macs` send on `device` within `ms` (a capture of `ether src` those MACs). */
-async function heardFrom(device: string, macs: string[], ms: number): Promise<Set<string>> {
+/** Listens waiting to start, by device: the creates of one burst share one capture. */
+const gathering = new Map<string, { macs: Set<string>; heard: Promise<Set<string>> }>();
+
+/**
+ * Which of `macs` send on `device` within `ms`. Requests made in the same turn of the event
+ * loop share one capture (a burst of creates opens one, not one each).
+ */
+function heardFrom(device: string, macs: string[], ms: number): Promise<Set<string>> {
+  let batch = gathering.get(device);
+  if (!batch) {
+    const wanted = new Set<string>();
+    const heard = new Promise<void>((r) => setTimeout(r, 0)).then(() => {
+      gathering.delete(device);
+      return listen(device, [...wanted], ms);
+    });
+    gathering.set(device, batch = { macs: wanted, heard });
+  }
+  for (const m of macs) batch.macs.add(m);
+  return batch.heard;
+}
+
+/** One capture of `ether src` those MACs on `device`, for `ms`. */
+async function listen(device: string, macs: string[], ms: number): Promise<Set<string>> {
   const heard = new Set<string>();
   const filter = macs.map((m) => `ether src ${m}`).join(" or ");
-  const capture = new PcapCapture(device, filter, { snaplen: 64, bufferSize: 1 << 20 });
+  const capture = new PcapCapture(device, filter, { snaplen: 64, bufferSize: 256 * 1024 });
   try {
     const until = Date.now() + ms;
     for (let left = ms; left > 0 && heard.size < macs.length; left = until - Date.now()) {

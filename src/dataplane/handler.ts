@@ -19,10 +19,11 @@
  * (`dropReasons.foreignMac`). A Proxy also counts the frames that arrive on its LAN interface
  * from its VMs' MACs (`macConflicts`): a duplicate MAC on the LAN or a loop.
  */
-import { type Capture, type Injector, type Interfaces, type Role } from "./ports.ts";
+import { DevicePorts } from "./device_ports.ts";
+import { MacConflicts } from "./mac_conflicts.ts";
+import { type Injector, type Interfaces, type Role } from "./ports.ts";
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../ops/log.ts";
-import { messageOf } from "../errors.ts";
 import { type DirectRoute, type Fabric, type FabricPort, LoopGuard, Verdict } from "./fabric.ts";
 import { isBroadcastFrame, MacSet } from "./mac.ts";
 import { type GsoEmit, prepareForWire } from "./offload.ts";
@@ -75,9 +76,6 @@ interface PathInfo {
   bytes: number;
 }
 
-/** At most one conflict warning per handler in this time, with the count since the last. */
-const CONFLICT_WARN_MS = 60_000;
-
 export interface HandlerInfo extends HandlerSpec {
   /** up: forwarding; down: no link to the peer; degraded: the interface is gone. */
   state: "up" | "down" | "degraded" | "closed";
@@ -117,29 +115,18 @@ export class Handler implements FabricPort {
   };
   readonly switched = { frames: 0, bytes: 0 };
   /** Frames seen on the interface from one of our MACs (a Proxy's duplicate MAC or loop). */
-  macConflicts = 0;
+  readonly conflicts: MacConflicts;
 
-  #ports: Interfaces;
+  #dev: DevicePorts;
   #fabric: Fabric;
   /** A Proxy's broadcasts seen lately: one that comes back is a loop (fabric.ts). */
   #loopGuard = new LoopGuard();
-  #capture: Capture | null = null;
-  #injector: Injector | null = null;
   #link: Link | null = null;
   #log: Logger;
   #open = true;
-  /** Frames are flowing from the capture to the link (started at the first attach). */
-  #capturing = false;
-  #retry: ReturnType<typeof setTimeout> | undefined;
   #lastInjectError = "";
   /** The handler's MACs, to check frames from the peer against. */
   readonly #macs: MacSet;
-  /** When the last conflict warning was logged, and the count it reported. */
-  #conflictWarnedAt = -Infinity;
-  #conflictsWarned = 0;
-  /** Why the interface handles are closed while the handler is open (device gone). */
-  degraded: string | null = null;
-
   /**
    * Opens both interface handles. Throws a VnetError if the device is bad, unless
    * `tolerant` (restoring saved handlers), where the handler starts degraded and retries.
@@ -154,15 +141,18 @@ export class Handler implements FabricPort {
     this.spec = spec;
     this.number = handlerNumber(spec.id);
     this.#macs = new MacSet(spec.macs);
-    this.#ports = ports;
     this.#fabric = fabric;
     this.#log = log.with({ handler: spec.id, role: spec.role, dev: spec.device });
-    try {
-      this.#openPorts();
-      this.#log.info("handler opened", { macs: spec.macs.join(","), multicast: spec.multicast });
-    } catch (e) {
-      if (!tolerant) throw e;
-      this.#degrade(messageOf(e));
+    this.conflicts = new MacConflicts(this.#log);
+    const { role, macs, multicast } = spec;
+    this.#dev = new DevicePorts(ports, spec.device, { role, macs, multicast }, this.#log, (i) => {
+      this.#injectGso = i.injectGso
+        ? (frame, gso) => i.injectGso!(frame, gso) || this.#injectFailed(frame, i)
+        : undefined;
+    });
+    this.#dev.open(tolerant);
+    if (this.#dev.degraded === null) {
+      this.#log.info("handler opened", { macs: macs.join(","), multicast });
     }
     fabric.join(this);
   }
@@ -183,47 +173,9 @@ export class Handler implements FabricPort {
     return this.spec.multicast;
   }
 
-  #openPorts(): void {
-    const { role, macs, multicast } = this.spec;
-    const capture = this.#ports.openCapture(this.spec.device, { role, macs, multicast });
-    try {
-      this.#injector = this.#ports.openInjector(this.spec.device);
-    } catch (e) {
-      capture.close();
-      throw e;
-    }
-    const injector = this.#injector;
-    this.#injectGso = injector.injectGso
-      ? (frame, gso) => injector.injectGso!(frame, gso) || this.#injectFailed(frame, injector)
-      : undefined;
-    this.#capture = capture;
-  }
-
-  #closePorts(): void {
-    this.#capturing = false;
-    this.#capture?.close();
-    this.#injector?.close();
-    this.#capture = null;
-    this.#injector = null;
-  }
-
-  /** The interface is gone: release it, say so once, and try again every second. */
-  #degrade(reason: string): void {
-    this.#closePorts();
-    if (this.degraded === null) this.#log.warn("handler degraded", { reason });
-    this.degraded = reason;
-    clearTimeout(this.#retry);
-    this.#retry = setTimeout(() => {
-      if (!this.#open) return;
-      try {
-        this.#openPorts();
-      } catch (e) {
-        return this.#degrade(messageOf(e));
-      }
-      this.degraded = null;
-      this.#log.info("handler resumed: interface is back");
-      if (this.#link) this.#startCapture();
-    }, 1000);
+  /** Why the interface handles are closed while the handler is open (device gone). */
+  get degraded(): string | null {
+    return this.#dev.degraded;
   }
 
   get link(): Link | null {
@@ -233,7 +185,7 @@ export class Handler implements FabricPort {
   /** Binds the handler to a link (a new one after a reconnect) and starts capturing. */
   attach(link: Link): void {
     this.#link = link;
-    if (this.#capture && !this.#capturing) this.#startCapture();
+    this.#dev.startCapture(this.#forward, this.conflicts.seen);
   }
 
   /** Forgets a link that went down; captured frames are dropped until the next attach. */
@@ -272,10 +224,11 @@ export class Handler implements FabricPort {
       this.switched.bytes += frame.length;
       return;
     }
-    if (!this.#injector) {
+    const injector = this.#dev.injector;
+    if (!injector) {
       this.fromPeer.drops++;
       this.dropReasons.inject++;
-    } else if (prepareForWire(frame, this.#injector.mtu, this.#inject, this.#injectGso) < 0) {
+    } else if (prepareForWire(frame, injector.mtu, this.#inject, this.#injectGso) < 0) {
       this.fromPeer.drops++;
       this.dropReasons.offload++;
     }
@@ -289,7 +242,7 @@ export class Handler implements FabricPort {
   }
 
   #inject = (frame: Uint8Array): void => {
-    const injector = this.#injector!;
+    const injector = this.#dev.injector!;
     if (!injector.inject(frame)) this.#injectFailed(frame, injector);
   };
 
@@ -308,31 +261,6 @@ export class Handler implements FabricPort {
 
   /** Set when the injector takes super-frames whole (GSO): no segmentation in JavaScript. */
   #injectGso: GsoEmit | undefined;
-
-  /** Every frame the capture hands over goes to `#forward`; a failed capture degrades us. */
-  #startCapture(): void {
-    this.#capturing = true;
-    this.#capture!.start(this.#forward, (e) => {
-      if (this.#open) this.#degrade(messageOf(e));
-    }, this.#conflict);
-  }
-
-  /** A frame from one of our MACs arrived on a Proxy's interface: count; warn now and then. */
-  #conflict = (frame: Uint8Array): void => {
-    this.macConflicts++;
-    const now = performance.now();
-    if (now - this.#conflictWarnedAt < CONFLICT_WARN_MS) return;
-    this.#conflictWarnedAt = now;
-    const mac = Array.from(frame.subarray(6, 12), (b) => b.toString(16).padStart(2, "0"))
-      .join(":");
-    this.#log.warn(
-      this.#conflictsWarned === 0
-        ? "MAC conflict: a proxied MAC sends on this LAN (a duplicate MAC, or a loop)"
-        : "MAC conflicts go on",
-      { mac, conflicts: this.macConflicts, since: this.macConflicts - this.#conflictsWarned },
-    );
-    this.#conflictsWarned = this.macConflicts;
-  };
 
   /**
    * A captured frame:
@@ -399,8 +327,8 @@ export class Handler implements FabricPort {
       toPeer: { ...this.toPeer },
       fromPeer: { ...this.fromPeer },
       dropReasons: { ...this.dropReasons },
-      capture: this.#capture?.stats() ?? { received: 0, dropped: 0, ifDropped: 0 },
-      macConflicts: this.macConflicts,
+      capture: this.#dev.stats(),
+      macConflicts: this.conflicts.count,
       switched: { ...this.switched },
       paths: this.#fabric.routes().filter((r) => r.owner === this.number).map((r) => ({
         mac: r.mac,
@@ -419,8 +347,7 @@ export class Handler implements FabricPort {
     this.#open = false;
     this.#link = null;
     this.#fabric.leave(this);
-    clearTimeout(this.#retry);
-    this.#closePorts();
+    this.#dev.close();
     this.#log.info("handler closed", {
       toPeer: this.toPeer.frames,
       fromPeer: this.fromPeer.frames,

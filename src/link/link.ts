@@ -3,7 +3,7 @@
  * join two servers and carry the frames of every handler between them; control links join a
  * client to a server. Both speak the same messages (wire.ts) after the same handshake (auth.ts).
  *
- * Sending frames (capture side, the hot path):
+ * Sending frames (capture side, the hot path; send_queue.ts):
  *   1. `sendFrame` copies the frame, behind 9 bytes of framing, into the current chunk.
  *   2. A full chunk is sealed onto the ready queue; the queue is bounded (`maxQueuedBytes`):
  *      when it is full the frame is dropped and counted, memory never grows.
@@ -27,22 +27,17 @@ import {
   decodeText,
   encodeJson,
   encodeMessage,
-  FRAME_OVERHEAD,
   MAX_FRAME,
   type Message,
   MessageReader,
   MessageType,
   ProtocolError,
-  putFrame,
 } from "./wire.ts";
+import { SendQueue } from "./send_queue.ts";
 import { closeQuietly, type Stream, writeAll } from "./stream.ts";
 
-/** One chunk holds at least one maximal frame; chunks are recycled through a pool. */
-const CHUNK_BYTES = 512 * 1024;
 const DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024;
 const REQUEST_TIMEOUT_MS = 15_000;
-/** Control messages (replies, pongs) may pass the frame queue bound by this much, no more. */
-const CONTROL_SLACK_BYTES = 1024 * 1024;
 /** Requests from the other end being served at once; more is a protocol error. */
 const MAX_SERVING = 64;
 /** A write stuck this long means the other end stopped reading. */
@@ -103,15 +98,8 @@ export class Link {
   #log: Logger;
   #open = true;
 
-  // Send side: the chunk being filled, sealed chunks waiting, spare chunks.
-  #current = new Uint8Array(CHUNK_BYTES);
-  #currentView = new DataView(this.#current.buffer);
-  #fill = 0;
-  #ready: Uint8Array[] = [];
-  #readyBytes = 0;
-  #pool: Uint8Array<ArrayBuffer>[] = [];
-  #writing = false;
-  #maxQueuedBytes: number;
+  /** What waits to be written (send_queue.ts). */
+  #queue: SendQueue;
 
   // Requests in flight, by id.
   #nextRequest = 1;
@@ -130,8 +118,6 @@ export class Link {
   #watchdog: ReturnType<typeof setInterval> | undefined;
   #lastHeard = Date.now();
   #lastPing = 0;
-  /** When the write in progress started (0: none). */
-  #writeStarted = 0;
   #keepaliveMs: number;
   #idleTimeoutMs: number;
   #stallMs: number;
@@ -144,7 +130,11 @@ export class Link {
     this.tls = options.tls;
     this.#events = options.events;
     this.#log = options.log.with({ link: this.number, remote: options.remote });
-    this.#maxQueuedBytes = options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES;
+    this.#queue = new SendQueue(
+      conn,
+      options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES,
+      (e) => this.close(`write failed: ${messageOf(e)}`),
+    );
     this.#keepaliveMs = options.keepaliveMs ?? 0;
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 0;
     this.#stallMs = options.stallMs ?? DEFAULT_STALL_MS;
@@ -160,15 +150,12 @@ export class Link {
 
   /** Queues one frame for `handler`. Returns false (and counts it) if it had to be dropped. */
   sendFrame(handler: number, frame: Uint8Array): boolean {
-    const size = frame.length + FRAME_OVERHEAD;
-    if (!this.#open || frame.length > MAX_FRAME || !this.#makeRoom(size, false)) {
+    if (!this.#open || frame.length > MAX_FRAME || !this.#queue.pushFrame(handler, frame)) {
       this.stats.queueDrops++;
       return false;
     }
-    this.#fill = putFrame(this.#current, this.#currentView, this.#fill, handler, frame);
     this.stats.framesOut++;
     this.stats.bytesOut += frame.length;
-    this.#scheduleWrite();
     return true;
   }
 
@@ -206,6 +193,7 @@ export class Link {
   close(reason: string, notifyPeer?: string): void {
     if (!this.#open) return;
     this.#open = false;
+    this.#queue.stop();
     clearInterval(this.#watchdog);
     for (const [, p] of this.#pending) {
       clearTimeout(p.timer);
@@ -227,73 +215,14 @@ export class Link {
     this.#events.onClose(this, reason);
   }
 
-  // --- send side -------------------------------------------------------------------------
-
-  /** Ensures `size` bytes fit in the current chunk, sealing it if needed. */
-  #makeRoom(size: number, force: boolean): boolean {
-    if (this.#fill + size <= this.#current.length) return true;
-    if (!force && this.#readyBytes + this.#fill > this.#maxQueuedBytes) return false;
-    if (this.#fill > 0) {
-      this.#ready.push(this.#current.subarray(0, this.#fill));
-      this.#readyBytes += this.#fill;
-    }
-    const fresh = this.#pool.pop() ?? new Uint8Array(Math.max(CHUNK_BYTES, size));
-    this.#current = fresh.length >= size ? fresh : new Uint8Array(size);
-    this.#currentView = new DataView(this.#current.buffer);
-    this.#fill = 0;
-    return true;
-  }
-
   /**
-   * Control messages are never dropped: they may pass the frame queue bound, by
-   * CONTROL_SLACK_BYTES at most. An end that lets more pile up does not read: it is cut off.
+   * Control messages are never dropped: they may pass the frame queue bound, by a little
+   * (send_queue.ts). An end that lets more pile up does not read: it is cut off.
    */
   #sendControl(message: Uint8Array): void {
     if (!this.#open) return;
-    const queued = this.#readyBytes + this.#fill;
-    if (queued + message.length > this.#maxQueuedBytes + CONTROL_SLACK_BYTES) {
-      this.close(`the other end does not read (${queued} bytes queued)`);
-      return;
-    }
-    this.#makeRoom(message.length, true);
-    this.#current.set(message, this.#fill);
-    this.#fill += message.length;
-    this.#scheduleWrite();
-  }
-
-  #scheduleWrite(): void {
-    if (this.#writing) return;
-    this.#writing = true;
-    // Start after the current synchronous burst (a capture drain) so one write carries it all.
-    queueMicrotask(() => this.#writeLoop());
-  }
-
-  async #writeLoop(): Promise<void> {
-    try {
-      while (this.#open) {
-        let chunk: Uint8Array;
-        if (this.#ready.length > 0) {
-          chunk = this.#ready.shift()!;
-          this.#readyBytes -= chunk.length;
-        } else if (this.#fill > 0) {
-          chunk = this.#current.subarray(0, this.#fill);
-          this.#current = this.#pool.pop() ?? new Uint8Array(CHUNK_BYTES);
-          this.#currentView = new DataView(this.#current.buffer);
-          this.#fill = 0;
-        } else {
-          break;
-        }
-        this.#writeStarted = Date.now();
-        await writeAll(this.#conn, chunk);
-        this.#writeStarted = 0;
-        if (chunk.buffer.byteLength === CHUNK_BYTES) {
-          this.#pool.push(new Uint8Array(chunk.buffer as ArrayBuffer));
-        }
-      }
-    } catch (e) {
-      this.close(`write failed: ${messageOf(e)}`);
-    } finally {
-      this.#writing = false;
+    if (!this.#queue.pushControl(message)) {
+      this.close(`the other end does not read (${this.#queue.queuedBytes} bytes queued)`);
     }
   }
 
@@ -398,8 +327,9 @@ export class Link {
 
   #watch(): void {
     const now = Date.now();
-    if (this.#writeStarted && now - this.#writeStarted > this.#stallMs) {
-      this.close(`the other end does not read (a write stuck for ${now - this.#writeStarted} ms)`);
+    const writing = this.#queue.writeStarted;
+    if (writing && now - writing > this.#stallMs) {
+      this.close(`the other end does not read (a write stuck for ${now - writing} ms)`);
     } else if (this.#keepaliveMs > 0 && now - this.#lastHeard > 3 * this.#keepaliveMs) {
       this.close(`no data from the other end for ${3 * this.#keepaliveMs} ms (keepalive)`);
     } else if (this.#idleTimeoutMs > 0 && now - this.#lastHeard > this.#idleTimeoutMs) {
