@@ -19,17 +19,16 @@ import { Link, type LinkEvents } from "../link/link.ts";
 import { loadIdentity, type PeerIdentity } from "../link/peer_cert.ts";
 import { type SshOptions } from "../link/ssh.ts";
 import { type Logger } from "../ops/log.ts";
-import { COMMIT, VERSION } from "../ops/version.ts";
 import { type Accepted, Acceptor, type TlsFiles } from "./acceptor.ts";
-import * as clients from "./client_requests.ts";
+import { serveClient, servePeer } from "./dispatch.ts";
 import { DirectPaths } from "./direct.ts";
 import { EventLog } from "./events.ts";
-import * as peers from "./peer_requests.ts";
+import { closeStale } from "./peer_requests.ts";
 import { type Peer, Peers } from "./peers.ts";
 import { Registry } from "./registry.ts";
 import * as rpc from "./rpc.ts";
 import { type ServerContext } from "./server_context.ts";
-import { loadState, saveState } from "./state.ts";
+import { StateFile } from "./state.ts";
 
 interface ServerOptions {
   listen: HostPort;
@@ -72,6 +71,7 @@ export class Server implements ServerContext {
   /** Peers owed a sync (server_context.ts). */
   #owed = new Set<Peer>();
   #sweep: ReturnType<typeof setInterval> | undefined;
+  #state: StateFile;
   /** Our certificate and key as proved to the peers we dial (TLS only). */
   #identity: Promise<PeerIdentity> | null = null;
 
@@ -84,6 +84,7 @@ export class Server implements ServerContext {
       dial: (peer, timeoutMs) => this.#dial(peer, timeoutMs),
       reconnected: (peer, link) => this.#reattach(peer, link),
     }, this.log);
+    this.#state = new StateFile(options.statePath, this.registry, this.peers, this.log);
     this.direct = new DirectPaths(this.registry, options.direct ?? true, {
       dial: (addr, keepaliveMs, timeoutMs) =>
         this.#dialLink(addr, undefined, timeoutMs, keepaliveMs),
@@ -107,9 +108,15 @@ export class Server implements ServerContext {
   /** Restores saved handlers, binds the socket (throws a VnetError if it cannot), accepts. */
   start(): void {
     this.#acceptor.start();
-    this.#restore();
+    const restored = this.#state.restore(this.id);
+    if (restored) {
+      this.id = restored.serverId;
+      for (const peer of restored.owesSync) this.#owed.add(peer);
+      if (restored.count > 0) this.save();
+      for (const peer of restored.reconnect) peer.scheduleReconnect();
+    }
     const grace = this.#options.orphanGraceMs ?? 120_000;
-    this.#sweep = setInterval(() => peers.closeStale(this, grace), Math.min(10_000, grace));
+    this.#sweep = setInterval(() => closeStale(this, grace), Math.min(10_000, grace));
   }
 
   devices(): DeviceInfo[] {
@@ -166,7 +173,7 @@ export class Server implements ServerContext {
         }
         : undefined,
       onRequest: (op, body, link) =>
-        kind === "control" ? this.#clientRequest(op, body) : this.#peerRequest(op, body, link),
+        kind === "control" ? serveClient(this, op, body) : servePeer(this, op, body, link),
       onClose: (link, reason) => this.#linkClosed(link, reason, kind),
     };
   }
@@ -186,49 +193,6 @@ export class Server implements ServerContext {
     this.events.add({ kind: "disconnect", remote: link.remote, reason });
     for (const peer of this.peers.values()) {
       if (peer.link === link) peer.scheduleReconnect();
-    }
-  }
-
-  #clientRequest(op: string, body: Record<string, unknown>): Promise<unknown> {
-    switch (op) {
-      case "create":
-        return clients.create(this, rpc.parseCreate(body));
-      case "close":
-        return clients.close(this, rpc.parseHandlerRef(body).handler);
-      case "migrate":
-        return clients.migrate(this, rpc.parseMigrate(body));
-      case "list":
-        return Promise.resolve({ handlers: this.list() });
-      case "devices":
-        return Promise.resolve({ devices: this.devices() });
-      case "version":
-        return Promise.resolve({ version: VERSION, commit: COMMIT, time: Date.now() });
-      default:
-        return Promise.reject(new VnetError(`unknown request '${op.slice(0, 40)}'`));
-    }
-  }
-
-  async #peerRequest(op: string, body: Record<string, unknown>, link: Link): Promise<unknown> {
-    switch (op) {
-      case "attach":
-        await peers.attach(this, rpc.parseAttach(body), link);
-        return {};
-      case "detach":
-        await peers.detach(this, rpc.parseDetach(body));
-        return {};
-      case "sync":
-        return await peers.sync(this, rpc.parseSync(body));
-      case "route":
-        await this.direct.route(rpc.parseRoute(body), link);
-        return {};
-      case "direct":
-        await this.direct.direct(rpc.parseDirect(body), link);
-        return {};
-      case "unroute":
-        this.direct.unroute(rpc.parseUnroute(body).mac);
-        return {};
-      default:
-        throw new VnetError(`unknown peer request '${op.slice(0, 40)}'`);
     }
   }
 
@@ -257,54 +221,7 @@ export class Server implements ServerContext {
 
   /** Writes every handler to the state file, if there is one. */
   save(): void {
-    const path = this.#options.statePath;
-    if (!path || this.#stopping) return;
-    const handlers = [...this.registry.values()].map((e) => ({
-      spec: e.handler.spec,
-      bind: e.bind,
-      origin: e.origin,
-      dial: e.dial && { addr: e.dial.peer.addr, ssh: e.dial.peer.ssh, attach: e.dial.attach },
-    }));
-    try {
-      const owesSync = [...this.#owed].map((p) => ({ addr: p.addr, ssh: p.ssh }));
-      saveState(path, { serverId: this.id, handlers, owesSync });
-    } catch (e) {
-      this.log.error("cannot write the state file", { path, error: messageOf(e) });
-    }
-  }
-
-  /**
-   * Reopens the handlers of the state file: each end opens (degraded if its interface is
-   * missing), and the handlers this server dialled for are re-attached as their peers answer.
-   */
-  #restore(): void {
-    const path = this.#options.statePath;
-    if (!path) return;
-    const saved = loadState(path, this.log);
-    if (saved.serverId) this.id = saved.serverId;
-    const toReconnect = new Set<Peer>();
-    for (const s of saved.handlers) {
-      try {
-        // Version 1 files have no keys: the dialler makes one, the acceptor takes the next.
-        const bind = s.bind ?? (s.dial ? rpc.randomKey() : "");
-        const peer = s.dial && this.peers.get(s.dial.addr, s.dial.ssh);
-        const dial = peer && { peer, attach: { ...s.dial!.attach, origin: this.id, bind } };
-        this.registry.open(s.spec, { bind, origin: s.origin, dial }, true);
-        if (peer) toReconnect.add(peer);
-      } catch (e) {
-        this.log.error("cannot restore handler", { handler: s.spec.id, error: messageOf(e) });
-      }
-    }
-    if (saved.handlers.length > 0) {
-      this.log.info("handlers restored", { count: this.registry.size, path });
-      this.save();
-    }
-    for (const { addr, ssh } of saved.owesSync ?? []) {
-      const peer = this.peers.get(addr, ssh);
-      this.#owed.add(peer);
-      toReconnect.add(peer);
-    }
-    for (const peer of toReconnect) peer.scheduleReconnect();
+    if (!this.#stopping) this.#state.save(this.id, this.#owed);
   }
 
   list(): rpc.ListedHandler[] {

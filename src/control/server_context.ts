@@ -6,6 +6,7 @@ import { type DirectPaths } from "./direct.ts";
 import { type EventLog } from "./events.ts";
 import { type Peer, type Peers } from "./peers.ts";
 import { type Registry } from "./registry.ts";
+import { type ListedHandler } from "./rpc.ts";
 
 export interface ServerContext {
   /** This server's id (32 hex digits), sent with every attach as `origin`. */
@@ -22,6 +23,8 @@ export interface ServerContext {
   readonly allowLiveMac: boolean;
   /** This machine's interfaces. */
   devices(): DeviceInfo[];
+  /** The handlers, as `list` shows them. */
+  list(): ListedHandler[];
   /** Throws if `device` holds the local address of `link`: a Host end must not carry its own link. */
   checkDeviceNotCarryingLink(device: string, link: Link): void;
   /** Closes and forgets a handler, drops peers nobody needs, saves the state. */

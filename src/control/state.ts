@@ -8,7 +8,10 @@ import { type HostPort } from "../addr.ts";
 import { type HandlerSpec } from "../dataplane/handler.ts";
 import { type Logger } from "../ops/log.ts";
 import { type SshOptions } from "../link/ssh.ts";
-import { type AttachRequest } from "./rpc.ts";
+import { messageOf } from "../errors.ts";
+import { type Peer, type Peers } from "./peers.ts";
+import { type Registry } from "./registry.ts";
+import { type AttachRequest, randomKey } from "./rpc.ts";
 
 /** Version 2 adds the server's id and each handler's binding key; version 1 is still read. */
 export const STATE_VERSION = 2;
@@ -31,7 +34,7 @@ interface SavedState {
   owesSync?: { addr: HostPort; ssh?: SshOptions }[];
 }
 
-export function saveState(path: string, state: SavedState): void {
+function saveState(path: string, state: SavedState): void {
   const tmp = `${path}.tmp-${Deno.pid}`;
   const data = new TextEncoder().encode(
     JSON.stringify({ version: STATE_VERSION, ...state }, null, 2) + "\n",
@@ -48,7 +51,7 @@ export function saveState(path: string, state: SavedState): void {
 }
 
 /** Reads saved handlers; a missing file is an empty state, a bad one is kept aside. */
-export function loadState(path: string, log: Logger): SavedState {
+function loadState(path: string, log: Logger): SavedState {
   let text: string;
   try {
     text = Deno.readTextFileSync(path);
@@ -78,5 +81,69 @@ export function loadState(path: string, log: Logger): SavedState {
       error: (e as Error).message,
     });
     return { handlers: [] };
+  }
+}
+
+/** A server's --state file: what it writes after every change, and reads when it starts. */
+export class StateFile {
+  constructor(
+    private readonly path: string | undefined,
+    private readonly registry: Registry,
+    private readonly peers: Peers,
+    private readonly log: Logger,
+  ) {}
+
+  /** Writes every handler, and the peers owed a sync, if there is a file. */
+  save(serverId: string, owesSync: Set<Peer>): void {
+    if (!this.path) return;
+    const handlers = [...this.registry.values()].map((e) => ({
+      spec: e.handler.spec,
+      bind: e.bind,
+      origin: e.origin,
+      dial: e.dial && { addr: e.dial.peer.addr, ssh: e.dial.peer.ssh, attach: e.dial.attach },
+    }));
+    const owed = [...owesSync].map((p) => ({ addr: p.addr, ssh: p.ssh }));
+    try {
+      saveState(this.path, { serverId, handlers, owesSync: owed });
+    } catch (e) {
+      this.log.error("cannot write the state file", { path: this.path, error: messageOf(e) });
+    }
+  }
+
+  /**
+   * Reopens the handlers of the file: each end opens (degraded if its interface is missing).
+   * Returns the server id to keep, the peers to reconnect to (the handlers this server dialled
+   * are re-attached as they answer), and those owed a sync; null without a file.
+   */
+  restore(
+    newId: string,
+  ): { serverId: string; count: number; reconnect: Set<Peer>; owesSync: Peer[] } | null {
+    if (!this.path) return null;
+    const saved = loadState(this.path, this.log);
+    // The id peers know this server by; a version 1 file has none, so the fresh one it is.
+    const serverId = saved.serverId ?? newId;
+    const reconnect = new Set<Peer>();
+    for (const s of saved.handlers) {
+      try {
+        // Version 1 files have no keys: the dialler makes one, the acceptor takes the next.
+        const bind = s.bind ?? (s.dial ? randomKey() : "");
+        const peer = s.dial && this.peers.get(s.dial.addr, s.dial.ssh);
+        const attach = peer && { ...s.dial!.attach, bind, origin: serverId };
+        this.registry.open(s.spec, {
+          bind,
+          origin: s.origin,
+          dial: peer && { peer, attach: attach! },
+        }, true);
+        if (peer) reconnect.add(peer);
+      } catch (e) {
+        this.log.error("cannot restore handler", { handler: s.spec.id, error: messageOf(e) });
+      }
+    }
+    if (saved.handlers.length > 0) {
+      this.log.info("handlers restored", { count: this.registry.size, path: this.path });
+    }
+    const owesSync = (saved.owesSync ?? []).map(({ addr, ssh }) => this.peers.get(addr, ssh));
+    for (const peer of owesSync) reconnect.add(peer);
+    return { serverId, count: saved.handlers.length, reconnect, owesSync };
   }
 }
