@@ -32,6 +32,8 @@ import { call, type DirectRequest, randomKey, type RouteRequest } from "./rpc.ts
 const ANNOUNCE_EVERY_MS = 30_000;
 /** How long a Host waits for the Proxy's word on a token another Host presents. */
 const TOKEN_WAIT_MS = 3_000;
+/** Announcements in flight on one link; more wait for the next switched frame of the pair. */
+const MAX_ANNOUNCING = 8;
 const TOKEN_TTL_MS = 30_000;
 const SWEEP_MS = 30_000;
 /** Direct links notice a dead path within 3 keepalives. */
@@ -53,6 +55,8 @@ export class DirectPaths {
   /** Proxy: when each pair of MACs (lower, higher) was announced; which links know each MAC. */
   readonly #announced = new Map<number, Map<number, number>>();
   readonly #told = new Map<string, Set<Link>>();
+  /** Proxy: announcements not answered yet, per link (bounded, see MAX_ANNOUNCING). */
+  readonly #announcing = new WeakMap<Link, number>();
   /** Host: tokens the Proxy gave us to expect, and the links frames may come in on. */
   readonly #expected = new Map<string, Expected>();
   readonly #allowed = new WeakMap<Link, Set<number>>();
@@ -79,6 +83,7 @@ export class DirectPaths {
 
   #switched(from: FabricPort, to: FabricPort, frame: Uint8Array): void {
     if (!this.enabled || !from.link?.isOpen || !to.link?.isOpen) return;
+    if (this.#busy(from.link) || this.#busy(to.link)) return;
     // Per switched frame: numbers only, no allocation, until a pair is announced.
     const s = mac48(frame, 6), d = mac48(frame, 0);
     const [lo, hi] = s < d ? [s, d] : [d, s];
@@ -112,6 +117,10 @@ export class DirectPaths {
     tell(a, dst, b, true);
   }
 
+  #busy(link: Link): boolean {
+    return (this.#announcing.get(link) ?? 0) >= MAX_ANNOUNCING;
+  }
+
   /** A MAC moved or went away: the Hosts that route to it directly forget it. */
   forget(macs: readonly string[]): void {
     for (const mac of macs) {
@@ -128,7 +137,7 @@ export class DirectPaths {
   // --- a Host's side -------------------------------------------------------------------------
 
   /** The Proxy says: the VMs of `req.handler` talk to `req.mac`, behind `req.peer`. */
-  async route(req: RouteRequest, link: Link): Promise<void> {
+  route(req: RouteRequest, link: Link): void {
     if (!this.enabled) {
       throw new VnetError("direct paths are off on this server (--no-direct)", {
         code: ErrorCode.Refused,
@@ -150,10 +159,21 @@ export class DirectPaths {
       });
       return;
     }
+    // Answered at once: the Proxy must not wait on another Host (and a slow one must not
+    // fill the Proxy's link with requests in flight). Failing here only means no direct path.
     const addr = parseHostPort(req.peer, "peer");
-    const direct = await this.#linkTo(addr);
-    await call(direct, "direct", { token: req.token, handler: req.remote });
-    this.#install(direct, req.mac, handlerNumber(req.remote), local);
+    this.#linkTo(addr)
+      .then(async (direct) => {
+        await call(direct, "direct", { token: req.token, handler: req.remote });
+        this.#install(direct, req.mac, handlerNumber(req.remote), local);
+      })
+      .catch((e) =>
+        this.log.info("no direct path; staying with the proxy", {
+          mac: req.mac,
+          peer: req.peer,
+          error: messageOf(e),
+        })
+      );
   }
 
   /** Another Host presents a token (step 3); `link` is the direct link it dialled. */
@@ -179,6 +199,8 @@ export class DirectPaths {
   }
 
   #install(link: Link, mac: string, number: number, local: Handler): void {
+    // Either end notices a dead direct path within ~3 s, and traffic falls back.
+    link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
     this.registry.fabric.addRoute(mac, link, number, local.number);
     let allowed = this.#allowed.get(link);
     if (!allowed) this.#allowed.set(link, allowed = new Set());
@@ -216,13 +238,13 @@ export class DirectPaths {
   }
 
   #ageRoutes(): void {
-    for (const r of this.registry.fabric.sweep(SWEEP_MS)) {
-      this.log.info("direct path aged out", { mac: r.mac, via: r.link.remote });
+    for (const p of this.registry.fabric.sweep(SWEEP_MS)) {
+      this.log.info("direct path aged out", { mac: p.mac, via: p.direct!.link.remote });
     }
     const now = Date.now();
     for (const [token, e] of this.#expected) if (e.until < now) this.#expected.delete(token);
     // Dialled links that carry no route any more are closed.
-    const used = new Set(this.registry.fabric.routes().map((r) => r.link));
+    const used = new Set(this.registry.fabric.paths().map((p) => p.direct?.link));
     for (const [key, dialling] of this.#dialled) {
       dialling.then((link) => {
         if (used.has(link)) return;

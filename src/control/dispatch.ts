@@ -48,7 +48,7 @@ export async function servePeer(
     case "sync":
       return await peers.sync(ctx, rpc.parseSync(body));
     case "route":
-      await ctx.direct.route(rpc.parseRoute(body), link);
+      ctx.direct.route(rpc.parseRoute(body), link);
       return {};
     case "direct":
       await ctx.direct.direct(rpc.parseDirect(body), link);

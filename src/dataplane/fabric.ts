@@ -19,7 +19,8 @@
  *   6. Unicast to a MAC another handler of this device carries: the device delivers it
  *      locally; it is not sent anywhere.
  *   7. Unicast to a MAC with a direct route (another Host, see control/direct.ts): sent on
- *      that route's link, not through the Proxy.
+ *      that route's link, not through the Proxy. Every remote MAC a Host learns (from the
+ *      sources of its peer's frames) has a path, direct or through the Proxy, with counters.
  * At a Proxy's capture, `loopGuard` drops a broadcast seen again within LOOP_WINDOW_MS: a LAN
  * frame that came back through a Host (a Host device bridged to the LAN), never a storm.
  */
@@ -39,20 +40,26 @@ export interface FabricPort {
   readonly link: Link | null;
 }
 
-/** A path to a MAC straight to the Host that carries it. */
-export interface DirectRoute {
+/**
+ * How a Host reaches one remote MAC: learned from the source of frames its peer sends (through
+ * the Proxy), and direct while a direct route to the Host that carries it is up.
+ */
+export interface Path {
   readonly mac: string;
-  readonly link: Link;
-  /** The far Host's handler number for that MAC: what the frames are tagged with. */
-  readonly number: number;
-  /** The local handler that asked for it (whose VMs talk to the MAC), for `list`. */
-  readonly owner: number;
-  frames: number;
-  bytes: number;
-  /** `frames` at the last sweep, to age idle routes out. */
+  /** The local handler whose peer the MAC was learned from (or that asked for the route). */
+  owner: number;
+  /** The direct route: a link to the far Host and its handler number for the MAC. */
+  direct: { link: Link; number: number } | null;
+  /** Frames and bytes sent to the MAC, by way of each path. */
+  viaProxy: { frames: number; bytes: number };
+  viaDirect: { frames: number; bytes: number };
+  /** Frames at the last sweep, to age idle paths out. */
   seenFrames: number;
   idleSweeps: number;
 }
+
+/** A Host learns at most this many remote MACs (a bound on memory, as a switch's table). */
+const MAX_PATHS = 16_384;
 
 /** Broadcasts seen again this soon are a loop (retransmissions wait a second or more). */
 const LOOP_WINDOW_MS = 500;
@@ -84,7 +91,7 @@ type SwitchedHook = (from: FabricPort, to: FabricPort, frame: Uint8Array) => voi
 
 export class Fabric {
   readonly #devices = new Map<string, DeviceTable>();
-  readonly #routes = new Map<number, DirectRoute>();
+  readonly #paths = new Map<number, Path>();
   /** Called for unicast switched between handlers whose peers differ (direct path candidates). */
   onSwitched: SwitchedHook | null = null;
 
@@ -113,8 +120,10 @@ export class Fabric {
     const table = this.#devices.get(port.device);
     if (!table) return Verdict.Inject;
     if (port.role === "host") {
-      if (table.hostByMac.has(mac48(frame, 6))) return Verdict.Loop;
+      const src = mac48(frame, 6);
+      if (table.hostByMac.has(src)) return Verdict.Loop;
       if ((frame[0] & 1) === 1 && table.injected.repeat(frame)) return Verdict.Loop;
+      if ((frame[6] & 1) === 0 && !this.#paths.has(src)) this.#learn(src, frame, port.number);
       return Verdict.Inject;
     }
     if ((frame[0] & 1) === 0) {
@@ -132,62 +141,89 @@ export class Fabric {
   }
 
   /**
-   * Where a Host's captured frame goes (steps 6, 7): "local", a direct route, or null for the
-   * handler's own link.
+   * Where a Host's captured frame goes (steps 6, 7): "local", the direct route to use, or
+   * null for the handler's own link (the frame is counted on the MAC's path either way).
    */
-  toward(port: FabricPort, frame: Uint8Array): "local" | DirectRoute | null {
+  toward(port: FabricPort, frame: Uint8Array): "local" | Path | null {
     if ((frame[0] & 1) === 1) return null;
     const dst = mac48(frame, 0);
     const local = this.#devices.get(port.device)?.hostByMac.get(dst);
     if (local && local !== port) return "local";
-    const route = this.#routes.get(dst);
-    return route && route.link.isOpen ? route : null;
+    const path = this.#paths.get(dst);
+    if (!path) return null;
+    if (path.direct?.link.isOpen) return path;
+    path.viaProxy.frames++;
+    path.viaProxy.bytes += frame.length;
+    return null;
   }
 
-  addRoute(mac: string, link: Link, number: number, owner: number): void {
-    this.#routes.set(mac48(macBytes(mac), 0), {
+  #learn(key: number, frame: Uint8Array, owner: number): Path | null {
+    if (this.#paths.size >= MAX_PATHS) return null;
+    const mac = Array.from(frame.subarray(6, 12), (b) => b.toString(16).padStart(2, "0"))
+      .join(":");
+    const path: Path = {
       mac,
-      link,
-      number,
       owner,
-      frames: 0,
-      bytes: 0,
+      direct: null,
+      viaProxy: { frames: 0, bytes: 0 },
+      viaDirect: { frames: 0, bytes: 0 },
       seenFrames: 0,
       idleSweeps: 0,
-    });
+    };
+    this.#paths.set(key, path);
+    return path;
   }
 
-  removeRoute(mac: string): DirectRoute | undefined {
+  /** A direct route to `mac`: frames for it go on `link`, tagged `number`. */
+  addRoute(mac: string, link: Link, number: number, owner: number): void {
     const key = mac48(macBytes(mac), 0);
-    const route = this.#routes.get(key);
-    this.#routes.delete(key);
-    return route;
+    const path = this.#paths.get(key) ?? {
+      mac,
+      owner,
+      direct: null,
+      viaProxy: { frames: 0, bytes: 0 },
+      viaDirect: { frames: 0, bytes: 0 },
+      seenFrames: 0,
+      idleSweeps: 0,
+    };
+    path.owner = owner;
+    path.direct = { link, number };
+    this.#paths.set(key, path);
   }
 
-  /** Forgets every route over `link` (it closed: traffic falls back to the Proxy). */
-  removeRoutesOver(link: Link): DirectRoute[] {
-    const gone: DirectRoute[] = [];
-    for (const [key, r] of this.#routes) {
-      if (r.link !== link) continue;
-      this.#routes.delete(key);
-      gone.push(r);
+  /** `mac` goes through the Proxy again; false if it had no direct route. */
+  removeRoute(mac: string): boolean {
+    const path = this.#paths.get(mac48(macBytes(mac), 0));
+    if (!path?.direct) return false;
+    path.direct = null;
+    return true;
+  }
+
+  /** Every route over `link` falls back to the Proxy (the link closed). */
+  removeRoutesOver(link: Link): Path[] {
+    const gone: Path[] = [];
+    for (const path of this.#paths.values()) {
+      if (path.direct?.link !== link) continue;
+      path.direct = null;
+      gone.push(path);
     }
     return gone;
   }
 
-  routes(): DirectRoute[] {
-    return [...this.#routes.values()];
+  paths(): Path[] {
+    return [...this.#paths.values()];
   }
 
-  /** Ages idle routes out; called every `everyMs`. Returns the routes forgotten. */
-  sweep(everyMs: number): DirectRoute[] {
-    const gone: DirectRoute[] = [];
-    for (const [key, r] of this.#routes) {
-      r.idleSweeps = r.frames === r.seenFrames ? r.idleSweeps + 1 : 0;
-      r.seenFrames = r.frames;
-      if (r.idleSweeps * everyMs < ROUTE_AGE_MS) continue;
-      this.#routes.delete(key);
-      gone.push(r);
+  /** Ages idle paths out; called every `everyMs`. Returns the direct ones forgotten. */
+  sweep(everyMs: number): Path[] {
+    const gone: Path[] = [];
+    for (const [key, p] of this.#paths) {
+      const frames = p.viaProxy.frames + p.viaDirect.frames;
+      p.idleSweeps = frames === p.seenFrames ? p.idleSweeps + 1 : 0;
+      p.seenFrames = frames;
+      if (p.idleSweeps * everyMs < ROUTE_AGE_MS) continue;
+      this.#paths.delete(key);
+      if (p.direct) gone.push(p);
     }
     return gone;
   }

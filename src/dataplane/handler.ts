@@ -24,7 +24,7 @@ import { MacConflicts } from "./mac_conflicts.ts";
 import { type Injector, type Interfaces, type Role } from "./ports.ts";
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../ops/log.ts";
-import { type DirectRoute, type Fabric, type FabricPort, LoopGuard, Verdict } from "./fabric.ts";
+import { type Fabric, type FabricPort, LoopGuard, type Path, Verdict } from "./fabric.ts";
 import { isBroadcastFrame, MacSet } from "./mac.ts";
 import { type GsoEmit, prepareForWire } from "./offload.ts";
 
@@ -66,14 +66,17 @@ interface DropCounters {
   loop: number;
 }
 
-/** A direct path to a MAC on another Host (fabric.ts), as `list` shows it. */
+/** How this end reaches a remote MAC (fabric.ts), as `list` shows it. */
 interface PathInfo {
   mac: string;
-  via: "direct";
-  peer: string;
-  state: "up" | "down";
+  via: "direct" | "proxy";
+  /** The far Host (direct) or this handler's peer (through the Proxy). */
+  peer: string | null;
+  /** Sent to the MAC on each path so far. */
   frames: number;
   bytes: number;
+  viaProxy: { frames: number; bytes: number };
+  viaDirect: { frames: number; bytes: number };
 }
 
 export interface HandlerInfo extends HandlerSpec {
@@ -92,7 +95,7 @@ export interface HandlerInfo extends HandlerSpec {
   macConflicts: number;
   /** Frames from the peer handed to another handler of this device (a Proxy's switching). */
   switched: { frames: number; bytes: number };
-  /** Direct paths this end's VMs use to other Hosts' VMs; the rest go through the Proxy. */
+  /** The remote MACs this end's VMs reach, and how: direct to another Host, or by the Proxy. */
   paths: PathInfo[];
 }
 
@@ -287,10 +290,10 @@ export class Handler implements FabricPort {
     this.sendToPeer(frame);
   };
 
-  #sendDirect(route: DirectRoute, frame: Uint8Array): boolean {
-    if (!route.link.sendFrame(route.number, frame)) return false;
-    route.frames++;
-    route.bytes += frame.length;
+  #sendDirect(path: Path, frame: Uint8Array): boolean {
+    if (!path.direct!.link.sendFrame(path.direct!.number, frame)) return false;
+    path.viaDirect.frames++;
+    path.viaDirect.bytes += frame.length;
     return true;
   }
 
@@ -330,14 +333,18 @@ export class Handler implements FabricPort {
       capture: this.#dev.stats(),
       macConflicts: this.conflicts.count,
       switched: { ...this.switched },
-      paths: this.#fabric.routes().filter((r) => r.owner === this.number).map((r) => ({
-        mac: r.mac,
-        via: "direct" as const,
-        peer: r.link.remote,
-        state: r.link.isOpen ? "up" as const : "down" as const,
-        frames: r.frames,
-        bytes: r.bytes,
-      })),
+      paths: this.#fabric.paths().filter((p) => p.owner === this.number).map((p) => {
+        const direct = p.direct?.link.isOpen ? p.direct.link : null;
+        return {
+          mac: p.mac,
+          via: direct ? "direct" as const : "proxy" as const,
+          peer: direct ? direct.remote : link?.remote ?? null,
+          frames: p.viaProxy.frames + p.viaDirect.frames,
+          bytes: p.viaProxy.bytes + p.viaDirect.bytes,
+          viaProxy: { ...p.viaProxy },
+          viaDirect: { ...p.viaDirect },
+        };
+      }),
     };
   }
 

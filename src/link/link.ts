@@ -148,6 +148,15 @@ export class Link {
     return this.#open;
   }
 
+  /** Changes the keepalive and the stuck-write limit (a link found to be a direct path). */
+  tune(options: { keepaliveMs: number; stallMs: number }): void {
+    if (!this.#open) return;
+    this.#keepaliveMs = options.keepaliveMs;
+    this.#stallMs = options.stallMs;
+    clearInterval(this.#watchdog);
+    this.#watchdog = setInterval(() => this.#watch(), Math.min(options.keepaliveMs, 5_000));
+  }
+
   /** Queues one frame for `handler`. Returns false (and counts it) if it had to be dropped. */
   sendFrame(handler: number, frame: Uint8Array): boolean {
     if (!this.#open || frame.length > MAX_FRAME || !this.#queue.pushFrame(handler, frame)) {

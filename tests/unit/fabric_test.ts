@@ -103,7 +103,7 @@ Deno.test("fabric, Host: a VM's own frame coming back, and a broadcast twice, ar
   assertEquals(fabric.fromPeer(a, frame(VM1, LAN)), Verdict.Inject);
 });
 
-Deno.test("fabric, Host capture: local VMs stay local, direct routes are used while up", () => {
+Deno.test("fabric, Host capture: local VMs stay local; learned MACs have a path, direct while up", () => {
   const fabric = new Fabric();
   const a = new Port(1, "host", [VM1], link("proxy"));
   const b = new Port(2, "host", [VM2], link("proxy"));
@@ -112,28 +112,39 @@ Deno.test("fabric, Host capture: local VMs stay local, direct routes are used wh
   assertEquals(fabric.toward(a, frame(VM2, VM1)), "local");
   assertEquals(fabric.toward(a, frame(VM3, VM1)), null);
   assertEquals(fabric.toward(a, frame(BCAST, VM1)), null);
+  // VM3 is learned from a frame the Proxy sends: a path through the Proxy, counted.
+  assertEquals(fabric.fromPeer(a, frame(VM1, VM3)), Verdict.Inject);
+  assertEquals(fabric.toward(a, frame(VM3, VM1)), null);
+  const learned = fabric.paths();
+  assertEquals(learned.map((p) => [p.mac, p.owner, p.direct, p.viaProxy.frames]), [
+    [VM3, 1, null, 1],
+  ]);
+  // A direct route: used while its link is open.
   const direct = link("hostB");
   fabric.addRoute(VM3, direct, 0x33, a.number);
-  const route = fabric.toward(a, frame(VM3, VM1));
-  assert(route !== null && route !== "local" && route.number === 0x33, "no direct route");
+  const path = fabric.toward(a, frame(VM3, VM1));
+  assert(path !== null && path !== "local" && path.direct?.number === 0x33, "no direct route");
   (direct as { isOpen: boolean }).isOpen = false;
   assertEquals(fabric.toward(a, frame(VM3, VM1)), null, "a closed route was used");
-  assertEquals(fabric.removeRoutesOver(direct).map((r) => r.mac), [VM3]);
-  assertEquals(fabric.routes(), []);
+  // The link goes: back through the Proxy, and the path is still listed.
+  assertEquals(fabric.removeRoutesOver(direct).map((p) => p.mac), [VM3]);
+  assertEquals(fabric.paths().map((p) => [p.mac, p.direct]), [[VM3, null]]);
+  assertEquals(fabric.paths()[0].viaProxy.frames, 2);
 });
 
-Deno.test("fabric: idle routes age out, busy ones stay", () => {
+Deno.test("fabric: idle paths age out, busy ones stay", () => {
   const fabric = new Fabric();
   fabric.addRoute(VM2, link("b"), 2, 1);
   fabric.addRoute(VM3, link("c"), 3, 1);
   const every = 60_000;
+  const busy = () => fabric.paths().find((p) => p.mac === VM3)!.viaDirect.frames++;
   for (let i = 0; i < 4; i++) {
-    fabric.routes().find((r) => r.mac === VM3)!.frames++;
+    busy();
     assertEquals(fabric.sweep(every), []);
   }
-  fabric.routes().find((r) => r.mac === VM3)!.frames++;
-  assertEquals(fabric.sweep(every).map((r) => r.mac), [VM2]);
-  assertEquals(fabric.routes().map((r) => r.mac), [VM3]);
+  busy();
+  assertEquals(fabric.sweep(every).map((p) => p.mac), [VM2]);
+  assertEquals(fabric.paths().map((p) => p.mac), [VM3]);
 });
 
 Deno.test("loop guard: the same broadcast within the window is a repeat; others are not", () => {
