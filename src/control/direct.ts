@@ -48,6 +48,8 @@ interface Expected {
   local: string;
   remote: string;
   mac: string;
+  /** The dialling Host's server, `ADDR:PORT`, for `list`. */
+  peer: string;
   until: number;
 }
 
@@ -155,6 +157,7 @@ export class DirectPaths {
         local: req.handler,
         remote: req.remote,
         mac: req.mac,
+        peer: req.peer,
         until: Date.now() + TOKEN_TTL_MS,
       });
       return;
@@ -165,7 +168,7 @@ export class DirectPaths {
     this.#linkTo(addr)
       .then(async (direct) => {
         await call(direct, "direct", { token: req.token, handler: req.remote });
-        this.#install(direct, req.mac, handlerNumber(req.remote), local);
+        this.#install(direct, req.peer, req.mac, handlerNumber(req.remote), local);
       })
       .catch((e) =>
         this.log.info("no direct path; staying with the proxy", {
@@ -191,21 +194,21 @@ export class DirectPaths {
       });
     }
     this.#expected.delete(req.token);
-    this.#install(link, expected.mac, handlerNumber(expected.remote), entry.handler);
+    this.#install(link, expected.peer, expected.mac, handlerNumber(expected.remote), entry.handler);
   }
 
   unroute(mac: string): void {
     if (this.registry.fabric.removeRoute(mac)) this.log.info("direct path forgotten", { mac });
   }
 
-  #install(link: Link, mac: string, number: number, local: Handler): void {
+  #install(link: Link, peer: string, mac: string, number: number, local: Handler): void {
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
-    this.registry.fabric.addRoute(mac, link, number, local.number);
+    this.registry.fabric.addRoute(mac, link, peer, number, local.number);
     let allowed = this.#allowed.get(link);
     if (!allowed) this.#allowed.set(link, allowed = new Set());
     allowed.add(local.number);
-    this.log.info("direct path up", { mac, via: link.remote, handler: local.spec.id });
+    this.log.info("direct path up", { mac, via: peer, handler: local.spec.id });
   }
 
   async #linkTo(addr: HostPort): Promise<Link> {

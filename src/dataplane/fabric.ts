@@ -48,8 +48,8 @@ export interface Path {
   readonly mac: string;
   /** The local handler whose peer the MAC was learned from (or that asked for the route). */
   owner: number;
-  /** The direct route: a link to the far Host and its handler number for the MAC. */
-  direct: { link: Link; number: number } | null;
+  /** The direct route: a link to the far Host, its server's address, its handler number. */
+  direct: { link: Link; peer: string; number: number } | null;
   /** Frames and bytes sent to the MAC, by way of each path. */
   viaProxy: { frames: number; bytes: number };
   viaDirect: { frames: number; bytes: number };
@@ -174,8 +174,8 @@ export class Fabric {
     return path;
   }
 
-  /** A direct route to `mac`: frames for it go on `link`, tagged `number`. */
-  addRoute(mac: string, link: Link, number: number, owner: number): void {
+  /** A direct route to `mac`: frames for it go on `link` (to `peer`), tagged `number`. */
+  addRoute(mac: string, link: Link, peer: string, number: number, owner: number): void {
     const key = mac48(macBytes(mac), 0);
     const path = this.#paths.get(key) ?? {
       mac,
@@ -187,7 +187,7 @@ export class Fabric {
       idleSweeps: 0,
     };
     path.owner = owner;
-    path.direct = { link, number };
+    path.direct = { link, peer, number };
     this.#paths.set(key, path);
   }
 

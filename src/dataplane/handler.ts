@@ -334,11 +334,11 @@ export class Handler implements FabricPort {
       macConflicts: this.conflicts.count,
       switched: { ...this.switched },
       paths: this.#fabric.paths().filter((p) => p.owner === this.number).map((p) => {
-        const direct = p.direct?.link.isOpen ? p.direct.link : null;
+        const direct = p.direct?.link.isOpen ? p.direct : null;
         return {
           mac: p.mac,
           via: direct ? "direct" as const : "proxy" as const,
-          peer: direct ? direct.remote : link?.remote ?? null,
+          peer: direct ? direct.peer : link?.remote ?? null,
           frames: p.viaProxy.frames + p.viaDirect.frames,
           bytes: p.viaProxy.bytes + p.viaDirect.bytes,
           viaProxy: { ...p.viaProxy },

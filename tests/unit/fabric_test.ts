@@ -121,7 +121,7 @@ Deno.test("fabric, Host capture: local VMs stay local; learned MACs have a path,
   ]);
   // A direct route: used while its link is open.
   const direct = link("hostB");
-  fabric.addRoute(VM3, direct, 0x33, a.number);
+  fabric.addRoute(VM3, direct, "hostB:7000", 0x33, a.number);
   const path = fabric.toward(a, frame(VM3, VM1));
   assert(path !== null && path !== "local" && path.direct?.number === 0x33, "no direct route");
   (direct as { isOpen: boolean }).isOpen = false;
@@ -134,8 +134,8 @@ Deno.test("fabric, Host capture: local VMs stay local; learned MACs have a path,
 
 Deno.test("fabric: idle paths age out, busy ones stay", () => {
   const fabric = new Fabric();
-  fabric.addRoute(VM2, link("b"), 2, 1);
-  fabric.addRoute(VM3, link("c"), 3, 1);
+  fabric.addRoute(VM2, link("b"), "b:7000", 2, 1);
+  fabric.addRoute(VM3, link("c"), "c:7000", 3, 1);
   const every = 60_000;
   const busy = () => fabric.paths().find((p) => p.mac === VM3)!.viaDirect.frames++;
   for (let i = 0; i < 4; i++) {
