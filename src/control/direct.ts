@@ -204,7 +204,7 @@ export class DirectPaths {
   #install(link: Link, peer: string, mac: string, number: number, local: Handler): void {
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
-    this.registry.fabric.addRoute(mac, link, peer, number, local.number);
+    this.registry.fabric.addRoute(mac, link, peer, number);
     let allowed = this.#allowed.get(link);
     if (!allowed) this.#allowed.set(link, allowed = new Set());
     allowed.add(local.number);

@@ -46,8 +46,6 @@ export interface FabricPort {
  */
 export interface Path {
   readonly mac: string;
-  /** The local handler whose peer the MAC was learned from (or that asked for the route). */
-  owner: number;
   /** The direct route: a link to the far Host, its server's address, its handler number. */
   direct: { link: Link; peer: string; number: number } | null;
   /** Frames and bytes sent to the MAC, by way of each path. */
@@ -56,6 +54,17 @@ export interface Path {
   /** Frames at the last sweep, to age idle paths out. */
   seenFrames: number;
   idleSweeps: number;
+}
+
+function newPath(mac: string): Path {
+  return {
+    mac,
+    direct: null,
+    viaProxy: { frames: 0, bytes: 0 },
+    viaDirect: { frames: 0, bytes: 0 },
+    seenFrames: 0,
+    idleSweeps: 0,
+  };
 }
 
 /** A Host learns at most this many remote MACs (a bound on memory, as a switch's table). */
@@ -123,7 +132,7 @@ export class Fabric {
       const src = mac48(frame, 6);
       if (table.hostByMac.has(src)) return Verdict.Loop;
       if ((frame[0] & 1) === 1 && table.injected.repeat(frame)) return Verdict.Loop;
-      if ((frame[6] & 1) === 0 && !this.#paths.has(src)) this.#learn(src, frame, port.number);
+      if ((frame[6] & 1) === 0 && !this.#paths.has(src)) this.#learn(src, frame);
       return Verdict.Inject;
     }
     if ((frame[0] & 1) === 0) {
@@ -157,36 +166,17 @@ export class Fabric {
     return null;
   }
 
-  #learn(key: number, frame: Uint8Array, owner: number): Path | null {
-    if (this.#paths.size >= MAX_PATHS) return null;
+  #learn(key: number, frame: Uint8Array): void {
+    if (this.#paths.size >= MAX_PATHS) return;
     const mac = Array.from(frame.subarray(6, 12), (b) => b.toString(16).padStart(2, "0"))
       .join(":");
-    const path: Path = {
-      mac,
-      owner,
-      direct: null,
-      viaProxy: { frames: 0, bytes: 0 },
-      viaDirect: { frames: 0, bytes: 0 },
-      seenFrames: 0,
-      idleSweeps: 0,
-    };
-    this.#paths.set(key, path);
-    return path;
+    this.#paths.set(key, newPath(mac));
   }
 
   /** A direct route to `mac`: frames for it go on `link` (to `peer`), tagged `number`. */
-  addRoute(mac: string, link: Link, peer: string, number: number, owner: number): void {
+  addRoute(mac: string, link: Link, peer: string, number: number): void {
     const key = mac48(macBytes(mac), 0);
-    const path = this.#paths.get(key) ?? {
-      mac,
-      owner,
-      direct: null,
-      viaProxy: { frames: 0, bytes: 0 },
-      viaDirect: { frames: 0, bytes: 0 },
-      seenFrames: 0,
-      idleSweeps: 0,
-    };
-    path.owner = owner;
+    const path = this.#paths.get(key) ?? newPath(mac);
     path.direct = { link, peer, number };
     this.#paths.set(key, path);
   }

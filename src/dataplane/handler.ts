@@ -95,7 +95,10 @@ export interface HandlerInfo extends HandlerSpec {
   macConflicts: number;
   /** Frames from the peer handed to another handler of this device (a Proxy's switching). */
   switched: { frames: number; bytes: number };
-  /** The remote MACs this end's VMs reach, and how: direct to another Host, or by the Proxy. */
+  /**
+   * At a Host: the remote MACs its VMs reach (the Host's whole table, in every handler), and
+   * how: direct to another Host, or through the Proxy.
+   */
   paths: PathInfo[];
 }
 
@@ -333,7 +336,8 @@ export class Handler implements FabricPort {
       capture: this.#dev.stats(),
       macConflicts: this.conflicts.count,
       switched: { ...this.switched },
-      paths: this.#fabric.paths().filter((p) => p.owner === this.number).map((p) => {
+      // A Host's paths are its whole table: any of its VMs reaches a MAC by the same path.
+      paths: this.spec.role === "proxy" ? [] : this.#fabric.paths().map((p) => {
         const direct = p.direct?.link.isOpen ? p.direct : null;
         return {
           mac: p.mac,

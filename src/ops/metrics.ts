@@ -146,6 +146,22 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     f.ifDrops.add(l, h.capture.ifDropped);
     f.conflicts.add(l, h.macConflicts);
   }
+  // A Host's path table is listed in each of its handlers: one series per MAC.
+  const pathFrames = new Family(
+    "vnet_path_frames_total",
+    "counter",
+    "Frames a Host sent to a remote MAC, by path (direct to its Host, or through the proxy).",
+  );
+  const pathBytes = new Family("vnet_path_bytes_total", "counter", "Bytes, likewise.");
+  const seen = new Set<string>();
+  for (const path of handlers.flatMap((h) => h.paths ?? [])) {
+    if (seen.has(path.mac)) continue;
+    seen.add(path.mac);
+    for (const [via, c] of [["direct", path.viaDirect], ["proxy", path.viaProxy]] as const) {
+      pathFrames.add({ mac: path.mac, via }, c.frames);
+      pathBytes.add({ mac: path.mac, via }, c.bytes);
+    }
+  }
   const handlerCount = new Family("vnet_handlers", "gauge", "Handlers this server holds.");
   handlerCount.add({}, handlers.length);
   const rss = new Family(
@@ -162,7 +178,8 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
   uptime.add({}, Math.round(process.uptimeSeconds * 1000) / 1000);
   const build = new Family("vnet_build_info", "gauge", "Version and commit of this vnet; 1.");
   build.add({ version: process.version, commit: process.commit, deno: process.deno }, 1);
-  return [...Object.values(f), handlerCount, rss, uptime, build].map((x) => x.render()).join("");
+  return [...Object.values(f), pathFrames, pathBytes, handlerCount, rss, uptime, build]
+    .map((x) => x.render()).join("");
 }
 
 const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";

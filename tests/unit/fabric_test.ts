@@ -116,12 +116,10 @@ Deno.test("fabric, Host capture: local VMs stay local; learned MACs have a path,
   assertEquals(fabric.fromPeer(a, frame(VM1, VM3)), Verdict.Inject);
   assertEquals(fabric.toward(a, frame(VM3, VM1)), null);
   const learned = fabric.paths();
-  assertEquals(learned.map((p) => [p.mac, p.owner, p.direct, p.viaProxy.frames]), [
-    [VM3, 1, null, 1],
-  ]);
+  assertEquals(learned.map((p) => [p.mac, p.direct, p.viaProxy.frames]), [[VM3, null, 1]]);
   // A direct route: used while its link is open.
   const direct = link("hostB");
-  fabric.addRoute(VM3, direct, "hostB:7000", 0x33, a.number);
+  fabric.addRoute(VM3, direct, "hostB:7000", 0x33);
   const path = fabric.toward(a, frame(VM3, VM1));
   assert(path !== null && path !== "local" && path.direct?.number === 0x33, "no direct route");
   (direct as { isOpen: boolean }).isOpen = false;
@@ -134,8 +132,8 @@ Deno.test("fabric, Host capture: local VMs stay local; learned MACs have a path,
 
 Deno.test("fabric: idle paths age out, busy ones stay", () => {
   const fabric = new Fabric();
-  fabric.addRoute(VM2, link("b"), "b:7000", 2, 1);
-  fabric.addRoute(VM3, link("c"), "c:7000", 3, 1);
+  fabric.addRoute(VM2, link("b"), "b:7000", 2);
+  fabric.addRoute(VM3, link("c"), "c:7000", 3);
   const every = 60_000;
   const busy = () => fabric.paths().find((p) => p.mac === VM3)!.viaDirect.frames++;
   for (let i = 0; i < 4; i++) {
