@@ -7,17 +7,20 @@
  * From a peer (Handler.receive → `fromPeer`), at a Proxy:
  *   1. Unicast to a MAC that another handler on this device carries: handed to that handler's
  *      link (switched), not put on the LAN. Known unicast is never flooded.
- *   2. Broadcast: put on the LAN and handed to every other handler on this device; multicast
- *      likewise, to those that carry multicast. Never back to the handler it came from.
+ *   2. Broadcast: put on the LAN and handed to the other handlers on this device; multicast
+ *      likewise, to those that carry multicast. Never back to the Host it came from, and once
+ *      per Host: the Host hands it to all of its own devices (step 5).
  *   3. Anything else: put on the LAN.
  * From a peer, at a Host:
  *   4. A frame from a MAC this device's handlers carry is the VMs' own frame come back (a
  *      loop through the Proxy): dropped, and counted as a loop.
  *   5. A broadcast or multicast this device already put out (through another handler of the
- *      same device) is a duplicate: dropped, and counted as a loop.
+ *      same device) is a duplicate: dropped, and counted as a loop. One that is new is put out
+ *      on every device of this Host with a handler on the same link (the Proxy sends it once).
  * From the capture (Handler.#forward → `toward`), at a Host:
- *   6. Unicast to a MAC another handler of this device carries: the device delivers it
- *      locally; it is not sent anywhere.
+ *   6. Unicast to a MAC another handler of this Host carries on the same link: delivered here
+ *      (by the device itself, or put on the other device); a broadcast is also put on this
+ *      Host's other devices on that link. The Proxy never sends a Host its own frames back.
  *   7. Unicast to a MAC with a direct route (another Host, see control/direct.ts): sent on
  *      that route's link, not through the Proxy. Every remote MAC a Host learns (from the
  *      sources of its peer's frames) has a path, direct or through the Proxy, with counters.
@@ -36,6 +39,8 @@ export interface FabricPort {
   readonly multicast: boolean;
   /** Sends a frame to this handler's peer; false if it had to be dropped. */
   sendToPeer(frame: Uint8Array): boolean;
+  /** Puts a frame on this handler's interface (a Host handing it to its own VMs). */
+  deliver(frame: Uint8Array): void;
   /** The handler's own link, to tell switched frames between two peers from local ones. */
   readonly link: Link | null;
 }
@@ -84,6 +89,9 @@ class DeviceTable {
   readonly injected = new LoopGuard();
 }
 
+/** The links a broadcast went to, in one `fromPeer` (reused: no allocation per frame). */
+const sentTo: (Link | null)[] = [];
+
 /** What a handler does with a frame from its peer. */
 export const Verdict = {
   /** Put it on the interface (after offload.ts). */
@@ -101,6 +109,8 @@ type SwitchedHook = (from: FabricPort, to: FabricPort, frame: Uint8Array) => voi
 export class Fabric {
   readonly #devices = new Map<string, DeviceTable>();
   readonly #paths = new Map<number, Path>();
+  /** Every Host-role handler of this server by its MACs, whatever its device. */
+  readonly #hostPorts = new Map<number, FabricPort>();
   /** Called for unicast switched between handlers whose peers differ (direct path candidates). */
   onSwitched: SwitchedHook | null = null;
 
@@ -108,7 +118,11 @@ export class Fabric {
     let table = this.#devices.get(port.device);
     if (!table) this.#devices.set(port.device, table = new DeviceTable());
     const byMac = port.role === "proxy" ? table.proxyByMac : table.hostByMac;
-    for (const mac of port.macs) byMac.set(mac48(macBytes(mac), 0), port);
+    for (const mac of port.macs) {
+      const key = mac48(macBytes(mac), 0);
+      byMac.set(key, port);
+      if (port.role === "host") this.#hostPorts.set(key, port);
+    }
     if (port.role === "proxy") table.proxies.push(port);
   }
 
@@ -117,6 +131,7 @@ export class Fabric {
     if (!table) return;
     const byMac = port.role === "proxy" ? table.proxyByMac : table.hostByMac;
     for (const [key, p] of byMac) if (p === port) byMac.delete(key);
+    for (const [key, p] of this.#hostPorts) if (p === port) this.#hostPorts.delete(key);
     const i = table.proxies.indexOf(port);
     if (i >= 0) table.proxies.splice(i, 1);
     if (table.proxies.length === 0 && table.hostByMac.size === 0) {
@@ -131,7 +146,10 @@ export class Fabric {
     if (port.role === "host") {
       const src = mac48(frame, 6);
       if (table.hostByMac.has(src)) return Verdict.Loop;
-      if ((frame[0] & 1) === 1 && table.injected.repeat(frame)) return Verdict.Loop;
+      if ((frame[0] & 1) === 1) {
+        if (table.injected.repeat(frame)) return Verdict.Loop;
+        this.#fanOut(port, frame, src);
+      }
       if ((frame[6] & 1) === 0 && !this.#paths.has(src)) this.#learn(src, frame);
       return Verdict.Inject;
     }
@@ -142,11 +160,35 @@ export class Fabric {
       if (to.link !== port.link) this.onSwitched?.(port, to, frame);
       return Verdict.Switched;
     }
+    // Once per peer link, never back to the source's: each Host fans it out itself.
     const broadcast = isBroadcastFrame(frame);
+    sentTo.length = 0;
+    sentTo.push(port.link);
     for (const to of table.proxies) {
-      if (to !== port && (broadcast || to.multicast)) to.sendToPeer(frame);
+      if (!(broadcast || to.multicast) || sentTo.includes(to.link)) continue;
+      sentTo.push(to.link);
+      to.sendToPeer(frame);
     }
     return Verdict.Inject;
+  }
+
+  /**
+   * A Host hands a broadcast or multicast to its other devices that are on the same link as
+   * `from` (step 5, and step 6 for a VM's own broadcast), except where `src` lives.
+   */
+  #fanOut(from: FabricPort, frame: Uint8Array, src: number): void {
+    const multicast = !isBroadcastFrame(frame);
+    for (const [device, table] of this.#devices) {
+      if (device === from.device || table.hostByMac.has(src)) continue;
+      let to: FabricPort | undefined;
+      for (const p of table.hostByMac.values()) {
+        if (p.link === from.link && (!multicast || p.multicast)) {
+          to = p;
+          break;
+        }
+      }
+      if (to && !table.injected.repeat(frame)) to.deliver(frame);
+    }
   }
 
   /**
@@ -154,10 +196,16 @@ export class Fabric {
    * null for the handler's own link (the frame is counted on the MAC's path either way).
    */
   toward(port: FabricPort, frame: Uint8Array): "local" | Path | null {
-    if ((frame[0] & 1) === 1) return null;
+    if ((frame[0] & 1) === 1) {
+      this.#fanOut(port, frame, mac48(frame, 6));
+      return null;
+    }
     const dst = mac48(frame, 0);
-    const local = this.#devices.get(port.device)?.hostByMac.get(dst);
-    if (local && local !== port) return "local";
+    const local = this.#hostPorts.get(dst);
+    if (local && local !== port && local.link === port.link) {
+      if (local.device !== port.device) local.deliver(frame);
+      return "local";
+    }
     const path = this.#paths.get(dst);
     if (!path) return null;
     if (path.direct?.link.isOpen) return path;

@@ -230,6 +230,18 @@ export class Handler implements FabricPort {
       this.switched.bytes += frame.length;
       return;
     }
+    this.#put(frame);
+  }
+
+  /** Puts a frame on the interface that this Host's fabric hands over from another device. */
+  deliver(frame: Uint8Array): void {
+    this.fromPeer.frames++;
+    this.fromPeer.bytes += frame.length;
+    this.#put(frame);
+  }
+
+  /** Makes `frame` fit for the interface (offload.ts) and injects it. */
+  #put(frame: Uint8Array): void {
     const injector = this.#dev.injector;
     if (!injector) {
       this.fromPeer.drops++;

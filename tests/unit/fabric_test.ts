@@ -18,6 +18,7 @@ function link(name: string): Link {
 
 class Port implements FabricPort {
   readonly sent: string[] = [];
+  readonly delivered: string[] = [];
   constructor(
     readonly number: number,
     readonly role: "proxy" | "host",
@@ -29,6 +30,9 @@ class Port implements FabricPort {
   sendToPeer(frame: Uint8Array): boolean {
     this.sent.push(`${mac(frame, 0)}<-${mac(frame, 6)}`);
     return true;
+  }
+  deliver(frame: Uint8Array): void {
+    this.delivered.push(`${mac(frame, 0)}<-${mac(frame, 6)}`);
   }
 }
 
@@ -88,6 +92,37 @@ Deno.test("fabric, Proxy: broadcast goes to the LAN and every other handler, mul
   assertEquals(fabric.fromPeer(a, frame(VM2, VM1)), Verdict.Inject);
 });
 
+Deno.test("fabric, Proxy: a broadcast goes once to each Host, never back to its own", () => {
+  const fabric = new Fabric();
+  const hostA = link("hostA"), hostB = link("hostB");
+  const a1 = new Port(1, "proxy", [VM1], hostA), a2 = new Port(2, "proxy", [VM2], hostA);
+  const b1 = new Port(3, "proxy", [VM3], hostB);
+  const b2 = new Port(4, "proxy", ["02:00:00:00:00:04"], hostB);
+  for (const p of [a1, a2, b1, b2]) fabric.join(p);
+  assertEquals(fabric.fromPeer(a1, frame(BCAST, VM1)), Verdict.Inject);
+  assertEquals([a2.sent.length, b1.sent.length + b2.sent.length], [0, 1]);
+});
+
+Deno.test("fabric, Host: broadcasts reach its other devices on the same link, once", () => {
+  const fabric = new Fabric();
+  const proxy = link("proxy"), other = link("proxy2");
+  const a = new Port(1, "host", [VM1], proxy, false, "vif1");
+  const b = new Port(2, "host", [VM2], proxy, false, "vif2");
+  const c = new Port(3, "host", [VM3], other, false, "vif3");
+  for (const p of [a, b, c]) fabric.join(p);
+  // From the Proxy through a: put on vif1 (by a), and on vif2 (same link), not on vif3.
+  assertEquals(fabric.fromPeer(a, frame(BCAST, LAN, 1)), Verdict.Inject);
+  assertEquals([b.delivered.length, c.delivered.length], [1, 0]);
+  // VM1's own broadcast, captured on vif1: handed to vif2 here (the Proxy won't send it back).
+  assertEquals(fabric.toward(a, frame(BCAST, VM1, 2)), null);
+  assertEquals(b.delivered.length, 2);
+  // VM1 to VM2 (another device, same link): delivered here, not sent to the Proxy.
+  assertEquals(fabric.toward(a, frame(VM2, VM1)), "local");
+  assertEquals(b.delivered.at(-1), `${VM2}<-${VM1}`);
+  // VM1 to VM3 (another link: another LAN): not local.
+  assertEquals(fabric.toward(a, frame(VM3, VM1)), null);
+});
+
 Deno.test("fabric, Host: a VM's own frame coming back, and a broadcast twice, are loops", () => {
   const fabric = new Fabric();
   const a = new Port(1, "host", [VM1], link("proxy"));
@@ -105,8 +140,9 @@ Deno.test("fabric, Host: a VM's own frame coming back, and a broadcast twice, ar
 
 Deno.test("fabric, Host capture: local VMs stay local; learned MACs have a path, direct while up", () => {
   const fabric = new Fabric();
-  const a = new Port(1, "host", [VM1], link("proxy"));
-  const b = new Port(2, "host", [VM2], link("proxy"));
+  const proxy = link("proxy");
+  const a = new Port(1, "host", [VM1], proxy);
+  const b = new Port(2, "host", [VM2], proxy);
   fabric.join(a);
   fabric.join(b);
   assertEquals(fabric.toward(a, frame(VM2, VM1)), "local");
