@@ -9,7 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DENO_VERSION=2.9.6
 APT_PACKAGES=(libpcap0.8 libnet1 iproute2 iputils-ping iperf3 dnsmasq-base udhcpc nftables
-  openssh-server openssh-client ethtool tcpdump python3 util-linux chromium prometheus)
+  openssh-server openssh-client ethtool tcpdump python3 util-linux chromium prometheus
+  qemu-system-x86)
 
 say() { echo "[run.sh] $*" >&2; }
 
@@ -73,6 +74,8 @@ prepare() {
   ensure_deno
   cache_deps
   bash lab/cleanup.sh >&2 || true
+  # The QEMU guest of the e2e tests, built once from Debian packages (lab/qemu.ts).
+  deno run -A lab/qemu.ts >&2
 }
 
 run_tests() {
