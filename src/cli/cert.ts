@@ -127,16 +127,18 @@ function say(line: string): void {
   console.error(line);
 }
 
+/** The flags `ca` and `issue` share: the subject, how long it is valid, overwriting, help. */
+const VALIDITY_OPTIONS = {
+  name: { type: "string" },
+  days: { type: "string" },
+  "not-before": { type: "string" },
+  force: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
 async function caCommand(args: string[]): Promise<number> {
   const cmd = "vnet cert ca";
-  const v = parse(args, {
-    out: { type: "string" },
-    name: { type: "string" },
-    days: { type: "string" },
-    "not-before": { type: "string" },
-    force: { type: "boolean" },
-    help: { type: "boolean", short: "h" },
-  }, cmd);
+  const v = parse(args, { ...VALIDITY_OPTIONS, out: { type: "string" } }, cmd);
   if (v.help) {
     console.log(CA_HELP.trimEnd());
     return 0;
@@ -159,14 +161,10 @@ async function caCommand(args: string[]): Promise<number> {
 async function issueCommand(args: string[]): Promise<number> {
   const cmd = "vnet cert issue";
   const v = parse(args, {
+    ...VALIDITY_OPTIONS,
     ca: { type: "string" },
-    name: { type: "string" },
     san: { type: "string", multiple: true },
     out: { type: "string" },
-    days: { type: "string" },
-    "not-before": { type: "string" },
-    force: { type: "boolean" },
-    help: { type: "boolean", short: "h" },
   }, cmd);
   if (v.help) {
     console.log(ISSUE_HELP.trimEnd());
@@ -204,19 +202,12 @@ async function issueCommand(args: string[]): Promise<number> {
  */
 export async function certCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
-  switch (sub) {
-    case "ca":
-      return await caCommand(rest);
-    case "issue":
-      return await issueCommand(rest);
-    case "-h":
-    case "--help":
-    case "help":
-      console.log(CERT_HELP.trimEnd());
-      return 0;
-    case undefined:
-      throw new VnetError("missing command; see 'vnet cert --help'");
-    default:
-      throw new VnetError(`unknown command 'cert ${sub}'; see 'vnet cert --help'`);
+  if (sub === "ca") return await caCommand(rest);
+  if (sub === "issue") return await issueCommand(rest);
+  if (sub === "-h" || sub === "--help" || sub === "help") {
+    console.log(CERT_HELP.trimEnd());
+    return 0;
   }
+  if (sub === undefined) throw new VnetError("missing command; see 'vnet cert --help'");
+  throw new VnetError(`unknown command 'cert ${sub}'; see 'vnet cert --help'`);
 }

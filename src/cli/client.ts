@@ -79,25 +79,26 @@ const connectionOptions = {
   timeout: { type: "string", default: "20" },
 } as const satisfies Options;
 
+/** What the commands that read one server's tables take. */
+const readOptions = {
+  ...connectionOptions,
+  server: { type: "string" },
+  json: { type: "boolean" },
+} as const satisfies Options;
+
+/** The subcommands; without one of their names, the arguments are a `create`. */
+const SUBCOMMANDS: Record<string, (args: string[]) => Promise<number>> = {
+  create: (a) => create(a),
+  list: (a) => list(a),
+  watch: (a) => watch(a),
+  close: (a) => close(a),
+  devices: (a) => devices(a),
+  migrate: (a) => migrate(a),
+};
+
 export async function clientCommand(args: string[]): Promise<number> {
-  const sub = ["create", "list", "watch", "close", "devices", "migrate"].includes(args[0])
-    ? args[0]
-    : "create";
-  const rest = sub === args[0] ? args.slice(1) : args;
-  switch (sub) {
-    case "create":
-      return await create(rest);
-    case "list":
-      return await list(rest);
-    case "watch":
-      return await watch(rest);
-    case "close":
-      return await close(rest);
-    case "devices":
-      return await devices(rest);
-    default:
-      return await migrate(rest);
-  }
+  const named = Object.hasOwn(SUBCOMMANDS, args[0] ?? "");
+  return await SUBCOMMANDS[named ? args[0] : "create"](named ? args.slice(1) : args);
 }
 
 function timeoutMs(values: Record<string, unknown>): number {
@@ -252,12 +253,7 @@ async function migrate(args: string[]): Promise<number> {
 async function list(args: string[]): Promise<number> {
   const parsed = parseFlags(
     args,
-    {
-      ...connectionOptions,
-      server: { type: "string" },
-      json: { type: "boolean" },
-      "rate-window": { type: "string" },
-    },
+    { ...readOptions, "rate-window": { type: "string" } },
     CLIENT_HELP,
     "client list",
   );
@@ -515,16 +511,7 @@ async function close(args: string[]): Promise<number> {
 }
 
 async function devices(args: string[]): Promise<number> {
-  const parsed = parseFlags(
-    args,
-    {
-      ...connectionOptions,
-      server: { type: "string" },
-      json: { type: "boolean" },
-    },
-    CLIENT_HELP,
-    "client devices",
-  );
+  const parsed = parseFlags(args, readOptions, CLIENT_HELP, "client devices");
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client devices");

@@ -2,7 +2,7 @@
  * Production wiring of the ports (`Interfaces` on libpcap + libnet), and what the CLI shows about
  * the host: its network interfaces (`pcap_findalldevs`) and the native library versions.
  */
-import type { Interfaces } from "./ports.ts";
+import type { Injector, Interfaces } from "./ports.ts";
 import { PcapCapture } from "./pcap_capture.ts";
 import { DeviceCaptures } from "./device_capture.ts";
 import { PacketInjector } from "./packet_injector.ts";
@@ -32,6 +32,12 @@ export const INJECTORS: readonly InjectorKind[] = ["libnet", "pcap", "packet"];
  */
 export const DEFAULT_INJECTOR: InjectorKind = Deno.build.os === "linux" ? "packet" : "libnet";
 
+const INJECTOR_CLASSES: Record<InjectorKind, new (device: string) => Injector> = {
+  libnet: LibnetInjector,
+  pcap: PcapInjector,
+  packet: PacketInjector,
+};
+
 /** The real `Interfaces`: libpcap captures; libnet, pcap_inject or packet-socket injectors. */
 export function systemInterfaces(
   options: { injector: InjectorKind; captureBufferBytes?: number },
@@ -41,16 +47,7 @@ export function systemInterfaces(
   );
   return {
     openCapture: (device, spec) => captures.open(device, spec),
-    openInjector: (device) => {
-      switch (options.injector) {
-        case "pcap":
-          return new PcapInjector(device);
-        case "packet":
-          return new PacketInjector(device);
-        default:
-          return new LibnetInjector(device);
-      }
-    },
+    openInjector: (device) => new INJECTOR_CLASSES[options.injector](device),
   };
 }
 

@@ -12,15 +12,13 @@ import { translated } from "./ffi_errors.ts";
 
 /** Injects with libnet (`libnet_init(LIBNET_LINK_ADV)` + `libnet_adv_write_link`). */
 export class LibnetInjector implements Injector {
-  readonly device: string;
   readonly mtu: number;
   readonly #handle: LibnetHandle;
   readonly #l: Deno.PointerObject;
-  readonly #write: ReturnType<typeof libnet>["libnet_adv_write_link"];
+  readonly #write = libnet().libnet_adv_write_link;
 
   /** Opens `device` for injecting; a VnetError saying why if it cannot. */
-  constructor(device: string) {
-    this.device = device;
+  constructor(readonly device: string) {
     this.#handle = translated(() => {
       using stack = new DisposableStack();
       const h = stack.use(LibnetHandle.open(device));
@@ -31,7 +29,6 @@ export class LibnetInjector implements Injector {
       return h;
     });
     this.#l = this.#handle.pointer;
-    this.#write = libnet().libnet_adv_write_link;
     this.mtu = interfaceMtu(device);
   }
 

@@ -225,13 +225,16 @@ export function prepareForWire(
   return 1;
 }
 
-function ipv4(
+/** Makes the IP packet at `l3` of `f` fit an interface of `mtu`: frames sent, or a Dropped. */
+type FitIp = (
   f: Uint8Array,
   l3: number,
   mtu: number,
   emit: (frame: Uint8Array) => void,
   gso: GsoEmit | undefined,
-): number {
+) => number;
+
+const ipv4: FitIp = (f, l3, mtu, emit, gso) => {
   const avail = f.length - l3;
   if (avail < 20) return Dropped.malformed;
   const vihl = f[l3];
@@ -266,15 +269,9 @@ function ipv4(
   if (tot <= mtu) return emitFitting(f, l3, tot, mtu, emit);
   if ((frag & IP_DF) !== 0 || tot > 65535) return Dropped.oversize;
   return fragmentIpv4(f, l3, ihl, tot, frag, mtu, emit);
-}
+};
 
-function ipv6(
-  f: Uint8Array,
-  l3: number,
-  mtu: number,
-  emit: (frame: Uint8Array) => void,
-  gso: GsoEmit | undefined,
-): number {
+const ipv6: FitIp = (f, l3, mtu, emit, gso) => {
   const avail = f.length - l3;
   if (avail < 40 || f[l3] >>> 4 !== 6) return Dropped.malformed;
   let plen = (f[l3 + 4] << 8) | f[l3 + 5];
@@ -321,7 +318,7 @@ function ipv6(
   }
   if (40 + plen > mtu) return Dropped.oversize;
   return emitFitting(f, l3, 40 + plen, mtu, emit);
-}
+};
 
 /**
  * Cuts a TCP super-frame into segments of at most `mtu` IP bytes in the scratch buffer, as TSO

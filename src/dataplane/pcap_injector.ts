@@ -10,18 +10,15 @@ import { interfaceMtu } from "./sysfs.ts";
 
 /** Injects with libpcap (`pcap_inject`) on a handle that captures nothing. */
 export class PcapInjector implements Injector {
-  readonly device: string;
   readonly mtu: number;
   readonly #handle: PcapHandle;
   readonly #p: Deno.PointerObject;
-  readonly #inject: ReturnType<typeof pcap>["pcap_inject"];
+  readonly #inject = pcap().pcap_inject;
 
   /** Opens `device` for injecting; a VnetError saying why if it cannot. */
-  constructor(device: string) {
-    this.device = device;
+  constructor(readonly device: string) {
     this.#handle = translated(() => openSendOnly(device));
     this.#p = this.#handle.pointer;
-    this.#inject = pcap().pcap_inject;
     this.mtu = interfaceMtu(device);
   }
 

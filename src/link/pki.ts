@@ -320,22 +320,12 @@ async function writeWithMode(
  * Writes a secret (private key, shared secret) created with mode 0600 from the start.
  * Refuses to replace an existing file unless `overwrite`.
  */
-export async function writeSecretFile(
-  path: string,
-  data: string | Uint8Array,
-  opts: WriteOptions = {},
-): Promise<void> {
-  await writeWithMode(path, data, 0o600, opts);
-}
+export const writeSecretFile = (path: string, data: string | Uint8Array, opts: WriteOptions = {}) =>
+  writeWithMode(path, data, 0o600, opts);
 
 /** Writes a public file (certificate) with mode 0644; same overwrite rule as writeSecretFile. */
-export async function writePublicFile(
-  path: string,
-  data: string | Uint8Array,
-  opts: WriteOptions = {},
-): Promise<void> {
-  await writeWithMode(path, data, 0o644, opts);
-}
+export const writePublicFile = (path: string, data: string | Uint8Array, opts: WriteOptions = {}) =>
+  writeWithMode(path, data, 0o644, opts);
 
 /** Makes `dir` (mode 0700, parents too) unless it exists; clear error if it cannot. */
 export async function ensureDir(dir: string): Promise<void> {
