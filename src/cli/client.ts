@@ -86,6 +86,11 @@ const readOptions = {
   json: { type: "boolean" },
 } as const satisfies Options;
 
+/** Parses a subcommand's flags (`sub` "" for create); null after --help. */
+function flags<O extends Options>(args: string[], sub: string, options: O) {
+  return parseFlags(args, options, CLIENT_HELP, sub ? `client ${sub}` : "client");
+}
+
 /** The subcommands; without one of their names, the arguments are a `create`. */
 const SUBCOMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   create: (a) => create(a),
@@ -145,24 +150,19 @@ async function ask(
 }
 
 async function create(args: string[]): Promise<number> {
-  const parsed = parseFlags(
-    args,
-    {
-      ...connectionOptions,
-      proxy: { type: "string" },
-      "proxy-dev": { type: "string" },
-      host: { type: "string" },
-      "host-dev": { type: "string" },
-      mac: { type: "string", multiple: true },
-      multicast: { type: "boolean" },
-      via: { type: "string", default: "proxy" },
-      "proxy-peer": { type: "string" },
-      "host-peer": { type: "string" },
-      ...sshOptions,
-    },
-    CLIENT_HELP,
-    "client",
-  );
+  const parsed = flags(args, "", {
+    ...connectionOptions,
+    proxy: { type: "string" },
+    "proxy-dev": { type: "string" },
+    host: { type: "string" },
+    "host-dev": { type: "string" },
+    mac: { type: "string", multiple: true },
+    multicast: { type: "boolean" },
+    via: { type: "string", default: "proxy" },
+    "proxy-peer": { type: "string" },
+    "host-peer": { type: "string" },
+    ...sshOptions,
+  });
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client");
@@ -220,18 +220,13 @@ function sshRequest(values: Record<string, unknown>) {
 }
 
 async function migrate(args: string[]): Promise<number> {
-  const parsed = parseFlags(
-    args,
-    {
-      ...connectionOptions,
-      server: { type: "string" },
-      host: { type: "string" },
-      "host-dev": { type: "string" },
-      ...sshOptions,
-    },
-    CLIENT_HELP,
-    "client migrate",
-  );
+  const parsed = flags(args, "migrate", {
+    ...connectionOptions,
+    server: { type: "string" },
+    host: { type: "string" },
+    "host-dev": { type: "string" },
+    ...sshOptions,
+  });
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   const server = parseHostPort(required(values, "server", "client migrate"), "--server");
@@ -251,12 +246,7 @@ async function migrate(args: string[]): Promise<number> {
 }
 
 async function list(args: string[]): Promise<number> {
-  const parsed = parseFlags(
-    args,
-    { ...readOptions, "rate-window": { type: "string" } },
-    CLIENT_HELP,
-    "client list",
-  );
+  const parsed = flags(args, "list", { ...readOptions, "rate-window": { type: "string" } });
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client list");
@@ -423,17 +413,12 @@ export function handlerTable(
  * timestamped snapshot per interval. Stops on Ctrl-C (or SIGTERM), or after --count snapshots.
  */
 async function watch(args: string[]): Promise<number> {
-  const parsed = parseFlags(
-    args,
-    {
-      ...connectionOptions,
-      server: { type: "string" },
-      interval: { type: "string", default: "2" },
-      count: { type: "string" },
-    },
-    CLIENT_HELP,
-    "client watch",
-  );
+  const parsed = flags(args, "watch", {
+    ...connectionOptions,
+    server: { type: "string" },
+    interval: { type: "string", default: "2" },
+    count: { type: "string" },
+  });
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client watch");
@@ -487,15 +472,10 @@ async function watch(args: string[]): Promise<number> {
 }
 
 async function close(args: string[]): Promise<number> {
-  const parsed = parseFlags(
-    args,
-    {
-      ...connectionOptions,
-      server: { type: "string" },
-    },
-    CLIENT_HELP,
-    "client close",
-  );
+  const parsed = flags(args, "close", {
+    ...connectionOptions,
+    server: { type: "string" },
+  });
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   const server = parseHostPort(required(values, "server", "client close"), "--server");
@@ -511,7 +491,7 @@ async function close(args: string[]): Promise<number> {
 }
 
 async function devices(args: string[]): Promise<number> {
-  const parsed = parseFlags(args, readOptions, CLIENT_HELP, "client devices");
+  const parsed = flags(args, "devices", readOptions);
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client devices");

@@ -14,7 +14,6 @@ import { translated } from "./ffi_errors.ts";
 export class LibnetInjector implements Injector {
   readonly mtu: number;
   readonly #handle: LibnetHandle;
-  readonly #l: Deno.PointerObject;
   readonly #write = libnet().libnet_adv_write_link;
 
   /** Opens `device` for injecting; a VnetError saying why if it cannot. */
@@ -28,13 +27,12 @@ export class LibnetInjector implements Injector {
       stack.move();
       return h;
     });
-    this.#l = this.#handle.pointer;
     this.mtu = interfaceMtu(device);
   }
 
   inject(frame: Uint8Array): boolean {
     if (this.#handle.closed) return false;
-    return this.#write(this.#l, frame, frame.length) !== -1;
+    return this.#write(this.#handle.pointer, frame, frame.length) !== -1;
   }
 
   lastError(): string {

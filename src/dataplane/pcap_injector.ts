@@ -12,19 +12,17 @@ import { interfaceMtu } from "./sysfs.ts";
 export class PcapInjector implements Injector {
   readonly mtu: number;
   readonly #handle: PcapHandle;
-  readonly #p: Deno.PointerObject;
   readonly #inject = pcap().pcap_inject;
 
   /** Opens `device` for injecting; a VnetError saying why if it cannot. */
   constructor(readonly device: string) {
     this.#handle = translated(() => openSendOnly(device));
-    this.#p = this.#handle.pointer;
     this.mtu = interfaceMtu(device);
   }
 
   inject(frame: Uint8Array): boolean {
     if (this.#handle.closed) return false;
-    return this.#inject(this.#p, frame, BigInt(frame.length)) >= 0;
+    return this.#inject(this.#handle.pointer, frame, BigInt(frame.length)) >= 0;
   }
 
   lastError(): string {
