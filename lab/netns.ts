@@ -386,6 +386,62 @@ export const WAN = { proxy: "10.78.0.1", host: "10.78.0.2", host2: "10.78.0.3", 
 export const VM_MACS = ["02:00:00:00:00:01", "02:00:00:00:00:02"] as const;
 export const DHCP_RANGE = { first: "10.77.0.100", last: "10.77.0.150" } as const;
 
+/** A veth pair with one end in each namespace (created in place: no root-namespace names). */
+export async function addVeth(nsA: string, ifA: string, nsB: string, ifB: string, macB?: string) {
+  const peer = ["peer", "name", ifB, ...(macB ? ["address", macB] : []), "netns", nsB];
+  await run(nsA, ["ip", "link", "add", ifA, "type", "veth", ...peer]);
+  await run(nsA, ["ip", "link", "set", ifA, "up"]);
+  await run(nsB, ["ip", "link", "set", ifB, "up"]);
+}
+
+/** A dumb-switch bridge (addBridge), with an address if given, up. */
+export async function addUpBridge(ns: string, br: string, addr?: string) {
+  await addBridge(ns, br);
+  if (addr) await run(ns, ["ip", "addr", "add", addr, "dev", br]);
+  await run(ns, ["ip", "link", "set", br, "up"]);
+}
+
+/**
+ * Starts dnsmasq on the LAN bridge `br0` of `lanNs`, serving DHCP_RANGE, its lease file, pid
+ * and log (with --log-dhcp) in `dir`; resolves once its DHCP socket is bound.
+ */
+export async function startLanDhcp(lanNs: string, dir: string): Promise<Proc> {
+  const p = spawn(lanNs, [
+    "dnsmasq",
+    "--keep-in-foreground",
+    "--conf-file=/dev/null",
+    "--no-resolv",
+    "--no-hosts",
+    "--port=0",
+    "--user=root",
+    "--group=root",
+    "--interface=br0",
+    "--bind-interfaces",
+    `--dhcp-range=${DHCP_RANGE.first},${DHCP_RANGE.last},255.255.255.0,1h`,
+    "--dhcp-authoritative",
+    "--no-ping",
+    "--log-dhcp",
+    `--dhcp-leasefile=${dir}/dnsmasq.leases`,
+    `--pid-file=${dir}/dnsmasq.pid`,
+    `--log-facility=${dir}/dnsmasq.log`,
+  ]);
+  // dnsmasq logs "DHCP, IP range ..." once its DHCP socket is bound.
+  await waitFor(
+    "dnsmasq to start",
+    async () => {
+      if (p.exitCode !== null) throw new Error(`dnsmasq exited: ${p.output()}`);
+      const log = await Deno.readTextFile(`${dir}/dnsmasq.log`).catch(() => "");
+      return /DHCP, IP range/.test(log) ? true : undefined;
+    },
+    10_000,
+    100,
+  ).catch((e) => {
+    p.kill("SIGKILL");
+    throw e;
+  });
+  return p;
+}
+
 /**
  * Adds a Linux bridge that behaves like a dumb switch: no STP (ports forward at once), no
  * multicast snooping (multicast is flooded).
@@ -471,18 +527,12 @@ export class Topology {
     await run(name, ["ip", "link", "set", "lo", "up"]);
   }
 
-  /** A veth pair with one end in each namespace (created in place: no root-namespace names). */
-  private async veth(nsA: string, ifA: string, nsB: string, ifB: string, macB?: string) {
-    const peer = ["peer", "name", ifB, ...(macB ? ["address", macB] : []), "netns", nsB];
-    await run(nsA, ["ip", "link", "add", ifA, "type", "veth", ...peer]);
-    await run(nsA, ["ip", "link", "set", ifA, "up"]);
-    await run(nsB, ["ip", "link", "set", ifB, "up"]);
+  private veth(nsA: string, ifA: string, nsB: string, ifB: string, macB?: string) {
+    return addVeth(nsA, ifA, nsB, ifB, macB);
   }
 
-  private async bridge(ns: string, br: string, addr?: string) {
-    await addBridge(ns, br);
-    if (addr) await run(ns, ["ip", "addr", "add", addr, "dev", br]);
-    await run(ns, ["ip", "link", "set", br, "up"]);
+  private bridge(ns: string, br: string, addr?: string) {
+    return addUpBridge(ns, br, addr);
   }
 
   private async build(): Promise<void> {
@@ -544,38 +594,7 @@ export class Topology {
 
   /** The LAN's DHCP server. Its log (with --log-dhcp) is `<dir>/dnsmasq.log`. */
   private async startDnsmasq(): Promise<void> {
-    const d = this.dir;
-    const p = spawn(this.ns.lan, [
-      "dnsmasq",
-      "--keep-in-foreground",
-      "--conf-file=/dev/null",
-      "--no-resolv",
-      "--no-hosts",
-      "--port=0",
-      "--user=root",
-      "--group=root",
-      "--interface=br0",
-      "--bind-interfaces",
-      `--dhcp-range=${DHCP_RANGE.first},${DHCP_RANGE.last},255.255.255.0,1h`,
-      "--dhcp-authoritative",
-      "--no-ping",
-      "--log-dhcp",
-      `--dhcp-leasefile=${d}/dnsmasq.leases`,
-      `--pid-file=${d}/dnsmasq.pid`,
-      `--log-facility=${d}/dnsmasq.log`,
-    ]);
-    this.procs.push(p);
-    // dnsmasq logs "DHCP, IP range ..." once its DHCP socket is bound.
-    await waitFor(
-      "dnsmasq to start",
-      async () => {
-        if (p.exitCode !== null) throw new Error(`dnsmasq exited: ${p.output()}`);
-        const log = await Deno.readTextFile(`${d}/dnsmasq.log`).catch(() => "");
-        return /DHCP, IP range/.test(log) ? true : undefined;
-      },
-      10_000,
-      100,
-    );
+    this.procs.push(await startLanDhcp(this.ns.lan, this.dir));
   }
 
   /** dnsmasq's log so far (for failure messages). */

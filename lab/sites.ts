@@ -23,7 +23,8 @@
  * h<i>v<j>), temp dir `vnt-<pid>-<n>-...` in $TMPDIR.
  */
 import {
-  addBridge,
+  addUpBridge,
+  addVeth,
   DHCP_RANGE,
   LAN,
   type Ns,
@@ -33,10 +34,10 @@ import {
   type RunResult,
   sleep,
   spawn,
+  startLanDhcp,
   tryRun,
   VNET_PORT,
   vnetCommand,
-  waitFor,
   WAN,
 } from "./netns.ts";
 
@@ -214,17 +215,12 @@ export class Sites {
     await run(name, ["ip", "link", "set", "lo", "up"]);
   }
 
-  private async veth(nsA: string, ifA: string, nsB: string, ifB: string, macB?: string) {
-    const peer = ["peer", "name", ifB, ...(macB ? ["address", macB] : []), "netns", nsB];
-    await run(nsA, ["ip", "link", "add", ifA, "type", "veth", ...peer]);
-    await run(nsA, ["ip", "link", "set", ifA, "up"]);
-    await run(nsB, ["ip", "link", "set", ifB, "up"]);
+  private veth(nsA: string, ifA: string, nsB: string, ifB: string, macB?: string) {
+    return addVeth(nsA, ifA, nsB, ifB, macB);
   }
 
-  private async bridge(ns: string, br: string, addr?: string) {
-    await addBridge(ns, br);
-    if (addr) await run(ns, ["ip", "addr", "add", addr, "dev", br]);
-    await run(ns, ["ip", "link", "set", br, "up"]);
+  private bridge(ns: string, br: string, addr?: string) {
+    return addUpBridge(ns, br, addr);
   }
 
   private async build(): Promise<void> {
@@ -294,36 +290,7 @@ export class Sites {
   }
 
   private async startDnsmasq(): Promise<void> {
-    const d = this.dir;
-    const p = spawn(this.ns.lan, [
-      "dnsmasq",
-      "--keep-in-foreground",
-      "--conf-file=/dev/null",
-      "--no-resolv",
-      "--no-hosts",
-      "--port=0",
-      "--user=root",
-      "--group=root",
-      "--interface=br0",
-      "--bind-interfaces",
-      `--dhcp-range=${DHCP_RANGE.first},${DHCP_RANGE.last},255.255.255.0,1h`,
-      "--dhcp-authoritative",
-      "--no-ping",
-      `--dhcp-leasefile=${d}/dnsmasq.leases`,
-      `--pid-file=${d}/dnsmasq.pid`,
-      `--log-facility=${d}/dnsmasq.log`,
-    ]);
-    this.procs.push(p);
-    await waitFor(
-      "dnsmasq to start",
-      async () => {
-        if (p.exitCode !== null) throw new Error(`dnsmasq exited: ${p.output()}`);
-        const log = await Deno.readTextFile(`${d}/dnsmasq.log`).catch(() => "");
-        return /DHCP, IP range/.test(log) ? true : undefined;
-      },
-      10_000,
-      100,
-    );
+    this.procs.push(await startLanDhcp(this.ns.lan, this.dir));
   }
 
   // -------------------------------------------------------------------------------------------

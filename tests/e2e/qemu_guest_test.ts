@@ -8,7 +8,16 @@
  *   flock /tmp/vnet-ns.lock deno test -A tests/e2e/qemu_guest_test.ts
  *   VNET_GUEST_ACCEL=kvm|tcg ...   # skip the KVM probe (lab/qemu.ts)
  */
-import { LAN, type Proc, sleep, spawn, type Topology, tryRun, type Vm } from "../../lab/netns.ts";
+import {
+  LAN,
+  type Proc,
+  run,
+  sleep,
+  spawn,
+  type Topology,
+  tryRun,
+  type Vm,
+} from "../../lab/netns.ts";
 import { ensureGuestImage, type Guest, startGuest } from "../../lab/qemu.ts";
 import {
   assert,
@@ -22,6 +31,8 @@ import {
 
 /** QEMU's own OUI, as a hypervisor would assign; not one of the lab's veth VM MACs. */
 const GUEST_MAC = "52:54:00:4e:54:01";
+/** The veth VM on the second Host. */
+const OTHER_SITE_IP = "10.77.0.71";
 const TAP = "vmtap0";
 /**
  * virtio-net feature bits (virtio spec 5.1.3) that QEMU offers by default with a tap backend:
@@ -46,13 +57,16 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
   console.log(`    guest image ${image.versions} ready in ${imageMs.toFixed(0)} ms`);
 
   let guest: Guest | undefined;
-  await withTopology({ vms: 1 }, 120_000, async (topo) => {
+  // A second Host with a veth VM: the guest also talks to a VM of another site (issue 11).
+  await withTopology({ vms: 1, secondHost: true }, 150_000, async (topo) => {
     const step = stepper(
       t,
       () =>
         `${topo.serverLogs()}  guest console:\n${guest?.consoleText() ?? "(none)"}\n` +
         `  dnsmasq:\n${topo.dnsmasqLog().split("\n").slice(-10).join("\n")}`,
     );
+    const otherSite = topo.vms[0];
+    await topo.moveVm(otherSite, "host2");
     await topo.startServers();
     const guestVm: Vm = {
       ns: topo.ns.host,
@@ -202,6 +216,27 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
           `${h.fromPeer.drops}`,
       );
     });
+
+    await step(
+      "the guest and a VM on another Host reach each other through the Proxy",
+      async () => {
+        await run(otherSite.ns, ["ip", "addr", "replace", `${OTHER_SITE_IP}/24`, "dev", "eth0"]);
+        await topo.createHandler([otherSite], { hostRole: "host2" });
+        const r = await guest!.run(`ping -c 3 -w 10 ${OTHER_SITE_IP}`, 15_000);
+        assert(r.code === 0 && /3 packets received/.test(r.output), `guest → VM:\n${r.output}`);
+        const back = await topo.ping(otherSite.ns, ip, { count: 3, deadlineS: 10 });
+        assert(back.ok, `VM → guest ${ip}:\n${back.output}`);
+        // The lab's HandlerInfo predates paths: read them as the switch lists them.
+        const host = findByMac(await topo.list("host"), GUEST_MAC) as
+          | { paths?: { mac: string; via: string }[] }
+          | undefined;
+        const toVm = host?.paths?.find((p) => p.mac === otherSite.mac);
+        console.log(
+          `    guest ↔ VM on host2: 3/3 each way; the guest's Host reaches it ${toVm?.via}`,
+        );
+        assert(toVm, `the guest's Host has no path to ${otherSite.mac}: ${JSON.stringify(host)}`);
+      },
+    );
   }, () => guest?.stop() ?? Promise.resolve());
 }
 

@@ -27,6 +27,7 @@ import {
   stepper,
   withTopology,
 } from "./ops_helpers.ts";
+import { prng } from "../prng.ts";
 
 const SEED = Number(Deno.env.get("VNET_FUZZ_SEED") ?? Math.floor(Math.random() * 2 ** 31));
 const ROUNDS = 8;
@@ -39,33 +40,6 @@ const VM_IPS = ["10.77.0.61", "10.77.0.62"];
 const SERVER_ARGS = ["--keepalive", "1"];
 /** How long the two servers may take to agree after the link is back. */
 const AGREE_MS = 20_000;
-
-/** mulberry32, as in tests/unit/fuzz_test.ts. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return {
-    int,
-    pick<T>(xs: readonly T[]): T {
-      return xs[int(xs.length)];
-    },
-    shuffle<T>(xs: readonly T[]): T[] {
-      const out = xs.slice();
-      for (let i = out.length - 1; i > 0; i--) {
-        const j = int(i + 1);
-        [out[i], out[j]] = [out[j], out[i]];
-      }
-      return out;
-    },
-  };
-}
 
 type Side = "proxy" | "host";
 

@@ -27,6 +27,7 @@ import { encodeMessage, MessageReader, MessageType } from "../../src/link/wire.t
 import { parseGateway } from "../../src/link/ssh.ts";
 import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
 import { type Fields, Logger } from "../../src/ops/log.ts";
+import { prng } from "../prng.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness
@@ -36,25 +37,6 @@ const SEED = Number(Deno.env.get("VNET_FUZZ_SEED") ?? Math.floor(Math.random() *
 const SCALE = Number(Deno.env.get("VNET_FUZZ_SCALE") ?? "1");
 console.log(`control fuzz seed ${SEED} (replay: VNET_FUZZ_SEED=${SEED}), scale ${SCALE}`);
 
-/** mulberry32, as in fuzz_test.ts: small, fast, reproducible. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return {
-    int,
-    chance: (p: number) => next() < p,
-    pick<T>(xs: readonly T[]): T {
-      return xs[int(xs.length)];
-    },
-  };
-}
 type Rng = ReturnType<typeof prng>;
 
 // ---------------------------------------------------------------------------------------------

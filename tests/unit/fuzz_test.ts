@@ -31,6 +31,7 @@ import {
   ProtocolError,
   putFrame,
 } from "../../src/link/wire.ts";
+import { prng } from "../prng.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness
@@ -40,30 +41,6 @@ const SEED = Number(Deno.env.get("VNET_FUZZ_SEED") ?? Math.floor(Math.random() *
 const SCALE = Number(Deno.env.get("VNET_FUZZ_SCALE") ?? "1");
 console.log(`fuzz seed ${SEED} (replay: VNET_FUZZ_SEED=${SEED}), scale ${SCALE}`);
 
-/** mulberry32: small, fast, good enough to explore inputs; one stream per test. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return {
-    next,
-    int,
-    pick<T>(xs: readonly T[]): T {
-      return xs[int(xs.length)];
-    },
-    bytes(n: number): Uint8Array {
-      const out = new Uint8Array(n);
-      for (let i = 0; i < n; i++) out[i] = int(256);
-      return out;
-    },
-  };
-}
 type Rng = ReturnType<typeof prng>;
 
 function concat(parts: Uint8Array[]): Uint8Array {
