@@ -96,6 +96,8 @@ class DeviceCapture {
   #proxyByDst = new Map<number, Member>();
   /** Proxy members by their MACs: a frame from one of them is that member's conflict. */
   #proxyBySrc = new Map<number, Member>();
+  /** The kernel filter installed now: a change of members that keeps it costs no recompile. */
+  #filter: string | null = null;
   #proxies: Member[] = [];
   #running = false;
   #closed = false;
@@ -191,12 +193,17 @@ class DeviceCapture {
       }
     }
     // Over the limit: let everything through and sort it out here (still exact, just busier).
+    const filter = macs > MAX_FILTER_MACS ? "" : this.#unionFilter(proxied);
+    if (!this.#raw) this.#raw = this.openRaw(this.device, filter);
+    else if (filter !== this.#filter) this.#raw.setFilter(filter);
+    this.#filter = filter;
+  }
+
+  #unionFilter(proxied: string[]): string {
     const clauses = [...this.#members]
       .map((m) => `(${buildFilter(m.spec.role, m.spec.macs, m.spec.multicast)})`);
     if (proxied.length) clauses.push(`(${conflictFilter(proxied)})`);
-    const filter = macs > MAX_FILTER_MACS ? "" : clauses.join(" or ");
-    if (this.#raw) this.#raw.setFilter(filter);
-    else this.#raw = this.openRaw(this.device, filter);
+    return clauses.join(" or ");
   }
 
   /** The interface failed (e.g. it disappeared): every member hears it, then all starts over. */

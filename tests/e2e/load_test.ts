@@ -34,14 +34,8 @@ import {
 const HANDLERS = 100;
 /** Kernel capture buffer per interface, MiB (VNET_LOAD_CAPTURE_MIB; default: the server's). */
 const CAPTURE_MIB = Deno.env.get("VNET_LOAD_CAPTURE_MIB");
-/**
- * The bound for a server with 100 handlers at full load. Issue 5 stated 150 MiB (measured then:
- * 139 MiB); the MAC policy, the switch fabric, direct paths and the status page have since added
- * ~5 MiB idle and ~15 MiB at a Proxy with 100 handlers (measured 157–161 MiB). Where the latter
- * goes is not found yet: not the live-MAC listen, not the conflict filter, not glibc's retention
- * of libpcap's compiler memory.
- */
-const RSS_LIMIT_MIB = 175;
+/** The bound issue 5 states for a server with 100 handlers at full load. */
+const RSS_LIMIT_MIB = 150;
 const MACS_PER_HANDLER = 10;
 const SOAK_SECONDS = Number(Deno.env.get("VNET_SOAK_SECONDS") ?? "60");
 const CUT_EVERY_S = 15;
