@@ -527,45 +527,37 @@ export class Topology {
     await run(name, ["ip", "link", "set", "lo", "up"]);
   }
 
-  private veth(nsA: string, ifA: string, nsB: string, ifB: string, macB?: string) {
-    return addVeth(nsA, ifA, nsB, ifB, macB);
-  }
-
-  private bridge(ns: string, br: string, addr?: string) {
-    return addUpBridge(ns, br, addr);
-  }
-
   private async build(): Promise<void> {
     const { ns } = this;
     const all = [ns.lan, ns.wan, ns.client, ns.proxy, ns.host, ...(ns.host2 ? [ns.host2] : [])];
     for (const n of all) await this.addNs(n);
 
     // LAN: bridge br0 with the client and the proxy's lan0 on it.
-    await this.bridge(ns.lan, "br0", `${LAN.bridge}/${LAN.prefix}`);
-    await this.veth(ns.lan, "c0", ns.client, "eth0");
+    await addUpBridge(ns.lan, "br0", `${LAN.bridge}/${LAN.prefix}`);
+    await addVeth(ns.lan, "c0", ns.client, "eth0");
     await run(ns.lan, ["ip", "link", "set", "c0", "master", "br0"]);
     await run(ns.client, ["ip", "addr", "add", `${LAN.client}/${LAN.prefix}`, "dev", "eth0"]);
-    await this.veth(ns.lan, "p0", ns.proxy, "lan0");
+    await addVeth(ns.lan, "p0", ns.proxy, "lan0");
     await run(ns.lan, ["ip", "link", "set", "p0", "master", "br0"]);
 
     // WAN: a switch joining proxy, host (and host2).
-    await this.bridge(ns.wan, "br0");
+    await addUpBridge(ns.wan, "br0");
     const wanHosts: [string, string][] = [[ns.proxy, WAN.proxy], [ns.host, WAN.host]];
     if (ns.host2) wanHosts.push([ns.host2, WAN.host2]);
     for (const [i, [n, ip]] of wanHosts.entries()) {
-      await this.veth(ns.wan, `w${i}`, n, "wan0");
+      await addVeth(ns.wan, `w${i}`, n, "wan0");
       await run(ns.wan, ["ip", "link", "set", `w${i}`, "master", "br0"]);
       await run(n, ["ip", "addr", "add", `${ip}/${WAN.prefix}`, "dev", "wan0"]);
     }
 
     // VMs: each its own namespace, eth0 with a fixed MAC, the other end vmifN in host.
-    if (this.opts.hostBridge) await this.bridge(ns.host, "vmbr0");
+    if (this.opts.hostBridge) await addUpBridge(ns.host, "vmbr0");
     const count = this.opts.vms ?? 1;
     for (let i = 0; i < count; i++) {
       const vmNs = `${this.name}-${i === 0 ? "vm" : `vm${i + 1}`}`;
       await this.addNs(vmNs);
       const hostIf = `vmif${i}`;
-      await this.veth(ns.host, hostIf, vmNs, "eth0", VM_MACS[i]);
+      await addVeth(ns.host, hostIf, vmNs, "eth0", VM_MACS[i]);
       if (this.opts.hostBridge) {
         await run(ns.host, ["ip", "link", "set", hostIf, "master", "vmbr0"]);
       }

@@ -22,6 +22,7 @@
  * Names: namespaces `vnt-<pid>-<n>-<role>` (roles lan, wan, client, proxy, proxy2, h<i>,
  * h<i>v<j>), temp dir `vnt-<pid>-<n>-...` in $TMPDIR.
  */
+import { type ListedHandler } from "../src/control/rpc.ts";
 import {
   addUpBridge,
   addVeth,
@@ -215,31 +216,23 @@ export class Sites {
     await run(name, ["ip", "link", "set", "lo", "up"]);
   }
 
-  private veth(nsA: string, ifA: string, nsB: string, ifB: string, macB?: string) {
-    return addVeth(nsA, ifA, nsB, ifB, macB);
-  }
-
-  private bridge(ns: string, br: string, addr?: string) {
-    return addUpBridge(ns, br, addr);
-  }
-
   private async build(): Promise<void> {
     const { ns, opts } = this;
     for (const n of [ns.lan, ns.wan, ns.client, ns.proxy]) await this.addNs(n);
     if (ns.proxy2) await this.addNs(ns.proxy2);
 
-    await this.bridge(ns.lan, "br0", `${LAN.bridge}/${LAN.prefix}`);
-    await this.veth(ns.lan, "c0", ns.client, "eth0");
+    await addUpBridge(ns.lan, "br0", `${LAN.bridge}/${LAN.prefix}`);
+    await addVeth(ns.lan, "c0", ns.client, "eth0");
     await run(ns.lan, ["ip", "link", "set", "c0", "master", "br0"]);
     await run(ns.client, ["ip", "addr", "add", `${LAN.client}/${LAN.prefix}`, "dev", "eth0"]);
 
-    await this.bridge(ns.wan, "br0");
+    await addUpBridge(ns.wan, "br0");
     const proxies: [string, string][] = [[ns.proxy, WAN.proxy]];
     if (ns.proxy2) proxies.push([ns.proxy2, PROXY2_WAN]);
     for (const [i, [n, ip]] of proxies.entries()) {
-      await this.veth(ns.lan, `p${i}`, n, "lan0");
+      await addVeth(ns.lan, `p${i}`, n, "lan0");
       await run(ns.lan, ["ip", "link", "set", `p${i}`, "master", "br0"]);
-      await this.veth(ns.wan, `wp${i}`, n, "wan0");
+      await addVeth(ns.wan, `wp${i}`, n, "wan0");
       await run(ns.wan, ["ip", "link", "set", `wp${i}`, "master", "br0"]);
       await run(n, ["ip", "addr", "add", `${ip}/${WAN.prefix}`, "dev", "wan0"]);
     }
@@ -258,10 +251,10 @@ export class Sites {
     // Hosts (and their VMs) are independent of each other: wire them a few at a time.
     await mapLimit(this.hosts, 4, async (host) => {
       await this.addNs(host.ns);
-      await this.veth(this.ns.wan, `wh${host.index}`, host.ns, "wan0");
+      await addVeth(this.ns.wan, `wh${host.index}`, host.ns, "wan0");
       await run(this.ns.wan, ["ip", "link", "set", `wh${host.index}`, "master", "br0"]);
       await run(host.ns, ["ip", "addr", "add", `${host.wanIp}/${WAN.prefix}`, "dev", "wan0"]);
-      if (opts.vmBridge) await this.bridge(host.ns, "vmbr0");
+      if (opts.vmBridge) await addUpBridge(host.ns, "vmbr0");
       if (host.index > opts.hosts) return;
       for (let v = 1; v <= opts.vmsPerHost; v++) {
         const k = (host.index - 1) * opts.vmsPerHost + (v - 1);
@@ -275,7 +268,7 @@ export class Sites {
           hostDev: opts.vmBridge ? "vmbr0" : `vif${k}`,
         };
         await this.addNs(vm.ns);
-        await this.veth(host.ns, vm.hostIf, vm.ns, "eth0", vm.mac);
+        await addVeth(host.ns, vm.hostIf, vm.ns, "eth0", vm.mac);
         if (opts.vmBridge) await run(host.ns, ["ip", "link", "set", vm.hostIf, "master", "vmbr0"]);
         await run(vm.ns, ["ip", "addr", "add", `${vm.ip}/${LAN.prefix}`, "dev", "eth0"]);
         this.vms.push(vm);
@@ -601,9 +594,9 @@ export class Sites {
   async bridgeVmDeviceToLan(vm: SiteVm): Promise<() => Promise<void>> {
     if (this.opts.vmBridge) throw new Error("bridgeVmDeviceToLan wants a VM on its own veth");
     const lanPort = `lk${vm.hostIf.slice(3)}`;
-    await this.veth(this.ns.lan, lanPort, vm.host.ns, "lanlk");
+    await addVeth(this.ns.lan, lanPort, vm.host.ns, "lanlk");
     await run(this.ns.lan, ["ip", "link", "set", lanPort, "master", "br0"]);
-    await this.bridge(vm.host.ns, "loopbr");
+    await addUpBridge(vm.host.ns, "loopbr");
     await run(vm.host.ns, ["ip", "link", "set", "lanlk", "master", "loopbr"]);
     await run(vm.host.ns, ["ip", "link", "set", vm.hostIf, "master", "loopbr"]);
     const hostNs = vm.host.ns;
@@ -751,23 +744,8 @@ export interface PathInfo {
   bytes: number;
 }
 
-/** One entry of `vnet client list --json`, with the switch's fields (absent until they land). */
-export interface SwitchListed {
-  id: string;
-  role: "host" | "proxy";
-  device: string;
-  peer: string;
-  macs: string[];
-  multicast: boolean;
-  state: string;
-  link: { state: string; remote: string | null; tls: boolean };
-  toPeer: { frames: number; bytes: number; drops: number };
-  fromPeer: { frames: number; bytes: number; drops: number };
-  dropReasons: Record<string, number> & { loop?: number };
-  macConflicts?: number;
-  paths?: PathInfo[];
-  switched?: { frames: number; bytes: number };
-}
+/** One entry of `vnet client list --json`. */
+export type SwitchListed = ListedHandler;
 
 export interface MeshReport {
   endpoints: number;

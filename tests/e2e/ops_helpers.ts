@@ -3,6 +3,7 @@
  * topologies, `list` as the server really answers it, link faults with nft, process memory, a
  * byte-counting TCP stream and a timestamped ping. Built on lab/netns.ts (not edited here).
  */
+import { type ListedHandler } from "../../src/control/rpc.ts";
 import {
   type Proc,
   type Role,
@@ -18,24 +19,8 @@ import {
 export { assert, e2e, NS_OK, stepper, withTopology } from "./fixtures/e2e_common.ts";
 import { assert } from "./fixtures/e2e_common.ts";
 
-/** One entry of `vnet client list --json`, as src/control/server.ts's ListedHandler. */
-export interface Listed {
-  id: string;
-  role: "host" | "proxy";
-  device: string;
-  peer: string;
-  macs: string[];
-  multicast: boolean;
-  state: "up" | "down" | "degraded" | "closed";
-  degraded: string | null;
-  link: { state: "up" | "down"; remote: string | null; tls: boolean; rttMs: number | null };
-  toPeer: { frames: number; bytes: number; drops: number };
-  fromPeer: { frames: number; bytes: number; drops: number };
-  dropReasons: { link: number; truncated: number; offload: number; inject: number };
-  capture: { received: number; dropped: number; ifDropped: number };
-  dialled: "out" | "in";
-  reconnects: number;
-}
+/** One entry of `vnet client list --json`. */
+export type Listed = ListedHandler;
 
 /** `vnet client list --json` against one server's role. */
 export async function list(topo: Topology, role: Role = "proxy"): Promise<Listed[]> {
