@@ -13,10 +13,19 @@
  *   vnet             vnet servers on proxy and host, one handler lan0 <-> vmif0, plain TCP,
  *                    default injector (the GSO packet socket on Linux).
  *   vnet-tls         the same with --tls-cert/--tls-key/--tls-ca (certificates from `vnet cert`).
+ *   vnet-busy        `vnet` with --busy-poll (the bench's --busy-poll, default 500 µs): after traffic
+ *                    the servers poll instead of sleeping (src/dataplane/fastpath/busy_poll.ts).
+ *   vnet-tls-busy    `vnet-tls` with --busy-poll.
  *   vnet-libnet      `vnet` with --injector libnet: what the GSO injector buys.
  *   openvpn-tcp      OpenVPN 2.6 p2p over TCP, TAP: tap0 bridged with lan0 in the proxy and with
  *                    vmif0 in the host; no TLS, no cipher, no auth (plaintext, like `vnet`).
  *   openvpn-tcp-tls  the same with TLS (the same ECDSA P-256 certificates) and AES-256-GCM.
+ *
+ * Every configuration is measured twice per run (--offloads both, the default): with the veths'
+ * offloads on (as Linux sets them: GSO super-frames of up to 64 KB cross whole), and with them off
+ * (`ethtool -K ... tso/gso/gro/tx/rx off` on both ends of every veth between the LAN client and
+ * the VM, captured interfaces included): then every frame is at most 1500 bytes, and what counts is
+ * the cost per frame.
  *
  * Per configuration and run: iperf3 TCP LAN client -> VM and VM -> LAN client (receiver's
  * figure), ping RTT idle and under load (ping -i 0.01 while an iperf3 TCP upload runs), the
@@ -50,6 +59,8 @@ export const CONFIGS = [
   "direct",
   "vnet",
   "vnet-tls",
+  "vnet-busy",
+  "vnet-tls-busy",
   "vnet-libnet",
   "openvpn-tcp",
   "openvpn-tcp-tls",
@@ -63,16 +74,24 @@ interface Options {
   rate?: string;
   only: Config[];
   out: string;
+  /** Offload settings to measure each configuration with, in this order within a run. */
+  offloads: Offloads[];
+  /** --busy-poll of the *-busy configurations, µs. */
+  busyPollUs: number;
 }
 
+type Offloads = "on" | "off";
+
 const USAGE = `usage: deno task bench [--runs N] [--seconds S] [--quick] [--rate RATE] [--delay D]
-                       [--only CONFIG,...] [--out DIR]
+                       [--only CONFIG,...] [--offloads on|off|both] [--busy-poll US] [--out DIR]
   --runs N      repetitions, round-robin over the configurations (default 3; --quick 1)
   --seconds S   length of each iperf3 test (default 3; --quick 2)
   --quick       --runs 1 --seconds 2 and fewer idle pings
   --rate RATE   shape both WAN veths with tc tbf (e.g. 100mbit), for every configuration
   --delay D     not available here (no netem in this kernel): skipped with a message
   --only LIST   a subset of: ${CONFIGS.join(", ")}
+  --offloads M  on, off (ethtool -K: every frame <= 1500 bytes) or both (default)
+  --busy-poll US  the vnet servers' --busy-poll in the *-busy configurations (default 500)
   --out DIR     where latest.json and chart.svg go (default bench/results)`;
 
 function parseArgs(args: string[]): Options {
@@ -82,6 +101,8 @@ function parseArgs(args: string[]): Options {
     pings: 200,
     only: [...CONFIGS],
     out: `${REPO_ROOT}/bench/results`,
+    offloads: ["on", "off"],
+    busyPollUs: 500,
   };
   let quick = false;
   let runs: number | undefined;
@@ -126,6 +147,15 @@ function parseArgs(args: string[]): Options {
         o.only = CONFIGS.filter((c) => list.includes(c));
         break;
       }
+      case "--offloads": {
+        const v = val();
+        if (v !== "on" && v !== "off" && v !== "both") die(`--offloads: on, off or both, got ${v}`);
+        o.offloads = v === "both" ? ["on", "off"] : [v];
+        break;
+      }
+      case "--busy-poll":
+        o.busyPollUs = int(val(), 1);
+        break;
       case "--out":
         o.out = val().replace(/\/$/, "");
         break;
@@ -238,7 +268,11 @@ async function startDirect(topo: Topology): Promise<Active> {
 let certDir: string | undefined;
 
 /** `injector` undefined: the server's default (the GSO packet socket on Linux). */
-async function startVnet(topo: Topology, tls: boolean, injector?: string): Promise<Active> {
+async function startVnet(
+  topo: Topology,
+  tls: boolean,
+  extraArgs: string[] = [],
+): Promise<Active> {
   // Topology adds --tls-ca to every client command once it has made certificates: say per run.
   certDir ??= await topo.makeCerts();
   topo.tlsDir = tls ? certDir : undefined;
@@ -246,7 +280,7 @@ async function startVnet(topo: Topology, tls: boolean, injector?: string): Promi
     await topo.startServers({
       tls,
       logLevel: "info",
-      extraArgs: injector ? ["--injector", injector] : [],
+      extraArgs,
     });
     await topo.createHandler();
   } catch (e) {
@@ -348,7 +382,8 @@ async function startOpenvpn(topo: Topology, tls: boolean): Promise<Active> {
   }
 }
 
-function start(topo: Topology, c: Config): Promise<Active> {
+function start(topo: Topology, c: Config, o: Options): Promise<Active> {
+  const busy = ["--busy-poll", String(o.busyPollUs)];
   switch (c) {
     case "direct":
       return startDirect(topo);
@@ -356,8 +391,12 @@ function start(topo: Topology, c: Config): Promise<Active> {
       return startVnet(topo, false);
     case "vnet-tls":
       return startVnet(topo, true);
+    case "vnet-busy":
+      return startVnet(topo, false, busy);
+    case "vnet-tls-busy":
+      return startVnet(topo, true, busy);
     case "vnet-libnet":
-      return startVnet(topo, false, "libnet");
+      return startVnet(topo, false, ["--injector", "libnet"]);
     case "openvpn-tcp":
       return startOpenvpn(topo, false);
     case "openvpn-tcp-tls":
@@ -403,6 +442,7 @@ export interface RunRecord {
   run: number;
   position: number;
   config: Config;
+  offloads: Offloads;
   startedAt: string;
   tcpToVm?: TcpResult;
   tcpFromVm?: TcpResult;
@@ -590,7 +630,7 @@ async function measure(
     }
   };
   const t0 = Date.now();
-  const active = await start(topo, c);
+  const active = await start(topo, c, o);
   try {
     await waitReachable(topo, 20_000);
     await sleep(300);
@@ -610,7 +650,9 @@ async function measure(
     await step("udp64", async () => {
       rec.udp64 = await udp64(topo, srv, o.seconds);
     });
-    console.log(`  ${c.padEnd(16)} ${summary(rec)}  (setup ${setupS.toFixed(1)} s)`);
+    console.log(
+      `  ${c.padEnd(16)} ${rec.offloads.padEnd(3)} ${summary(rec)}  (setup ${setupS.toFixed(1)} s)`,
+    );
   } finally {
     await active.stop();
   }
@@ -671,7 +713,9 @@ function medians(records: RunRecord[], configs: readonly Config[]): Medians {
 
 const RATIOS: [string, Config, Config][] = [
   ["vnet/ovpn", "vnet", "openvpn-tcp"],
+  ["busy/ovpn", "vnet-busy", "openvpn-tcp"],
   ["tls/ovpntls", "vnet-tls", "openvpn-tcp-tls"],
+  ["tlsbusy/ovpntls", "vnet-tls-busy", "openvpn-tcp-tls"],
   ["vnet/direct", "vnet", "direct"],
 ];
 
@@ -679,6 +723,8 @@ const SHORT: Record<Config, string> = {
   "direct": "direct",
   "vnet": "vnet",
   "vnet-tls": "vnet-tls",
+  "vnet-busy": "vnet-busy",
+  "vnet-tls-busy": "tls-busy",
   "vnet-libnet": "vnet-libnet",
   "openvpn-tcp": "ovpn-tcp",
   "openvpn-tcp-tls": "ovpn-tls",
@@ -705,6 +751,31 @@ function table(m: Medians, configs: readonly Config[]): string {
   return rows.map((r) =>
     r.map((cell, i) => i < 2 ? cell.padEnd(widths[i]) : cell.padStart(widths[i])).join("  ")
   ).join("\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offloads
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Sets the offloads of both ends of every veth between the LAN client and the VM (the captured
+ * lan0 and vmif0 included). "on" is what Linux gives a veth: checksum and segmentation offloads
+ * on, GRO off.
+ */
+async function setOffloads(topo: Topology, mode: Offloads): Promise<void> {
+  const vm = topo.vms[0];
+  const ends: [string, string][] = [
+    [topo.ns.client, "eth0"],
+    [topo.ns.lan, "c0"],
+    [topo.ns.lan, "p0"],
+    [topo.ns.proxy, "lan0"],
+    [vm.hostNs, vm.hostIf],
+    [vm.ns, "eth0"],
+  ];
+  const on = mode === "on" ? "on" : "off";
+  for (const [ns, dev] of ends) {
+    await run(ns, ["ethtool", "-K", dev, "tso", on, "gso", on, "tx", on, "rx", on, "gro", "off"]);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -778,21 +849,25 @@ async function main(): Promise<number> {
       const k = (r - 1) % o.only.length;
       const order = [...o.only.slice(k), ...o.only.slice(0, k)];
       console.log(`run ${r}/${o.runs}: ${order.join(" -> ")}`);
-      for (const [position, c] of order.entries()) {
-        if (interrupted) break;
-        const rec: RunRecord = {
-          run: r,
-          position,
-          config: c,
-          startedAt: new Date().toISOString(),
-          errors: [],
-        };
-        records.push(rec);
-        try {
-          await measure(topo, srv, c, o, rec);
-        } catch (e) {
-          rec.errors.push(`setup: ${e instanceof Error ? e.message : e}`);
-          console.log(`  ${c.padEnd(16)} FAILED: ${rec.errors.at(-1)}`);
+      for (const offloads of o.offloads) {
+        await setOffloads(topo, offloads);
+        for (const [position, c] of order.entries()) {
+          if (interrupted) break;
+          const rec: RunRecord = {
+            run: r,
+            position,
+            config: c,
+            offloads,
+            startedAt: new Date().toISOString(),
+            errors: [],
+          };
+          records.push(rec);
+          try {
+            await measure(topo, srv, c, o, rec);
+          } catch (e) {
+            rec.errors.push(`setup: ${e instanceof Error ? e.message : e}`);
+            console.log(`  ${c.padEnd(16)} ${offloads.padEnd(3)} FAILED: ${rec.errors.at(-1)}`);
+          }
         }
       }
     }
@@ -801,10 +876,19 @@ async function main(): Promise<number> {
   }
   if (interrupted) return 130;
 
-  const m = medians(records, o.only);
+  const byOffloads = Object.fromEntries(
+    o.offloads.map((mode) => [mode, medians(records.filter((r) => r.offloads === mode), o.only)]),
+  ) as Partial<Record<Offloads, Medians>>;
   const elapsedS = (Date.now() - started.getTime()) / 1000;
-  console.log(`\nmedians over ${o.runs} run(s), ${elapsedS.toFixed(0)} s:\n`);
-  console.log(table(m, o.only));
+  for (const mode of o.offloads) {
+    console.log(
+      `\nmedians over ${o.runs} run(s), offloads ${mode}` +
+        (mode === "off" ? " (every frame <= 1500 bytes)" : "") + `, ${elapsedS.toFixed(0)} s:\n`,
+    );
+    console.log(table(byOffloads[mode]!, o.only));
+  }
+  // The chart and `medians` keep their meaning (offloads on) when that was measured.
+  const m = byOffloads.on ?? byOffloads.off!;
   await Deno.mkdir(o.out, { recursive: true });
   const result = {
     tool: "vnet bench/bench.ts",
@@ -820,22 +904,29 @@ async function main(): Promise<number> {
     ],
     iperfRetries,
     medians: m,
+    mediansByOffloads: byOffloads,
     runs: records,
   };
   await Deno.writeTextFile(`${o.out}/latest.json`, JSON.stringify(result, null, 2) + "\n");
   await Deno.writeTextFile(`${o.out}/chart.svg`, renderChart(m, o.only, mach, o));
+  const charts = [`${o.out}/latest.json`, `${o.out}/chart.svg`];
+  if (byOffloads.on && byOffloads.off) {
+    charts.push(`${o.out}/chart-offloads-off.svg`);
+    await Deno.writeTextFile(charts[2], renderChart(byOffloads.off, o.only, mach, o));
+  }
   // `deno fmt --check` (the check task) covers .json and .svg too: leave them formatted.
   await tryRun(null, [
     Deno.execPath(),
     "fmt",
     "--quiet",
-    `${o.out}/latest.json`,
-    `${o.out}/chart.svg`,
+    ...charts,
   ]);
-  console.log(`\nwrote ${o.out}/latest.json and ${o.out}/chart.svg`);
+  console.log(`\nwrote ${charts.join(", ")}`);
   if (iperfRetries) console.log(`iperf3 tests retried after a server reset: ${iperfRetries}`);
   const failed = records.filter((r) => r.errors.length);
-  for (const r of failed) console.log(`run ${r.run} ${r.config}: ${r.errors.join("; ")}`);
+  for (const r of failed) {
+    console.log(`run ${r.run} ${r.config} offloads ${r.offloads}: ${r.errors.join("; ")}`);
+  }
   return failed.length ? 1 : 0;
 }
 

@@ -10,6 +10,8 @@ const COLORS: Record<string, string> = {
   "direct": "#9e9e9e",
   "vnet": "#1f77b4",
   "vnet-tls": "#0b3d91",
+  "vnet-busy": "#17becf",
+  "vnet-tls-busy": "#0e6e78",
   "vnet-libnet": "#7fb3e0",
   "openvpn-tcp": "#ff9f40",
   "openvpn-tcp-tls": "#c75000",
