@@ -4,7 +4,10 @@
  * The capture path is: `wait()` = a place in the process's ONE nonblocking FFI `poll` over every
  * capture's selectable fd (capture_poller.ts), then `drain()` = a synchronous loop of
  * `pcap_next_ex` on the JS thread until libpcap has nothing more. No per-frame async call, no
- * callbacks, no copy: each frame is a view into libpcap's ring, valid during `onFrame` only.
+ * callbacks: each frame is copied out of libpcap's ring into one reusable buffer and handed on as
+ * a view of it, valid during `onFrame` only. The copy is cheaper than the alternative, a view
+ * straight into the ring, which costs an external ArrayBuffer per frame (measured: 150 against
+ * 280 ns for a 64-byte frame, 2.8 against 3.6 µs for 64 KB, before the GC work it leaves).
  */
 import { ErrorCode, VnetError } from "../errors.ts";
 import { translated, userError } from "./ffi_errors.ts";
@@ -67,6 +70,8 @@ export class PcapCapture implements RawCapture {
   #hdrHi = 0;
   #hdrView: Deno.UnsafePointerView | null = null;
   readonly #stats = new Uint32Array(8);
+  /** Where each frame is copied to (snap length bytes: no frame is longer). */
+  readonly #frame: Uint8Array;
 
   #closed = false;
   #released = false;
@@ -80,6 +85,7 @@ export class PcapCapture implements RawCapture {
     this.#fd = fd;
     this.#pcapT = handle.pointer;
     this.#nextEx = pcap().pcap_next_ex;
+    this.#frame = new Uint8Array(options.snaplen ?? DEFAULT_SNAPLEN);
   }
 
   wait(timeoutMs: number): Promise<boolean> {
@@ -110,9 +116,10 @@ export class PcapCapture implements RawCapture {
           }
           const caplen = hdr.getUint32(PKTHDR_CAPLEN_OFFSET);
           const len = hdr.getUint32(PKTHDR_LEN_OFFSET);
-          const data = outView.getPointer(8)!;
+          const frame = this.#frame.subarray(0, caplen);
+          Deno.UnsafePointerView.copyInto(outView.getPointer(8)!, frame);
           n++;
-          onFrame(new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(data, caplen)), len);
+          onFrame(frame, len);
         } else if (rc === 0 || rc === PCAP_ERROR_BREAK) {
           break;
         } else {
