@@ -13,9 +13,9 @@
  *   vnet             vnet servers on proxy and host, one handler lan0 <-> vmif0, plain TCP,
  *                    default injector (the GSO packet socket on Linux).
  *   vnet-tls         the same with --tls-cert/--tls-key/--tls-ca (certificates from `vnet cert`).
- *   vnet-busy        `vnet` with --busy-poll (the bench's --busy-poll, default 500 µs): after traffic
- *                    the servers poll instead of sleeping (src/dataplane/fastpath/busy_poll.ts).
- *   vnet-tls-busy    `vnet-tls` with --busy-poll.
+ *   vnet-pool        `vnet` with --inline-wait 0: captures are always waited for on a helper
+ *                    thread, as before issue 12 (what the inline wait buys, in the same run).
+ *   vnet-tls-pool    `vnet-tls` with --inline-wait 0.
  *   vnet-libnet      `vnet` with --injector libnet: what the GSO injector buys.
  *   openvpn-tcp      OpenVPN 2.6 p2p over TCP, TAP: tap0 bridged with lan0 in the proxy and with
  *                    vmif0 in the host; no TLS, no cipher, no auth (plaintext, like `vnet`).
@@ -59,8 +59,8 @@ export const CONFIGS = [
   "direct",
   "vnet",
   "vnet-tls",
-  "vnet-busy",
-  "vnet-tls-busy",
+  "vnet-pool",
+  "vnet-tls-pool",
   "vnet-libnet",
   "openvpn-tcp",
   "openvpn-tcp-tls",
@@ -76,14 +76,12 @@ interface Options {
   out: string;
   /** Offload settings to measure each configuration with, in this order within a run. */
   offloads: Offloads[];
-  /** --busy-poll of the *-busy configurations, µs. */
-  busyPollUs: number;
 }
 
 type Offloads = "on" | "off";
 
 const USAGE = `usage: deno task bench [--runs N] [--seconds S] [--quick] [--rate RATE] [--delay D]
-                       [--only CONFIG,...] [--offloads on|off|both] [--busy-poll US] [--out DIR]
+                       [--only CONFIG,...] [--offloads on|off|both] [--out DIR]
   --runs N      repetitions, round-robin over the configurations (default 3; --quick 1)
   --seconds S   length of each iperf3 test (default 3; --quick 2)
   --quick       --runs 1 --seconds 2 and fewer idle pings
@@ -91,7 +89,6 @@ const USAGE = `usage: deno task bench [--runs N] [--seconds S] [--quick] [--rate
   --delay D     not available here (no netem in this kernel): skipped with a message
   --only LIST   a subset of: ${CONFIGS.join(", ")}
   --offloads M  on, off (ethtool -K: every frame <= 1500 bytes) or both (default)
-  --busy-poll US  the vnet servers' --busy-poll in the *-busy configurations (default 500)
   --out DIR     where latest.json and chart.svg go (default bench/results)`;
 
 function parseArgs(args: string[]): Options {
@@ -102,7 +99,6 @@ function parseArgs(args: string[]): Options {
     only: [...CONFIGS],
     out: `${REPO_ROOT}/bench/results`,
     offloads: ["on", "off"],
-    busyPollUs: 500,
   };
   let quick = false;
   let runs: number | undefined;
@@ -153,9 +149,6 @@ function parseArgs(args: string[]): Options {
         o.offloads = v === "both" ? ["on", "off"] : [v];
         break;
       }
-      case "--busy-poll":
-        o.busyPollUs = int(val(), 1);
-        break;
       case "--out":
         o.out = val().replace(/\/$/, "");
         break;
@@ -233,7 +226,7 @@ async function machine(): Promise<Machine> {
 // ---------------------------------------------------------------------------------------------
 
 /** A configuration that is up: the tunnel processes to account CPU to, and how to undo it. */
-interface Active {
+export interface Active {
   pids: number[];
   stop(): Promise<void>;
 }
@@ -382,8 +375,8 @@ async function startOpenvpn(topo: Topology, tls: boolean): Promise<Active> {
   }
 }
 
-function start(topo: Topology, c: Config, o: Options): Promise<Active> {
-  const busy = ["--busy-poll", String(o.busyPollUs)];
+export function start(topo: Topology, c: Config): Promise<Active> {
+  const pool = ["--inline-wait", "0"];
   switch (c) {
     case "direct":
       return startDirect(topo);
@@ -391,10 +384,10 @@ function start(topo: Topology, c: Config, o: Options): Promise<Active> {
       return startVnet(topo, false);
     case "vnet-tls":
       return startVnet(topo, true);
-    case "vnet-busy":
-      return startVnet(topo, false, busy);
-    case "vnet-tls-busy":
-      return startVnet(topo, true, busy);
+    case "vnet-pool":
+      return startVnet(topo, false, pool);
+    case "vnet-tls-pool":
+      return startVnet(topo, true, pool);
     case "vnet-libnet":
       return startVnet(topo, false, ["--injector", "libnet"]);
     case "openvpn-tcp":
@@ -630,7 +623,7 @@ async function measure(
     }
   };
   const t0 = Date.now();
-  const active = await start(topo, c, o);
+  const active = await start(topo, c);
   try {
     await waitReachable(topo, 20_000);
     await sleep(300);
@@ -713,9 +706,9 @@ function medians(records: RunRecord[], configs: readonly Config[]): Medians {
 
 const RATIOS: [string, Config, Config][] = [
   ["vnet/ovpn", "vnet", "openvpn-tcp"],
-  ["busy/ovpn", "vnet-busy", "openvpn-tcp"],
+  ["pool/ovpn", "vnet-pool", "openvpn-tcp"],
   ["tls/ovpntls", "vnet-tls", "openvpn-tcp-tls"],
-  ["tlsbusy/ovpntls", "vnet-tls-busy", "openvpn-tcp-tls"],
+  ["tlspool/ovpntls", "vnet-tls-pool", "openvpn-tcp-tls"],
   ["vnet/direct", "vnet", "direct"],
 ];
 
@@ -723,8 +716,8 @@ const SHORT: Record<Config, string> = {
   "direct": "direct",
   "vnet": "vnet",
   "vnet-tls": "vnet-tls",
-  "vnet-busy": "vnet-busy",
-  "vnet-tls-busy": "tls-busy",
+  "vnet-pool": "vnet-pool",
+  "vnet-tls-pool": "tls-pool",
   "vnet-libnet": "vnet-libnet",
   "openvpn-tcp": "ovpn-tcp",
   "openvpn-tcp-tls": "ovpn-tls",
