@@ -3,6 +3,8 @@
  * path, run on Deno's blocking thread pool — and a self-pipe (`pipe`/`write`/`close`) so that
  * closing a capture can wake a pending poll. `setsockopt` lets an injector stop its packet
  * socket from receiving; `socket`/`bind`/`send` are the Linux packet injector's (GSO) path.
+ * `poll_sync`, `connect` and `epoll_ctl` serve the JS thread's own wait (src/io/), and
+ * `recv`/`getsockname`/`getpeername` the sockets it takes over (src/link/socket_stream.ts).
  */
 import { lazyLibrary, LIBC } from "./load.ts";
 
@@ -16,6 +18,12 @@ const symbols = {
     ],
     result: "i32",
     nonblocking: true,
+  },
+  // The same poll, called on the JS thread: it blocks that thread (runtime_wait.ts).
+  poll_sync: {
+    name: "poll",
+    parameters: ["buffer", "u64", "i32"],
+    result: "i32",
   },
   // int pipe(int pipefd[2]);
   pipe: {
@@ -63,8 +71,8 @@ const symbols = {
   // int socket(int domain, int type, int protocol);
   socket: {
     parameters: [
-      "i32", // int domain (AF_PACKET)
-      "i32", // int type (SOCK_RAW)
+      "i32", // int domain (AF_PACKET, AF_UNIX)
+      "i32", // int type (SOCK_RAW, SOCK_STREAM)
       "i32", // int protocol (0: this socket receives nothing)
     ],
     result: "i32",
@@ -75,6 +83,53 @@ const symbols = {
       "i32", // int sockfd
       "buffer", // const struct sockaddr *addr (struct sockaddr_ll, 20 bytes)
       "u32", // socklen_t addrlen
+    ],
+    result: "i32",
+  },
+  // int connect(int sockfd, const struct sockaddr *addr, socklen_t addrlen);
+  connect: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // const struct sockaddr *addr (here struct sockaddr_un, 110 bytes)
+      "u32", // socklen_t addrlen
+    ],
+    result: "i32",
+  },
+  // ssize_t recv(int sockfd, void *buf, size_t len, int flags);
+  recv: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // void *buf
+      "usize", // size_t len
+      "i32", // int flags
+    ],
+    result: "isize",
+  },
+  // int getsockname(int sockfd, struct sockaddr *addr, socklen_t *addrlen);
+  getsockname: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct sockaddr *addr (out; struct sockaddr_in6 is 28 bytes)
+      "buffer", // socklen_t *addrlen (in/out)
+    ],
+    result: "i32",
+  },
+  // int getpeername(int sockfd, struct sockaddr *addr, socklen_t *addrlen);
+  getpeername: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct sockaddr *addr (out)
+      "buffer", // socklen_t *addrlen (in/out)
+    ],
+    result: "i32",
+  },
+  // int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
+  epoll_ctl: {
+    parameters: [
+      "i32", // int epfd
+      "i32", // int op (EPOLL_CTL_DEL)
+      "i32", // int fd
+      "pointer", // struct epoll_event *event (NULL for EPOLL_CTL_DEL)
     ],
     result: "i32",
   },
@@ -127,6 +182,7 @@ export function libc(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
 }
 
 export const POLLIN = 0x001;
+export const POLLOUT = 0x004;
 export const POLLFD_SIZE = 8;
 
 /**

@@ -1,4 +1,5 @@
 /** `vnet server`: run a VNET server, the Host's or the Proxy's (or both roles at once). */
+import { poller } from "../io/poller.ts";
 import {
   checkSettings,
   loadConfig,
@@ -91,6 +92,7 @@ export async function serverCommand(args: string[]): Promise<number> {
     : undefined;
 
   const key = await secretKey(config.secretFile);
+  poller.enableInline(config.inlineWaitMs);
   const server = new Server({
     listen: config.listen,
     key,

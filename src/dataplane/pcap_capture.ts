@@ -2,7 +2,7 @@
  * `Capture` on libpcap: promiscuous, immediate mode, inbound only, BPF-filtered, nonblocking.
  *
  * The capture path is: `wait()` = a place in the process's ONE nonblocking FFI `poll` over every
- * capture's selectable fd (capture_poller.ts), then `drain()` = a synchronous loop of
+ * capture's selectable fd (src/io/poller.ts), then `drain()` = a synchronous loop of
  * `pcap_next_ex` on the JS thread until libpcap has nothing more. No per-frame async call, no
  * callbacks: each frame is copied out of libpcap's ring into one reusable buffer and handed on as
  * a view of it, valid during `onFrame` only. The copy is cheaper than the alternative, a view
@@ -28,7 +28,7 @@ import {
   PKTHDR_CAPLEN_OFFSET,
   PKTHDR_LEN_OFFSET,
 } from "../../ffi/libpcap.ts";
-import { capturePoller } from "./capture_poller.ts";
+import { poller } from "../io/poller.ts";
 
 interface PcapCaptureOptions {
   /** Largest frame kept; bigger ones are truncated (`wireLength > frame.length`). */
@@ -93,7 +93,7 @@ export class PcapCapture implements RawCapture {
     const ms = Number.isFinite(timeoutMs)
       ? Math.min(Math.max(timeoutMs, 0), MAX_POLL_MS)
       : MAX_POLL_MS;
-    return capturePoller.wait(this.#fd, ms);
+    return poller.readable(this.#fd, ms);
   }
 
   drain(onFrame: (frame: Uint8Array, wireLength: number) => void, max: number): number {
@@ -148,14 +148,14 @@ export class PcapCapture implements RawCapture {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    capturePoller.cancel(this.#fd);
+    poller.cancel(this.#fd);
     // Inside drain (close from onFrame), drain releases when it ends.
     if (!this.#draining) this.#releaseWhenIdle();
   }
 
   /** Frees the handle, once no poll on another thread watches its fd any more. */
   #releaseWhenIdle(): void {
-    capturePoller.whenIdle(this.#fd, () => {
+    poller.whenIdle(this.#fd, () => {
       if (this.#released) return;
       this.#released = true;
       this.#hdrView = null;

@@ -34,6 +34,8 @@ import {
   ProtocolError,
 } from "./wire.ts";
 import { SendQueue } from "./send_queue.ts";
+import { poller } from "../io/poller.ts";
+import { takeOver } from "./socket_stream.ts";
 import { closeQuietly, type Stream, writeAll } from "./stream.ts";
 
 const DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024;
@@ -123,7 +125,10 @@ export class Link {
   #stallMs: number;
 
   constructor(conn: Stream, reader: MessageReader, options: LinkOptions) {
-    this.#conn = conn;
+    // A plain TCP link's socket joins the data path's one wait (socket_stream.ts).
+    const socket = !options.tls && poller.inline ? takeOver(conn) : null;
+    if (socket) reader.readFrom(socket);
+    this.#conn = socket ?? conn;
     this.#reader = reader;
     this.remote = options.remote;
     this.local = options.local ?? "";
@@ -131,7 +136,7 @@ export class Link {
     this.#events = options.events;
     this.#log = options.log.with({ link: this.number, remote: options.remote });
     this.#queue = new SendQueue(
-      conn,
+      this.#conn,
       options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES,
       (e) => this.close(`write failed: ${messageOf(e)}`),
     );
