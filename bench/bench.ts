@@ -78,7 +78,7 @@ interface Options {
   offloads: Offloads[];
 }
 
-type Offloads = "on" | "off";
+export type Offloads = "on" | "off";
 
 const USAGE = `usage: deno task bench [--runs N] [--seconds S] [--quick] [--rate RATE] [--delay D]
                        [--only CONFIG,...] [--offloads on|off|both] [--out DIR]
@@ -755,7 +755,7 @@ function table(m: Medians, configs: readonly Config[]): string {
  * lan0 and vmif0 included). "on" is what Linux gives a veth: checksum and segmentation offloads
  * on, GRO off.
  */
-async function setOffloads(topo: Topology, mode: Offloads): Promise<void> {
+export async function setOffloads(topo: Topology, mode: Offloads): Promise<void> {
   const vm = topo.vms[0];
   const ends: [string, string][] = [
     [topo.ns.client, "eth0"],

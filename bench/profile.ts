@@ -1,15 +1,19 @@
 /**
  * Where the vnet servers spend their time, per direction.
  *
- *   deno run -A bench/profile.ts [--seconds S] [--tls] [--top N] [--dir DIR]
+ *   deno run -A bench/profile.ts [--seconds S] [--tls] [--udp64] [--offloads on|off] [--top N]
+ *                                [--dir DIR]
  *
  * For each direction (LAN -> VM, VM -> LAN) it starts both vnet servers with V8's CPU profiler
  * (`deno run -A --cpu-prof --cpu-prof-dir=DIR/<dir>/<role> main.ts server ...`), opens one
- * handler, runs one iperf3 TCP transfer, stops the servers with SIGINT (the profile is written on
- * exit) and prints the top self-time functions of each server (bench/cpuprofile.ts).
+ * handler, runs one iperf3 transfer (TCP; with --udp64 a flood of 64-byte UDP frames), stops the
+ * servers with SIGINT (the profile is written on exit) and prints the top self-time functions of
+ * each server (bench/cpuprofile.ts). `--offloads off` turns the veths' offloads off as the
+ * bench does (every frame at most 1500 bytes).
  */
 import { LAN, REPO_ROOT, run, spawn, Topology, tryRun } from "../lab/netns.ts";
 import { summarize } from "./cpuprofile.ts";
+import { type Offloads, setOffloads } from "./bench.ts";
 
 function arg(name: string, dflt: string): string {
   const i = Deno.args.indexOf(name);
@@ -18,6 +22,8 @@ function arg(name: string, dflt: string): string {
 const SECONDS = Number(arg("--seconds", "5"));
 const TOP = Number(arg("--top", "15"));
 const TLS = Deno.args.includes("--tls");
+const UDP64 = Deno.args.includes("--udp64");
+const OFFLOADS = arg("--offloads", "on") as Offloads;
 const DIR = arg("--dir", "/tmp/prof");
 const VM_IP = "10.77.0.60";
 
@@ -28,6 +34,7 @@ async function direction(reverse: boolean): Promise<void> {
   Deno.addSignalListener("SIGINT", onSignal);
   try {
     await run(topo.vms[0].ns, ["ip", "addr", "add", `${VM_IP}/${LAN.prefix}`, "dev", "eth0"]);
+    await setOffloads(topo, OFFLOADS);
     const profDirs: Record<string, string> = {};
     const tlsDir = TLS ? await topo.makeCerts() : undefined;
     for (const role of ["proxy", "host"] as const) {
@@ -73,14 +80,22 @@ async function direction(reverse: boolean): Promise<void> {
       "-t",
       String(SECONDS),
       "-J",
+      ...(UDP64 ? ["-u", "-l", "18", "-b", "0"] : []),
       ...(reverse ? ["-R"] : []),
     ], { timeoutMs: (SECONDS + 20) * 1000 });
-    const mbps = (JSON.parse(r.stdout).end?.sum_received?.bits_per_second ?? 0) / 1e6;
+    const end = JSON.parse(r.stdout).end;
+    const mbps = ((end?.sum_received ?? end?.sum)?.bits_per_second ?? 0) / 1e6;
+    const kpps = UDP64
+      ? ` (${
+        ((end?.sum?.packets - end?.sum?.lost_packets) / end?.sum?.seconds / 1000).toFixed(1)
+      } kpps received)`
+      : "";
     for (const role of ["proxy", "host"] as const) {
       await topo.servers[role]!.kill("SIGINT", 10_000);
     }
     console.log(
-      `\n=== ${name}${TLS ? " (tls)" : ""}: iperf3 ${mbps.toFixed(0)} Mbit/s over ${SECONDS} s`,
+      `\n=== ${name}${TLS ? " (tls)" : ""}${UDP64 ? " 64-byte UDP" : ""}, offloads ${OFFLOADS}: ` +
+        `iperf3 ${mbps.toFixed(0)} Mbit/s${kpps} over ${SECONDS} s`,
     );
     for (const role of ["proxy", "host"] as const) {
       const files = [...Deno.readDirSync(profDirs[role])].filter((e) =>

@@ -31,6 +31,8 @@
  * short fixed names (`lan0`, `wan0`, `vmif0`, ...) well within IFNAMSIZ.
  */
 
+import { V8_FLAGS } from "../scripts/compile.ts";
+
 // ---------------------------------------------------------------------------------------------
 // The vnet command
 // ---------------------------------------------------------------------------------------------
@@ -44,7 +46,7 @@ export const REPO_ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, 
 export function vnetCommand(): string[] {
   const bin = Deno.env.get("VNET_BIN");
   if (bin) return [bin];
-  return [Deno.execPath(), "run", "-A", `${REPO_ROOT}/main.ts`];
+  return [Deno.execPath(), "run", "-A", `--v8-flags=${V8_FLAGS}`, `${REPO_ROOT}/main.ts`];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import {
   waitFor,
   WAN,
 } from "../../lab/netns.ts";
-import { PERMISSIONS } from "../../scripts/compile.ts";
+import { PERMISSIONS, V8_FLAGS } from "../../scripts/compile.ts";
 import { createCa, issueCert } from "../../src/link/pki.ts";
 import config from "../../deno.json" with { type: "json" };
 
@@ -35,7 +35,7 @@ function assert(cond: unknown, msg: string): asserts cond {
 function vnetBaked(): string[] {
   const bin = Deno.env.get("VNET_BIN");
   if (bin) return [bin];
-  return [Deno.execPath(), "run", ...PERMISSIONS, `${REPO_ROOT}/main.ts`];
+  return [Deno.execPath(), "run", ...PERMISSIONS, `--v8-flags=${V8_FLAGS}`, `${REPO_ROOT}/main.ts`];
 }
 
 function freePort(): number {

@@ -407,3 +407,14 @@ Deno.test("cli: server --check-config: ok, or every problem and exit 1", async (
 globalThis.addEventListener("unload", () => {
   if (runner.denoDir) Deno.removeSync(runner.denoDir, { recursive: true });
 });
+
+Deno.test("deno task vnet runs with the V8 flags the binary is compiled with", async () => {
+  const { V8_FLAGS } = await import("../../scripts/compile.ts");
+  const config = JSON.parse(
+    await Deno.readTextFile(new URL("../../deno.json", import.meta.url)),
+  );
+  assert(
+    String(config.tasks.vnet).includes(`--v8-flags=${V8_FLAGS}`),
+    `deno.json's vnet task lacks --v8-flags=${V8_FLAGS}: ${config.tasks.vnet}`,
+  );
+});
