@@ -1,4 +1,5 @@
 /** `vnet doctor`: checks this machine, and the path to a peer, for what a bridge needs. */
+import { RuntimeWait } from "../io/runtime_wait.ts";
 import { parseHostPort } from "../addr.ts";
 import { VnetError } from "../errors.ts";
 import { pcapLibVersion } from "../../ffi/libpcap.ts";
@@ -104,6 +105,9 @@ const systemProbes: Probes = {
   openPromiscuous(dev: string): void {
     // The data plane's own capture: the same checks (Ethernet) and the same one-line errors.
     new PcapCapture(dev, "", { snaplen: 256, bufferSize: 1 << 20 }).close();
+  },
+  inlineWait(): void {
+    RuntimeWait.find();
   },
   async wifiMode(dev) {
     const text = await runText("iw", ["dev", dev, "info"]);

@@ -30,6 +30,7 @@
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
 import { log } from "../ops/log.ts";
+import { messageOf } from "../errors.ts";
 
 /** One registration in an epoll fd, from /proc/self/fdinfo. */
 interface EpollEntry {
@@ -116,16 +117,29 @@ export class RuntimeWait {
 
   /**
    * The epoll and waker of the runtime this code runs in, or null where they cannot be found
-   * (then the data path waits on a helper thread only). The runtime is told apart from others
-   * in the process (`deno test` runs one per test module) by a socket it just registered: the
-   * doorbell's listener.
+   * (then the data path waits on a helper thread only): logged, and said by `vnet doctor`.
    */
   static open(): RuntimeWait | null {
-    if (Deno.build.os !== "linux") return null;
-    let dir: string | undefined;
+    try {
+      return RuntimeWait.find();
+    } catch (e) {
+      log.warn("the data path cannot wait inline; it waits on a helper thread", {
+        error: messageOf(e),
+      });
+      return null;
+    }
+  }
+
+  /**
+   * Finds the runtime's epoll and waker, or throws saying why not. The runtime is told apart
+   * from others in the process (`deno test` runs one per test module) by a socket it just
+   * registered: the doorbell's listener.
+   */
+  static find(): RuntimeWait {
+    if (Deno.build.os !== "linux") throw new Error(`not on ${Deno.build.os} (Linux only)`);
+    const dir = Deno.makeTempDirSync({ prefix: "vnet-wait-" });
     let listener: Deno.Listener | undefined;
     try {
-      dir = Deno.makeTempDirSync({ prefix: "vnet-wait-" });
       const path = `${dir}/bell`;
       listener = Deno.listen({ transport: "unix", path });
       const inode = unixSocketInode(path);
@@ -138,7 +152,7 @@ export class RuntimeWait {
           break;
         }
       }
-      if (!found) throw new Error("the runtime's epoll was not found");
+      if (!found) throw new Error("the runtime's epoll was not found in /proc/self/fdinfo");
       if (Deno.readLinkSync(`/proc/self/fd/${found.waker}`) !== "anon_inode:[eventfd]") {
         throw new Error("the runtime's waker is not an eventfd");
       }
@@ -147,14 +161,9 @@ export class RuntimeWait {
       const bell = l.accept().finally(() => l.close());
       listener = undefined;
       return new RuntimeWait(found.epfd, found.waker, ringer, bell);
-    } catch (e) {
-      log.warn("the data path cannot wait inline; it waits on a helper thread", {
-        error: String(e),
-      });
-      listener?.close();
-      return null;
     } finally {
-      if (dir) Deno.removeSync(dir, { recursive: true });
+      listener?.close();
+      Deno.removeSync(dir, { recursive: true });
     }
   }
 

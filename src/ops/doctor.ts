@@ -63,6 +63,8 @@ export interface Probes {
   wifiMode(dev: string): Promise<WifiMode | null>;
   /** The offloads on (`ethtool -k`); null when ethtool is missing. */
   offloads(dev: string): Promise<string[] | null>;
+  /** Whether the data path can wait inline (src/io/runtime_wait.ts); throws saying why not. */
+  inlineWait(): void;
   /** TCP connect; resolves with the time it took in ms, throws on failure. */
   tcpConnect(addr: HostPort, timeoutMs: number): Promise<number>;
   /** TLS handshake without verification; the leaf certificate. Throws if not TLS. */
@@ -107,6 +109,7 @@ export async function runDoctor(opts: DoctorOptions, probes: Probes): Promise<Ch
 
   checkPrivileges(opts.procRoot, add);
   checkLibraries(probes, add);
+  checkInlineWait(probes, add);
 
   const local = new Map<string, DeviceFacts>();
   for (const dev of opts.devs) local.set(dev, await checkDevice(dev, opts, probes, add));
@@ -149,6 +152,20 @@ function checkPrivileges(procRoot: string | undefined, add: Add): void {
     "privileges",
     `${who} lacks ${missing.join(" and ")} (needed to capture and inject): ${fix}`,
   );
+}
+
+function checkInlineWait(probes: Probes, add: Add): void {
+  try {
+    probes.inlineWait();
+    add("PASS", "wait", "after traffic the data path waits inline: one thread wake-up per hop");
+  } catch (e) {
+    add(
+      "WARN",
+      "wait",
+      `the data path cannot wait inline (${messageOf(e)}): it waits on a helper thread, ` +
+        "which costs a second thread wake-up per captured frame (about 2x the idle round trip)",
+    );
+  }
 }
 
 function checkLibraries(probes: Probes, add: Add): void {
