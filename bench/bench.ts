@@ -411,7 +411,7 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
-function cpuOf(pids: number[]): number {
+export function cpuOf(pids: number[]): number {
   return pids.reduce((s, p) => s + cpuSeconds(p), 0);
 }
 

@@ -14,7 +14,7 @@
  * their times to /tmp/hops.strace (which slows it: for the order of events, not their length).
  */
 import { LAN, run, sleep, spawn, Topology, tryRun } from "../lab/netns.ts";
-import { type Config, CONFIGS, start } from "./bench.ts";
+import { type Config, CONFIGS, cpuOf, start } from "./bench.ts";
 
 const VM_IP = "10.77.0.60";
 
@@ -87,11 +87,15 @@ try {
     ])
     : undefined;
   if (tracer) await sleep(1000);
+  const cpuBefore = cpuOf(active.pids);
+  const pingStarted = performance.now();
   const ping = await tryRun(
     topo.ns.client,
     ["ping", "-n", "-i", interval, "-c", String(count), VM_IP],
     { timeoutMs: 120_000 },
   );
+  const pingSeconds = (performance.now() - pingStarted) / 1000;
+  const cpu = cpuOf(active.pids) - cpuBefore;
   const rtts = [...ping.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
   await sleep(500);
   for (const d of dumps) d.proc.kill("SIGINT");
@@ -122,7 +126,8 @@ try {
   }
   console.log(
     `${config}: ping p50 ${median(rtts)} ms over ${rtts.length} replies; ` +
-      `${hops[0].length} followed hop by hop`,
+      `${hops[0].length} followed hop by hop; the tunnel's processes used ` +
+      `${(100 * cpu / pingSeconds).toFixed(1)}% of a CPU meanwhile`,
   );
   for (let i = 0; i < hops.length; i++) {
     const from = PATH[i].join(" ");

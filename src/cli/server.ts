@@ -92,7 +92,10 @@ export async function serverCommand(args: string[]): Promise<number> {
     : undefined;
 
   const key = await secretKey(config.secretFile);
-  poller.enableInline(config.inlineWaitMs);
+  const inline = poller.enableInline(config.inlineWaitMs);
+  log.info("data path wait", {
+    inline: inline ? `${config.inlineWaitMs} ms after traffic` : "off",
+  });
   const server = new Server({
     listen: config.listen,
     key,

@@ -79,17 +79,32 @@ e2e("cli: --version and --help", async () => {
 
 // The default injector on Linux is the GSO packet socket; libnet, the portable one, gets the
 // whole story too.
+// With --inline-wait 0 the data path always waits on a helper thread (src/io/poller.ts), as it
+// does when idle or busy; by default it waits on the JS thread after traffic.
 const variants = [
-  { tls: false, injector: "packet" },
-  { tls: true, injector: "packet" },
-  { tls: false, injector: "libnet" },
+  { tls: false, injector: "packet", inlineWait: "1000" },
+  { tls: true, injector: "packet", inlineWait: "1000" },
+  { tls: false, injector: "libnet", inlineWait: "1000" },
+  { tls: false, injector: "packet", inlineWait: "0" },
 ];
-for (const { tls, injector } of variants) {
-  e2e(`bridge: one VM on the LAN through VNET (tls=${tls}, injector=${injector})`, async (t) => {
+for (const { tls, injector, inlineWait } of variants) {
+  const name = `tls=${tls}, injector=${injector}, inline-wait=${inlineWait}`;
+  e2e(`bridge: one VM on the LAN through VNET (${name})`, async (t) => {
     await withTopology({ vms: 1 }, 150_000, async (topo) => {
       const step = stepper(t, () => topo.serverLogs());
       const vm = topo.vms[0];
-      await topo.startServers({ tls, extraArgs: ["--injector", injector] });
+      await topo.startServers({
+        tls,
+        extraArgs: ["--injector", injector, "--inline-wait", inlineWait],
+      });
+      await step("both servers say how their data path waits", () => {
+        const want = inlineWait === "0" ? "inline=off" : `inline="${inlineWait} ms after traffic"`;
+        for (const role of ["proxy", "host"] as const) {
+          const line = topo.servers[role]!.lines.find((l) => l.includes("data path wait"));
+          assert(line?.includes(want), `${role}: want ${want}, got ${line}`);
+        }
+        return Promise.resolve();
+      });
       let id = "";
       let before: HandlerInfo | undefined;
       let vmIp = "";
