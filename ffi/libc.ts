@@ -1,10 +1,11 @@
 /**
- * The few libc calls VNET needs (UN*X): `poll` — the ONLY asynchronous FFI call on the capture
- * path, run on Deno's blocking thread pool — and a self-pipe (`pipe`/`write`/`close`) so that
- * closing a capture can wake a pending poll. `setsockopt` lets an injector stop its packet
- * socket from receiving; `socket`/`bind`/`send` are the Linux packet injector's (GSO) path.
- * `poll_sync`, `connect` and `epoll_ctl` serve the JS thread's own wait (src/io/), and
- * `recv`/`getsockname`/`getpeername` the sockets it takes over (src/link/socket_stream.ts).
+ * The few libc calls VNET needs (UN*X). The data path's wait (src/io/): `poll` — the ONLY
+ * asynchronous FFI call, run on Deno's blocking thread pool — or `poll_sync`, the same call on
+ * the JS thread; a self-pipe (`pipe`/`write`/`read`/`close`) that wakes a pending poll; and to
+ * join the runtime's own wait, `socket`/`connect` (a doorbell), `read` (its waker) and
+ * `epoll_ctl`. The sockets of plain links, taken over from the runtime
+ * (src/link/socket_stream.ts): `recv`/`send`/`getsockname`/`getpeername`. The Linux packet
+ * injector (GSO): `socket`/`bind`/`send`, and `setsockopt` so that it receives nothing.
  */
 import { lazyLibrary, LIBC } from "./load.ts";
 
@@ -127,9 +128,9 @@ const symbols = {
   epoll_ctl: {
     parameters: [
       "i32", // int epfd
-      "i32", // int op (EPOLL_CTL_DEL)
+      "i32", // int op (EPOLL_CTL_MOD)
       "i32", // int fd
-      "pointer", // struct epoll_event *event (NULL for EPOLL_CTL_DEL)
+      "buffer", // struct epoll_event *event ({ u32 events; u64 data; }, packed: 12 bytes)
     ],
     result: "i32",
   },
@@ -188,7 +189,7 @@ export const POLLFD_SIZE = 8;
 /**
  * A self-pipe that ends a pending poll early: `wake()` makes the read end readable, so a poll
  * that watches `readFd` returns at once; `drain()` empties it again once a poll has said so. The
- * capture poller wakes it whenever the set of fds to watch changes (a new waiter, a cancelled
+ * data path's poller wakes it whenever the set of fds to watch changes (a new waiter, a cancelled
  * one, an fd to close) and drains it after every poll that found it readable.
  */
 export class WakePipe {

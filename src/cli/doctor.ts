@@ -107,7 +107,7 @@ const systemProbes: Probes = {
     new PcapCapture(dev, "", { snaplen: 256, bufferSize: 1 << 20 }).close();
   },
   inlineWait(): void {
-    RuntimeWait.find();
+    RuntimeWait.find().close();
   },
   async wifiMode(dev) {
     const text = await runText("iw", ["dev", dev, "info"]);

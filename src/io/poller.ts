@@ -93,12 +93,17 @@ class Poller {
     return this.#wait(writeKey(fd), MAX_POLL_MS);
   }
 
+  /** A new wait on a key ends the one before it (resolved false): one waiter per fd and way. */
   #wait(key: number, timeoutMs: number): Promise<boolean> {
     const { promise, resolve } = Promise.withResolvers<boolean>();
     this.#waiters.get(key)?.resolve(false);
     this.#waiters.set(key, { resolve, deadline: performance.now() + timeoutMs });
     if (this.#inFlight && !this.#inFlight.has(key)) this.#wakePipe().wake();
-    if (!this.#running) this.#loop();
+    if (!this.#running) {
+      // Not from here: an inline poll would block the caller before it even has its promise.
+      this.#running = true;
+      queueMicrotask(() => this.#loop());
+    }
     return promise;
   }
 
@@ -138,7 +143,6 @@ class Poller {
   }
 
   async #loop(): Promise<void> {
-    this.#running = true;
     try {
       while (this.#waiters.size > 0) {
         const runtime = this.#inline(performance.now());

@@ -12,16 +12,19 @@
  * itself pollable: it is readable while one of its registered files is ready. So the JS thread
  * may block in a synchronous `poll([runtime epoll, data path fds…])` (src/io/poller.ts):
  *   1. A data path fd ready (a capture, a plain link's socket): the work is done right there.
- *   2. The runtime's epoll ready (a TLS link, a listener, a signal, another thread's wake):
- *      `turn(true)` hands the thread back to the runtime for one round: it rings a doorbell (a
- *      unix socket the runtime watches) and awaits it, so the runtime must call `epoll_wait`
- *      and deliver whatever is ready; then one macrotask lets every continuation run.
- *   3. Before each poll the runtime's waker eventfd is reset: the runtime writes it to itself
- *      whenever an I/O completion wakes its own event loop, and left set it would keep the epoll
- *      readable for ever. Resetting it is harmless to tokio (mio only writes it; epoll re-checks
- *      a file's readiness before it reports it).
- *   4. The runtime's timers are not files: the caller caps its poll, so they run at most that
- *      late.
+ *   2. The runtime's epoll ready (a TLS link, a listener, a signal): `turn(true)` hands the
+ *      thread back to the runtime for one round: it rings a doorbell (a unix socket the runtime
+ *      watches) and awaits it, so the runtime must call `epoll_wait` and deliver whatever is
+ *      ready; then one macrotask lets every continuation run.
+ *   3. Before each poll the runtime's waker eventfd is emptied. The runtime writes it to itself
+ *      when an I/O completion wakes its event loop during our turn; the registration is
+ *      edge-triggered, so that write stays on the epoll's ready list, and the epoll readable,
+ *      until the runtime's next `epoll_wait`, which may come after our poll. Empty, the eventfd
+ *      has nothing to report (epoll re-checks a file before it reports it). It is harmless to
+ *      tokio: mio only writes it.
+ *   4. The runtime's timers are not files, and work finished on other threads (WebCrypto, file
+ *      reads, nonblocking FFI calls) does not wake the epoll while the JS thread is inside a
+ *      task: the caller caps its poll (5 ms), so such work is seen at most about that late.
  *
  * This reads the runtime's private layout from /proc: its epoll is the one in which the
  * doorbell's listener was just registered, its waker the registration with token 0 (mio's
@@ -73,7 +76,9 @@ function unixSocketInode(path: string): number {
   return -1;
 }
 
-const EPOLL_CTL_DEL = 2;
+const EPOLL_CTL_MOD = 3;
+const EPOLLET = 1 << 31;
+const O_NONBLOCK = 0o4000;
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
 const SOCK_CLOEXEC = 0o2000000;
@@ -156,6 +161,13 @@ export class RuntimeWait {
       if (Deno.readLinkSync(`/proc/self/fd/${found.waker}`) !== "anon_inode:[eventfd]") {
         throw new Error("the runtime's waker is not an eventfd");
       }
+      // Reading it must never block the JS thread.
+      const flags = /^flags:\s+([0-7]+)/m.exec(
+        Deno.readTextFileSync(`/proc/self/fdinfo/${found.waker}`),
+      );
+      if (!flags || (parseInt(flags[1], 8) & O_NONBLOCK) === 0) {
+        throw new Error("the runtime's waker is not nonblocking");
+      }
       const ringer = connectUnix(path);
       const l = listener;
       const bell = l.accept().finally(() => l.close());
@@ -165,6 +177,12 @@ export class RuntimeWait {
       listener?.close();
       Deno.removeSync(dir, { recursive: true });
     }
+  }
+
+  /** Lets go of the doorbell (a probe that found the wait and does not use it). */
+  async close(): Promise<void> {
+    libc().close(this.ringer);
+    (await this.bell).close();
   }
 
   /** Clears the runtime's waker (step 3), just before the JS thread blocks in its own poll. */
@@ -180,7 +198,16 @@ export class RuntimeWait {
    * byte that arrives would also make the runtime's epoll ready, for nothing.
    */
   release(fd: number): boolean {
-    return libc().epoll_ctl(this.epfd, EPOLL_CTL_DEL, fd, null) === 0;
+    // Not EPOLL_CTL_DEL: the runtime deletes the fd itself when its Deno.Conn closes, and a
+    // failed delete would make it keep its registration. Watching no events (same token, in
+    // case the kernel still reports a hang-up) leaves it nothing to say meanwhile.
+    const token = epollEntries(this.epfd).find((e) => e.fd === fd)?.token;
+    if (token === undefined) return false;
+    const event = new Uint8Array(12);
+    const view = new DataView(event.buffer);
+    view.setUint32(0, EPOLLET >>> 0, true);
+    view.setBigUint64(4, token, true);
+    return libc().epoll_ctl(this.epfd, EPOLL_CTL_MOD, fd, event) === 0;
   }
 
   /**

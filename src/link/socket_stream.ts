@@ -28,11 +28,11 @@ const AF_INET6 = 10;
 /** The 4 or 16 bytes of an IP address as Deno writes it (`10.0.0.1`, `::1`, `::ffff:10.0.0.1`). */
 export function ipBytes(text: string): Uint8Array | null {
   if (!text.includes(":")) {
-    const parts = text.split(".").map(Number);
-    if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) {
+    const parts = text.split(".");
+    if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) {
       return null;
     }
-    return new Uint8Array(parts);
+    return new Uint8Array(parts.map(Number));
   }
   let head = text;
   let tail4: Uint8Array | null = null;
@@ -48,7 +48,8 @@ export function ipBytes(text: string): Uint8Array | null {
   const left = groups(halves[0]);
   const right = halves.length === 2 ? groups(halves[1]) : [];
   const missing = 8 - left.length - right.length;
-  if (missing < 0 || (halves.length === 1 && missing !== 0)) return null;
+  // "::" stands for at least one group of zeros; without it there are exactly eight groups.
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
   const words = [...left, ...Array(missing).fill("0"), ...right];
   const out = new Uint8Array(16);
   for (const [i, w] of words.entries()) {
@@ -112,9 +113,10 @@ function findSocket(local: Deno.NetAddr, remote: Deno.NetAddr): number {
 }
 
 /**
- * Takes a plain TCP connection over from the runtime (step 1): a SocketStream on its own
- * duplicate of the socket, with `stream` closed; or null (left as it was) where that cannot be
- * done: not Linux, not a TCP Deno.Conn (the pipes of ssh, a test's fake), or its fd not found.
+ * Takes a plain TCP connection over from the runtime (step 1): a Stream that reads and writes
+ * its fd directly, the Deno.Conn left open (unused) until the stream closes; or null (left as it
+ * was) where that cannot be done: not Linux, not a TCP Deno.Conn (the pipes of ssh, a test's
+ * fake), or its fd not found.
  */
 export function takeOver(stream: Stream): Stream | null {
   if (Deno.build.os !== "linux" || !("localAddr" in stream) || !("remoteAddr" in stream)) {
@@ -132,6 +134,8 @@ export function takeOver(stream: Stream): Stream | null {
 /** Reads and writes a socket with recv/send, waiting for the poller only when they would block. */
 class SocketStream implements Stream {
   #open = true;
+  /** The wait for room in the kernel's send buffer, while one is pending. */
+  #full: Promise<boolean> | null = null;
 
   constructor(readonly fd: number, private readonly conn: Deno.Conn) {}
 
@@ -151,12 +155,23 @@ class SocketStream implements Stream {
   async write(p: Uint8Array): Promise<number> {
     for (;;) {
       if (!this.#open) throw new Deno.errors.BadResource("the link's socket is closed");
+      // Another write waits for room (the queue's writer, and a last message as the link
+      // closes): wait with it, not instead of it (a second wait would end the first one).
+      if (this.#full) {
+        await this.#full;
+        continue;
+      }
       const n = Number(libc().send(this.fd, p, BigInt(p.length), MSG_NOSIGNAL));
       if (n >= 0) return n;
       const { errno, text } = lastErrno();
       if (errno === EINTR) continue;
       if (errno !== EAGAIN) throw new Error(`send: ${text}`);
-      await poller.writable(this.fd);
+      this.#full = poller.writable(this.fd);
+      try {
+        await this.#full;
+      } finally {
+        this.#full = null;
+      }
     }
   }
 

@@ -19,7 +19,20 @@ Deno.test("ipBytes reads addresses as Deno writes them", () => {
     new Uint8Array([...Array(10).fill(0), 0xff, 0xff, 10, 1, 2, 3]),
   );
   assertEquals(ipBytes("fe80::"), new Uint8Array([0xfe, 0x80, ...Array(14).fill(0)]));
-  for (const bad of ["1.2.3", "1.2.3.256", "1::2::3", "g::1", "1:2:3:4:5:6:7:8:9", "1:2", ""]) {
+  for (
+    const bad of [
+      "1.2.3",
+      "1.2.3.256",
+      "1..2.3",
+      "0x1.2.3.4",
+      "1::2::3",
+      "g::1",
+      "1:2:3:4:5:6:7:8:9",
+      "1:2:3:4:5:6:7:8::",
+      "1:2",
+      "",
+    ]
+  ) {
     assertEquals(ipBytes(bad), null, bad);
   }
 });
@@ -101,4 +114,55 @@ Deno.test("only TCP connections are taken over", () => {
   assertEquals(takeOver(a), null);
   a.close();
   b.close();
+});
+
+/**
+ * Two writes that both find the kernel's buffer full (the queue's writer, and the last message
+ * of a closing link) wait together. Run in its own process with a time limit: the failure this
+ * guards against is two waits ending each other for ever, which starves the whole thread.
+ */
+Deno.test({
+  name: "two writes waiting for room both finish, and the thread keeps running meanwhile",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const script = `
+      import { takeOver } from "./src/link/socket_stream.ts";
+      import { poller } from "./src/io/poller.ts";
+      if (!poller.enableInline(1000)) throw new Error("no inline wait");
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const port = listener.addr.port;
+      const [far, near] = await Promise.all([Deno.connect({ hostname: "127.0.0.1", port }), listener.accept()]);
+      const own = takeOver(near);
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 10);
+      const writeAll = async (data) => {
+        let off = 0;
+        while (off < data.length) off += await own.write(data.subarray(off));
+      };
+      const size = 8 * 1024 * 1024;
+      const writes = Promise.all([writeAll(new Uint8Array(size)), writeAll(new Uint8Array(size))]);
+      await new Promise((r) => setTimeout(r, 200));
+      const ticksWhileFull = ticks;
+      let got = 0;
+      const buf = new Uint8Array(1 << 20);
+      while (got < 2 * size) got += await far.read(buf);
+      await writes;
+      clearInterval(timer);
+      console.log(JSON.stringify({ got, ticksWhileFull }));
+      own.close(); far.close(); listener.close();
+    `;
+    const root = new URL("../..", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--ext=ts", script],
+      cwd: root,
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(30_000),
+    }).output();
+    const text = new TextDecoder().decode(out.stdout).trim();
+    assert(out.code === 0, `exit ${out.code}: ${new TextDecoder().decode(out.stderr)}`);
+    const r = JSON.parse(text);
+    assertEquals(r.got, 16 * 1024 * 1024);
+    assert(r.ticksWhileFull >= 5, `timers ran ${r.ticksWhileFull} times in 200 ms of full buffers`);
+  },
 });
