@@ -93,7 +93,7 @@ export class PcapCapture implements RawCapture {
     const ms = Number.isFinite(timeoutMs)
       ? Math.min(Math.max(timeoutMs, 0), MAX_POLL_MS)
       : MAX_POLL_MS;
-    return poller.readable(this.#fd, ms);
+    return poller.readable(this.#fd, ms, true);
   }
 
   drain(onFrame: (frame: Uint8Array, wireLength: number) => void, max: number): number {

@@ -2,12 +2,14 @@
  * The data path's one wait: a single `poll` over every file descriptor the data path serves,
  * the captures' and the plain links' sockets (socket_stream.ts), in one of two places:
  *
- * - **inline**, on the JS thread itself (runtime_wait.ts), while traffic flows: the poll also
+ * - **inline**, on the JS thread itself (runtime_wait.ts), while frames flow: the poll also
  *   watches the runtime's own epoll, so the thread that wakes for a frame or a link's bytes is
  *   the one that forwards them. One thread wake-up per hop, as in a C loop.
- * - **on a helper thread** (a nonblocking FFI call, Deno's blocking pool) when the data path has
- *   been idle for `inlineWindowMs`, or is busy: then the JS thread sleeps in the runtime's own
- *   wait, truly idle, and under load the helper's poll overlaps the JS thread's work.
+ * - **on a helper thread** (a nonblocking FFI call, Deno's blocking pool) when no frame was
+ *   captured for the inline window, or the data path is busy: then the JS thread sleeps in the
+ *   runtime's own wait, truly idle, and under load the helper's poll overlaps the JS thread's
+ *   work. Only captured frames open the window: a link's keepalives, every few seconds, would
+ *   otherwise keep an idle server waking every 5 ms (2.3-2.8% of a CPU, measured).
  *
  * Why one poll for all: a nonblocking FFI call holds a blocking-pool thread until it returns.
  * With one poll per capture, a server with a hundred handlers held a hundred threads, the pool
@@ -41,6 +43,8 @@ const MAX_POLL_MS = 0x7fffffff;
 interface Waiter {
   resolve: (ready: boolean) => void;
   deadline: number;
+  /** A capture's: its frames open the inline window. */
+  frames: boolean;
 }
 
 /** Waiters are keyed by fd for readable, by -fd-1 for writable: a socket may wait for both. */
@@ -56,11 +60,11 @@ class Poller {
   /** struct pollfd[]: off-heap and untouched while a poll runs on another thread. */
   #fds = new Uint8Array(new ArrayBuffer(64 * POLLFD_SIZE));
   #runtime: RuntimeWait | null = null;
-  #lastReady = -Infinity;
+  #lastFrame = -Infinity;
   #windowStart = 0;
   #readyInWindow = 0;
   #busy = false;
-  /** For this long after an fd was ready the JS thread waits inline (`--inline-wait`). */
+  /** For this long after a captured frame the JS thread waits inline (`--inline-wait`). */
   #inlineWindowMs = 0;
 
   /**
@@ -83,21 +87,24 @@ class Poller {
     return this.#runtime?.release(fd) ?? false;
   }
 
-  /** Resolves true when `fd` is readable (or in error), or `timeoutMs` passed; false if cancelled. */
-  readable(fd: number, timeoutMs = MAX_POLL_MS): Promise<boolean> {
-    return this.#wait(fd, timeoutMs);
+  /**
+   * Resolves true when `fd` is readable (or in error), or `timeoutMs` passed; false if cancelled.
+   * `frames`: `fd` is a capture's, whose frames open the inline window.
+   */
+  readable(fd: number, timeoutMs = MAX_POLL_MS, frames = false): Promise<boolean> {
+    return this.#wait(fd, timeoutMs, frames);
   }
 
   /** Resolves true when `fd` is writable (or in error); false if cancelled. */
   writable(fd: number): Promise<boolean> {
-    return this.#wait(writeKey(fd), MAX_POLL_MS);
+    return this.#wait(writeKey(fd), MAX_POLL_MS, false);
   }
 
   /** A new wait on a key ends the one before it (resolved false): one waiter per fd and way. */
-  #wait(key: number, timeoutMs: number): Promise<boolean> {
+  #wait(key: number, timeoutMs: number, frames: boolean): Promise<boolean> {
     const { promise, resolve } = Promise.withResolvers<boolean>();
     this.#waiters.get(key)?.resolve(false);
-    this.#waiters.set(key, { resolve, deadline: performance.now() + timeoutMs });
+    this.#waiters.set(key, { resolve, deadline: performance.now() + timeoutMs, frames });
     if (this.#inFlight && !this.#inFlight.has(key)) this.#wakePipe().wake();
     if (!this.#running) {
       // Not from here: an inline poll would block the caller before it even has its promise.
@@ -132,14 +139,14 @@ class Poller {
     return this.#wake ??= new WakePipe();
   }
 
-  /** Wait inline: while fds were ready lately, but not so often that the data path is busy. */
+  /** Wait inline: while frames were captured lately, but not so often that the path is busy. */
   #inline(now: number): RuntimeWait | null {
     if (now - this.#windowStart >= LOAD_WINDOW_MS) {
       this.#busy = this.#readyInWindow > BUSY_POLLS;
       this.#readyInWindow = 0;
       this.#windowStart = now;
     }
-    return !this.#busy && now - this.#lastReady < this.#inlineWindowMs ? this.#runtime : null;
+    return !this.#busy && now - this.#lastFrame < this.#inlineWindowMs ? this.#runtime : null;
   }
 
   async #loop(): Promise<void> {
@@ -179,20 +186,20 @@ class Poller {
         if (firstReady && !runtime) this.#wakePipe().drain();
         const now = performance.now();
         let ready = firstReady && runtime !== null;
+        let frames = false;
         keys.forEach((key, i) => {
           const waiter = this.#waiters.get(key);
           if (!waiter) return;
           const fdReady = view.getInt16((i + 1) * POLLFD_SIZE + 6, true) !== 0;
           if (fdReady || waiter.deadline <= now) {
             ready ||= fdReady;
+            frames ||= fdReady && waiter.frames;
             this.#waiters.delete(key);
             waiter.resolve(true);
           }
         });
-        if (ready) {
-          this.#lastReady = now;
-          this.#readyInWindow++;
-        }
+        if (ready) this.#readyInWindow++;
+        if (frames) this.#lastFrame = now;
         // Let the owners of ready fds do their work and wait again before the next poll.
         if (runtime) await runtime.turn(firstReady);
         else await null;

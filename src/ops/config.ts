@@ -131,7 +131,8 @@ export const SERVER_FLAGS = [
     value: "MS",
     default: 1000,
     range: { valid: (n) => n >= 0 && n <= 60_000, expect: "milliseconds from 0 to 60000" },
-    help: "for MS ms after traffic, the main thread waits for frames and sockets itself, in " +
+    help:
+      "for MS ms after a captured frame, the main thread waits for frames and sockets itself, in " +
       "one poll: a frame then costs one thread wake-up instead of two (about half the idle " +
       "round-trip time), and timers and work done on other threads (WebCrypto, file reads) " +
       "may be seen about 5\u00a0ms late. 0: always wait on a helper thread",
@@ -305,7 +306,7 @@ interface ServerConfig {
   keepaliveSeconds: number;
   state?: string;
   captureBufferMiB: number;
-  /** After traffic, the JS thread waits inline for this long (src/io/poller.ts). */
+  /** After a captured frame, the JS thread waits inline for this long (src/io/poller.ts). */
   inlineWaitMs: number;
   /** Open a Proxy end for a MAC already live on the LAN (else refused). */
   allowLiveMac: boolean;
