@@ -82,6 +82,7 @@ Deno.test("compile: a DENORT_BIN that does not exist is one line and exit 1", as
     env: { DENORT_BIN: "/nonexistent/denort" },
   });
   // deno's own "Task compile ..." banner (coloured when it thinks it may) is not ours.
+  // deno-lint-ignore no-control-regex -- the ESC of ANSI colour codes, on purpose
   const plain = r.stderr.replace(/\x1b\[[0-9;]*m/g, "");
   const lines = plain.split("\n").filter((l) => l.trim() && !/^Task /.test(l.trim()));
   assert(r.code === 1, `exit ${r.code}`);
