@@ -92,10 +92,6 @@ export async function serverCommand(args: string[]): Promise<number> {
     : undefined;
 
   const key = await secretKey(config.secretFile);
-  const inline = poller.enableInline(config.inlineWaitMs);
-  log.info("data path wait", {
-    inline: inline ? `${config.inlineWaitMs} ms after traffic` : "off",
-  });
   const server = new Server({
     listen: config.listen,
     key,
@@ -124,6 +120,12 @@ export async function serverCommand(args: string[]): Promise<number> {
     }, log);
   }
   server.start();
+  // After the start: a start that fails says one line. Links are made after their handshakes,
+  // which have not begun yet, so every one of them finds the wait set.
+  const inline = poller.enableInline(config.inlineWaitMs);
+  log.info("data path wait", {
+    inline: inline ? `${config.inlineWaitMs} ms after traffic` : "off",
+  });
 
   const { promise: stopped, resolve: stop } = Promise.withResolvers<string>();
   const signals = ["SIGINT", "SIGTERM"] as const;

@@ -97,13 +97,13 @@ for (const { tls, injector, inlineWait } of variants) {
         tls,
         extraArgs: ["--injector", injector, "--inline-wait", inlineWait],
       });
-      await step("both servers say how their data path waits", () => {
+      await step("both servers say how their data path waits", async () => {
         const want = inlineWait === "0" ? "inline=off" : `inline="${inlineWait} ms after traffic"`;
         for (const role of ["proxy", "host"] as const) {
+          await topo.servers[role]!.waitForLine(/data path wait/, 10_000);
           const line = topo.servers[role]!.lines.find((l) => l.includes("data path wait"));
           assert(line?.includes(want), `${role}: want ${want}, got ${line}`);
         }
-        return Promise.resolve();
       });
       let id = "";
       let before: HandlerInfo | undefined;
