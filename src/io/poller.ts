@@ -162,11 +162,11 @@ class Poller {
         const first = runtime ? runtime.epfd : this.#wakePipe().readFd;
         view.setInt32(0, first, true);
         view.setInt16(4, POLLIN, true);
-        keys.forEach((key, i) => {
+        for (let i = 0; i < keys.length; i++) {
           const at = (i + 1) * POLLFD_SIZE;
-          view.setInt32(at, key >= 0 ? key : -key - 1, true);
-          view.setInt16(at + 4, key >= 0 ? POLLIN : POLLOUT, true);
-        });
+          view.setInt32(at, keys[i] >= 0 ? keys[i] : -keys[i] - 1, true);
+          view.setInt16(at + 4, keys[i] >= 0 ? POLLIN : POLLOUT, true);
+        }
         let deadline = Infinity;
         for (const w of this.#waiters.values()) deadline = Math.min(deadline, w.deadline);
         const timeout = Math.min(MAX_POLL_MS, Math.max(0, Math.ceil(deadline - performance.now())));
@@ -187,17 +187,17 @@ class Poller {
         const now = performance.now();
         let ready = firstReady && runtime !== null;
         let frames = false;
-        keys.forEach((key, i) => {
-          const waiter = this.#waiters.get(key);
-          if (!waiter) return;
+        for (let i = 0; i < keys.length; i++) {
+          const waiter = this.#waiters.get(keys[i]);
+          if (!waiter) continue;
           const fdReady = view.getInt16((i + 1) * POLLFD_SIZE + 6, true) !== 0;
           if (fdReady || waiter.deadline <= now) {
             ready ||= fdReady;
             frames ||= fdReady && waiter.frames;
-            this.#waiters.delete(key);
+            this.#waiters.delete(keys[i]);
             waiter.resolve(true);
           }
-        });
+        }
         if (ready) this.#readyInWindow++;
         if (frames) this.#lastFrame = now;
         // Let the owners of ready fds do their work and wait again before the next poll.

@@ -32,6 +32,7 @@
  * the poller then waits on a helper thread only, as before.
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
+import { openFds } from "./proc_fds.ts";
 import { log } from "../ops/log.ts";
 import { messageOf } from "../errors.ts";
 
@@ -51,20 +52,6 @@ function epollEntries(epfd: number): EpollEntry[] {
     token: BigInt(`0x${m[2]}`),
     inode: parseInt(m[3], 16),
   }));
-}
-
-/** The process's epoll fds. */
-function eventpollFds(): number[] {
-  const fds: number[] = [];
-  for (const entry of Deno.readDirSync("/proc/self/fd")) {
-    try {
-      const target = Deno.readLinkSync(`/proc/self/fd/${entry.name}`);
-      if (target === "anon_inode:[eventpoll]") fds.push(Number(entry.name));
-    } catch {
-      // closed while we looked
-    }
-  }
-  return fds;
 }
 
 /** The inode of the unix socket bound to `path` (/proc/net/unix), or -1. */
@@ -149,7 +136,7 @@ export class RuntimeWait {
       listener = Deno.listen({ transport: "unix", path });
       const inode = unixSocketInode(path);
       let found: { epfd: number; waker: number } | undefined;
-      for (const epfd of eventpollFds()) {
+      for (const epfd of openFds((target) => target === "anon_inode:[eventpoll]")) {
         const entries = epollEntries(epfd);
         const waker = entries.find((e) => e.token === 0n)?.fd;
         if (waker !== undefined && entries.some((e) => e.inode === inode)) {

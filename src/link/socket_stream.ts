@@ -16,6 +16,7 @@
  * TLS links stay Deno.TlsConn: the record layer is the runtime's (rustls), and so is the socket.
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
+import { openFds } from "../io/proc_fds.ts";
 import { poller } from "../io/poller.ts";
 import type { Stream } from "./stream.ts";
 
@@ -93,15 +94,7 @@ function findSocket(local: Deno.NetAddr, remote: Deno.NetAddr): number {
   const remoteIp = ipBytes(remote.hostname);
   if (!localIp || !remoteIp) return -1;
   const lib = libc();
-  for (const entry of Deno.readDirSync("/proc/self/fd")) {
-    const fd = Number(entry.name);
-    let target: string;
-    try {
-      target = Deno.readLinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      continue;
-    }
-    if (!target.startsWith("socket:")) continue;
+  for (const fd of openFds((target) => target.startsWith("socket:"))) {
     if (
       sameEndpoint(lib.getpeername, fd, remote, remoteIp) &&
       sameEndpoint(lib.getsockname, fd, local, localIp)
