@@ -16,7 +16,7 @@ import { certCommand } from "./src/cli/cert.ts";
 import { doctorCommand } from "./src/cli/doctor.ts";
 import { secretCommand } from "./src/cli/secret.ts";
 import { messageOf, VnetError } from "./src/errors.ts";
-import { COMMIT, VERSION } from "./src/ops/version.ts";
+import { COMMIT, VERSION } from "./src/version.ts";
 
 const HELP = `
 vnet ${VERSION}: bridge a remote VM onto a local Ethernet over one TCP (or TLS) connection

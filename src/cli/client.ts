@@ -3,7 +3,7 @@ import { formatHostPort, type HostPort, parseHostPort } from "../addr.ts";
 import { messageOf, VnetError } from "../errors.ts";
 import { type Link } from "../link/link.ts";
 import { dial } from "../link/dial.ts";
-import { log } from "../ops/log.ts";
+import { log } from "../log.ts";
 import { parseMac } from "../dataplane/mac.ts";
 import { parseGateway } from "../link/ssh.ts";
 import { type ListedHandler } from "../control/rpc.ts";

@@ -7,7 +7,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { VnetError } from "../errors.ts";
 import { loadSecret } from "../link/secret.ts";
 import { importSecret } from "../link/auth.ts";
-import { configureLog, isLevel } from "../ops/log.ts";
+import { configureLog, isLevel } from "../log.ts";
 
 export type Options = NonNullable<ParseArgsConfig["options"]>;
 
@@ -81,7 +81,7 @@ export function readTextFile(path: string, what: string): string {
   }
 }
 
-/** What `optionsHelp` needs of a flag (SERVER_FLAGS in src/ops/config.ts is one such table). */
+/** What `optionsHelp` needs of a flag (SERVER_FLAGS in src/cli/config.ts is one such table). */
 interface FlagHelp {
   name: string;
   short?: string;

@@ -8,11 +8,11 @@ import { libnetVersion } from "../../ffi/libnet.ts";
 import { LIBPCAP, type LibrarySpec } from "../../ffi/load.ts";
 import { importSecret } from "../link/auth.ts";
 import { dial } from "../link/dial.ts";
-import { configureLog, log } from "../ops/log.ts";
+import { configureLog, log } from "../log.ts";
 import { exitCode, fetchCertificate, formatChecks, type Probes, runDoctor } from "../ops/doctor.ts";
 import { parseIwInfo, parseOffloads } from "../ops/sysinfo.ts";
 import { SECRET_ENV } from "../link/secret.ts";
-import { VERSION } from "../ops/version.ts";
+import { VERSION } from "../version.ts";
 import { noPositionals, parseFlags, readTextFile } from "./common.ts";
 
 const DOCTOR_HELP = `

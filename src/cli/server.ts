@@ -8,15 +8,15 @@ import {
   resolveSettings,
   SERVER_FLAGS,
   type Settings,
-} from "../ops/config.ts";
+} from "./config.ts";
 import { messageOf, VnetError } from "../errors.ts";
 import { listDevices, systemInterfaces } from "../dataplane/interfaces.ts";
-import { configureLog, log } from "../ops/log.ts";
+import { configureLog, log } from "../log.ts";
 import { type MetricsServer, processInfo, renderMetrics, serveMetrics } from "../ops/metrics.ts";
 import { Server } from "../control/server.ts";
 import { type TlsFiles } from "../control/acceptor.ts";
 import { checkPrivateFile } from "../link/secret.ts";
-import { COMMIT, VERSION } from "../ops/version.ts";
+import { COMMIT, VERSION } from "../version.ts";
 import { buildStatus } from "../ops/status_page.ts";
 import { noPositionals, optionsHelp, parseFlags, readTextFile, secretKey } from "./common.ts";
 

@@ -19,7 +19,7 @@ import { type ConnectionKind, handshake, HANDSHAKE_TIMEOUT_MS } from "../link/au
 import { checkProof } from "../link/peer_cert.ts";
 import { closeQuietly, withTimeout, writeAll } from "../link/stream.ts";
 import { encodeMessage, MessageReader, MessageType } from "../link/wire.ts";
-import { type Fields, type Logger } from "../ops/log.ts";
+import { type Fields, type Logger } from "../log.ts";
 
 export interface TlsFiles {
   /** PEM certificate chain and key this server presents. */

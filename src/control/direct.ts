@@ -24,7 +24,7 @@ import { type FabricPort } from "../dataplane/fabric.ts";
 import { mac48, macBytes } from "../dataplane/mac.ts";
 import { type Handler, handlerNumber } from "../dataplane/handler.ts";
 import { type Link } from "../link/link.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import { type Registry } from "./registry.ts";
 import { call, type DirectRequest, randomKey, type RouteRequest } from "./rpc.ts";
 

@@ -5,7 +5,7 @@
  */
 import { VnetError } from "../errors.ts";
 import { type Link } from "../link/link.ts";
-import { COMMIT, VERSION } from "../ops/version.ts";
+import { COMMIT, VERSION } from "../version.ts";
 import * as clients from "./client_requests.ts";
 import * as peers from "./peer_requests.ts";
 import * as rpc from "./rpc.ts";

@@ -10,7 +10,7 @@
 import { ErrorCode, VnetError } from "../errors.ts";
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { PcapCapture } from "../dataplane/pcap_capture.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 
 /** How long the Proxy listens for frames from a MAC before it carries it. */
 const LIVE_LISTEN_MS = 300;

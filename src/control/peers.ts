@@ -7,7 +7,7 @@ import { formatHostPort, type HostPort } from "../addr.ts";
 import { messageOf } from "../errors.ts";
 import { type Link } from "../link/link.ts";
 import { type SshOptions } from "../link/ssh.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 
 /** How long a server tries to reach its peer when it has no link to it. */
 export const DIAL_TIMEOUT_MS = 10_000;

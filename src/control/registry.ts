@@ -7,7 +7,7 @@ import { ErrorCode, VnetError } from "../errors.ts";
 import { Fabric } from "../dataplane/fabric.ts";
 import { Handler, handlerNumber, type HandlerSpec } from "../dataplane/handler.ts";
 import { type Interfaces } from "../dataplane/ports.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import { type Peer } from "./peers.ts";
 import { type AttachRequest } from "./rpc.ts";
 

@@ -18,7 +18,7 @@ import { dial } from "../link/dial.ts";
 import { Link, type LinkEvents } from "../link/link.ts";
 import { loadIdentity, type PeerIdentity } from "../link/peer_cert.ts";
 import { type SshOptions } from "../link/ssh.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import { type Accepted, Acceptor, type TlsFiles } from "./acceptor.ts";
 import { serveClient, servePeer } from "./dispatch.ts";
 import { DirectPaths } from "./direct.ts";

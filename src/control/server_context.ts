@@ -1,7 +1,7 @@
 /** What the request handlers (client_requests.ts, peer_requests.ts) use of their server. */
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { type Link } from "../link/link.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import { type DirectPaths } from "./direct.ts";
 import { type EventLog } from "./events.ts";
 import { type Peer, type Peers } from "./peers.ts";

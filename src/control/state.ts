@@ -6,7 +6,7 @@
  */
 import { type HostPort } from "../addr.ts";
 import { type HandlerSpec } from "../dataplane/handler.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import { type SshOptions } from "../link/ssh.ts";
 import { messageOf } from "../errors.ts";
 import { type Peer, type Peers } from "./peers.ts";

@@ -17,7 +17,7 @@
  */
 import { messageOf } from "../errors.ts";
 import { buildFilter, conflictFilter } from "./filter.ts";
-import { log } from "../ops/log.ts";
+import { log } from "../log.ts";
 import { mac48, macBytes } from "./mac.ts";
 import type { Capture, CaptureSpec, CaptureStats, FrameSink } from "./ports.ts";
 

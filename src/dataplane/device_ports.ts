@@ -4,7 +4,7 @@
  * is degraded: both handles are released, and opening them is tried again every second.
  */
 import { messageOf } from "../errors.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import {
   type Capture,
   type CaptureSpec,

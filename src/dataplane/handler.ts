@@ -23,7 +23,7 @@ import { DevicePorts } from "./device_ports.ts";
 import { MacConflicts } from "./mac_conflicts.ts";
 import { type Injector, type Interfaces, type Role } from "./ports.ts";
 import { type Link } from "../link/link.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import { type Fabric, type FabricPort, LoopGuard, type Path, Verdict } from "./fabric.ts";
 import { isBroadcastFrame, MacSet } from "./mac.ts";
 import { type GsoEmit, prepareForWire } from "./offload.ts";

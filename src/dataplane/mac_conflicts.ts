@@ -4,7 +4,7 @@
  * loop. They are counted, never forwarded, and warned of: once when they start, then at most
  * once a minute with the count since.
  */
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 
 const WARN_EVERY_MS = 60_000;
 

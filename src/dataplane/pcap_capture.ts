@@ -11,7 +11,7 @@
  */
 import { ErrorCode, VnetError } from "../errors.ts";
 import { translated, userError } from "./ffi_errors.ts";
-import { log } from "../ops/log.ts";
+import { log } from "../log.ts";
 import type { CaptureStats } from "./ports.ts";
 import type { RawCapture } from "./device_capture.ts";
 import {
@@ -41,7 +41,7 @@ interface PcapCaptureOptions {
 
 const DEFAULT_SNAPLEN = 262144;
 /**
- * 32 MiB, as the server's `--capture-buffer` default (src/ops/config.ts), not 8: in immediate
+ * 32 MiB, as the server's `--capture-buffer` default (src/cli/config.ts), not 8: in immediate
  * mode libpcap uses TPACKET_V2, whose ring slots are fixed-size, and on an interface with
  * offloads (TSO/GSO/GRO, e.g. any veth) a slot is ~64 KiB so that GSO super-frames fit. 8 MiB is
  * then only 128 frames (measured: 25-40% loss in 200k frames/s bursts); 32 MiB is ~500 (which the

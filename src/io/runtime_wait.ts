@@ -33,7 +33,7 @@
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
 import { openFds } from "./proc_fds.ts";
-import { log } from "../ops/log.ts";
+import { log } from "../log.ts";
 import { messageOf } from "../errors.ts";
 
 /** One registration in an epoll fd, from /proc/self/fdinfo. */

@@ -9,7 +9,7 @@
  */
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import { handshake } from "./auth.ts";
 import { Link, type LinkEvents } from "./link.ts";
 import { makeProof, type PeerIdentity } from "./peer_cert.ts";

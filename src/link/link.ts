@@ -21,7 +21,7 @@
  * queue bound, or once one write has been stuck for `stallMs`.
  */
 import { codeOf, ErrorCode, isErrorCode, messageOf, VnetError } from "../errors.ts";
-import { type Logger } from "../ops/log.ts";
+import { type Logger } from "../log.ts";
 import {
   decodeJson,
   decodeText,

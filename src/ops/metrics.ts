@@ -21,7 +21,7 @@
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { createHash } from "node:crypto";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 import type { ListedHandler } from "../control/rpc.ts";
 import { PAGE_CSP, STATUS_PAGE, type StatusJson } from "./status_page.ts";
 import {

@@ -15,7 +15,7 @@
  *     5 ms to 1 s on resource errors, as Go's net/http does. Nothing here can end the process.
  */
 import { messageOf } from "../errors.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 
 export interface HttpRequest {
   method: string;

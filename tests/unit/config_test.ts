@@ -1,4 +1,4 @@
-/** `vnet server --config` / `--check-config` (src/ops/config.ts). No network, no root. */
+/** `vnet server --config` / `--check-config` (src/cli/config.ts). No network, no root. */
 import { assert, assertEquals, assertMatch, assertThrows } from "./assert.ts";
 import {
   checkSettings,
@@ -10,7 +10,7 @@ import {
   resolveSettings,
   SERVER_FLAGS,
   type Settings,
-} from "../../src/ops/config.ts";
+} from "../../src/cli/config.ts";
 import { SERVER_HELP } from "../../src/cli/server.ts";
 import { createCa, issueCert } from "../../src/link/pki.ts";
 import { STATE_VERSION } from "../../src/control/state.ts";

@@ -26,7 +26,7 @@ import { type Link, type LinkEvents } from "../../src/link/link.ts";
 import { encodeMessage, MessageReader, MessageType } from "../../src/link/wire.ts";
 import { parseGateway } from "../../src/link/ssh.ts";
 import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
-import { type Fields, Logger } from "../../src/ops/log.ts";
+import { type Fields, Logger } from "../../src/log.ts";
 import { prng } from "../prng.ts";
 
 // ---------------------------------------------------------------------------------------------

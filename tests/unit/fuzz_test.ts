@@ -17,7 +17,7 @@ import { Fabric } from "../../src/dataplane/fabric.ts";
 import { Handler } from "../../src/dataplane/handler.ts";
 import { dial } from "../../src/link/dial.ts";
 import { Link } from "../../src/link/link.ts";
-import { type Fields, Logger } from "../../src/ops/log.ts";
+import { type Fields, Logger } from "../../src/log.ts";
 import { FakeCapture, FakeInjector, fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
 import { duplex } from "../../src/link/fake_stream.ts";
 import { Server } from "../../src/control/server.ts";

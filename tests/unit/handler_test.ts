@@ -9,7 +9,7 @@ import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
 import { duplex } from "../../src/link/fake_stream.ts";
 import { Link } from "../../src/link/link.ts";
 import { MAX_MESSAGE, MessageReader } from "../../src/link/wire.ts";
-import { type Fields, Logger } from "../../src/ops/log.ts";
+import { type Fields, Logger } from "../../src/log.ts";
 import { macBytes } from "../../src/dataplane/mac.ts";
 
 const VM1 = "02:00:00:00:00:01";

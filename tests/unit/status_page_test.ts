@@ -8,7 +8,7 @@ import { bearerCheck, type MetricsServer, serveMetrics } from "../../src/ops/met
 import { type LinkEvent } from "../../src/control/events.ts";
 import { buildStatus, STATUS_PAGE } from "../../src/ops/status_page.ts";
 import { parseHead } from "../../src/ops/status_http.ts";
-import { Logger } from "../../src/ops/log.ts";
+import { Logger } from "../../src/log.ts";
 import { type ListedHandler } from "../../src/control/rpc.ts";
 
 const quiet = new Logger();
@@ -279,7 +279,7 @@ Deno.test("status: at the fd limit (EMFILE) the listener survives and serves aga
   // with EMFILE. Before, that was an unhandled rejection and exit 1.
   const script = `
     import { serveMetrics } from "${new URL("../../src/ops/metrics.ts", import.meta.url).href}";
-    import { Logger } from "${new URL("../../src/ops/log.ts", import.meta.url).href}";
+    import { Logger } from "${new URL("../../src/log.ts", import.meta.url).href}";
     const s = serveMetrics({ hostname: "127.0.0.1", port: 0 },
       { metrics: () => "x 1\\n", limits: { maxConnections: 1000, headTimeoutMs: 2000 } },
       new Logger());

@@ -4,7 +4,7 @@
  * calls `stampBuild(...)` and compiles it in with `deno compile --preload`, so it runs before
  * main.ts reads `COMMIT`. Run from source, the commit is $VNET_BUILD_COMMIT, else "dev".
  */
-import config from "../../deno.json" with { type: "json" };
+import config from "../deno.json" with { type: "json" };
 
 export const VERSION: string = config.version;
 

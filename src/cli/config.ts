@@ -15,7 +15,7 @@
  */
 import { type HostPort, parseHostPort } from "../addr.ts";
 import { messageOf, VnetError } from "../errors.ts";
-import { isLevel, type Level } from "./log.ts";
+import { isLevel, type Level } from "../log.ts";
 import { checkPrivateFile, loadSecret } from "../link/secret.ts";
 import { STATE_VERSION } from "../control/state.ts";
 import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "../dataplane/interfaces.ts";
