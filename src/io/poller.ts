@@ -25,7 +25,8 @@
  * An fd that is part of a helper's poll in flight must not be closed: `whenIdle` defers that
  * until the poll has returned.
  */
-import { libc, POLLFD_SIZE, POLLIN, POLLOUT, WakePipe } from "../../ffi/libc.ts";
+import { libc, POLLIN, POLLOUT, WakePipe } from "../../ffi/libc.ts";
+import { structs } from "../../ffi/layout.ts";
 import { RuntimeWait } from "./runtime_wait.ts";
 
 /** How late the runtime's timers may run while the JS thread waits inline. */
@@ -39,6 +40,9 @@ const BUSY_POLLS = 200;
 const LOAD_WINDOW_MS = 100;
 /** The longest poll timeout (ms) poll(2) takes. */
 const MAX_POLL_MS = 0x7fffffff;
+/** struct pollfd: { int fd; short events; short revents; } */
+const POLLFD_SIZE = structs.pollfd.size;
+const { fd: FD_AT, events: EVENTS_AT, revents: REVENTS_AT } = structs.pollfd.offsets;
 
 interface Waiter {
   resolve: (ready: boolean) => void;
@@ -160,12 +164,12 @@ class Poller {
         }
         const view = new DataView(this.#fds.buffer);
         const first = runtime ? runtime.epfd : this.#wakePipe().readFd;
-        view.setInt32(0, first, true);
-        view.setInt16(4, POLLIN, true);
+        view.setInt32(FD_AT, first, true);
+        view.setInt16(EVENTS_AT, POLLIN, true);
         for (let i = 0; i < keys.length; i++) {
           const at = (i + 1) * POLLFD_SIZE;
-          view.setInt32(at, keys[i] >= 0 ? keys[i] : -keys[i] - 1, true);
-          view.setInt16(at + 4, keys[i] >= 0 ? POLLIN : POLLOUT, true);
+          view.setInt32(at + FD_AT, keys[i] >= 0 ? keys[i] : -keys[i] - 1, true);
+          view.setInt16(at + EVENTS_AT, keys[i] >= 0 ? POLLIN : POLLOUT, true);
         }
         let deadline = Infinity;
         for (const w of this.#waiters.values()) deadline = Math.min(deadline, w.deadline);
@@ -182,7 +186,7 @@ class Poller {
             for (const fn of this.#afterPoll.splice(0)) fn();
           }
         }
-        const firstReady = view.getInt16(6, true) !== 0;
+        const firstReady = view.getInt16(REVENTS_AT, true) !== 0;
         if (firstReady && !runtime) this.#wakePipe().drain();
         const now = performance.now();
         let ready = firstReady && runtime !== null;
@@ -190,7 +194,7 @@ class Poller {
         for (let i = 0; i < keys.length; i++) {
           const waiter = this.#waiters.get(keys[i]);
           if (!waiter) continue;
-          const fdReady = view.getInt16((i + 1) * POLLFD_SIZE + 6, true) !== 0;
+          const fdReady = view.getInt16((i + 1) * POLLFD_SIZE + REVENTS_AT, true) !== 0;
           if (fdReady || waiter.deadline <= now) {
             ready ||= fdReady;
             frames ||= fdReady && waiter.frames;
