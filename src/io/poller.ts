@@ -46,6 +46,7 @@ const { fd: FD_AT, events: EVENTS_AT, revents: REVENTS_AT } = structs.pollfd.off
 
 interface Waiter {
   resolve: (ready: boolean) => void;
+  reject: (error: Error) => void;
   deadline: number;
   /** A capture's: its frames open the inline window. */
   frames: boolean;
@@ -70,6 +71,8 @@ class Poller {
   #busy = false;
   /** For this long after a captured frame the JS thread waits inline (`--inline-wait`). */
   #inlineWindowMs = 0;
+  /** Why the wait itself failed: every wait from then on rejects with it. */
+  #failure: Error | null = null;
 
   /**
    * Lets the JS thread wait inline for `windowMs` after traffic (0: never). Returns whether it
@@ -106,14 +109,18 @@ class Poller {
 
   /** A new wait on a key ends the one before it (resolved false): one waiter per fd and way. */
   #wait(key: number, timeoutMs: number, frames: boolean): Promise<boolean> {
-    const { promise, resolve } = Promise.withResolvers<boolean>();
+    const { promise, resolve, reject } = Promise.withResolvers<boolean>();
+    if (this.#failure) {
+      reject(this.#failure);
+      return promise;
+    }
     this.#waiters.get(key)?.resolve(false);
-    this.#waiters.set(key, { resolve, deadline: performance.now() + timeoutMs, frames });
+    this.#waiters.set(key, { resolve, reject, deadline: performance.now() + timeoutMs, frames });
     if (this.#inFlight && !this.#inFlight.has(key)) this.#wakePipe().wake();
     if (!this.#running) {
       // Not from here: an inline poll would block the caller before it even has its promise.
       this.#running = true;
-      queueMicrotask(() => this.#loop());
+      queueMicrotask(() => this.#loop().catch((e) => this.#fail(e)));
     }
     return promise;
   }
@@ -137,6 +144,19 @@ class Poller {
     } else {
       fn();
     }
+  }
+
+  /**
+   * The poll itself failed (an FFI error, not an fd's): nothing the data path waits for can be
+   * seen any more, so every waiter, now and later, gets the error. Their owners handle it as a
+   * failed read: a capture degrades its handler, a link closes, each saying why.
+   */
+  #fail(e: unknown): void {
+    this.#failure = e instanceof Error ? e : new Error(String(e));
+    this.#failure.message = `the data path's wait failed: ${this.#failure.message}`;
+    const waiters = [...this.#waiters.values()];
+    this.#waiters.clear();
+    for (const waiter of waiters) waiter.reject(this.#failure);
   }
 
   #wakePipe(): WakePipe {

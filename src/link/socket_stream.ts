@@ -113,11 +113,11 @@ function findSocket(local: Deno.NetAddr, remote: Deno.NetAddr): number {
 
 /**
  * Takes a plain TCP connection over from the runtime (step 1): a Stream that reads and writes
- * its fd directly, the Deno.Conn left open (unused) until the stream closes; or null (left as it
- * was) where that cannot be done: not Linux, not a TCP Deno.Conn (the pipes of ssh, a test's
- * fake), or its fd not found.
+ * its fd directly, the Deno.Conn left open (unused) until the stream closes. Null where it does
+ * not apply (not Linux; not a TCP Deno.Conn: the pipes of ssh, a test's fake); a string saying
+ * why where it should have and failed, which the caller reports.
  */
-export function takeOver(stream: Stream): Stream | null {
+export function takeOver(stream: Stream): Stream | string | null {
   if (Deno.build.os !== "linux" || !("localAddr" in stream) || !("remoteAddr" in stream)) {
     return null;
   }
@@ -126,7 +126,8 @@ export function takeOver(stream: Stream): Stream | null {
   const remote = conn.remoteAddr;
   if (local.transport !== "tcp" || remote.transport !== "tcp") return null;
   const fd = findSocket(local, remote);
-  if (fd < 0 || !poller.adopt(fd)) return null;
+  if (fd < 0) return "its socket was not found among the process's fds";
+  if (!poller.adopt(fd)) return "the runtime's wait would not let go of its socket";
   return new SocketStream(fd, conn);
 }
 
