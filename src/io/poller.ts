@@ -25,7 +25,7 @@
  * An fd that is part of a helper's poll in flight must not be closed: `whenIdle` defers that
  * until the poll has returned.
  */
-import { libc, POLLIN, POLLOUT, WakePipe } from "../../ffi/libc.ts";
+import { lastErrno, libc, POLLIN, POLLOUT, WakePipe } from "../../ffi/libc.ts";
 import { structs } from "../../ffi/layout.ts";
 import { RuntimeWait } from "./runtime_wait.ts";
 
@@ -40,6 +40,9 @@ const BUSY_POLLS = 200;
 const LOAD_WINDOW_MS = 100;
 /** The longest poll timeout (ms) poll(2) takes. */
 const MAX_POLL_MS = 0x7fffffff;
+const EINTR = 4;
+/** Helper polls failing in a row past this are a broken wait, not interrupted ones. */
+const MAX_POLL_FAILURES = 100;
 /** struct pollfd: { int fd; short events; short revents; } */
 const POLLFD_SIZE = structs.pollfd.size;
 const { fd: FD_AT, events: EVENTS_AT, revents: REVENTS_AT } = structs.pollfd.offsets;
@@ -71,6 +74,8 @@ class Poller {
   #busy = false;
   /** For this long after a captured frame the JS thread waits inline (`--inline-wait`). */
   #inlineWindowMs = 0;
+  /** Helper polls that failed in a row (see #loop). */
+  #pollFailures = 0;
   /** Why the wait itself failed: every wait from then on rejects with it. */
   #failure: Error | null = null;
 
@@ -196,11 +201,24 @@ class Poller {
         const timeout = Math.min(MAX_POLL_MS, Math.max(0, Math.ceil(deadline - performance.now())));
         if (runtime) {
           runtime.resetWaker();
-          libc().poll_sync(this.#fds, BigInt(n), Math.min(timeout, INLINE_CAP_MS));
+          if (libc().poll_sync(this.#fds, BigInt(n), Math.min(timeout, INLINE_CAP_MS)) < 0) {
+            const { errno, text } = lastErrno();
+            if (errno !== EINTR) throw new Error(`poll: ${text}`);
+            continue;
+          }
         } else {
           this.#inFlight = new Set(keys);
           try {
-            await libc().poll(this.#fds, BigInt(n), timeout);
+            // errno is the helper thread's, out of reach here. A signal (the server's SIGTERM or
+            // SIGHUP handler may run on that thread) makes it EINTR once: try again; only a
+            // poll that keeps failing is broken.
+            if (await libc().poll(this.#fds, BigInt(n), timeout) < 0) {
+              if (++this.#pollFailures >= MAX_POLL_FAILURES) {
+                throw new Error(`poll failed ${MAX_POLL_FAILURES} times in a row`);
+              }
+              continue;
+            }
+            this.#pollFailures = 0;
           } finally {
             this.#inFlight = null;
             for (const fn of this.#afterPoll.splice(0)) fn();
