@@ -48,6 +48,7 @@ const serverOptions = Object.fromEntries(
   SERVER_FLAGS.map((f) => [f.name, {
     type: f.type === "boolean" ? "boolean" : "string",
     ...("short" in f ? { short: f.short } : {}),
+    ...("repeatable" in f ? { multiple: true } : {}),
   }]),
 ) as {
   [F in typeof SERVER_FLAGS[number] as F["name"]]: {
@@ -61,6 +62,10 @@ export async function serverCommand(args: string[]): Promise<number> {
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "server");
+  // A repeated flag (--metrics-host) is one comma-separated setting, as in a config file.
+  for (const [name, v] of Object.entries(values)) {
+    if (Array.isArray(v)) (values as Record<string, unknown>)[name] = v.join(",");
+  }
 
   if (values["check-config"]) {
     let problems: string[];
@@ -117,6 +122,7 @@ export async function serverCommand(args: string[]): Promise<number> {
       status: () =>
         buildStatus(server.list(), server.events.recent(), processInfo(VERSION, COMMIT)),
       token: metricsToken,
+      hosts: config.metricsHosts,
     }, log);
   }
   server.start();
