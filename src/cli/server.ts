@@ -1,4 +1,5 @@
 /** `vnet server`: run a VNET server, the Host's or the Proxy's (or both roles at once). */
+import { raiseOpenFileLimit } from "../../ffi/libc.ts";
 import { poller } from "../io/poller.ts";
 import {
   checkSettings,
@@ -91,6 +92,11 @@ export async function serverCommand(args: string[]): Promise<number> {
     );
   }
   configureLog({ level: config.logLevel, json: config.logJson });
+  // One fd per connection: a flood reaches a soft limit of 1024 (systemd's default) at once.
+  const fds = raiseOpenFileLimit();
+  if (fds && fds.raisedTo !== fds.soft) {
+    log.info("open file limit raised", { from: Number(fds.soft), to: Number(fds.raisedTo) });
+  }
   // Read before anything starts, so that a bad token file stops the start as a bad secret does.
   const metricsToken = config.metricsTokenFile
     ? loadMetricsToken(config.metricsTokenFile)
