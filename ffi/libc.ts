@@ -5,7 +5,9 @@
  * join the runtime's own wait, `socket`/`connect` (a doorbell), `read` (its waker) and
  * `epoll_ctl`. The sockets of plain links, taken over from the runtime
  * (src/link/socket_stream.ts): `recv`/`send`/`getsockname`/`getpeername`. The Linux packet
- * injector (GSO): `socket`/`bind`/`send`, and `setsockopt` so that it receives nothing.
+ * injector (GSO): `socket`/`bind`/`send`, and `setsockopt` so that it receives nothing. The
+ * server's accept path: `shutdown`, to end a TLS handshake the runtime still waits on
+ * (src/link/socket_abort.ts), and `getrlimit`/`setrlimit` to raise the fd limit at start.
  */
 import { lazyLibrary, LIBC } from "./load.ts";
 import { structs } from "./layout.ts";
@@ -122,6 +124,30 @@ const symbols = {
       "i32", // int sockfd
       "buffer", // struct sockaddr *addr (out)
       "buffer", // socklen_t *addrlen (in/out)
+    ],
+    result: "i32",
+  },
+  // int shutdown(int sockfd, int how);
+  shutdown: {
+    parameters: [
+      "i32", // int sockfd
+      "i32", // int how (SHUT_RDWR = 2)
+    ],
+    result: "i32",
+  },
+  // int getrlimit(int resource, struct rlimit *rlim);
+  getrlimit: {
+    parameters: [
+      "i32", // int resource (RLIMIT_NOFILE = 7 on Linux)
+      "buffer", // struct rlimit *rlim (out: { rlim_t cur; rlim_t max; }, two 64-bit words)
+    ],
+    result: "i32",
+  },
+  // int setrlimit(int resource, const struct rlimit *rlim);
+  setrlimit: {
+    parameters: [
+      "i32", // int resource
+      "buffer", // const struct rlimit *rlim
     ],
     result: "i32",
   },
@@ -251,4 +277,23 @@ export function dropAllReceived(fd: number): boolean {
   const bytes = new Uint8Array(prog.buffer);
   const rc = libc().setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, bytes, bytes.length);
   return rc === 0 && insn.byteLength > 0; // (keeps `insn` alive across the call)
+}
+
+const RLIMIT_NOFILE = 7; // Linux (x86_64, aarch64)
+
+/**
+ * Linux: raises the soft limit on open files to the hard limit, as a server that holds one fd
+ * per connection should (systemd's default soft limit is 1024, its hard limit 524288). Returns
+ * the limits before and after, or null where it cannot (not Linux, or the calls failed).
+ */
+export function raiseOpenFileLimit(): { soft: bigint; hard: bigint; raisedTo: bigint } | null {
+  if (Deno.build.os !== "linux") return null;
+  const limits = new BigUint64Array(2); // struct rlimit { rlim_t rlim_cur; rlim_t rlim_max; }
+  const bytes = new Uint8Array(limits.buffer);
+  if (libc().getrlimit(RLIMIT_NOFILE, bytes) !== 0) return null;
+  const [soft, hard] = limits;
+  if (soft >= hard) return { soft, hard, raisedTo: soft };
+  limits[0] = hard;
+  if (libc().setrlimit(RLIMIT_NOFILE, bytes) !== 0) return null;
+  return { soft, hard, raisedTo: hard };
 }

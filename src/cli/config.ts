@@ -16,7 +16,8 @@
 import { type HostPort, parseHostPort } from "../addr.ts";
 import { messageOf, VnetError } from "../errors.ts";
 import { isLevel, type Level } from "../log.ts";
-import { checkPrivateFile, loadSecret } from "../link/secret.ts";
+import { checkKeyMaterial, checkPrivateFile, loadSecret } from "../link/secret.ts";
+import { metricsHostName } from "../ops/metrics.ts";
 import { STATE_VERSION } from "../control/state.ts";
 import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "../dataplane/interfaces.ts";
 
@@ -42,6 +43,8 @@ interface ServerFlag {
   /** For numbers: which values are good, and how the problem line says so. */
   readonly range?: { readonly valid: (n: number) => boolean; readonly expect: string };
   readonly short?: string;
+  /** May be given more than once on the command line; the values join with commas. */
+  readonly repeatable?: true;
 }
 
 const wholeFrom = (min: number, max: number) => ({
@@ -192,6 +195,15 @@ export const SERVER_FLAGS = [
       "'Authorization: Bearer TOKEN' (Prometheus: bearer_token_file)",
   },
   {
+    name: "metrics-host",
+    type: "string",
+    value: "NAME",
+    repeatable: true,
+    help: "a host name the --metrics listener answers to, besides its IP addresses and " +
+      "localhost (repeat it, or give NAME,NAME); requests naming any other Host get 421 " +
+      "and no data, so a web page cannot read the status through DNS rebinding",
+  },
+  {
     name: "log-level",
     type: "string",
     value: "LEVEL",
@@ -320,6 +332,8 @@ interface ServerConfig {
   metrics?: HostPort;
   /** Holds the bearer token the metrics endpoint requires; checked private by checkSettings. */
   metricsTokenFile?: string;
+  /** Names the metrics listener answers to besides IP literals and localhost. */
+  metricsHosts: string[];
   logLevel: Level;
   logJson: boolean;
 }
@@ -387,6 +401,12 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
   if (metricsTokenFile && str("metrics") === undefined) {
     problems.push("--metrics-token-file goes with --metrics ADDR:PORT");
   }
+  const metricsHosts = (str("metrics-host") ?? "").split(",").filter((h) => h.trim() !== "");
+  for (const [i, h] of metricsHosts.entries()) {
+    const name = metricsHostName(h);
+    if (name === null) problems.push(`bad --metrics-host '${h}': a DNS name, e.g. vnet.example`);
+    else metricsHosts[i] = name;
+  }
   const level = str("log-level") ?? DEFAULTS["log-level"];
   if (!isLevel(level)) problems.push(`bad --log-level '${level}': debug, info, warn or error`);
 
@@ -409,6 +429,7 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
       maxConnections,
       metrics,
       metricsTokenFile,
+      metricsHosts,
       logLevel: level as Level,
       logJson: s["log-json"] === true,
     },
@@ -418,7 +439,7 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
 /**
  * The token a metrics scraper must present, from a private file (mode 0600, as the secret):
  * its text without surrounding whitespace. Throws one line if the file is open, missing or
- * empty.
+ * empty, or if the token is not key material (`checkKeyMaterial`, as for the secret).
  */
 export function loadMetricsToken(path: string): string {
   checkPrivateFile(path, "metrics token file");
@@ -434,6 +455,8 @@ export function loadMetricsToken(path: string): string {
       `metrics token file '${path}' is empty; put a token in it, e.g. 'vnet secret --out ${path}'`,
     );
   }
+  // A scraper's token is a key as the secret is: a guessed token reads the whole status.
+  checkKeyMaterial(new TextEncoder().encode(token), `the metrics token (file '${path}')`);
   return token;
 }
 

@@ -17,8 +17,9 @@ its text in $VNET_SECRET. When printing to a file, keep the file private:
 
 A secret may also be made elsewhere: ${NEW_SECRET_BYTES} or more random bytes as hex text
 (openssl rand -hex 32), as base64 text (head -c 32 /dev/urandom | base64) or raw. Shorter
-secrets and visibly patterned ones are refused: anyone who records a handshake can try
-guesses offline, so the secret's randomness is all that protects it.
+secrets, text of words, sequences (00 01 02..., 0-9a-zA-Z) and repeated patterns are refused:
+anyone who records a handshake can try guesses offline, so the secret's randomness is all that
+protects it. The same rules hold for the --metrics-token-file of 'vnet server'.
 
 Options:
   --out FILE    write the secret to FILE (created with mode 0600)

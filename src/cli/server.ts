@@ -1,4 +1,5 @@
 /** `vnet server`: run a VNET server, the Host's or the Proxy's (or both roles at once). */
+import { raiseOpenFileLimit } from "../../ffi/libc.ts";
 import { poller } from "../io/poller.ts";
 import {
   checkSettings,
@@ -48,6 +49,7 @@ const serverOptions = Object.fromEntries(
   SERVER_FLAGS.map((f) => [f.name, {
     type: f.type === "boolean" ? "boolean" : "string",
     ...("short" in f ? { short: f.short } : {}),
+    ...("repeatable" in f ? { multiple: true } : {}),
   }]),
 ) as {
   [F in typeof SERVER_FLAGS[number] as F["name"]]: {
@@ -61,6 +63,10 @@ export async function serverCommand(args: string[]): Promise<number> {
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "server");
+  // A repeated flag (--metrics-host) is one comma-separated setting, as in a config file.
+  for (const [name, v] of Object.entries(values)) {
+    if (Array.isArray(v)) (values as Record<string, unknown>)[name] = v.join(",");
+  }
 
   if (values["check-config"]) {
     let problems: string[];
@@ -86,6 +92,11 @@ export async function serverCommand(args: string[]): Promise<number> {
     );
   }
   configureLog({ level: config.logLevel, json: config.logJson });
+  // One fd per connection: a flood reaches a soft limit of 1024 (systemd's default) at once.
+  const fds = raiseOpenFileLimit();
+  if (fds && fds.raisedTo !== fds.soft) {
+    log.info("open file limit raised", { from: Number(fds.soft), to: Number(fds.raisedTo) });
+  }
   // Read before anything starts, so that a bad token file stops the start as a bad secret does.
   const metricsToken = config.metricsTokenFile
     ? loadMetricsToken(config.metricsTokenFile)
@@ -117,6 +128,7 @@ export async function serverCommand(args: string[]): Promise<number> {
       status: () =>
         buildStatus(server.list(), server.events.recent(), processInfo(VERSION, COMMIT)),
       token: metricsToken,
+      hosts: config.metricsHosts,
     }, log);
   }
   server.start();

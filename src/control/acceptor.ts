@@ -10,13 +10,17 @@
  *    the address holding most (OpenSSH's MaxStartups spirit: a flood from a few addresses
  *    churns its own slots, and everyone else still gets in).
  * 3. Authenticate: TLS (if on), the handshake, and a dialling server's certificate proof.
- *    Every refused, failed or timed-out connection is closed at once, releasing its fd.
+ *    Every refused, failed, displaced or timed-out connection is closed at once, releasing its
+ *    fd. A TLS connection is also shut down (socket_abort.ts): while its TLS handshake is
+ *    pending the runtime keeps the socket after `close()`, so without that a silent TLS peer
+ *    would hold its fd until it left, slots or not.
  * 4. Hand the authenticated connection to the server, which caps how many it keeps.
  */
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type ConnectionKind, handshake, HANDSHAKE_TIMEOUT_MS } from "../link/auth.ts";
 import { checkProof } from "../link/peer_cert.ts";
+import { abortSocket } from "../link/socket_abort.ts";
 import { closeQuietly, withTimeout, writeAll } from "../link/stream.ts";
 import { encodeMessage, MessageReader, MessageType } from "../link/wire.ts";
 import { type Fields, type Logger } from "../log.ts";
@@ -58,6 +62,10 @@ interface Pending {
   conn: Deno.Conn;
   address: string;
   since: number;
+  /** Its two endpoints, read on arrival: a TLS connection is shut down by them (see the top). */
+  endpoints?: { local: Deno.NetAddr; remote: Deno.NetAddr };
+  /** Closed for a newcomer: counted and reported then, not again when its handshake fails. */
+  displaced?: boolean;
 }
 
 export class Acceptor {
@@ -106,7 +114,13 @@ export class Acceptor {
   close(): void {
     this.#closed = true;
     closeQuietly(this.#listener ?? undefined);
-    for (const p of this.#pending) closeQuietly(p.conn);
+    for (const p of this.#pending) this.#drop(p);
+  }
+
+  /** Closes an unauthenticated connection so that its fd is released, TLS or not. */
+  #drop(p: Pending): void {
+    closeQuietly(p.conn);
+    if (p.endpoints) abortSocket(p.endpoints.local, p.endpoints.remote);
   }
 
   async #loop(listener: Deno.Listener): Promise<void> {
@@ -141,10 +155,12 @@ export class Acceptor {
 
   #admit(conn: Deno.Conn): void {
     let address = "unknown", remote = "unknown";
+    let endpoints: Pending["endpoints"];
     try {
       const addr = conn.remoteAddr as Deno.NetAddr;
       address = addr.hostname;
       remote = formatHostPort(addr);
+      if (this.#options.tls) endpoints = { local: conn.localAddr as Deno.NetAddr, remote: addr };
     } catch { /* reset already: it fails in the handshake */ }
     const { maxHandshakes, maxPerAddress } = this.#options;
     const mine = this.#perAddress.get(address) ?? 0;
@@ -165,14 +181,15 @@ export class Acceptor {
         },
       );
       this.#options.onRefused(victim.address, "displaced: too many unauthenticated connections");
-      closeQuietly(victim.conn);
+      victim.displaced = true;
+      this.#drop(victim);
       this.#release(victim);
     }
-    const pending: Pending = { conn, address, since: Date.now() };
+    const pending: Pending = { conn, address, since: Date.now(), endpoints };
     this.#pending.add(pending);
     this.#perAddress.set(address, (this.#perAddress.get(address) ?? 0) + 1);
     this.stats.accepted++;
-    this.#authenticate(conn, remote).finally(() => this.#release(pending));
+    this.#authenticate(pending, remote).finally(() => this.#release(pending));
   }
 
   #release(p: Pending): void {
@@ -195,7 +212,8 @@ export class Acceptor {
     return best;
   }
 
-  async #authenticate(conn: Deno.Conn, remote: string): Promise<void> {
+  async #authenticate(pending: Pending, remote: string): Promise<void> {
+    const conn = pending.conn;
     const tls = this.#options.tls;
     const timeoutMs = this.#options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     const reader = new MessageReader(conn);
@@ -223,8 +241,9 @@ export class Acceptor {
       // With TLS, a dialling server must also prove the certificate it holds (peer_cert.ts).
       if (tls && kind === "peer") cert = await this.#checkPeerCertificate(conn, reader, done);
     } catch (e) {
+      this.#drop(pending);
+      if (pending.displaced) return;
       this.stats.refused++;
-      closeQuietly(conn);
       this.#rateLimited(`refused ${remote}`, "warn", "connection refused", {
         remote,
         reason: messageOf(e),

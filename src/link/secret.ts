@@ -24,7 +24,7 @@ const MIN_SECRET_BYTES = 32;
 export const MIN_SECRET_BITS = 128;
 /** Bytes `vnet secret` writes. */
 export const NEW_SECRET_BYTES = 32;
-const HOW_TO_MAKE = "make a good one with 'vnet secret --out FILE'";
+const HOW_TO_MAKE = "use `vnet secret`: make a good one with 'vnet secret --out FILE'";
 
 /** `path` as a shell word, quoted only when it needs to be (for "run chmod 600 PATH"). */
 export function shellQuote(path: string): string {
@@ -125,8 +125,7 @@ function decodeBase64Exactly(text: string): Uint8Array | null {
  * 4-byte sequence occurs twice, and collapses for a repeated pattern (`passwordpassword...`
  * counts as 11). A random 32-byte key scores about 155 (it uses ~30 distinct values; below
  * 128 needs 15 or fewer, a chance of 3e-17); its hex text scores ~250 and its base64 ~210.
- * The estimate cannot see a dictionary word or a predictable generator, so it is a floor on
- * what is refused, not a proof of strength.
+ * `keyWeakness` also runs it on the steps between bytes, where a sequence collapses.
  */
 export function estimateSecretBits(key: Uint8Array): number {
   const distinct = new Set(key).size;
@@ -139,31 +138,85 @@ export function estimateSecretBits(key: Uint8Array): number {
   return Math.log2(distinct) * length;
 }
 
+/** The steps from each byte to the next, modulo 256: a sequence (00 01 02..., a-z) is one step. */
+function steps(bytes: Uint8Array): Uint8Array {
+  return bytes.subarray(1).map((b, i) => (b - bytes[i]) & 0xff);
+}
+
+/** The longest run of letters still counted as a word (longer runs are not language). */
+const MAX_WORD = 20;
+
 /**
- * Decodes a secret's bytes and refuses one that is too short or visibly guessable, with one
- * line that says how to make a good one. `source` names where it came from in that line.
+ * Whether `bytes` read as text is mostly words: tokens between spaces or punctuation that are
+ * all letters (any script), 2 to MAX_WORD of them, written as words are (lowercase,
+ * Capitalized or UPPERCASE) and holding a vowel, at least two, covering at least half of the
+ * text. A sentence or a passphrase is that; random hex or base64 text, whose letters are mixed
+ * in case and with digits, is not.
  */
-export function secretFromBytes(bytes: Uint8Array, source: string): Uint8Array {
+function isWords(bytes: Uint8Array): boolean {
+  const text = new TextDecoder().decode(bytes).normalize("NFD").replace(/\p{M}/gu, "");
+  const chars = text.replace(/\s/gu, "").length;
+  let words = 0, covered = 0;
+  for (const token of text.split(/[^\p{L}\p{N}]+/u)) {
+    const cased = /^(\p{Lu}?\p{Ll}+|\p{Lu}+)$/u.test(token);
+    if (token.length >= 2 && token.length <= MAX_WORD && cased && /[aeiouy]/i.test(token)) {
+      words++;
+      covered += token.length;
+    }
+  }
+  return words >= 2 && covered * 2 >= chars;
+}
+
+/**
+ * Why `bytes` is not key material, or null if it passes: the one judge of both the shared
+ * secret and the metrics token. Refused are text of words (a sentence is guessed from a
+ * dictionary in well under a second, offline), sequences (each byte one fixed step from the
+ * last: hex of 00..1f, the alphabet 0-9a-zA-Z), repeated patterns and few distinct bytes
+ * (`estimateSecretBits` under MIN_SECRET_BITS, on the bytes and on their steps). It cannot
+ * see a predictable generator, so it is a floor on what is refused, not a proof of strength.
+ */
+function keyWeakness(bytes: Uint8Array): string | null {
+  if (isWords(bytes)) return "is text of words, which a dictionary guesses";
+  const bits = estimateSecretBits(bytes);
+  const stepBits = estimateSecretBits(steps(bytes));
+  if (stepBits < MIN_SECRET_BITS && bits >= MIN_SECRET_BITS) {
+    return "is a sequence: its bytes go up or down in few distinct steps";
+  }
+  if (bits < MIN_SECRET_BITS) {
+    return "looks guessable: it repeats a pattern or uses few distinct bytes " +
+      `(about ${Math.floor(bits)} bits, need ${MIN_SECRET_BITS})`;
+  }
+  return null;
+}
+
+/**
+ * Decodes a secret's or a token's bytes (hex, base64 or raw, as at the top of this file) and
+ * refuses one that is too short or not key material, with one line that says to use
+ * `vnet secret`. `what` names it in that line, e.g. "the shared secret (file 'x')".
+ */
+export function checkKeyMaterial(bytes: Uint8Array, what: string): Uint8Array {
   const { key, encoding } = decodeSecret(bytes);
   const read = encoding === "raw" ? "raw bytes: not hex or base64 text" : encoding;
   if (key.length < MIN_SECRET_BYTES) {
     throw new VnetError(
-      `the shared secret (${source}) is too short: ${key.length} bytes of key material ` +
+      `${what} is too short: ${key.length} bytes of key material ` +
         `(read as ${read}), need at least ${MIN_SECRET_BYTES}; ${HOW_TO_MAKE}`,
     );
   }
   // Hex and base64 spread their characters over more byte values than the text uses, so
   // the text is judged too: random text from a few letters stays poor once decoded.
-  const bits = encoding === "raw"
-    ? estimateSecretBits(key)
-    : Math.min(estimateSecretBits(key), estimateSecretBits(asciiTrimmedBytes(bytes)));
-  if (bits < MIN_SECRET_BITS) {
-    throw new VnetError(
-      `the shared secret (${source}) looks guessable: it repeats a pattern or uses few ` +
-        `distinct bytes (about ${Math.floor(bits)} bits, need ${MIN_SECRET_BITS}); ${HOW_TO_MAKE}`,
-    );
-  }
+  const weakness = keyWeakness(key) ??
+    (encoding === "raw" ? null : keyWeakness(asciiTrimmedBytes(bytes)));
+  if (weakness) throw new VnetError(`${what} ${weakness}; ${HOW_TO_MAKE}`);
   return key;
+}
+
+/**
+ * Decodes a secret's bytes and refuses one that is too short or visibly guessable, with one
+ * line that says how to make a good one. `source` names where it came from in that line.
+ */
+export function secretFromBytes(bytes: Uint8Array, source: string): Uint8Array {
+  return checkKeyMaterial(bytes, `the shared secret (${source})`);
 }
 
 /** Loads the secret from `file` if given, else from $VNET_SECRET; throws saying how to make one. */

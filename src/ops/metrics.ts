@@ -192,6 +192,11 @@ interface MetricsSources {
   status?: () => StatusJson;
   /** When set, every path needs `Authorization: Bearer <token>`; 401 otherwise. */
   token?: string;
+  /**
+   * Host names, besides IP literals and localhost, that requests may name in `Host`
+   * (`--metrics-host`). Any other name is answered 421 with no data: see `hostAllowed`.
+   */
+  hosts?: string[];
   /** Connection cap and timeouts (defaults: 64 connections, 5 s head, 10 s write). */
   limits?: HttpLimits;
 }
@@ -224,6 +229,82 @@ export function bearerCheck(token: string): (authorization: string | undefined) 
   };
 }
 
+/**
+ * Whether a request's `Host` header names this listener, as a browser would send it for a
+ * page the operator opened: an IP literal (v4, or v6 in brackets), `localhost` (or a name under
+ * `.localhost`, which resolves there by RFC 6761), or one of `names`, with or without a port.
+ * This is the defence against DNS rebinding: a page from an attacker's name that is made to
+ * resolve to this listener still sends its own name in `Host`, and gets no data. An IP literal
+ * cannot be rebound (the page's origin is then that address), so every one is allowed, which
+ * also covers the listener's own addresses when it listens on 0.0.0.0 or behind NAT.
+ */
+export function hostAllowed(host: string | undefined, names: ReadonlySet<string>): boolean {
+  if (host === undefined) return false;
+  const text = host.trim().toLowerCase();
+  const v6 = /^\[([0-9a-f:.]+)\](?::\d{1,5})?$/.exec(text);
+  if (v6) return v6[1].includes(":");
+  const m = /^([^:]+)(?::\d{1,5})?$/.exec(text);
+  if (!m) return false;
+  const name = m[1].replace(/\.$/, "");
+  if (/^\d{1,3}(\.\d{1,3}){3}$/.test(name)) return true;
+  return name === "localhost" || name.endsWith(".localhost") || names.has(name);
+}
+
+/** A metrics host name as `--metrics-host` takes it: a DNS name, lowercased; null if not one. */
+export function metricsHostName(text: string): string | null {
+  const name = text.trim().toLowerCase().replace(/\.$/, "");
+  const label = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
+  return new RegExp(`^${label}(\\.${label})*$`).test(name) && name.length <= 253 ? name : null;
+}
+
+/** Wrong tokens one address may present at once, and how fast it earns another try. */
+const TOKEN_BURST = 10;
+const TOKEN_REFILL_MS = 1000;
+/** Addresses remembered; beyond this the longest-known is forgotten. */
+const TOKEN_ADDRESSES = 4096;
+
+/**
+ * Wrong tokens are limited per address, as a token bucket: TOKEN_BURST at once, then one per
+ * TOKEN_REFILL_MS. An address that has used them up is answered 429 without its token being
+ * checked (a right guess must not get through either), so an online guesser gets about one
+ * try a second instead of thousands.
+ */
+export class TokenGuesses {
+  readonly #buckets = new Map<string, { tries: number; at: number }>();
+  constructor(private readonly now: () => number = () => performance.now()) {}
+
+  #bucket(address: string): { tries: number; at: number } {
+    const now = this.now();
+    let b = this.#buckets.get(address);
+    if (!b) {
+      b = { tries: TOKEN_BURST, at: now };
+      if (this.#buckets.size >= TOKEN_ADDRESSES) {
+        this.#buckets.delete(this.#buckets.keys().next().value!);
+      }
+      this.#buckets.set(address, b);
+    }
+    const earned = Math.floor((now - b.at) / TOKEN_REFILL_MS);
+    if (earned > 0) {
+      b.tries = Math.min(TOKEN_BURST, b.tries + earned);
+      b.at = b.tries === TOKEN_BURST ? now : b.at + earned * TOKEN_REFILL_MS;
+    }
+    return b;
+  }
+
+  /** Milliseconds until `address` may try a token again; 0 if it may now. */
+  waitMs(address: string): number {
+    const b = this.#bucket(address);
+    return b.tries > 0 ? 0 : Math.max(1, TOKEN_REFILL_MS - (this.now() - b.at));
+  }
+
+  /** Counts one wrong token from `address`. */
+  failed(address: string): void {
+    const b = this.#bucket(address);
+    if (b.tries === TOKEN_BURST) b.at = this.now();
+    b.tries = Math.max(0, b.tries - 1);
+  }
+}
+
 const PAGE_HEADERS = {
   "content-type": "text/html; charset=utf-8",
   "content-security-policy": PAGE_CSP,
@@ -246,10 +327,31 @@ export function serveMetrics(
 ): MetricsServer {
   const src: MetricsSources = typeof sources === "function" ? { metrics: sources } : sources;
   const authorized = src.token !== undefined ? bearerCheck(src.token) : () => true;
+  const names = new Set(src.hosts ?? []);
+  const guesses = new TokenGuesses();
   const handle = (req: HttpRequest): HttpResponse => {
     const known = req.path === "/metrics" ||
       (src.status !== undefined && (req.path === "/" || req.path === "/api/status"));
-    if (!authorized(req.headers.get("authorization"))) {
+    if (!hostAllowed(req.headers.get("host"), names)) {
+      return {
+        status: 421,
+        body: "this listener answers only its IP address, localhost, or a name given with " +
+          "--metrics-host NAME\n",
+      };
+    }
+    const authorization = req.headers.get("authorization");
+    if (src.token !== undefined && authorization !== undefined) {
+      const waitMs = guesses.waitMs(req.remote);
+      if (waitMs > 0) {
+        return {
+          status: 429,
+          headers: { "retry-after": String(Math.ceil(waitMs / 1000)) },
+          body: "too many wrong tokens from this address; try again later\n",
+        };
+      }
+    }
+    if (!authorized(authorization)) {
+      if (authorization !== undefined) guesses.failed(req.remote);
       const challenge = { "www-authenticate": 'Bearer realm="vnet"' };
       if (req.path === "/" && src.status) {
         return { status: 401, headers: { ...PAGE_HEADERS, ...challenge }, body: STATUS_PAGE };
@@ -284,6 +386,7 @@ export function serveMetrics(
     addr: `${base}/metrics`,
     page: src.status ? `${base}/` : undefined,
     token: src.token !== undefined ? "required" : undefined,
+    hosts: src.hosts?.length ? src.hosts.join(",") : undefined,
   });
   return { addr: bound, stats: server.stats, shutdown: server.shutdown };
 }

@@ -7,10 +7,16 @@
  *   - one request per connection (`Connection: close`), GET and HEAD only, no body;
  *   - the request head must fit in MAX_HEAD_BYTES and arrive within `headTimeoutMs`;
  *   - the response must be taken within `writeTimeoutMs`;
- *   - at most `maxConnections` at once: when full, the oldest connection still sending its head
- *     is closed for the newcomer (as OpenSSH's MaxStartups drops unauthenticated ones), so
- *     silent connections cannot lock out a real client; if every one is being answered, the
+ *   - at most `maxConnections` at once, and at most `maxPerAddress` still sending their head
+ *     from one address. A newcomer over its address's share displaces that address's oldest
+ *     idle connection; a newcomer when every slot is taken displaces the oldest idle one of
+ *     the address holding most (OpenSSH's MaxStartups spirit, as the server port does): a
+ *     flood of idle connections churns its own slots, and a scraper elsewhere still gets in.
+ *     Idle means still sending its head, or lingering after its answer; if none is, the
  *     newcomer is closed at once;
+ *   - after the answer it lingers: it shuts its write side, then reads and discards what the
+ *     client still sends for up to LINGER_MS, and only then closes. Closing with unread bytes
+ *     would send an RST, which can destroy the answer before the client has read it;
  *   - an accept error (EMFILE, ECONNABORTED, ...) is logged and survived, with a backoff from
  *     5 ms to 1 s on resource errors, as Go's net/http does. Nothing here can end the process.
  */
@@ -23,6 +29,8 @@ export interface HttpRequest {
   path: string;
   /** Header names lowercased. */
   headers: Map<string, string>;
+  /** The client's IP address ("" if unknown): for per-address limits. */
+  remote: string;
 }
 
 export interface HttpResponse {
@@ -33,6 +41,8 @@ export interface HttpResponse {
 
 export interface HttpLimits {
   maxConnections?: number;
+  /** Connections still sending their head from one address. */
+  maxPerAddress?: number;
   headTimeoutMs?: number;
   writeTimeoutMs?: number;
 }
@@ -43,7 +53,7 @@ export interface HttpStats {
   accepted: number;
   /** Closed on arrival because every slot was answering. */
   refused: number;
-  /** Closed while sending their head, to make room for a newer one. */
+  /** Closed while idle (sending their head, or lingering), to make room for a newer one. */
   evicted: number;
   /** Closed because their head or their reading of the answer took too long. */
   timedOut: number;
@@ -58,8 +68,14 @@ interface HttpServer {
 }
 
 const MAX_HEAD_BYTES = 8192;
+/** The first read's buffer: a scrape's head fits; idle connections hold no more than this. */
+const FIRST_READ_BYTES = 1024;
+/** How long a connection may linger after its answer, and how much it may still send. */
+const LINGER_MS = 1000;
+const LINGER_BYTES = 1024 * 1024;
 const DEFAULT_LIMITS: Required<HttpLimits> = {
   maxConnections: 64,
+  maxPerAddress: 16,
   headTimeoutMs: 5000,
   writeTimeoutMs: 10_000,
 };
@@ -71,6 +87,8 @@ const REASONS: Record<number, string> = {
   404: "Not Found",
   405: "Method Not Allowed",
   408: "Request Timeout",
+  421: "Misdirected Request",
+  429: "Too Many Requests",
   431: "Request Header Fields Too Large",
   500: "Internal Server Error",
   505: "HTTP Version Not Supported",
@@ -81,8 +99,9 @@ const decoder = new TextDecoder();
 
 interface Slot {
   conn: Deno.Conn;
-  /** Still sending its head (may be evicted), or being answered. */
-  reading: boolean;
+  address: string;
+  /** Sending its head or lingering (may be displaced), or being answered. */
+  idle: boolean;
   closed: boolean;
 }
 
@@ -95,7 +114,10 @@ export function serveHttp(
 ): HttpServer {
   const lim = { ...DEFAULT_LIMITS, ...limits };
   const listener = Deno.listen({ hostname: options.hostname, port: options.port });
+  /** Open connections, oldest first. */
   const slots = new Set<Slot>();
+  /** Idle connections per address. */
+  const idleOf = new Map<string, number>();
   const stats: HttpStats = {
     open: 0,
     accepted: 0,
@@ -114,14 +136,35 @@ export function serveHttp(
     log.warn(msg, fields);
   };
 
+  const setIdle = (slot: Slot, idle: boolean) => {
+    if (slot.idle === idle || slot.closed) return;
+    slot.idle = idle;
+    const n = (idleOf.get(slot.address) ?? 0) + (idle ? 1 : -1);
+    if (n > 0) idleOf.set(slot.address, n);
+    else idleOf.delete(slot.address);
+  };
+
   const close = (slot: Slot) => {
     if (slot.closed) return;
+    setIdle(slot, false);
     slot.closed = true;
     slots.delete(slot);
     stats.open = slots.size;
     try {
       slot.conn.close();
     } catch { /* already closed */ }
+  };
+
+  /** The idle connection to close for a newcomer from `address`, if one must go. */
+  const victimFor = (address: string): Slot | undefined => {
+    const oldestIdleOf = (a: string) => {
+      for (const s of slots) if (s.idle && s.address === a) return s;
+    };
+    if ((idleOf.get(address) ?? 0) >= lim.maxPerAddress) return oldestIdleOf(address);
+    if (slots.size < lim.maxConnections) return undefined;
+    let busiest = "", most = 0;
+    for (const [a, n] of idleOf) if (n > most) [busiest, most] = [a, n];
+    return most > 0 ? oldestIdleOf(busiest) : undefined;
   };
 
   const serveOne = async (slot: Slot) => {
@@ -134,12 +177,10 @@ export function serveHttp(
       const head = await readHead(slot.conn);
       clearTimeout(timer);
       if (slot.closed) return;
-      slot.reading = false;
-      response = head === null ? { status: 431, body: "request head too large\n" } : answer(
-        head,
-        handle,
-        log,
-      );
+      setIdle(slot, false);
+      response = head === null
+        ? { status: 431, body: "request head too large\n" }
+        : answer(head, slot.address, handle, log);
     } catch {
       clearTimeout(timer);
       close(slot); // reset, timed out, evicted, or not HTTP: nothing to answer
@@ -152,11 +193,29 @@ export function serveHttp(
     try {
       await writeAll(slot.conn, encodeResponse(response.head ?? false, response));
     } catch {
-      /* the client went away */
-    } finally {
       clearTimeout(writeTimer);
-      close(slot);
+      return close(slot); // the client went away
     }
+    clearTimeout(writeTimer);
+    await linger(slot);
+  };
+
+  /** Shuts the write side, discards what the client still sends, then closes (see the top). */
+  const linger = async (slot: Slot) => {
+    if (slot.closed) return;
+    setIdle(slot, true);
+    const timer = setTimeout(() => close(slot), LINGER_MS);
+    try {
+      await slot.conn.closeWrite();
+      const sink = new Uint8Array(4096);
+      for (let drained = 0; drained < LINGER_BYTES && !slot.closed;) {
+        const n = await slot.conn.read(sink);
+        if (n === null) break;
+        drained += n;
+      }
+    } catch { /* reset, or closed by the timer or for a newcomer */ }
+    clearTimeout(timer);
+    close(slot);
   };
 
   const acceptLoop = async () => {
@@ -175,22 +234,26 @@ export function serveHttp(
       }
       backoffMs = 0;
       stats.accepted++;
-      if (slots.size >= lim.maxConnections) {
-        const oldest = [...slots].find((s) => s.reading);
-        if (oldest) {
-          stats.evicted++;
-          close(oldest);
-        } else {
-          stats.refused++;
-          warn("metrics connection refused: too many open", { open: slots.size });
-          try {
-            conn.close();
-          } catch { /* gone */ }
-          continue;
-        }
+      let address = "";
+      try {
+        address = (conn.remoteAddr as Deno.NetAddr).hostname;
+      } catch { /* reset already: its read fails */ }
+      const victim = victimFor(address);
+      if (victim) {
+        stats.evicted++;
+        close(victim);
       }
-      const slot: Slot = { conn, reading: true, closed: false };
+      if (slots.size >= lim.maxConnections) {
+        stats.refused++;
+        warn("metrics connection refused: too many open", { open: slots.size });
+        try {
+          conn.close();
+        } catch { /* gone */ }
+        continue;
+      }
+      const slot: Slot = { conn, address, idle: false, closed: false };
       slots.add(slot);
+      setIdle(slot, true);
       stats.open = slots.size;
       serveOne(slot).catch((e) => {
         log.error("metrics request failed", { error: messageOf(e) });
@@ -224,10 +287,11 @@ interface Head extends HttpRequest {
 /** Runs `handle` on a parsed head; malformed requests and handler errors become 4xx/500. */
 function answer(
   raw: string,
+  remote: string,
   handle: (req: HttpRequest) => HttpResponse,
   log: Logger,
 ): HttpResponse & { head?: boolean } {
-  const req = parseHead(raw);
+  const req = parseHead(raw, remote);
   if (typeof req === "number") return { status: req, body: `${REASONS[req]}\n` };
   if (req.method !== "GET" && req.method !== "HEAD") {
     return { status: 405, headers: { allow: "GET, HEAD" }, body: "only GET and HEAD\n" };
@@ -241,7 +305,7 @@ function answer(
 }
 
 /** The request line and headers, or an HTTP status to answer with. */
-export function parseHead(raw: string): Head | number {
+export function parseHead(raw: string, remote = ""): Head | number {
   const lines = raw.split("\r\n");
   const m = /^([A-Z]+) (\S+) HTTP\/(\d)\.(\d)$/.exec(lines[0]);
   if (!m) return 400;
@@ -261,7 +325,7 @@ export function parseHead(raw: string): Head | number {
   if (!path.startsWith("/")) return 400;
   const q = path.indexOf("?");
   if (q >= 0) path = path.slice(0, q);
-  return { method: m[1], path, headers, head: m[1] === "HEAD" };
+  return { method: m[1], path, headers, remote, head: m[1] === "HEAD" };
 }
 
 /**
@@ -269,10 +333,15 @@ export function parseHead(raw: string): Head | number {
  * Throws if the connection ends first.
  */
 async function readHead(conn: Deno.Conn): Promise<string | null> {
-  const buf = new Uint8Array(MAX_HEAD_BYTES);
+  let buf = new Uint8Array(FIRST_READ_BYTES);
   let used = 0;
   for (;;) {
-    if (used === buf.length) return null;
+    if (used === buf.length) {
+      if (buf.length === MAX_HEAD_BYTES) return null;
+      const bigger = new Uint8Array(MAX_HEAD_BYTES);
+      bigger.set(buf);
+      buf = bigger;
+    }
     const n = await conn.read(buf.subarray(used));
     if (n === null) throw new Error("connection closed before the request ended");
     const from = Math.max(0, used - 3);

@@ -44,7 +44,7 @@ e2e("status page: a live page in Chromium, the token, promtool, and a flood", as
   await withTopology({ vms: 1 }, 240_000, async (topo) => {
     const step = stepper(t, () => topo.serverLogs());
     const token = Array.from(
-      crypto.getRandomValues(new Uint8Array(24)),
+      crypto.getRandomValues(new Uint8Array(32)),
       (b) => b.toString(16).padStart(2, "0"),
     ).join("");
     const tokenFile = `${topo.dir}/metrics.token`;

@@ -334,7 +334,11 @@ Deno.test("cli: short and patterned secrets are refused with the command that ma
     assertMatch(r1.stderr.trim(), hint);
     const weak = await file(`${dir}/weak`, "password!".repeat(6));
     const r2 = await check(weak);
-    assertUserError(r2, /looks guessable/, "password!...");
+    assertUserError(
+      r2,
+      /text of words, which a dictionary guesses; use `vnet secret`/,
+      "password!...",
+    );
     assertMatch(r2.stderr.trim(), hint);
     // The lab's secret: 32 random bytes as 64 hex characters.
     const random = crypto.getRandomValues(new Uint8Array(32));
@@ -353,7 +357,7 @@ Deno.test("cli: short and patterned secrets are refused with the command that ma
 Deno.test("cli: server --check-config: ok, or every problem and exit 1", async () => {
   await withDir(async (dir) => {
     const secret = await file(`${dir}/vnet.secret`, (await vnet(["secret"])).stdout);
-    const token = await file(`${dir}/metrics.token`, "a-token\n");
+    const token = await file(`${dir}/metrics.token`, (await vnet(["secret"])).stdout);
     const config = await file(
       `${dir}/vnet.json`,
       JSON.stringify({

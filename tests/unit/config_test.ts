@@ -14,6 +14,7 @@ import {
 import { SERVER_HELP } from "../../src/cli/server.ts";
 import { createCa, issueCert } from "../../src/link/pki.ts";
 import { STATE_VERSION } from "../../src/control/state.ts";
+import { newSecretText } from "../../src/link/secret.ts";
 
 // --- parsing ------------------------------------------------------------------------------
 
@@ -259,10 +260,11 @@ Deno.test("check-config: the metrics token file is private and not empty", async
       "secret-file": await writeFile(`${dir}/vnet.secret`, SECRET),
       metrics: "127.0.0.1:9477",
     };
-    const good = await writeFile(`${dir}/good.token`, "s3cret-token\n");
+    const goodToken = newSecretText().trim();
+    const good = await writeFile(`${dir}/good.token`, goodToken + "\n");
     assertEquals(await checkSettings({ ...base, "metrics-token-file": good }), []);
-    assertEquals(loadMetricsToken(good), "s3cret-token");
-    const open = await writeFile(`${dir}/open.token`, "s3cret-token\n", 0o644);
+    assertEquals(loadMetricsToken(good), goodToken);
+    const open = await writeFile(`${dir}/open.token`, goodToken + "\n", 0o644);
     const p1 = await checkSettings({ ...base, "metrics-token-file": open });
     assertEquals(p1.length, 1, p1.join("\n"));
     assertMatch(p1[0], /permissions 0644 for metrics token file .*open\.token' are too open/);

@@ -1,6 +1,14 @@
 /** The Prometheus exposition (src/ops/metrics.ts). No network, no root. */
-import { assert, assertMatch } from "./assert.ts";
-import { type ProcessInfo, renderMetrics } from "../../src/ops/metrics.ts";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import {
+  hostAllowed,
+  type ProcessInfo,
+  renderMetrics,
+  serveMetrics,
+  TokenGuesses,
+} from "../../src/ops/metrics.ts";
+import { Logger } from "../../src/log.ts";
+import type { StatusJson } from "../../src/ops/status_page.ts";
 import { listedHandler } from "./listed_handler.ts";
 
 const PROCESS: ProcessInfo = {
@@ -71,4 +79,159 @@ Deno.test("metrics: link down, unknown RTT, degraded; label values escaped", () 
   const none = renderMetrics([], PROCESS);
   assert(none.includes("vnet_handlers 0\n"));
   assert(!/^vnet_handler_/m.test(none));
+});
+
+/**
+ * One request on a fresh connection; status and text. With `extra`, that many more bytes are
+ * sent once the server has answered (as a client that pipelines or sends a body does), and
+ * only then is the answer read: a server that closed without lingering resets the connection,
+ * and the reset destroys the answer not yet read.
+ */
+async function raw(
+  port: number,
+  head: string,
+  extra = 0,
+): Promise<{ status: number; text: string }> {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await c.write(new TextEncoder().encode(head));
+    if (extra) {
+      await new Promise((r) => setTimeout(r, 100));
+      await c.write(new Uint8Array(extra).fill(0x41)).catch(() => 0);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    let text = "";
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      const n = await c.read(buf).catch((e) => {
+        if (e instanceof Deno.errors.ConnectionReset) return "reset" as const;
+        throw e;
+      });
+      if (n === "reset") return { status: -1, text: text + "(reset)" };
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    return { status: Number(/^HTTP\/1\.1 (\d+)/.exec(text)?.[1] ?? 0), text };
+  } finally {
+    c.close();
+  }
+}
+
+const quiet = new Logger();
+const STATUS = () => ({ secret: "0a0b0c0d-handler" }) as unknown as StatusJson;
+
+Deno.test("metrics: Host must be an IP literal, localhost or a listed name (DNS rebinding)", async () => {
+  const names = new Set(["vnet.example"]);
+  for (
+    const ok of [
+      "127.0.0.1:9477",
+      "10.1.2.3",
+      "[::1]:9477",
+      "localhost",
+      "LOCALHOST:1",
+      "a.localhost",
+      "vnet.example",
+      "vnet.example.:9477",
+    ]
+  ) {
+    assert(hostAllowed(ok, names), ok);
+  }
+  for (
+    const bad of [
+      undefined,
+      "",
+      "rebind.example",
+      "rebind.example:9477",
+      "127.0.0.1.rebind.example",
+      "vnet.example.evil",
+      "[::1",
+      "a:b:c",
+      "localhost.evil",
+    ]
+  ) {
+    assert(!hostAllowed(bad, names), String(bad));
+  }
+  const s = serveMetrics({ hostname: "127.0.0.1", port: 0 }, {
+    metrics: () => "vnet_handlers 1\n",
+    status: STATUS,
+    hosts: ["vnet.example"],
+  }, quiet);
+  try {
+    for (const path of ["/", "/api/status", "/metrics"]) {
+      const r = await raw(s.addr.port, `GET ${path} HTTP/1.1\r\nHost: rebind.example:9477\r\n\r\n`);
+      assertEquals(r.status, 421, path);
+      assert(!/0a0b0c0d|vnet_handlers|<html/i.test(r.text), r.text);
+    }
+    const listed = await raw(s.addr.port, "GET /api/status HTTP/1.1\r\nHost: vnet.example\r\n\r\n");
+    assertEquals(listed.status, 200);
+    assertMatch(listed.text, /0a0b0c0d/);
+  } finally {
+    await s.shutdown();
+  }
+});
+
+Deno.test("metrics: wrong tokens are limited per address; the right one then waits too", async () => {
+  const token = "k".repeat(8) + crypto.randomUUID();
+  const s = serveMetrics({ hostname: "127.0.0.1", port: 0 }, {
+    metrics: () => "vnet_handlers 1\n",
+    token,
+  }, quiet);
+  const get = (t: string) =>
+    raw(
+      s.addr.port,
+      `GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${t}\r\n\r\n`,
+    );
+  try {
+    const statuses: number[] = [];
+    for (let i = 0; i < 15; i++) statuses.push((await get(`guess${i}`)).status);
+    assertEquals(statuses.filter((x) => x === 401).length, 10, statuses.join());
+    assertEquals(statuses.slice(10), [429, 429, 429, 429, 429]);
+    assertEquals((await get(token)).status, 429);
+    await new Promise((r) => setTimeout(r, 1100));
+    assertEquals((await get(token)).status, 200);
+  } finally {
+    await s.shutdown();
+  }
+  let t = 0;
+  const guesses = new TokenGuesses(() => t);
+  for (let i = 0; i < 10; i++) guesses.failed("10.0.0.1");
+  assert(guesses.waitMs("10.0.0.1") > 0);
+  assertEquals(guesses.waitMs("10.0.0.2"), 0);
+  t = 1000;
+  assertEquals(guesses.waitMs("10.0.0.1"), 0);
+});
+
+Deno.test("metrics: a large answer survives unread bytes from the client (lingering close)", async () => {
+  // 16 MB does not fit in the kernel's buffers, so the server is still sending when the client
+  // starts reading; a close with the client's 100 kB unread would reset the connection and
+  // drop what was still queued.
+  const body = "# " + "x".repeat(16 * 1024 * 1024) + "\n";
+  const s = serveMetrics({ hostname: "127.0.0.1", port: 0 }, () => body, quiet);
+  try {
+    for (let i = 0; i < 3; i++) {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
+      const head = new TextEncoder().encode("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+      const extra = new Uint8Array(100_000).fill(0x41);
+      const sent = new Uint8Array(head.length + extra.length);
+      sent.set(head);
+      sent.set(extra, head.length);
+      let off = 0;
+      while (off < sent.length) off += await c.write(sent.subarray(off));
+      await new Promise((r) => setTimeout(r, 200));
+      let got = 0, reset = false;
+      const buf = new Uint8Array(1 << 20);
+      for (;;) {
+        const n = await c.read(buf).catch(() => {
+          reset = true;
+          return null;
+        });
+        if (n === null) break;
+        got += n;
+      }
+      c.close();
+      assert(!reset && got > body.length, `got ${got} of ${body.length}+ bytes, reset ${reset}`);
+    }
+  } finally {
+    await s.shutdown();
+  }
 });

@@ -5,6 +5,7 @@
  */
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
+  checkKeyMaterial,
   decodeSecret,
   estimateSecretBits,
   loadSecret,
@@ -33,7 +34,7 @@ function refusal(f: () => unknown): VnetError {
   throw new Error("nothing was thrown");
 }
 
-const HINT = /make a good one with 'vnet secret --out FILE'$/;
+const HINT = /use `vnet secret`: make a good one with 'vnet secret --out FILE'$/;
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "vnet-secret-test-" });
@@ -142,8 +143,8 @@ Deno.test("secret: visibly low-entropy secrets are refused with the hint", () =>
   const few = (alphabet: string, n: number) =>
     Array.from(random(n), (b) => alphabet[b % alphabet.length]).join("");
   const cases = [
-    "password!".repeat(5), // a repeated word (raw: "!" is neither hex nor base64)
-    "passwordpassword".repeat(4), // the same, but valid base64: 48 bytes of a repeated pattern
+    "pass1word!".repeat(5), // a repeated pattern (raw: "!" is neither hex nor base64)
+    "passwordpassword".repeat(4), // valid base64: 48 bytes of a repeated pattern
     "0".repeat(64), // hex: 32 zero bytes
     "Q".repeat(44), // base64: 33 bytes, a 3-byte pattern
     "\x00".repeat(64), // raw: one byte
@@ -176,9 +177,13 @@ Deno.test("secret: $VNET_SECRET follows the same rules as a file", () => {
     assertEquals(loadSecret(undefined), key);
     Deno.env.set(SECRET_ENV, ` ${base64(key)}\n`);
     assertEquals(loadSecret(undefined), key);
+    const raw = random(40);
+    raw[0] = 0xff; // not text: raw bytes
+    Deno.env.set(SECRET_ENV, new TextDecoder("latin1").decode(raw));
+    assertEquals(loadSecret(undefined).length >= 32, true);
     const phrase = "ünïcödé, raw: a long phrase of many different characters!";
     Deno.env.set(SECRET_ENV, phrase);
-    assertEquals(loadSecret(undefined), text(phrase));
+    assertMatch(refusal(() => loadSecret(undefined)).message, /is text of words/);
     Deno.env.set(SECRET_ENV, "passwordpassword");
     assertMatch(refusal(() => loadSecret(undefined)).message, /is too short/);
     Deno.env.delete(SECRET_ENV);
@@ -200,4 +205,47 @@ Deno.test("secret: a file must be private and present; the lab's 64 hex characte
     assertMatch(refusal(() => loadSecret(path)).message, /permissions 0640 for secret file/);
     assertMatch(refusal(() => loadSecret(`${dir}/none`)).message, /not found/);
   });
+});
+
+/** Issue 19's weak credentials, each accepted before: words, sequences, short tokens. */
+const WEAK: [string, string, RegExp][] = [
+  ["an English sentence", "The quick brown fox jumps over the lazy dog", /is text of words/],
+  [
+    "hex of the bytes 00..1f",
+    Array.from({ length: 32 }, (_, i) => i.toString(16).padStart(2, "0")).join(""),
+    /is a sequence/,
+  ],
+  [
+    "the alphabet 0-9a-zA-Z",
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    /is a sequence/,
+  ],
+  ["words of a passphrase", "correct horse battery staple orbit vivid amber lemon", /words/],
+  ["the alphabet, backwards", "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA", /sequence/],
+  ["a 1-byte token", "x", /too short: 1 bytes/],
+  ["hunter2", "hunter2", /too short: 7 bytes/],
+];
+
+Deno.test("key material: words, sequences and short ones are refused, secret and token alike", () => {
+  for (const [what, form, re] of WEAK) {
+    for (const name of ["the shared secret (file 'x')", "the metrics token (file 'y')"]) {
+      const e = refusal(() => checkKeyMaterial(text(form), name));
+      assertMatch(e.message, re, what);
+      assert(e.message.startsWith(name), e.message);
+      assertMatch(e.message, HINT);
+    }
+  }
+});
+
+Deno.test("key material: what `vnet secret` makes, and random hex/base64/raw, always pass", () => {
+  for (let i = 0; i < 5000; i++) {
+    const key = random(32);
+    checkKeyMaterial(text(newSecretText()), "secret");
+    checkKeyMaterial(text(hex(key)), "secret");
+    checkKeyMaterial(
+      text(base64(key).replace(/=+$/, "").replaceAll("+", "-").replaceAll("/", "_")),
+      "t",
+    );
+    checkKeyMaterial(key, "raw");
+  }
 });

@@ -329,7 +329,9 @@ Deno.test("status: at the fd limit (EMFILE) the listener survives and serves aga
     let status = 0;
     for (let i = 0; i < 50 && status !== 200; i++) {
       await new Promise((r) => setTimeout(r, 100));
-      status = await rawStatus(port, "GET /metrics HTTP/1.1\r\n\r\n").catch(() => 0);
+      status = await rawStatus(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").catch(() =>
+        0
+      );
     }
     assertEquals(status, 200);
     console.log(`    at 64 fds: ${during.acceptErrors} accept errors survived, then 200`);
