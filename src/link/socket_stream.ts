@@ -16,100 +16,13 @@
  * TLS links stay Deno.TlsConn: the record layer is the runtime's (rustls), and so is the socket.
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
-import { structs } from "../../ffi/layout.ts";
-import { openFds } from "../io/proc_fds.ts";
+import { connectionKey, findSockets } from "../io/socket_lookup.ts";
 import { poller } from "../io/poller.ts";
 import type { Stream } from "./stream.ts";
 
 const EAGAIN = 11;
 const EINTR = 4;
 const MSG_NOSIGNAL = 0x4000;
-const AF_INET = 2;
-const AF_INET6 = 10;
-
-/** The 4 or 16 bytes of an IP address as Deno writes it (`10.0.0.1`, `::1`, `::ffff:10.0.0.1`). */
-export function ipBytes(text: string): Uint8Array | null {
-  if (!text.includes(":")) {
-    const parts = text.split(".");
-    if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) {
-      return null;
-    }
-    return new Uint8Array(parts.map(Number));
-  }
-  let head = text;
-  let tail4: Uint8Array | null = null;
-  const lastColon = text.lastIndexOf(":");
-  if (text.slice(lastColon + 1).includes(".")) {
-    tail4 = ipBytes(text.slice(lastColon + 1));
-    if (!tail4) return null;
-    head = `${text.slice(0, lastColon + 1)}0:0`;
-  }
-  const halves = head.split("::");
-  if (halves.length > 2) return null;
-  const groups = (s: string) => (s === "" ? [] : s.split(":"));
-  const left = groups(halves[0]);
-  const right = halves.length === 2 ? groups(halves[1]) : [];
-  const missing = 8 - left.length - right.length;
-  // "::" stands for at least one group of zeros; without it there are exactly eight groups.
-  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
-  const words = [...left, ...Array(missing).fill("0"), ...right];
-  const out = new Uint8Array(16);
-  for (const [i, w] of words.entries()) {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(w)) return null;
-    const v = parseInt(w, 16);
-    out[2 * i] = v >> 8;
-    out[2 * i + 1] = v & 0xff;
-  }
-  if (tail4) out.set(tail4, 12);
-  return out;
-}
-
-/** A `struct sockaddr_in`/`sockaddr_in6` as the bytes of its address and its port. */
-function sockaddrOf(buf: Uint8Array): { ip: Uint8Array; port: number } | null {
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const v4 = structs.sockaddr_in.offsets;
-  const v6 = structs.sockaddr_in6.offsets;
-  const family = view.getUint16(v4.sin_family, true); // the same place in both
-  if (family === AF_INET) {
-    return { ip: buf.slice(v4.sin_addr, v4.sin_addr + 4), port: view.getUint16(v4.sin_port) };
-  }
-  if (family === AF_INET6) {
-    return { ip: buf.slice(v6.sin6_addr, v6.sin6_addr + 16), port: view.getUint16(v6.sin6_port) };
-  }
-  return null;
-}
-
-function sameEndpoint(
-  name: (fd: number, addr: Uint8Array, len: Uint8Array) => number,
-  fd: number,
-  want: Deno.NetAddr,
-  wantIp: Uint8Array,
-): boolean {
-  const addr = new Uint8Array(structs.sockaddr_in6.size); // room for either
-  const len = new Uint8Array(4);
-  new DataView(len.buffer).setUint32(0, addr.length, true);
-  if (name(fd, addr, len) !== 0) return false;
-  const got = sockaddrOf(addr);
-  return got !== null && got.port === want.port && got.ip.length === wantIp.length &&
-    got.ip.every((b, i) => b === wantIp[i]);
-}
-
-/** The fd of the process's socket with these two endpoints, or -1. */
-function findSocket(local: Deno.NetAddr, remote: Deno.NetAddr): number {
-  const localIp = ipBytes(local.hostname);
-  const remoteIp = ipBytes(remote.hostname);
-  if (!localIp || !remoteIp) return -1;
-  const lib = libc();
-  for (const fd of openFds((target) => target.startsWith("socket:"))) {
-    if (
-      sameEndpoint(lib.getpeername, fd, remote, remoteIp) &&
-      sameEndpoint(lib.getsockname, fd, local, localIp)
-    ) {
-      return fd;
-    }
-  }
-  return -1;
-}
 
 /**
  * Takes a plain TCP connection over from the runtime (step 1): a Stream that reads and writes
@@ -125,8 +38,9 @@ export function takeOver(stream: Stream): Stream | string | null {
   const local = conn.localAddr;
   const remote = conn.remoteAddr;
   if (local.transport !== "tcp" || remote.transport !== "tcp") return null;
-  const fd = findSocket(local, remote);
-  if (fd < 0) return "its socket was not found among the process's fds";
+  const key = connectionKey(local, remote);
+  const fd = key ? findSockets(new Set([key])).get(key) : undefined;
+  if (fd === undefined) return "its socket was not found among the process's fds";
   if (!poller.adopt(fd)) return "the runtime's wait would not let go of its socket";
   return new SocketStream(fd, conn);
 }

@@ -3,7 +3,8 @@
  * loopback TCP connections, and the data path's poller that serves it (src/io/poller.ts).
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { ipBytes, takeOver } from "../../src/link/socket_stream.ts";
+import { takeOver } from "../../src/link/socket_stream.ts";
+import { ipBytes } from "../../src/io/socket_lookup.ts";
 import { poller } from "../../src/io/poller.ts";
 import { duplex } from "../../src/link/fake_stream.ts";
 import type { Stream } from "../../src/link/stream.ts";
