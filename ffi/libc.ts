@@ -10,6 +10,7 @@
  * (src/link/socket_abort.ts), and `getrlimit`/`setrlimit` to raise the fd limit at start.
  */
 import { lazyLibrary, LIBC } from "./load.ts";
+import { acceptNothing } from "./bpf.ts";
 import { structs } from "./layout.ts";
 
 const symbols = {
@@ -263,20 +264,9 @@ const SO_ATTACH_FILTER = 26; // Linux
  */
 export function dropAllReceived(fd: number): boolean {
   if (Deno.build.os !== "linux" || fd < 0) return false;
-  // BPF_RET|BPF_K (0x06), k = 0, in host byte order, like the kernel and libpcap expect
-  // (fresh ArrayBuffers are off-heap, so their addresses are stable)
-  const insn = new ArrayBuffer(structs.sock_filter.size);
-  new DataView(insn).setUint16(structs.sock_filter.offsets.code, 0x06, true);
-  const prog = new DataView(new ArrayBuffer(structs.sock_fprog.size));
-  prog.setUint16(structs.sock_fprog.offsets.len, 1, true);
-  prog.setBigUint64(
-    structs.sock_fprog.offsets.filter,
-    BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(insn))),
-    true,
-  );
-  const bytes = new Uint8Array(prog.buffer);
-  const rc = libc().setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, bytes, bytes.length);
-  return rc === 0 && insn.byteLength > 0; // (keeps `insn` alive across the call)
+  const { program, insns } = acceptNothing("sock_fprog");
+  const rc = libc().setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, program, program.length);
+  return rc === 0 && insns.byteLength > 0; // (keeps `insns` alive across the call)
 }
 
 const RLIMIT_NOFILE = 7; // Linux (x86_64, aarch64)
@@ -288,12 +278,14 @@ const RLIMIT_NOFILE = 7; // Linux (x86_64, aarch64)
  */
 export function raiseOpenFileLimit(): { soft: bigint; hard: bigint; raisedTo: bigint } | null {
   if (Deno.build.os !== "linux") return null;
-  const limits = new BigUint64Array(2); // struct rlimit { rlim_t rlim_cur; rlim_t rlim_max; }
-  const bytes = new Uint8Array(limits.buffer);
+  const { size, offsets } = structs.rlimit;
+  const bytes = new Uint8Array(size);
+  const limits = new DataView(bytes.buffer);
   if (libc().getrlimit(RLIMIT_NOFILE, bytes) !== 0) return null;
-  const [soft, hard] = limits;
+  const soft = limits.getBigUint64(offsets.rlim_cur, true);
+  const hard = limits.getBigUint64(offsets.rlim_max, true);
   if (soft >= hard) return { soft, hard, raisedTo: soft };
-  limits[0] = hard;
+  limits.setBigUint64(offsets.rlim_cur, hard, true);
   if (libc().setrlimit(RLIMIT_NOFILE, bytes) !== 0) return null;
   return { soft, hard, raisedTo: hard };
 }
