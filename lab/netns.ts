@@ -404,10 +404,14 @@ export async function addUpBridge(ns: string, br: string, addr?: string) {
 }
 
 /**
- * Starts dnsmasq on the LAN bridge `br0` of `lanNs`, serving DHCP_RANGE, its lease file, pid
- * and log (with --log-dhcp) in `dir`; resolves once its DHCP socket is bound.
+ * Starts dnsmasq on the LAN bridge `br0` of `lanNs`, serving `range` (DHCP_RANGE by default),
+ * its lease file, pid and log (with --log-dhcp) in `dir`; resolves once its DHCP socket is bound.
  */
-export async function startLanDhcp(lanNs: string, dir: string): Promise<Proc> {
+export async function startLanDhcp(
+  lanNs: string,
+  dir: string,
+  range: { first: string; last: string } = DHCP_RANGE,
+): Promise<Proc> {
   const p = spawn(lanNs, [
     "dnsmasq",
     "--keep-in-foreground",
@@ -419,7 +423,7 @@ export async function startLanDhcp(lanNs: string, dir: string): Promise<Proc> {
     "--group=root",
     "--interface=br0",
     "--bind-interfaces",
-    `--dhcp-range=${DHCP_RANGE.first},${DHCP_RANGE.last},255.255.255.0,1h`,
+    `--dhcp-range=${range.first},${range.last},255.255.255.0,1h`,
     "--dhcp-authoritative",
     "--no-ping",
     "--log-dhcp",

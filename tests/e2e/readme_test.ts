@@ -25,6 +25,7 @@ import {
   type Proc,
   run,
   spawn,
+  startLanDhcp,
   tryRun,
   vnetCommand,
 } from "../../lab/netns.ts";
@@ -148,26 +149,9 @@ class World {
     await Deno.writeTextFile(`${this.dir}/udhcpc.sh`, UDHCPC_SCRIPT, { mode: 0o755 });
     await Deno.chmod(`${this.dir}/udhcpc.sh`, 0o755);
 
-    const dnsmasq = spawn(ns.lan, [
-      "dnsmasq",
-      "--keep-in-foreground",
-      "--conf-file=/dev/null",
-      "--no-resolv",
-      "--no-hosts",
-      "--port=0",
-      "--user=root",
-      "--group=root",
-      "--interface=br0",
-      "--bind-interfaces",
-      `--dhcp-range=${NAMES.vmIp},${NAMES.vmIp},255.255.255.0,1h`,
-      "--dhcp-authoritative",
-      "--no-ping",
-      "--log-dhcp",
-      "--log-facility=-",
-      `--dhcp-leasefile=${this.dir}/dnsmasq.leases`,
-    ]);
-    this.procs.push(dnsmasq);
-    await dnsmasq.waitForLine(/DHCP, IP range/, 10_000);
+    this.procs.push(
+      await startLanDhcp(ns.lan, this.dir, { first: NAMES.vmIp, last: NAMES.vmIp }),
+    );
   }
 
   /** How a machine runs a command: sh in its namespace and directory, `vnet` on PATH. */
