@@ -251,3 +251,49 @@ e2e("switch: two Proxies on one LAN give a broadcast to a VM once", async () => 
     },
   );
 });
+
+// ---------------------------------------------------------------------------------------------
+// A quiet host's MAC
+// ---------------------------------------------------------------------------------------------
+
+e2e("switch attack: the quiet gateway's MAC is refused; --allow-mac limits MACs", async () => {
+  await withSites({ hosts: 1, vmsPerHost: 1, dhcp: false }, 90_000, async (sites) => {
+    const [h1] = sites.hosts;
+    const [vm] = sites.vms;
+    const proxyNs = sites.ns.proxy;
+    // The Proxy is a machine of the LAN: an address there and its default route via the LAN's
+    // gateway (br0). The gateway stays silent: no IPv6 chatter, nothing in the Proxy's table.
+    await run(sites.ns.lan, ["sysctl", "-qw", "net.ipv6.conf.br0.disable_ipv6=1"]);
+    await run(proxyNs, ["ip", "addr", "add", `10.77.0.4/${LAN.prefix}`, "dev", "lan0"]);
+    await run(proxyNs, ["ip", "route", "add", "default", "via", LAN.bridge, "dev", "lan0"]);
+    await run(proxyNs, ["ip", "neigh", "flush", "dev", "lan0"]);
+    const gwMac = await macOf(sites.ns.lan, "br0");
+    await sites.startServerAt("proxy", proxyNs, sites.addr("proxy"));
+    await sites.startServerAt("h1", h1.ns, h1.addr);
+    const withMac = (mac: string) => sites.handlerArgs(vm).map((a) => a === vm.mac ? mac : a);
+
+    const neighBefore = await run(proxyNs, ["ip", "neigh", "show", "dev", "lan0"]);
+    const gw = await sites.vnet(withMac(gwMac));
+    const gwLine = gw.stderr.trim().split("\n").at(-1) ?? "";
+    console.log(
+      `    the quiet gateway's MAC ${gwMac} (Proxy's neighbours before: ` +
+        `${neighBefore.trim() || "none"}): exit ${gw.code}, ${gwLine || gw.stdout.trim()}`,
+    );
+    assert(gw.code !== 0, `a handler for the gateway's MAC was made: ${gw.stdout}`);
+    assert(/default gateway 10\.77\.0\.1/.test(gwLine), `refusal: ${gw.stderr}`);
+
+    // The operator allows only QEMU's range: the VM's 02:5e:… MAC is refused, 52:54:00:… not.
+    await sites.stopServer("proxy");
+    await sites.startServerAt("proxy", proxyNs, sites.addr("proxy"), ["--allow-mac", "52:54:00:*"]);
+    const outside = await sites.vnet(withMac(vm.mac));
+    const outsideLine = outside.stderr.trim().split("\n").at(-1) ?? "";
+    await run(vm.ns, ["ip", "link", "set", "eth0", "address", "52:54:00:12:34:56"]);
+    const inside = await sites.vnet(withMac("52:54:00:12:34:56"));
+    console.log(
+      `    --allow-mac 52:54:00:*: ${vm.mac} exit ${outside.code}, ${outsideLine}; ` +
+        `52:54:00:12:34:56 exit ${inside.code}`,
+    );
+    assert(outside.code !== 0 && /--allow-mac/.test(outsideLine), `outside: ${outside.stderr}`);
+    assert(inside.code === 0, `a MAC in the range was refused: ${inside.stderr}`);
+  });
+});
