@@ -265,6 +265,17 @@ e2e("switch attack: the quiet gateway's MAC is refused; --allow-mac limits MACs"
     await run(sites.ns.lan, ["sysctl", "-qw", "net.ipv6.conf.br0.disable_ipv6=1"]);
     await run(proxyNs, ["ip", "addr", "add", `10.77.0.4/${LAN.prefix}`, "dev", "lan0"]);
     await run(proxyNs, ["ip", "route", "add", "default", "via", LAN.bridge, "dev", "lan0"]);
+    // The Proxy's own traffic to the world (the runtime's DNS lookups, say) would make it ARP
+    // for the gateway and hear its answer: it stays inside the LAN and the WAN here.
+    await run(proxyNs, ["nft", "-f", "-"], {
+      stdin: `table inet quiet {
+  chain output {
+    type filter hook output priority 0;
+    ip daddr != { 10.77.0.0/24, 10.78.0.0/24, 127.0.0.0/8 } drop;
+  }
+}
+`,
+    });
     await run(proxyNs, ["ip", "neigh", "flush", "dev", "lan0"]);
     const gwMac = await macOf(sites.ns.lan, "br0");
     await sites.startServerAt("proxy", proxyNs, sites.addr("proxy"));
