@@ -19,6 +19,7 @@ import { isLevel, type Level } from "../log.ts";
 import { checkKeyMaterial, checkPrivateFile, loadSecret } from "../link/secret.ts";
 import { metricsHostName } from "../ops/metrics.ts";
 import { STATE_VERSION } from "../control/state.ts";
+import { type MacRange, parseMacRanges } from "../control/mac_policy.ts";
 import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "../dataplane/interfaces.ts";
 
 /** One flag of `vnet server`: its parser option, its config key and its help come from here. */
@@ -145,6 +146,15 @@ export const SERVER_FLAGS = [
     type: "boolean",
     help: "open a Proxy end even for a MAC that is already live on the LAN (seen as a source " +
       "there, or in the neighbour table); it is logged at WARN either way",
+  },
+  {
+    name: "allow-mac",
+    type: "string",
+    value: "RANGE",
+    repeatable: true,
+    help: "carry only VM MACs in these ranges: leading bytes then '*' (52:54:00:* for " +
+      "QEMU's), or a whole MAC (repeat it, or give RANGE,RANGE); any other MAC is refused " +
+      "at either end (default: any MAC the other checks allow)",
   },
   {
     name: "no-direct",
@@ -322,6 +332,8 @@ interface ServerConfig {
   inlineWaitMs: number;
   /** Open a Proxy end for a MAC already live on the LAN (else refused). */
   allowLiveMac: boolean;
+  /** The only MAC ranges handlers may carry (--allow-mac); empty: any. */
+  allowMacs: MacRange[];
   /** Open direct Host-to-Host links (false with --no-direct). */
   direct: boolean;
   /** Unauthenticated connections at once, in all and from one source address. */
@@ -407,6 +419,12 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
     if (name === null) problems.push(`bad --metrics-host '${h}': a DNS name, e.g. vnet.example`);
     else metricsHosts[i] = name;
   }
+  let allowMacs: MacRange[] = [];
+  try {
+    allowMacs = parseMacRanges(str("allow-mac") ?? "");
+  } catch (e) {
+    problems.push(`--allow-mac: ${messageOf(e)}`);
+  }
   const level = str("log-level") ?? DEFAULTS["log-level"];
   if (!isLevel(level)) problems.push(`bad --log-level '${level}': debug, info, warn or error`);
 
@@ -423,6 +441,7 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
       captureBufferMiB: captureBuffer,
       inlineWaitMs: inlineWait,
       allowLiveMac: s["allow-live-mac"] === true,
+      allowMacs,
       direct: s["no-direct"] !== true,
       maxHandshakes,
       maxHandshakesPerAddress: maxPerAddress,

@@ -119,6 +119,7 @@ export async function serverCommand(args: string[]): Promise<number> {
     maxHandshakesPerAddress: config.maxHandshakesPerAddress,
     maxConnections: config.maxConnections,
     allowLiveMac: config.allowLiveMac,
+    allowMacs: config.allowMacs,
     direct: config.direct,
   });
   let metrics: MetricsServer | null = null;

@@ -14,7 +14,7 @@ import { formatHostPort } from "../addr.ts";
 import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Role } from "../dataplane/ports.ts";
 import { type Link } from "../link/link.ts";
-import { checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
+import { checkAllowedMacs, checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
 import { DIAL_TIMEOUT_MS } from "./peers.ts";
 import { type Entry } from "./registry.ts";
 import {
@@ -33,6 +33,7 @@ export async function create(ctx: ServerContext, req: CreateRequest): Promise<Re
   const own = req[ownRole];
   const other = req[otherRole];
   checkNotOwnMacs(req.macs, ctx.devices());
+  checkAllowedMacs(req.macs, ctx.allowMacs);
   if (ownRole === "proxy") await checkNotLive(own.dev, req.macs, ctx.allowLiveMac, ctx.log);
   const id = ctx.registry.newId();
   const dialTo = req.peer ?? other.addr;

@@ -17,6 +17,19 @@
  *
  * Frames take exactly one path at a time, so nothing is delivered twice. `--no-direct` on the
  * Proxy stops the announcements, on a Host refuses them.
+ *
+ * A direct path belongs to its owner (issue 19). Any holder of the secret can attach a
+ * host-role handler and so play "the Proxy" of that handler; what it offers must not reach
+ * further than what it carries:
+ *   - a Host takes a `route` only over the link of the named host handler, only for a MAC that
+ *     came in as a source over that very link (the Proxy switched its traffic to us), and
+ *     never for a MAC its own handlers carry;
+ *   - the route steers only the handlers on that Proxy link (fabric.ts keeps paths per link),
+ *     never the server's other VMs;
+ *   - a Proxy names only the server of a live handler whose traffic it has just switched;
+ *   - offers in flight, tokens kept and dials are bounded per link and per server (below);
+ *   - a refused offer is logged at WARN with the peer and the MAC (at most once a second per
+ *     link, with the count of those not logged).
  */
 import { type HostPort, parseHostPort } from "../addr.ts";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
@@ -30,14 +43,29 @@ import { call, type DirectRequest, randomKey, type RouteRequest } from "./rpc.ts
 
 /** A pair announced again only after this long (a route ages out, or a Host restarted). */
 const ANNOUNCE_EVERY_MS = 30_000;
+/** A Host answers a `route` at once; one that does not within this frees its slot. */
+const ANNOUNCE_TIMEOUT_MS = 5_000;
+/** Proxy: announcements in flight on one link; more wait for the pair's next switched frame. */
+const MAX_ANNOUNCING = 8;
+/** Proxy: announcements in flight over all links. */
+const MAX_ANNOUNCING_TOTAL = 256;
+/** Proxy: pairs remembered as announced (each a few dozen bytes); swept every SWEEP_MS. */
+const MAX_ANNOUNCED_PAIRS = 65_536;
 /** How long a Host waits for the Proxy's word on a token another Host presents. */
 const TOKEN_WAIT_MS = 3_000;
-/** Announcements in flight on one link; more wait for the next switched frame of the pair. */
-const MAX_ANNOUNCING = 8;
-const TOKEN_TTL_MS = 30_000;
+/** A token is presented within TOKEN_WAIT_MS plus one dial (3 s), or never. */
+const TOKEN_TTL_MS = 10_000;
+/** Host: tokens kept from one Proxy link, and from all (a legitimate Proxy needs a few). */
+const MAX_TOKENS_PER_LINK = 32;
+const MAX_TOKENS = 1024;
+/** Host: dials in flight for one Proxy link, and direct links dialled in all. */
+const MAX_DIALS_PER_LINK = 4;
+const MAX_DIRECT_LINKS = 64;
 const SWEEP_MS = 30_000;
 /** Direct links notice a dead path within 3 keepalives. */
 const DIRECT_KEEPALIVE_MS = 1_000;
+/** Refused offers are logged at most this often per link (a flood must not flood the log). */
+const WARN_EVERY_MS = 1_000;
 
 interface DirectHooks {
   /** Opens a peer link to another Host. */
@@ -45,6 +73,8 @@ interface DirectHooks {
 }
 
 interface Expected {
+  /** The Proxy link the offer came over: the route is for its handlers only. */
+  via: Link;
   local: string;
   remote: string;
   mac: string;
@@ -56,14 +86,21 @@ interface Expected {
 export class DirectPaths {
   /** Proxy: when each pair of MACs (lower, higher) was announced; which links know each MAC. */
   readonly #announced = new Map<number, Map<number, number>>();
+  #pairs = 0;
   readonly #told = new Map<string, Set<Link>>();
-  /** Proxy: announcements not answered yet, per link (bounded, see MAX_ANNOUNCING). */
-  readonly #announcing = new WeakMap<Link, number>();
-  /** Host: tokens the Proxy gave us to expect, and the links frames may come in on. */
+  /** Proxy: announcements not answered yet, per link and in all (see MAX_ANNOUNCING). */
+  readonly #announcing = new Map<Link, number>();
+  #announcingTotal = 0;
+  /** Host: tokens the Proxy gave us to expect, and how many came over each link. */
   readonly #expected = new Map<string, Expected>();
+  readonly #tokensOn = new Map<Link, number>();
+  /** Host: the links frames may come in on, for which handlers. */
   readonly #allowed = new WeakMap<Link, Set<number>>();
-  /** Host: direct links we dialled, by address. */
+  /** Host: direct links we dialled, by address; dials in flight per Proxy link. */
   readonly #dialled = new Map<string, Promise<Link>>();
+  readonly #dialsOn = new Map<Link, number>();
+  /** When a refusal was last logged for a link, and how many were not logged since. */
+  readonly #warned = new WeakMap<Link, { at: number; quiet: number }>();
   readonly #sweep: ReturnType<typeof setInterval>;
 
   constructor(
@@ -83,15 +120,26 @@ export class DirectPaths {
 
   // --- the Proxy's side ----------------------------------------------------------------------
 
+  /**
+   * A unicast frame was switched between handlers of one device whose links differ (fabric.ts):
+   * the source is one of `from`'s MACs (its Host may speak only as its VMs), the destination
+   * one of `to`'s. Both Hosts hear of it, and only of it.
+   */
   #switched(from: FabricPort, to: FabricPort, frame: Uint8Array): void {
     if (!this.enabled || !from.link?.isOpen || !to.link?.isOpen) return;
     if (this.#busy(from.link) || this.#busy(to.link)) return;
+    if (this.#announcingTotal + 2 > MAX_ANNOUNCING_TOTAL) return;
     // Per switched frame: numbers only, no allocation, until a pair is announced.
     const s = mac48(frame, 6), d = mac48(frame, 0);
     const [lo, hi] = s < d ? [s, d] : [d, s];
     let his = this.#announced.get(lo);
     const now = Date.now();
-    if (now - (his?.get(hi) ?? -Infinity) < ANNOUNCE_EVERY_MS) return;
+    const last = his?.get(hi);
+    if (last !== undefined && now - last < ANNOUNCE_EVERY_MS) return;
+    if (last === undefined) {
+      if (this.#pairs >= MAX_ANNOUNCED_PAIRS) return;
+      this.#pairs++;
+    }
     if (!his) this.#announced.set(lo, his = new Map());
     his.set(hi, now);
     const src = macText(frame, 6), dst = macText(frame, 0);
@@ -110,9 +158,18 @@ export class DirectPaths {
         token,
         dial,
       };
-      call(link, "route", req).catch((e) =>
-        this.log.debug("direct path not taken", { handler: h.spec.id, mac, error: messageOf(e) })
-      );
+      this.#announcing.set(link, (this.#announcing.get(link) ?? 0) + 1);
+      this.#announcingTotal++;
+      call(link, "route", req, ANNOUNCE_TIMEOUT_MS)
+        .catch((e) =>
+          this.log.debug("direct path not taken", { handler: h.spec.id, mac, error: messageOf(e) })
+        )
+        .finally(() => {
+          this.#announcingTotal--;
+          const n = (this.#announcing.get(link) ?? 1) - 1;
+          if (n > 0) this.#announcing.set(link, n);
+          else this.#announcing.delete(link);
+        });
     };
     // The far end first, so that it expects the token before the dialler presents it.
     tell(b, src, a, false);
@@ -131,14 +188,15 @@ export class DirectPaths {
       }
       this.#told.delete(mac);
       const n = mac48(macBytes(mac), 0);
+      this.#pairs -= this.#announced.get(n)?.size ?? 0;
       this.#announced.delete(n);
-      for (const his of this.#announced.values()) his.delete(n);
+      for (const his of this.#announced.values()) if (his.delete(n)) this.#pairs--;
     }
   }
 
   // --- a Host's side -------------------------------------------------------------------------
 
-  /** The Proxy says: the VMs of `req.handler` talk to `req.mac`, behind `req.peer`. */
+  /** The Proxy on `link` says: the VMs of `req.handler` talk to `req.mac`, behind `req.peer`. */
   route(req: RouteRequest, link: Link): void {
     if (!this.enabled) {
       throw new VnetError("direct paths are off on this server (--no-direct)", {
@@ -147,28 +205,54 @@ export class DirectPaths {
     }
     const entry = this.registry.get(req.handler);
     if (!entry || entry.handler.link !== link || entry.handler.spec.role !== "host") {
-      throw new VnetError(`no host handler '${req.handler}' on this link`, {
-        code: ErrorCode.Refused,
-      });
+      throw this.#refuse(link, req.mac, `no host handler '${req.handler}' on this link`);
+    }
+    const fabric = this.registry.fabric;
+    if (fabric.carries(req.mac)) {
+      throw this.#refuse(link, req.mac, "it is a VM of this server");
+    }
+    if (!fabric.learned(link, req.mac)) {
+      throw this.#refuse(link, req.mac, "no frame from it came over this link");
     }
     const local = entry.handler;
     if (!req.dial) {
+      const mine = this.#tokensOn.get(link) ?? 0;
+      if (mine >= MAX_TOKENS_PER_LINK || this.#expected.size >= MAX_TOKENS) {
+        throw this.#refuse(link, req.mac, "too many direct paths offered at once");
+      }
+      if (this.#expected.has(req.token)) {
+        throw this.#refuse(link, req.mac, "that token is already in use");
+      }
       this.#expected.set(req.token, {
+        via: link,
         local: req.handler,
         remote: req.remote,
         mac: req.mac,
         peer: req.peer,
         until: Date.now() + TOKEN_TTL_MS,
       });
+      this.#tokensOn.set(link, mine + 1);
       return;
     }
+    const addr = parseHostPort(req.peer, "peer");
+    if (!dialable(addr.hostname)) {
+      throw this.#refuse(link, req.mac, `'${req.peer}' is not another Host's address`);
+    }
+    const key = `${addr.hostname}:${addr.port}`;
+    const dials = this.#dialsOn.get(link) ?? 0;
+    if (dials >= MAX_DIALS_PER_LINK) {
+      throw this.#refuse(link, req.mac, "too many direct paths being dialled");
+    }
+    if (!this.#dialled.has(key) && this.#dialled.size >= MAX_DIRECT_LINKS) {
+      throw this.#refuse(link, req.mac, `${MAX_DIRECT_LINKS} direct links already`);
+    }
+    this.#dialsOn.set(link, dials + 1);
     // Answered at once: the Proxy must not wait on another Host (and a slow one must not
     // fill the Proxy's link with requests in flight). Failing here only means no direct path.
-    const addr = parseHostPort(req.peer, "peer");
     this.#linkTo(addr)
       .then(async (direct) => {
         await call(direct, "direct", { token: req.token, handler: req.remote });
-        this.#install(direct, req.peer, req.mac, handlerNumber(req.remote), local);
+        this.#install(link, direct, req.peer, req.mac, handlerNumber(req.remote), local);
       })
       .catch((e) =>
         this.log.info("no direct path; staying with the proxy", {
@@ -176,39 +260,88 @@ export class DirectPaths {
           peer: req.peer,
           error: messageOf(e),
         })
-      );
+      )
+      .finally(() => {
+        const n = (this.#dialsOn.get(link) ?? 1) - 1;
+        if (n > 0) this.#dialsOn.set(link, n);
+        else this.#dialsOn.delete(link);
+      });
   }
 
   /** Another Host presents a token (step 3); `link` is the direct link it dialled. */
   async direct(req: DirectRequest, link: Link): Promise<void> {
     const deadline = Date.now() + TOKEN_WAIT_MS;
     let expected = this.#expected.get(req.token);
-    while (!expected && Date.now() < deadline) {
+    while (!expected && Date.now() < deadline && link.isOpen) {
       await new Promise((r) => setTimeout(r, 50));
       expected = this.#expected.get(req.token);
     }
     const entry = expected && this.registry.get(expected.local);
-    if (!expected || expected.local !== req.handler || !entry || expected.until < Date.now()) {
-      throw new VnetError("no direct path was announced with that token", {
-        code: ErrorCode.Refused,
-      });
+    if (
+      !expected || expected.local !== req.handler || !entry || expected.until < Date.now() ||
+      entry.handler.link !== expected.via || expected.via === link
+    ) {
+      throw this.#refuse(
+        link,
+        expected?.mac ?? "unknown",
+        "no direct path was announced with that token",
+      );
     }
-    this.#expected.delete(req.token);
-    this.#install(link, expected.peer, expected.mac, handlerNumber(expected.remote), entry.handler);
+    this.#dropToken(req.token, expected);
+    this.#install(
+      expected.via,
+      link,
+      expected.peer,
+      expected.mac,
+      handlerNumber(expected.remote),
+      entry.handler,
+    );
   }
 
-  unroute(mac: string): void {
-    if (this.registry.fabric.removeRoute(mac)) this.log.info("direct path forgotten", { mac });
+  /** The Proxy on `link` says `mac` moved: back through it. */
+  unroute(mac: string, link: Link): void {
+    if (this.registry.fabric.removeRoute(link, mac)) {
+      this.log.info("direct path forgotten", { mac, via: link.remote });
+    }
   }
 
-  #install(link: Link, peer: string, mac: string, number: number, local: Handler): void {
+  #install(via: Link, link: Link, peer: string, mac: string, number: number, local: Handler) {
+    if (!this.registry.fabric.addRoute(via, mac, link, peer, number)) {
+      this.log.info("no direct path: the MAC was forgotten meanwhile", { mac, via: peer });
+      return;
+    }
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
-    this.registry.fabric.addRoute(mac, link, peer, number);
     let allowed = this.#allowed.get(link);
     if (!allowed) this.#allowed.set(link, allowed = new Set());
     allowed.add(local.number);
     this.log.info("direct path up", { mac, via: peer, handler: local.spec.id });
+  }
+
+  /** Logs a refused offer (rate-limited per link) and returns the error to answer with. */
+  #refuse(link: Link, mac: string, why: string): VnetError {
+    const now = Date.now();
+    const warned = this.#warned.get(link);
+    if (!warned || now - warned.at >= WARN_EVERY_MS) {
+      this.log.warn("direct path offer refused", {
+        peer: link.remote,
+        mac,
+        why,
+        notLogged: warned?.quiet || undefined,
+        tokens: this.#expected.size,
+      });
+      this.#warned.set(link, { at: now, quiet: 0 });
+    } else {
+      warned.quiet++;
+    }
+    return new VnetError(`direct path to ${mac} refused: ${why}`, { code: ErrorCode.Refused });
+  }
+
+  #dropToken(token: string, e: Expected): void {
+    if (!this.#expected.delete(token)) return;
+    const n = (this.#tokensOn.get(e.via) ?? 1) - 1;
+    if (n > 0) this.#tokensOn.set(e.via, n);
+    else this.#tokensOn.delete(e.via);
   }
 
   async #linkTo(addr: HostPort): Promise<Link> {
@@ -227,13 +360,19 @@ export class DirectPaths {
 
   /** A link closed: its routes go, and traffic falls back to the Proxy. */
   linkClosed(link: Link): void {
-    const gone = this.registry.fabric.removeRoutesOver(link);
+    const fabric = this.registry.fabric;
+    const gone = fabric.removeRoutesOver(link);
     if (gone.length > 0) {
       this.log.warn("direct path down; back through the proxy", {
         via: link.remote,
         macs: gone.map((r) => r.mac).join(","),
       });
     }
+    // A Proxy link: what was learned and offered over it goes with it.
+    fabric.forgetLink(link);
+    for (const [token, e] of this.#expected) if (e.via === link) this.#dropToken(token, e);
+    this.#announcing.delete(link);
+    this.#dialsOn.delete(link);
     for (const [mac, links] of this.#told) {
       links.delete(link);
       if (links.size === 0) this.#told.delete(mac);
@@ -245,7 +384,15 @@ export class DirectPaths {
       this.log.info("direct path aged out", { mac: p.mac, via: p.direct!.link.remote });
     }
     const now = Date.now();
-    for (const [token, e] of this.#expected) if (e.until < now) this.#expected.delete(token);
+    for (const [token, e] of this.#expected) if (e.until < now) this.#dropToken(token, e);
+    for (const [lo, his] of this.#announced) {
+      for (const [hi, at] of his) {
+        if (now - at < ANNOUNCE_EVERY_MS) continue;
+        his.delete(hi);
+        this.#pairs--;
+      }
+      if (his.size === 0) this.#announced.delete(lo);
+    }
     // Dialled links that carry no route any more are closed.
     const used = new Set(this.registry.fabric.paths().map((p) => p.direct?.link));
     for (const [key, dialling] of this.#dialled) {
@@ -263,6 +410,14 @@ export class DirectPaths {
       dialling.then((link) => link.close("server shutting down"), () => {});
     }
   }
+}
+
+/** Whether a Host may dial `hostname` for a direct path: never itself nor a non-address. */
+function dialable(hostname: string): boolean {
+  const h = hostname.toLowerCase();
+  return !(h === "localhost" || h.startsWith("127.") || h === "::1" || h === "0.0.0.0" ||
+    h === "::" || h.startsWith("0.") || /^(22[4-9]|23\d|24\d|25[0-5])\./.test(h) ||
+    /^ff[0-9a-f]{0,2}:/.test(h));
 }
 
 function macText(frame: Uint8Array, at: number): string {

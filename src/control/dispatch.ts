@@ -54,7 +54,7 @@ export async function servePeer(
       await ctx.direct.direct(rpc.parseDirect(body), link);
       return {};
     case "unroute":
-      ctx.direct.unroute(rpc.parseUnroute(body).mac);
+      ctx.direct.unroute(rpc.parseUnroute(body).mac, link);
       return {};
     default:
       throw new VnetError(`unknown peer request '${op.slice(0, 40)}'`);

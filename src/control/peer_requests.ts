@@ -8,7 +8,7 @@
  */
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Link } from "../link/link.ts";
-import { checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
+import { checkAllowedMacs, checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
 import { type AttachRequest, type DetachRequest, type SyncRequest } from "./rpc.ts";
 import { type ServerContext } from "./server_context.ts";
 
@@ -40,6 +40,7 @@ export async function attach(ctx: ServerContext, req: AttachRequest, link: Link)
     await ctx.remove(spec.id);
   }
   checkNotOwnMacs(spec.macs, ctx.devices());
+  checkAllowedMacs(spec.macs, ctx.allowMacs);
   if (spec.role === "host") ctx.checkDeviceNotCarryingLink(spec.device, link);
   await releaseOrphan(ctx, req);
   if (spec.role === "proxy") {

@@ -23,6 +23,7 @@ import { type Accepted, Acceptor, type TlsFiles } from "./acceptor.ts";
 import { serveClient, servePeer } from "./dispatch.ts";
 import { DirectPaths } from "./direct.ts";
 import { EventLog } from "./events.ts";
+import { type MacRange } from "./mac_policy.ts";
 import { closeStale } from "./peer_requests.ts";
 import { type Peer, Peers } from "./peers.ts";
 import { Registry } from "./registry.ts";
@@ -47,6 +48,8 @@ interface ServerOptions {
   /** Authenticated links at once, of each kind (control, peer). */
   maxConnections?: number;
   allowLiveMac?: boolean;
+  /** `--allow-mac`: the only MAC ranges handlers may carry; empty: any. */
+  allowMacs?: MacRange[];
   /** Accepted-side handlers whose peer stays away this long are closed (orphans). */
   orphanGraceMs?: number;
   /** Direct Host↔Host paths (direct.ts); on by default, off with --no-direct. */
@@ -63,6 +66,7 @@ export class Server implements ServerContext {
   readonly events = new EventLog();
   readonly direct: DirectPaths;
   readonly allowLiveMac: boolean;
+  readonly allowMacs: readonly MacRange[];
   id = rpc.randomKey();
   #options: ServerOptions;
   #acceptor: Acceptor;
@@ -79,6 +83,7 @@ export class Server implements ServerContext {
     this.#options = options;
     this.log = options.log;
     this.allowLiveMac = options.allowLiveMac ?? false;
+    this.allowMacs = options.allowMacs ?? [];
     this.registry = new Registry(options.ports, this.log);
     this.peers = new Peers({
       dial: (peer, timeoutMs) => this.#dial(peer, timeoutMs),

@@ -4,6 +4,7 @@ import { type Link } from "../link/link.ts";
 import { type Logger } from "../log.ts";
 import { type DirectPaths } from "./direct.ts";
 import { type EventLog } from "./events.ts";
+import { type MacRange } from "./mac_policy.ts";
 import { type Peer, type Peers } from "./peers.ts";
 import { type Registry } from "./registry.ts";
 import { type ListedHandler } from "./rpc.ts";
@@ -21,6 +22,8 @@ export interface ServerContext {
   readonly log: Logger;
   /** `--allow-live-mac`: carry a MAC already live on the LAN (logged at WARN). */
   readonly allowLiveMac: boolean;
+  /** `--allow-mac`: the only MAC ranges handlers may carry; empty: any. */
+  readonly allowMacs: readonly MacRange[];
   /** This machine's interfaces. */
   devices(): DeviceInfo[];
   /** The handlers, as `list` shows them. */

@@ -24,8 +24,15 @@
  *   7. Unicast to a MAC with a direct route (another Host, see control/direct.ts): sent on
  *      that route's link, not through the Proxy. Every remote MAC a Host learns (from the
  *      sources of its peer's frames) has a path, direct or through the Proxy, with counters.
- * At a Proxy's capture, `loopGuard` drops a broadcast seen again within LOOP_WINDOW_MS: a LAN
- * frame that came back through a Host (a Host device bridged to the LAN), never a storm.
+ *      Paths belong to the Proxy link they were learned over: a route a Proxy offers steers only
+ *      the frames of the handlers that Proxy carries, never the whole server's (issue 19).
+ * At a Proxy's capture (`handedOver`, `loopGuard`):
+ *   8. A broadcast from a MAC that another handler of this server carries for the same Host, on
+ *      another device, is that Host's own broadcast come back over the LAN (the Proxy put it on
+ *      one interface, the LAN bridge flooded it to another): the Host already handed it to its
+ *      VMs (step 6), so it is dropped, and counted as a loop.
+ *   9. `loopGuard` drops a broadcast seen again within LOOP_WINDOW_MS: a LAN frame that came
+ *      back through a Host (a Host device bridged to the LAN), never a storm.
  */
 import { type Link } from "../link/link.ts";
 import { isBroadcastFrame, mac48, macBytes } from "./mac.ts";
@@ -72,7 +79,7 @@ function newPath(mac: string): Path {
   };
 }
 
-/** A Host learns at most this many remote MACs (a bound on memory, as a switch's table). */
+/** A Host learns at most this many remote MACs, over all its links (a switch's table). */
 const MAX_PATHS = 16_384;
 
 /** Broadcasts seen again this soon are a loop (retransmissions wait a second or more). */
@@ -108,9 +115,13 @@ type SwitchedHook = (from: FabricPort, to: FabricPort, frame: Uint8Array) => voi
 
 export class Fabric {
   readonly #devices = new Map<string, DeviceTable>();
-  readonly #paths = new Map<number, Path>();
+  /** A Host's paths, by the Proxy link they were learned over, then by MAC. */
+  readonly #paths = new Map<Link | null, Map<number, Path>>();
+  #pathCount = 0;
   /** Every Host-role handler of this server by its MACs, whatever its device. */
   readonly #hostPorts = new Map<number, FabricPort>();
+  /** Every Proxy-role handler of this server by its MACs, whatever its device. */
+  readonly #proxyPorts = new Map<number, FabricPort>();
   /** Called for unicast switched between handlers whose peers differ (direct path candidates). */
   onSwitched: SwitchedHook | null = null;
 
@@ -121,7 +132,7 @@ export class Fabric {
     for (const mac of port.macs) {
       const key = mac48(macBytes(mac), 0);
       byMac.set(key, port);
-      if (port.role === "host") this.#hostPorts.set(key, port);
+      (port.role === "host" ? this.#hostPorts : this.#proxyPorts).set(key, port);
     }
     if (port.role === "proxy") table.proxies.push(port);
   }
@@ -132,6 +143,7 @@ export class Fabric {
     const byMac = port.role === "proxy" ? table.proxyByMac : table.hostByMac;
     for (const [key, p] of byMac) if (p === port) byMac.delete(key);
     for (const [key, p] of this.#hostPorts) if (p === port) this.#hostPorts.delete(key);
+    for (const [key, p] of this.#proxyPorts) if (p === port) this.#proxyPorts.delete(key);
     const i = table.proxies.indexOf(port);
     if (i >= 0) table.proxies.splice(i, 1);
     if (table.proxies.length === 0 && table.hostByMac.size === 0) {
@@ -150,7 +162,7 @@ export class Fabric {
         if (table.injected.repeat(frame)) return Verdict.Loop;
         this.#fanOut(port, frame, src);
       }
-      if ((frame[6] & 1) === 0 && !this.#paths.has(src)) this.#learn(src, frame);
+      if ((frame[6] & 1) === 0) this.#learn(port.link, src, frame);
       return Verdict.Inject;
     }
     if ((frame[0] & 1) === 0) {
@@ -206,7 +218,7 @@ export class Fabric {
       if (local.device !== port.device) local.deliver(frame);
       return "local";
     }
-    const path = this.#paths.get(dst);
+    const path = this.#paths.get(port.link)?.get(dst);
     if (!path) return null;
     if (path.direct?.link.isOpen) return path;
     path.viaProxy.frames++;
@@ -214,24 +226,41 @@ export class Fabric {
     return null;
   }
 
-  #learn(key: number, frame: Uint8Array): void {
-    if (this.#paths.size >= MAX_PATHS) return;
+  #learn(via: Link | null, key: number, frame: Uint8Array): void {
+    let table = this.#paths.get(via);
+    if (table?.has(key) || this.#pathCount >= MAX_PATHS) return;
+    if (!table) this.#paths.set(via, table = new Map());
     const mac = Array.from(frame.subarray(6, 12), (b) => b.toString(16).padStart(2, "0"))
       .join(":");
-    this.#paths.set(key, newPath(mac));
+    table.set(key, newPath(mac));
+    this.#pathCount++;
   }
 
-  /** A direct route to `mac`: frames for it go on `link` (to `peer`), tagged `number`. */
-  addRoute(mac: string, link: Link, peer: string, number: number): void {
-    const key = mac48(macBytes(mac), 0);
-    const path = this.#paths.get(key) ?? newPath(mac);
+  /** The path to `mac` learned over `via` (a frame from `mac` came in on that link), if any. */
+  learned(via: Link, mac: string): Path | undefined {
+    return this.#paths.get(via)?.get(mac48(macBytes(mac), 0));
+  }
+
+  /** Whether a Host-role handler of this server carries `mac` (one of our own VMs). */
+  carries(mac: string): boolean {
+    return this.#hostPorts.has(mac48(macBytes(mac), 0));
+  }
+
+  /**
+   * A direct route to `mac` for the handlers on `via` (the Proxy link that offered it): their
+   * frames for it go on `link` (to `peer`), tagged `number`. False if `mac` was never learned
+   * over `via`.
+   */
+  addRoute(via: Link, mac: string, link: Link, peer: string, number: number): boolean {
+    const path = this.learned(via, mac);
+    if (!path) return false;
     path.direct = { link, peer, number };
-    this.#paths.set(key, path);
+    return true;
   }
 
-  /** `mac` goes through the Proxy again; false if it had no direct route. */
-  removeRoute(mac: string): boolean {
-    const path = this.#paths.get(mac48(macBytes(mac), 0));
+  /** `mac` goes through the Proxy `via` again; false if it had no direct route there. */
+  removeRoute(via: Link, mac: string): boolean {
+    const path = this.learned(via, mac);
     if (!path?.direct) return false;
     path.direct = null;
     return true;
@@ -240,7 +269,7 @@ export class Fabric {
   /** Every route over `link` falls back to the Proxy (the link closed). */
   removeRoutesOver(link: Link): Path[] {
     const gone: Path[] = [];
-    for (const path of this.#paths.values()) {
+    for (const path of this.#every()) {
       if (path.direct?.link !== link) continue;
       path.direct = null;
       gone.push(path);
@@ -248,20 +277,47 @@ export class Fabric {
     return gone;
   }
 
-  paths(): Path[] {
-    return [...this.#paths.values()];
+  /** The Proxy link `via` closed: what was learned over it goes (a new link learns again). */
+  forgetLink(via: Link): void {
+    const table = this.#paths.get(via);
+    if (!table) return;
+    this.#pathCount -= table.size;
+    this.#paths.delete(via);
+  }
+
+  /** The paths learned over `via`, or over every link. */
+  paths(via?: Link | null): Path[] {
+    return via === undefined ? [...this.#every()] : [...this.#paths.get(via)?.values() ?? []];
+  }
+
+  *#every(): Generator<Path> {
+    for (const table of this.#paths.values()) yield* table.values();
+  }
+
+  /**
+   * Whether a broadcast or multicast captured by Proxy handler `port` is its Host's own, come
+   * back over the LAN from another of this server's devices (step 8).
+   */
+  handedOver(port: FabricPort, frame: Uint8Array): boolean {
+    const owner = this.#proxyPorts.get(mac48(frame, 6));
+    return owner !== undefined && owner.device !== port.device && owner.link === port.link &&
+      port.link !== null;
   }
 
   /** Ages idle paths out; called every `everyMs`. Returns the direct ones forgotten. */
   sweep(everyMs: number): Path[] {
     const gone: Path[] = [];
-    for (const [key, p] of this.#paths) {
-      const frames = p.viaProxy.frames + p.viaDirect.frames;
-      p.idleSweeps = frames === p.seenFrames ? p.idleSweeps + 1 : 0;
-      p.seenFrames = frames;
-      if (p.idleSweeps * everyMs < ROUTE_AGE_MS) continue;
-      this.#paths.delete(key);
-      if (p.direct) gone.push(p);
+    for (const [via, table] of this.#paths) {
+      for (const [key, p] of table) {
+        const frames = p.viaProxy.frames + p.viaDirect.frames;
+        p.idleSweeps = frames === p.seenFrames ? p.idleSweeps + 1 : 0;
+        p.seenFrames = frames;
+        if (p.idleSweeps * everyMs < ROUTE_AGE_MS) continue;
+        table.delete(key);
+        this.#pathCount--;
+        if (p.direct) gone.push(p);
+      }
+      if (table.size === 0) this.#paths.delete(via);
     }
     return gone;
   }

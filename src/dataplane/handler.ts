@@ -62,7 +62,10 @@ interface DropCounters {
    * multicast with multicast on).
    */
   foreignMac: number;
-  /** A loop: a Host's own frame come back, a broadcast seen twice (fabric.ts). */
+  /**
+   * A loop: a Host's own frame come back, a broadcast seen twice, a Host's broadcast come back
+   * over the LAN to another device of its Proxy (fabric.ts).
+   */
   loop: number;
 }
 
@@ -103,8 +106,8 @@ export interface HandlerInfo extends HandlerSpec {
   /** Frames from the peer handed to another handler of this device (a Proxy's switching). */
   switched: { frames: number; bytes: number };
   /**
-   * At a Host: the remote MACs its VMs reach (the Host's whole table, in every handler), and
-   * how: direct to another Host, or through the Proxy.
+   * At a Host: the remote MACs its VMs reach through this handler's Proxy (the same table in
+   * every handler on that link), and how: direct to another Host, or through the Proxy.
    */
   paths: PathInfo[];
 }
@@ -291,7 +294,8 @@ export class Handler implements FabricPort {
    * A captured frame:
    *   1. A truncated one is dropped.
    *   2. At a Host, the fabric may find it local (another handler's VM on this device) or give
-   *      it a direct path to another Host; at a Proxy, a broadcast seen again is a loop.
+   *      it a direct path to another Host; at a Proxy, a broadcast that its Host already handed
+   *      over (fabric.ts, step 8) or one seen again is a loop.
    *   3. The rest goes to this handler's peer.
    */
   #forward = (frame: Uint8Array, wireLength: number): void => {
@@ -304,7 +308,10 @@ export class Handler implements FabricPort {
       const to = this.#fabric.toward(this, frame);
       if (to === "local") return;
       if (to !== null && this.#sendDirect(to, frame)) return;
-    } else if ((frame[0] & 1) === 1 && this.#loopGuard.repeat(frame)) {
+    } else if (
+      (frame[0] & 1) === 1 &&
+      (this.#fabric.handedOver(this, frame) || this.#loopGuard.repeat(frame))
+    ) {
       this.toPeer.drops++;
       this.dropReasons.loop++;
       return;
@@ -356,8 +363,8 @@ export class Handler implements FabricPort {
       capture: this.#dev.stats(),
       macConflicts: this.conflicts.count,
       switched: { ...this.switched },
-      // A Host's paths are its whole table: any of its VMs reaches a MAC by the same path.
-      paths: this.spec.role === "proxy" ? [] : this.#fabric.paths().map((p) => {
+      // The table of this handler's Proxy link: its VMs reach a MAC by the same path.
+      paths: this.spec.role === "proxy" || !link ? [] : this.#fabric.paths(link).map((p) => {
         const direct = p.direct?.link.isOpen ? p.direct : null;
         return {
           mac: p.mac,

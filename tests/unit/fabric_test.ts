@@ -155,7 +155,7 @@ Deno.test("fabric, Host capture: local VMs stay local; learned MACs have a path,
   assertEquals(learned.map((p) => [p.mac, p.direct, p.viaProxy.frames]), [[VM3, null, 1]]);
   // A direct route: used while its link is open.
   const direct = link("hostB");
-  fabric.addRoute(VM3, direct, "hostB:7000", 0x33);
+  assert(fabric.addRoute(proxy, VM3, direct, "hostB:7000", 0x33), "the route was refused");
   const path = fabric.toward(a, frame(VM3, VM1));
   assert(path !== null && path !== "local" && path.direct?.number === 0x33, "no direct route");
   (direct as { isOpen: boolean }).isOpen = false;
@@ -168,8 +168,13 @@ Deno.test("fabric, Host capture: local VMs stay local; learned MACs have a path,
 
 Deno.test("fabric: idle paths age out, busy ones stay", () => {
   const fabric = new Fabric();
-  fabric.addRoute(VM2, link("b"), "b:7000", 2);
-  fabric.addRoute(VM3, link("c"), "c:7000", 3);
+  const proxy = link("proxy");
+  const a = new Port(1, "host", [VM1], proxy);
+  fabric.join(a);
+  fabric.fromPeer(a, frame(VM1, VM2));
+  fabric.fromPeer(a, frame(VM1, VM3));
+  fabric.addRoute(proxy, VM2, link("b"), "b:7000", 2);
+  fabric.addRoute(proxy, VM3, link("c"), "c:7000", 3);
   const every = 60_000;
   const busy = () => fabric.paths().find((p) => p.mac === VM3)!.viaDirect.frames++;
   for (let i = 0; i < 4; i++) {
@@ -189,4 +194,47 @@ Deno.test("loop guard: the same broadcast within the window is a repeat; others 
   assert(!guard.repeat(frame(BCAST, LAN, 2)), "another frame was a repeat");
   for (let i = 0; i < 100; i++) guard.remember(frame(BCAST, LAN, 10 + (i % 200)));
   assert(!guard.seen(f), "the ring kept a frame past its size");
+});
+
+Deno.test("fabric, Host: a route steers only the handlers of the Proxy link that offered it", () => {
+  const fabric = new Fabric();
+  const proxy = link("proxy"), rogue = link("rogue");
+  const a = new Port(1, "host", [VM1], proxy, false, "vif1");
+  const r = new Port(2, "host", [VM2], rogue, false, "vif2");
+  fabric.join(a);
+  fabric.join(r);
+  // VM1 talks to the LAN's gateway through its Proxy.
+  fabric.fromPeer(a, frame(VM1, LAN));
+  assertEquals(fabric.toward(a, frame(LAN, VM1)), null);
+  // A rogue that never sent a frame from the gateway's MAC cannot route it at all.
+  assert(!fabric.addRoute(rogue, LAN, link("thief"), "thief:7000", 9), "an unlearned route");
+  // One that did routes it for its own handler only: VM1's frames still go to its Proxy.
+  fabric.fromPeer(r, frame(VM2, LAN));
+  const thief = link("thief");
+  assert(fabric.addRoute(rogue, LAN, thief, "thief:7000", 9), "the rogue's own route");
+  assertEquals(fabric.toward(a, frame(LAN, VM1)), null, "VM1's frame was diverted");
+  const own = fabric.toward(r, frame(LAN, VM2));
+  assert(own !== null && own !== "local" && own.direct?.link === thief, "not scoped to r");
+  assertEquals(fabric.paths(proxy).map((p) => p.direct), [null]);
+  // The rogue's link closes: what was learned over it goes.
+  fabric.forgetLink(rogue);
+  assertEquals(fabric.paths(rogue), []);
+  assertEquals(fabric.paths().length, 1);
+});
+
+Deno.test("fabric, Proxy: a Host's broadcast come back over the LAN to another device is a loop", () => {
+  const fabric = new Fabric();
+  const host = link("host"), other = link("host2");
+  const vm1 = new Port(1, "proxy", [VM1], host, false, "lan0");
+  const vm2 = new Port(2, "proxy", [VM2], host, false, "lan1");
+  const vm3 = new Port(3, "proxy", [VM3], other, false, "lan1");
+  const vm4 = new Port(4, "proxy", ["02:00:00:00:00:04"], host, false, "lan0");
+  for (const p of [vm1, vm2, vm3, vm4]) fabric.join(p);
+  // VM1's broadcast, put on lan0 and flooded to lan1: its Host already gave it to VM2.
+  assert(fabric.handedOver(vm2, frame(BCAST, VM1)), "VM2 would see it twice");
+  // VM3 is behind another Host: only the LAN brings it there.
+  assert(!fabric.handedOver(vm3, frame(BCAST, VM1)), "VM3 would not see it");
+  // On VM1's own device the capture never sees it (the Proxy's own injection).
+  assert(!fabric.handedOver(vm4, frame(BCAST, VM1)), "same device");
+  assert(!fabric.handedOver(vm2, frame(BCAST, LAN)), "a LAN broadcast is not a loop");
 });

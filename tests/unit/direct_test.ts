@@ -1,0 +1,159 @@
+/**
+ * Direct paths' authority and bounds (src/control/direct.ts, issue 19), with stand-in links:
+ * offers in flight on a Proxy, and what a Host takes from "the Proxy" of a handler.
+ */
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { DirectPaths } from "../../src/control/direct.ts";
+import { Registry } from "../../src/control/registry.ts";
+import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
+import { macBytes } from "../../src/dataplane/mac.ts";
+import { type Link } from "../../src/link/link.ts";
+import { type Fields, Logger } from "../../src/log.ts";
+
+const VM1 = "02:00:00:00:00:01", VM2 = "02:00:00:00:00:02";
+const GATEWAY = "02:aa:00:00:00:01";
+
+class Warnings extends Logger {
+  readonly lines: { msg: string; fields: Fields }[] = [];
+  override with(): Logger {
+    return this;
+  }
+  override info(): void {}
+  override debug(): void {}
+  override warn(msg: string, fields: Fields = {}): void {
+    this.lines.push({ msg, fields });
+  }
+}
+
+/** A stand-in link: its requests are recorded and never answered. */
+function link(name: string) {
+  const requests: { op: string; body: Record<string, unknown> }[] = [];
+  const l = {
+    isOpen: true,
+    remote: name,
+    requests,
+    request: (op: string, body: Record<string, unknown>) => {
+      requests.push({ op, body });
+      return new Promise(() => {});
+    },
+    sendFrame: () => true,
+    tune: () => {},
+  };
+  return l as unknown as Link & { requests: typeof requests };
+}
+
+function frame(dst: string, src: string): Uint8Array {
+  const f = new Uint8Array(60);
+  f.set(macBytes(dst), 0);
+  f.set(macBytes(src), 6);
+  return f;
+}
+
+function setup(dial: (addr: unknown) => Promise<Link> = () => new Promise(() => {})) {
+  const log = new Warnings();
+  const registry = new Registry(fakeInterfaces(["eth0", "eth1"]), log);
+  const direct = new DirectPaths(registry, true, { dial }, log);
+  const open = (id: string, role: "proxy" | "host", macs: string[], l: Link, device = "eth0") => {
+    const entry = registry.open(
+      { id, role, device, macs, multicast: false, peer: `${id}-peer:7000` },
+      { bind: "", origin: "" },
+    );
+    entry.handler.attach(l);
+    return entry.handler;
+  };
+  return { log, registry, direct, open };
+}
+
+Deno.test("direct, Proxy: at most 8 offers in flight on a link that never answers", () => {
+  const { direct, open } = setup();
+  const rogue = link("rogue"), host = link("host");
+  const macs = Array.from(
+    { length: 48 },
+    (_, i) => `02:68:00:00:00:${i.toString(16).padStart(2, "0")}`,
+  );
+  const a = open("0000000a", "proxy", macs, rogue);
+  open("0000000b", "proxy", [VM2], host);
+  for (const m of macs) a.receive(frame(VM2, m));
+  assertEquals(rogue.requests.filter((r) => r.op === "route").length, 8);
+  assertEquals(host.requests.filter((r) => r.op === "route").length, 8);
+  direct.close();
+});
+
+Deno.test("direct, Host: only a MAC seen over the offering link, never its own VMs", () => {
+  const { log, direct, open, registry } = setup();
+  const proxy = link("proxy"), rogue = link("rogue");
+  const vm = open("0000000a", "host", [VM1], proxy);
+  const own = open("0000000b", "host", ["02:66:00:00:00:01"], rogue, "eth1");
+  vm.receive(frame(VM1, GATEWAY)); // VM1 talks to the gateway through its Proxy
+  const offer = (mac: string, token: string, dial = false) =>
+    direct.route({
+      handler: "0000000b",
+      mac,
+      peer: "10.0.0.9:7000",
+      remote: "0000000c",
+      token,
+      dial,
+    }, rogue);
+  assertThrows(() => offer(GATEWAY, "1".repeat(32)), /no frame from it came over this link/);
+  assertThrows(() => offer(VM1, "2".repeat(32)), /a VM of this server/);
+  assertThrows(
+    () =>
+      direct.route({
+        handler: "0000000a",
+        mac: GATEWAY,
+        peer: "x:1",
+        remote: "0000000c",
+        token: "3".repeat(32),
+        dial: false,
+      }, rogue),
+    /no host handler '0000000a' on this link/,
+  );
+  assert(
+    log.lines.some((l) => l.msg === "direct path offer refused" && l.fields.mac === GATEWAY),
+    "no WARN",
+  );
+  // The rogue feeds a frame from the gateway: its offer is taken, for its own handler only.
+  own.receive(frame("02:66:00:00:00:01", GATEWAY));
+  offer(GATEWAY, "4".repeat(32));
+  assertEquals(registry.fabric.toward(vm, frame(GATEWAY, VM1)), null, "VM1 diverted");
+  direct.close();
+});
+
+Deno.test("direct, Host: tokens and dials are bounded per link; refusals are logged once a second", async () => {
+  let dials = 0;
+  const { log, direct, open } = setup(() => {
+    dials++;
+    return new Promise(() => {});
+  });
+  const proxy = link("proxy");
+  const vm = open("0000000a", "host", [VM1], proxy);
+  const far = "02:5e:00:00:02:01";
+  vm.receive(frame(VM1, far));
+  const offer = (i: number, dial: boolean, peer = `10.0.0.${1 + (i % 200)}:7000`) =>
+    direct.route({
+      handler: "0000000a",
+      mac: far,
+      peer,
+      remote: "0000000c",
+      token: i.toString(16).padStart(32, "0"),
+      dial,
+    }, proxy);
+  let kept = 0;
+  for (let i = 0; i < 1000; i++) {
+    try {
+      offer(i, false);
+      kept++;
+    } catch { /* refused */ }
+  }
+  assertEquals(kept, 32);
+  assertEquals(log.lines.length, 1, "a flood of refusals flooded the log");
+  for (let i = 0; i < 10; i++) {
+    try {
+      offer(2000 + i, true);
+    } catch { /* refused */ }
+  }
+  await Promise.resolve();
+  assertEquals(dials, 4);
+  assertThrows(() => offer(3000, true, "127.0.0.1:7000"), /not another Host's address/);
+  direct.close();
+});
