@@ -189,7 +189,7 @@ export const SERVER_FLAGS = [
     value: "FILE",
     path: true,
     help: "a file (mode 0600) holding the token that --metrics requires of scrapers, as " +
-      "'Authorization: Bearer TOKEN' (Prometheus: bearer_token_file)",
+      "'Authorization: Bearer TOKEN' (Prometheus: authorization: { credentials_file: FILE })",
   },
   {
     name: "log-level",

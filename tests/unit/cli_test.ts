@@ -225,12 +225,12 @@ Deno.test("cli: every command's --help prints its usage on stdout and exits 0", 
 
 Deno.test("cli: unknown commands and flags are one line, exit 1", async () => {
   const cases: [string[], RegExp][] = [
-    [["frob"], /^vnet: unknown command 'frob' \(see 'vnet --help'\)$/],
+    [["frob"], /^vnet: unknown command 'frob' \(server, client, .*; see 'vnet --help'\)$/],
     [["server", "--frob"], /^vnet: Unknown option '--frob' \(see 'vnet server --help'\)$/],
     [["client", "list", "--frob"], /'--frob' \(see 'vnet client list --help'\)$/],
     [["secret", "--frob"], /'--frob' \(see 'vnet secret --help'\)$/],
     [["cert", "ca", "--frob"], /^vnet: unknown option '--frob' for 'vnet cert ca'/],
-    [["cert", "frob"], /^vnet: unknown command 'cert frob'/],
+    [["cert", "frob"], /^vnet: unknown cert command 'frob' \(ca, issue; see 'vnet cert --help'\)$/],
     [["server", "extra"], /^vnet: unexpected argument 'extra' \(see 'vnet server --help'\)$/],
     [["server", "--listen"], /--listen.*argument missing/],
   ];
