@@ -8,6 +8,7 @@ import { parseMac } from "../dataplane/mac.ts";
 import { parseGateway } from "../link/ssh.ts";
 import { type ListedHandler } from "../control/rpc.ts";
 import {
+  absolutePath,
   noPositionals,
   type Options,
   parseFlags,
@@ -262,8 +263,8 @@ function timeoutMs(values: Record<string, unknown>): number {
  */
 async function connect(addr: HostPort, values: Record<string, unknown>): Promise<Link> {
   const timeout = timeoutMs(values); // a bad flag is named before the secret is read
-  const key = await secretKey(resolved(values["secret-file"] as string | undefined));
-  const ca = resolved(values["tls-ca"] as string | undefined);
+  const key = await secretKey(absolutePath(values["secret-file"] as string | undefined));
+  const ca = absolutePath(values["tls-ca"] as string | undefined);
   const where = formatHostPort(addr);
   const dialing = dial(addr, {
     key,
@@ -295,20 +296,12 @@ async function connect(addr: HostPort, values: Record<string, unknown>): Promise
   }
 }
 
-/**
- * A file flag as an absolute path, so that a message about it names the file that was tried
- * (a relative name is relative to the directory the client runs in).
- */
-function resolved(path: string | undefined): string | undefined {
-  if (path === undefined || path === "" || path.startsWith("/")) return path;
-  return `${Deno.cwd()}/${path.replace(/^\.\//, "")}`;
-}
-
 /** Did `e`, or what caused it, fail to resolve a host name (not to reach the address)? */
 function isUnresolvable(e: unknown): boolean {
   for (let c: unknown = e; c instanceof Error; c = c.cause) {
     if (
-      /failed to lookup address|Name or service not known|No address associated/i.test(c.message)
+      /failed to lookup address|Name or service not known|No address associated|Temporary failure in name resolution|nodename nor servname/i
+        .test(c.message)
     ) {
       return true;
     }

@@ -147,6 +147,15 @@ export async function within<T>(ms: number, what: string, work: Promise<T>): Pro
   }
 }
 
+/**
+ * A file flag as an absolute path, so that a message about it names the file that was tried
+ * (a relative name is relative to the directory vnet runs in).
+ */
+export function absolutePath(path: string | undefined): string | undefined {
+  if (path === undefined || path === "" || path.startsWith("/")) return path;
+  return `${Deno.cwd()}/${path.replace(/^\.\//, "")}`;
+}
+
 export function readTextFile(path: string, what: string): string {
   try {
     return Deno.readTextFileSync(path);

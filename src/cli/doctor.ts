@@ -13,7 +13,14 @@ import { exitCode, fetchCertificate, formatChecks, type Probes, runDoctor } from
 import { parseIwInfo, parseOffloads } from "../ops/sysinfo.ts";
 import { SECRET_ENV } from "../link/secret.ts";
 import { VERSION } from "../version.ts";
-import { noPositionals, type Options, parseFlags, readTextFile, within } from "./common.ts";
+import {
+  absolutePath,
+  noPositionals,
+  type Options,
+  parseFlags,
+  readTextFile,
+  within,
+} from "./common.ts";
 
 const DOCTOR_HELP = `
 vnet doctor: check this machine, and the way to a peer, for what a bridge needs
@@ -66,12 +73,12 @@ export async function doctorCommand(args: string[]): Promise<number> {
   if (!(seconds > 0 && seconds <= 300)) {
     throw new VnetError(`bad --timeout '${values.timeout}': seconds from 0 to 300`);
   }
-  const tlsCaPath = values["tls-ca"];
+  const tlsCaPath = absolutePath(values["tls-ca"]);
   const checks = await runDoctor({
     devs: values.dev ?? [],
     peer: values.peer ? parseHostPort(values.peer, "--peer") : undefined,
     peerDev: values["peer-dev"],
-    secretFile: values["secret-file"],
+    secretFile: absolutePath(values["secret-file"]),
     tlsCa: tlsCaPath ? { path: tlsCaPath, pem: readTextFile(tlsCaPath, "TLS CA") } : undefined,
     version: VERSION,
     timeoutMs: seconds * 1000,

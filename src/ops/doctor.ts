@@ -20,6 +20,7 @@ import {
   type Privileges,
   readDevice,
   readPrivileges,
+  setcapHint,
   validDeviceName,
   wifiCanBridge,
   type WifiMode,
@@ -134,8 +135,7 @@ function checkPrivileges(procRoot: string | undefined, add: Add): void {
     add("WARN", "privileges", `cannot read ${procRoot ?? "/proc"}/self/status (${messageOf(e)})`);
     return;
   }
-  const fix = "run as root, or give the binary the capabilities: " +
-    "setcap cap_net_raw,cap_net_admin+ep $(command -v vnet)";
+  const fix = `run as root, or give the binary the capabilities: ${setcapHint()}`;
   if (p.effective === null) {
     add("WARN", "privileges", `no CapEff in /proc/self/status: cannot tell; ${fix}`);
     return;
