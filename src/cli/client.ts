@@ -7,6 +7,7 @@ import { log, visible, visibleJson } from "../log.ts";
 import { parseMac } from "../dataplane/mac.ts";
 import { parseGateway } from "../link/ssh.ts";
 import { type ListedHandler } from "../control/rpc.ts";
+import { isUnresolvable } from "../control/client_requests.ts";
 import {
   absolutePath,
   noPositionals,
@@ -296,19 +297,6 @@ async function connect(addr: HostPort, values: Record<string, unknown>): Promise
   }
 }
 
-/** Did `e`, or what caused it, fail to resolve a host name (not to reach the address)? */
-function isUnresolvable(e: unknown): boolean {
-  for (let c: unknown = e; c instanceof Error; c = c.cause) {
-    if (
-      /failed to lookup address|Name or service not known|No address associated|Temporary failure in name resolution|nodename nor servname/i
-        .test(c.message)
-    ) {
-      return true;
-    }
-  }
-  return false;
-}
-
 /** One request over a fresh link, all of it (connection included) within --timeout. */
 async function ask(
   addr: HostPort,
@@ -521,16 +509,13 @@ function rateText(r: DirectionRate | undefined): string {
   return `${si(r.framesPerSecond)} fr/s ${bits.replace(/(\d)([kMGT]?)$/, "$1 $2")}bit/s`;
 }
 
-/** Bits per second in at most 8 characters: "45.6Mb/s". */
-function bitRate(r: DirectionRate | undefined): string {
-  return r ? `${si(r.bitsPerSecond)}b/s` : "-";
-}
-
 /** The first MAC and how many more: a handler of many VMs stays one narrow cell. */
 function macsCell(h: ListedHandler): string {
-  const more = h.macs.length > 1 ? ` +${h.macs.length - 1}` : "";
-  return (h.macs[0] ?? "-") + more + (h.multicast ? " +mc" : "");
+  return (h.macs[0] ?? "-") + (h.macs.length > 1 ? `+${h.macs.length - 1}` : "");
 }
+
+/** The default table's width: it fits a terminal of 100 columns. */
+const NARROW_WIDTH = 100;
 
 /**
  * The `list` and `watch` table; `rates` null when there was one sample only (the rate columns
@@ -557,8 +542,7 @@ export function handlerTable(
       "PEER",
       "LINK",
       "MACS",
-      rates ? "TO PEER" : "TO PEER fr",
-      rates ? "FROM PEER" : "FROM PEER fr",
+      rates ? "BIT/S TO/FROM" : "FRAMES TO/FROM",
       "DROPS",
     ]];
     for (const h of handlers) {
@@ -568,14 +552,16 @@ export function handlerTable(
         h.role,
         h.device,
         h.peer,
-        linkText(h),
+        h.link.state + (h.link.tls ? "+tls" : ""),
         macsCell(h),
-        rates ? bitRate(r?.toPeer) : si(h.toPeer.frames),
-        rates ? bitRate(r?.fromPeer) : si(h.fromPeer.frames),
-        String(h.toPeer.drops + h.fromPeer.drops),
+        rates
+          ? (r ? `${si(r.toPeer.bitsPerSecond)}/${si(r.fromPeer.bitsPerSecond)}` : "-")
+          : `${si(h.toPeer.frames)}/${si(h.fromPeer.frames)}`,
+        si(h.toPeer.drops + h.fromPeer.drops),
       ]);
     }
-    return table(rows);
+    // Long device names and addresses are cut in the middle to fit (--wide shows them whole).
+    return table(rows, { width: NARROW_WIDTH, shrink: [3, 2] });
   }
   const reasons = (h: ListedHandler) =>
     Object.entries(h.dropReasons ?? {}).filter(([, n]) => typeof n === "number" && n > 0);
@@ -732,9 +718,27 @@ export function canCarryHandler(d: Record<string, unknown>): boolean {
   return typeof d.mac === "string" && d.mac !== "00:00:00:00:00:00" && d.loopback !== true;
 }
 
-/** Columns padded to the widest cell; every cell escaped (servers and peers name things). */
-function table(rows: string[][]): string {
+/**
+ * Columns padded to the widest cell; every cell escaped (servers and peers name things). With
+ * `fit`, the `shrink` columns (in that order) are cut in the middle, down to 8 characters,
+ * until the table is at most `width` wide.
+ */
+function table(rows: string[][], fit?: { width: number; shrink: number[] }): string {
   const cells = rows.map((r) => r.map(visible));
   const widths = cells[0].map((_, i) => Math.max(...cells.map((r) => r[i].length)));
+  const total = () => widths.reduce((a, b) => a + b, 0) + 2 * (widths.length - 1);
+  for (const i of fit?.shrink ?? []) {
+    const over = total() - fit!.width;
+    if (over <= 0) break;
+    widths[i] = Math.max(8, cells[0][i].length, widths[i] - over);
+    for (const r of cells) r[i] = middleCut(r[i], widths[i]);
+  }
   return cells.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
+}
+
+/** `text` in at most `width` characters, its middle replaced by "~" if it is longer. */
+function middleCut(text: string, width: number): string {
+  if (text.length <= width) return text;
+  const head = Math.ceil((width - 1) / 2);
+  return text.slice(0, head) + "~" + text.slice(text.length - (width - 1 - head));
 }

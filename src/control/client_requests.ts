@@ -27,7 +27,31 @@ import {
 } from "./rpc.ts";
 import { type ServerContext } from "./server_context.ts";
 
+/**
+ * Creates a handler (steps above). A refusal, here or by the other server, is logged here with
+ * its reason as well as answered: the operator of this server sees why, not just the handler
+ * closing.
+ */
 export async function create(ctx: ServerContext, req: CreateRequest): Promise<ResultOf<"create">> {
+  try {
+    return await createHandler(ctx, req);
+  } catch (e) {
+    ctx.log.warn("handler refused", {
+      via: req.via,
+      proxy: `${formatHostPort(req.proxy.addr)} ${req.proxy.dev}`,
+      host: `${formatHostPort(req.host.addr)} ${req.host.dev}`,
+      macs: req.macs.join(","),
+      code: codeOf(e),
+      reason: messageOf(e),
+    });
+    throw e;
+  }
+}
+
+async function createHandler(
+  ctx: ServerContext,
+  req: CreateRequest,
+): Promise<ResultOf<"create">> {
   const ownRole = req.via;
   const otherRole: Role = ownRole === "proxy" ? "host" : "proxy";
   const own = req[ownRole];
@@ -64,6 +88,13 @@ export async function create(ctx: ServerContext, req: CreateRequest): Promise<Re
     try {
       link = await peer.connect(dialMs);
     } catch (e) {
+      if (isUnresolvable(e)) {
+        throw new VnetError(
+          `the ${ownRole} server cannot resolve ${dialTo.hostname} (the ${otherRole} ` +
+            `server's name): check the name, or give an IP address`,
+          { code: ErrorCode.Unreachable, cause: e },
+        );
+      }
       throw new VnetError(
         `the ${ownRole} server could not reach the ${otherRole} server: ${messageOf(e)}` +
           reachHint(codeOf(e), req, ownRole, otherRole),
@@ -88,6 +119,19 @@ export async function create(ctx: ServerContext, req: CreateRequest): Promise<Re
     await ctx.remove(id);
     throw e;
   }
+}
+
+/**
+ * Did `e`, or what caused it, fail to resolve a host name (rather than to reach an address)?
+ * Then advice on NAT and ssh would point the wrong way.
+ */
+export function isUnresolvable(e: unknown): boolean {
+  const dns =
+    /failed to lookup address|Name or service not known|No address associated|Temporary failure in name resolution|nodename nor servname/i;
+  for (let c: unknown = e; c instanceof Error; c = c.cause) {
+    if (dns.test(c.message)) return true;
+  }
+  return false;
 }
 
 /**

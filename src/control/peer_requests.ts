@@ -6,7 +6,7 @@
  * its first attach. Only a peer that presents that key may attach to, detach or re-sync it;
  * frames for it are taken only from the link it is attached to (server.ts).
  */
-import { ErrorCode, messageOf, VnetError } from "../errors.ts";
+import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Link } from "../link/link.ts";
 import { checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
 import { type AttachRequest, type DetachRequest, type SyncRequest } from "./rpc.ts";
@@ -16,7 +16,28 @@ function refused(message: string): VnetError {
   return new VnetError(message, { code: ErrorCode.Refused });
 }
 
+/**
+ * Opens this server's end of a handler that the other server created. A refusal is logged here
+ * with its reason as well as answered, so this server's operator sees why.
+ */
 export async function attach(ctx: ServerContext, req: AttachRequest, link: Link): Promise<void> {
+  try {
+    await attachHandler(ctx, req, link);
+  } catch (e) {
+    ctx.log.warn("handler refused", {
+      handler: req.id,
+      role: req.role,
+      dev: req.device,
+      macs: req.macs.join(","),
+      peer: link.remote,
+      code: codeOf(e),
+      reason: messageOf(e),
+    });
+    throw e;
+  }
+}
+
+async function attachHandler(ctx: ServerContext, req: AttachRequest, link: Link): Promise<void> {
   if (req.origin === ctx.id) {
     throw refused("the far end is this very server: a handler joins two different servers");
   }
