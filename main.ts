@@ -66,9 +66,10 @@ async function load(name: string, loader: () => Promise<Command>): Promise<Comma
     const cache = Deno.env.get("DENO_DIR") ??
       `${Deno.env.get("XDG_CACHE_HOME") ?? `${home}/.cache`}/deno`;
     throw new VnetError(
-      `cannot load the npm packages of 'vnet ${name}' from Deno's cache ${cache} (DENO_DIR) ` +
-        `as uid ${Deno.uid()}: run the compiled binary (deno task compile), or give this user ` +
-        `a cache it can read and write: DENO_DIR=/var/tmp/vnet-deno deno cache main.ts`,
+      `cannot load the npm packages of 'vnet ${name}' from Deno's cache ${cache} as uid ` +
+        `${Deno.uid()}: point DENO_DIR at a directory this user can write (e.g. ` +
+        `DENO_DIR=/var/tmp/vnet-deno-${Deno.uid()}; sudo -H uses the user's own home), or run ` +
+        `the compiled binary (deno task compile)`,
       { cause: e },
     );
   }
