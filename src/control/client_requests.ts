@@ -15,6 +15,7 @@ import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Role } from "../dataplane/ports.ts";
 import { type Link } from "../link/link.ts";
 import { checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
+import { macWarnings } from "./peer_requests.ts";
 import { DIAL_TIMEOUT_MS } from "./peers.ts";
 import { type Entry } from "./registry.ts";
 import {
@@ -102,23 +103,34 @@ async function createHandler(
       );
     }
     if (ownRole === "host") ctx.checkDeviceNotCarryingLink(own.dev, link);
+    let answer: ResultOf<"attach">;
     try {
-      await call(link, "attach", attach, Math.max(1_000, budget - dialMs - 1_000));
+      answer = await call(link, "attach", attach, Math.max(1_000, budget - dialMs - 1_000));
     } catch (e) {
       throw new VnetError(`the ${otherRole} server refused: ${messageOf(e)}`, {
         code: codeOf(e) ?? ErrorCode.Refused,
         cause: e,
       });
     }
+    const warnings = ownRole === "host"
+      ? macWarnings(ctx, id, own.dev, req.macs)
+      : peerWarnings(answer.warnings);
     entry.handler.attach(link);
     ctx.save();
     ctx.log.info("handler up", { handler: id, role: ownRole, peer: link.remote });
     ctx.events.add({ kind: "handler-up", remote: link.remote, handler: id });
-    return { id };
+    return warnings.length > 0 ? { id, warnings } : { id };
   } catch (e) {
     await ctx.remove(id);
     throw e;
   }
+}
+
+/** The other server's warnings for the client: a few short strings, whatever it sent. */
+function peerWarnings(value: unknown): string[] {
+  if (!Array.isArray(value)) return [];
+  return value.filter((w): w is string => typeof w === "string").slice(0, 8)
+    .map((w) => w.slice(0, 500));
 }
 
 /**
