@@ -10,12 +10,9 @@
  * Each command lives in src/cli/<name>.ts with its own help text. A command resolves with its
  * exit status or throws; this file is the only place the process exits.
  */
-import { clientCommand } from "./src/cli/client.ts";
-import { serverCommand } from "./src/cli/server.ts";
-import { certCommand } from "./src/cli/cert.ts";
-import { doctorCommand } from "./src/cli/doctor.ts";
-import { secretCommand } from "./src/cli/secret.ts";
 import { messageOf, VnetError } from "./src/errors.ts";
+import { unknownCommand } from "./src/cli/common.ts";
+import { visible } from "./src/log.ts";
 import { COMMIT, VERSION } from "./src/version.ts";
 
 const HELP = `
@@ -32,19 +29,51 @@ Usage:
   vnet cert ca|issue ...                                     make TLS certificates
   vnet secret [--out FILE] [--force]                         make a shared secret
   vnet doctor ...                                            check this machine for a bridge
+  vnet completion bash|zsh                                   shell completion, for eval
   vnet --version
 
 Run 'vnet <command> --help' for the flags of each command.
 `;
 
-/** A command resolves with its exit status (0 when it returns nothing) or throws. */
-const commands: Record<string, (args: string[]) => Promise<number | void>> = {
-  server: serverCommand,
-  client: clientCommand,
-  cert: certCommand,
-  secret: secretCommand,
-  doctor: doctorCommand,
+type Command = (args: string[]) => Promise<number | void>;
+
+/**
+ * A command resolves with its exit status (0 when it returns nothing) or throws. Commands are
+ * loaded when run, so that a Deno that cannot load their npm packages (below) is caught here.
+ */
+const commands: Record<string, () => Promise<Command>> = {
+  server: async () => (await import("./src/cli/server.ts")).serverCommand,
+  client: async () => (await import("./src/cli/client.ts")).clientCommand,
+  cert: async () => (await import("./src/cli/cert.ts")).certCommand,
+  secret: async () => (await import("./src/cli/secret.ts")).secretCommand,
+  doctor: async () => (await import("./src/cli/doctor.ts")).doctorCommand,
+  completion: async () => (await import("./src/cli/completion.ts")).completionCommand,
 };
+
+/**
+ * From source, Deno loads the npm packages from its cache, DENO_DIR (by default
+ * ~/.cache/deno). Another user's cache (root's, under `sudo -u` or setpriv, which keep HOME)
+ * cannot be read, so Deno tries to download them into it and fails with a stack trace: said
+ * here in one line, with what to do.
+ */
+async function load(name: string, loader: () => Promise<Command>): Promise<Command> {
+  try {
+    return await loader();
+  } catch (e) {
+    const text = messageOf(e);
+    if (!/npm package|os error 13|Permission denied|registry/i.test(text)) throw e;
+    const home = Deno.env.get("HOME") ?? "~";
+    const cache = Deno.env.get("DENO_DIR") ??
+      `${Deno.env.get("XDG_CACHE_HOME") ?? `${home}/.cache`}/deno`;
+    throw new VnetError(
+      `cannot load the npm packages of 'vnet ${name}' from Deno's cache ${cache} as uid ` +
+        `${Deno.uid()}: point DENO_DIR at a directory this user can write (e.g. ` +
+        `DENO_DIR=/var/tmp/vnet-deno-${Deno.uid()}; sudo -H uses the user's own home), or run ` +
+        `the compiled binary (deno task compile)`,
+      { cause: e },
+    );
+  }
+}
 
 async function main(args: string[]): Promise<number> {
   const [command, ...rest] = args;
@@ -56,8 +85,8 @@ async function main(args: string[]): Promise<number> {
     console.log(`vnet ${VERSION} (${COMMIT}) deno ${Deno.version.deno}`);
     return 0;
   }
-  const run = commands[command];
-  if (!run) throw new VnetError(`unknown command '${command}' (see 'vnet --help')`);
+  if (!Object.hasOwn(commands, command)) unknownCommand(command, Object.keys(commands));
+  const run = await load(command, commands[command]);
   return await run(rest) ?? 0;
 }
 
@@ -67,10 +96,12 @@ if (import.meta.main) {
     status = await main(Deno.args);
   } catch (e) {
     if (e instanceof VnetError) {
-      console.error(`vnet: ${messageOf(e)}`);
+      // An error's text may hold what a peer said: shown with its control characters escaped.
+      console.error(`vnet: ${visible(messageOf(e))}`);
       status = 1;
     } else {
-      console.error(`vnet: internal error: ${(e as Error)?.stack ?? e}`);
+      const text = String((e as Error)?.stack ?? e);
+      console.error(`vnet: internal error: ${text.split("\n").map(visible).join("\n")}`);
       status = 70;
     }
   }

@@ -22,8 +22,49 @@ export function isLevel(s: string): s is Level {
   return s in rank;
 }
 
+/**
+ * Characters a terminal may act on rather than show: C0 and C1 controls (ESC, BEL, CSI...),
+ * DEL, line and paragraph separators, and the bidirectional overrides that reorder text.
+ */
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/** What JSON.stringify leaves raw in strings (it escapes C0 itself; outside strings, only
+ * whitespace, which stays). */
+const JSON_RAW = /[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+function hexEscape(c: string): string {
+  const code = c.charCodeAt(0);
+  return code < 0x100
+    ? `\\x${code.toString(16).padStart(2, "0")}`
+    : `\\u${code.toString(16).padStart(4, "0")}`;
+}
+
+/**
+ * `text` with every control character shown as an escape (ESC as `\x1b`, a newline as `\n`),
+ * so that text from a peer cannot move the cursor, clear the screen, set the window title or
+ * forge a line when printed or logged. Everything a peer sends goes through this before it
+ * reaches a terminal or a log.
+ */
+export function visible(text: string): string {
+  return text.replace(
+    CONTROL,
+    (c) => c === "\n" ? "\\n" : c === "\r" ? "\\r" : c === "\t" ? "\\t" : hexEscape(c),
+  );
+}
+
+/**
+ * JSON text with the control characters that JSON.stringify leaves raw (DEL, C1, the
+ * separators and bidi overrides) as \uXXXX escapes: still the same JSON, safe on a terminal.
+ */
+export function visibleJson(json: string): string {
+  return json.replace(JSON_RAW, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/** A field's value: bare when it is plain printable text, else quoted with escapes. */
 function quote(v: string): string {
-  return /^[^\s"=]+$/.test(v) ? v : JSON.stringify(v);
+  if (/^[\x21-\x7e]+$/.test(v) && !/["=\\]/.test(v)) return v;
+  return `"${visible(v.replaceAll("\\", "\\\\").replaceAll('"', '\\"'))}"`;
 }
 
 function emit(level: Level, msg: string, fields: Fields): void {
@@ -31,9 +72,9 @@ function emit(level: Level, msg: string, fields: Fields): void {
   const time = new Date().toISOString();
   let line: string;
   if (config.json) {
-    line = JSON.stringify({ time, level, msg, ...fields });
+    line = visibleJson(JSON.stringify({ time, level, msg, ...fields }));
   } else {
-    line = `${time} ${level.toUpperCase()} ${msg}`;
+    line = `${time} ${level.toUpperCase()} ${visible(msg)}`;
     for (const [k, v] of Object.entries(fields)) {
       if (v !== undefined && v !== null) line += ` ${k}=${quote(String(v))}`;
     }

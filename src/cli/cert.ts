@@ -4,6 +4,7 @@
  */
 import { parseArgs } from "node:util";
 import { VnetError } from "../errors.ts";
+import { didYouMean, unknownCommand } from "./common.ts";
 import {
   CA_DEFAULT_DAYS,
   CERT_DEFAULT_DAYS,
@@ -84,7 +85,9 @@ function parse<T extends Spec>(args: string[], options: T, command: string) {
     const hint = `see '${command} --help'`;
     if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
       const opt = /'([^']+)'/.exec(msg)?.[1] ?? msg;
-      throw new VnetError(`unknown option '${opt}' for '${command}'; ${hint}`);
+      const guess = didYouMean(opt.split("=")[0], Object.keys(options).map((o) => `--${o}`));
+      const slip = guess ? `; did you mean ${guess}?` : "";
+      throw new VnetError(`unknown option '${opt}' for '${command}'${slip}; ${hint}`);
     }
     if (code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {
       const arg = /'([^']*)'/.exec(msg)?.[1] ?? msg;
@@ -136,9 +139,20 @@ const VALIDITY_OPTIONS = {
   help: { type: "boolean", short: "h" },
 } as const;
 
+/** The flags of `cert ca` and `cert issue`: the parser's tables, and shell completion's. */
+export const CERT_FLAGS = {
+  ca: { ...VALIDITY_OPTIONS, out: { type: "string" } },
+  issue: {
+    ...VALIDITY_OPTIONS,
+    ca: { type: "string" },
+    san: { type: "string", multiple: true },
+    out: { type: "string" },
+  },
+} as const;
+
 async function caCommand(args: string[]): Promise<number> {
   const cmd = "vnet cert ca";
-  const v = parse(args, { ...VALIDITY_OPTIONS, out: { type: "string" } }, cmd);
+  const v = parse(args, CERT_FLAGS.ca, cmd);
   if (v.help) {
     console.log(CA_HELP.trimEnd());
     return 0;
@@ -160,12 +174,7 @@ async function caCommand(args: string[]): Promise<number> {
 
 async function issueCommand(args: string[]): Promise<number> {
   const cmd = "vnet cert issue";
-  const v = parse(args, {
-    ...VALIDITY_OPTIONS,
-    ca: { type: "string" },
-    san: { type: "string", multiple: true },
-    out: { type: "string" },
-  }, cmd);
+  const v = parse(args, CERT_FLAGS.issue, cmd);
   if (v.help) {
     console.log(ISSUE_HELP.trimEnd());
     return 0;
@@ -209,5 +218,5 @@ export async function certCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (sub === undefined) throw new VnetError("missing command; see 'vnet cert --help'");
-  throw new VnetError(`unknown command 'cert ${sub}'; see 'vnet cert --help'`);
+  unknownCommand(sub, ["ca", "issue"], "cert");
 }

@@ -1,37 +1,39 @@
 /** `vnet client`: ask a server to create, list and close handlers. */
 import { formatHostPort, type HostPort, parseHostPort } from "../addr.ts";
-import { messageOf, VnetError } from "../errors.ts";
+import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Link } from "../link/link.ts";
 import { dial } from "../link/dial.ts";
-import { log } from "../log.ts";
+import { log, visible, visibleJson } from "../log.ts";
 import { parseMac } from "../dataplane/mac.ts";
 import { parseGateway } from "../link/ssh.ts";
 import { type ListedHandler } from "../control/rpc.ts";
+import { isUnresolvable } from "../control/client_requests.ts";
 import {
+  absolutePath,
   noPositionals,
   type Options,
   parseFlags,
   readTextFile,
   required,
   secretKey,
+  unknownCommand,
+  within,
 } from "./common.ts";
 
-const CLIENT_HELP = `
-vnet client: set up and manage VNET handlers
+/** What each subcommand does, and its own options; `vnet client SUB --help` prints one. */
+const SUBCOMMAND_HELP = {
+  create: `
+vnet client [create]: set up a handler between a Proxy and a Host
 
 Usage:
   vnet client [create] --proxy ADDR:PORT --proxy-dev DEV --host ADDR:PORT --host-dev DEV \\
               --mac MAC [--mac MAC ...] [--multicast] [--via proxy|host] --secret-file FILE
-  vnet client list    --server ADDR:PORT --secret-file FILE [--json] [--rate-window S]
-  vnet client watch   --server ADDR:PORT --secret-file FILE [--interval S] [--count N]
-  vnet client close   --server ADDR:PORT --secret-file FILE ID
-  vnet client devices --server ADDR:PORT --secret-file FILE [--json]
-  vnet client migrate --server ADDR:PORT --secret-file FILE ID --host ADDR:PORT --host-dev DEV
 
-create: the client contacts one server (--via, default proxy); that server opens its end and
-dials the other one, which opens the other end. So the side behind NAT should be the one the
-client contacts: with the Host behind NAT, use --via host and the Host dials out to the Proxy,
-which then needs one reachable port. Prints the handler's id on stdout once frames can flow.
+The client contacts one server (--via, default proxy); that server opens its end and dials
+the other one, which opens the other end. So the side behind NAT should be the one the client
+contacts: with the Host behind NAT, use --via host and the Host dials out to the Proxy, which
+then needs one reachable port. Prints the handler's id on stdout once frames can flow; warns
+on stderr about a --mac that no frame on the Host's --host-dev has carried yet (a typo?).
 
 Options for create:
   --proxy ADDR:PORT     the Proxy's server (on the LAN the VMs should appear on)
@@ -51,27 +53,114 @@ Options for create:
   --ssh-identity FILE   private key for ssh (a path on the contacted server)
   --ssh-known-hosts FILE
                         known_hosts file for ssh (a path on the contacted server)
-  --timeout SECONDS     give up after this long (default 20)
+`,
+  list: `
+vnet client list: show a server's handlers
 
-list: one row per handler: its link (and keepalive RTT), counters, and rates (frames/s and
-bits/s each way). The client measures rates itself: it asks twice, --rate-window seconds apart
-(default 1; 0 for counters only, at once). With --json, rates are added only when
---rate-window is given.
+Usage:
+  vnet client list --server ADDR:PORT --secret-file FILE [--json] [--rate-window S] [--wide]
 
-watch: the list table, refreshed every --interval seconds (default 2) until Ctrl-C; rates are
-over the last interval. On a terminal it redraws the screen; otherwise (a pipe, a file) it
-prints one timestamped snapshot per interval. --count N stops after N snapshots.
+One row per handler: its link, MACs, and rates (bits/s each way) and drops. The client
+measures rates itself: it asks twice, --rate-window seconds apart (default 1; 0 for counters
+only, at once). With --json, rates are added only when --rate-window is given.
 
-migrate: moves a handler's Host end to another host (the VM moved there) while the Proxy end,
-the id and the MACs stay; send it to the Proxy's server. The old host stops forwarding before
-the new one starts. Prints the gap in ms on stderr.
+Options for list:
+  --server ADDR:PORT    the server to ask
+  --rate-window S       seconds between the two samples (default 1; 0: counters only)
+  --wide                every column (keepalive RTT, frames/bytes/drops each way, drops by
+                        reason, MAC conflicts, frames/s); the default fits 100 columns
+  --json                machine-readable output
+`,
+  watch: `
+vnet client watch: the list table, live
 
+Usage:
+  vnet client watch --server ADDR:PORT --secret-file FILE [--interval S] [--count N] [--wide]
+
+The list table, refreshed every --interval seconds (default 2) until Ctrl-C; rates are over
+the last interval (the first snapshot has none yet: '-'). On a terminal it redraws the screen;
+otherwise (a pipe, a file) it prints one timestamped snapshot per interval.
+
+Options for watch:
+  --server ADDR:PORT    the server to ask
+  --interval S          seconds between snapshots (default 2)
+  --count N             stop after N snapshots
+  --wide                every column (see 'vnet client list --help')
+`,
+  close: `
+vnet client close: close a handler, on both servers
+
+Usage:
+  vnet client close --server ADDR:PORT --secret-file FILE ID
+
+Options for close:
+  --server ADDR:PORT    either server of the handler
+`,
+  devices: `
+vnet client devices: list the interfaces a server can put a handler on
+
+Usage:
+  vnet client devices --server ADDR:PORT --secret-file FILE [--all] [--json]
+
+Lists the Ethernet-like interfaces (the ones with a MAC address: a handler's --proxy-dev or
+--host-dev), each with its MAC, state and MTU.
+
+Options for devices:
+  --server ADDR:PORT    the server to ask
+  --all                 also the interfaces that cannot carry a handler (loopback, any,
+                        nflog, nfqueue, dbus-*, bluetooth-monitor, ...)
+  --json                machine-readable output (all interfaces)
+`,
+  migrate: `
+vnet client migrate: move a handler's Host end to another host
+
+Usage:
+  vnet client migrate --server ADDR:PORT --secret-file FILE ID --host ADDR:PORT --host-dev DEV
+
+Moves a handler's Host end to another host (the VM moved there) while the Proxy end, the id
+and the MACs stay; send it to the Proxy's server. The old host stops forwarding before the new
+one starts. Prints the gap in ms on stderr.
+
+Options for migrate:
+  --server ADDR:PORT    the Proxy's server
+  --host ADDR:PORT      the new Host's server
+  --host-dev DEV        the VM's interface on the new Host
+  --ssh, --ssh-identity, --ssh-known-hosts  as for create
+`,
+} as const;
+
+const COMMON_HELP = `
 Common options:
   --secret-file FILE    the shared secret (mode 0600); or set VNET_SECRET
   --tls-ca FILE         talk TLS to the server and verify it against this CA
-  --json                machine-readable output (list, devices)
+  --timeout SECONDS     bounds the whole exchange with the server, connection and handshake
+                        included (default 20)
   -h, --help            show this help
 `;
+
+type Subcommand = keyof typeof SUBCOMMAND_HELP;
+
+const CLIENT_HELP = `
+vnet client: set up and manage VNET handlers
+
+Usage:
+  vnet client [create] --proxy ADDR:PORT --proxy-dev DEV --host ADDR:PORT --host-dev DEV \\
+              --mac MAC [--mac MAC ...] [--multicast] [--via proxy|host] --secret-file FILE
+  vnet client list    --server ADDR:PORT --secret-file FILE [--json] [--rate-window S] [--wide]
+  vnet client watch   --server ADDR:PORT --secret-file FILE [--interval S] [--count N]
+  vnet client close   --server ADDR:PORT --secret-file FILE ID
+  vnet client devices --server ADDR:PORT --secret-file FILE [--all] [--json]
+  vnet client migrate --server ADDR:PORT --secret-file FILE ID --host ADDR:PORT --host-dev DEV
+
+Run 'vnet client COMMAND --help' for one command's options.
+
+${Object.entries(SUBCOMMAND_HELP).map(([sub, help]) => section(sub, help)).join("\n\n")}
+${COMMON_HELP}`;
+
+/** A subcommand's help without its title and usage, for the whole client's help. */
+function section(sub: string, help: string): string {
+  return `${sub}: ${help.trim().split("\n\n").slice(2).join("\n\n")}`;
+}
 
 const connectionOptions = {
   "secret-file": { type: "string" },
@@ -86,71 +175,18 @@ const readOptions = {
   json: { type: "boolean" },
 } as const satisfies Options;
 
-/** Parses a subcommand's flags (`sub` "" for create); null after --help. */
-function flags<O extends Options>(args: string[], sub: string, options: O) {
-  return parseFlags(args, options, CLIENT_HELP, sub ? `client ${sub}` : "client");
-}
+const sshOptions = {
+  ssh: { type: "string" },
+  "ssh-identity": { type: "string" },
+  "ssh-known-hosts": { type: "string" },
+} as const satisfies Options;
 
-/** The subcommands; without one of their names, the arguments are a `create`. */
-const SUBCOMMANDS: Record<string, (args: string[]) => Promise<number>> = {
-  create: (a) => create(a),
-  list: (a) => list(a),
-  watch: (a) => watch(a),
-  close: (a) => close(a),
-  devices: (a) => devices(a),
-  migrate: (a) => migrate(a),
-};
-
-export async function clientCommand(args: string[]): Promise<number> {
-  const named = Object.hasOwn(SUBCOMMANDS, args[0] ?? "");
-  return await SUBCOMMANDS[named ? args[0] : "create"](named ? args.slice(1) : args);
-}
-
-function timeoutMs(values: Record<string, unknown>): number {
-  const seconds = Number(values.timeout);
-  if (!(seconds > 0)) {
-    throw new VnetError(`bad --timeout '${values.timeout}': a number of seconds > 0`);
-  }
-  return seconds * 1000;
-}
-
-/** Opens an authenticated control link to a server, with one clear error if it cannot. */
-async function connect(addr: HostPort, values: Record<string, unknown>): Promise<Link> {
-  const timeout = timeoutMs(values); // a bad flag is named before the secret is read
-  const key = await secretKey(values["secret-file"] as string | undefined);
-  const ca = values["tls-ca"] as string | undefined;
-  return await dial(addr, {
-    key,
-    kind: "control",
-    tlsCa: ca ? readTextFile(ca, "TLS CA") : undefined,
-    timeoutMs: Math.min(timeout, 10_000),
-    log,
-    events: {
-      onFrame: () => {},
-      onRequest: () => Promise.reject(new VnetError("clients take no requests")),
-      onClose: () => {},
-    },
-  });
-}
-
-async function ask(
-  addr: HostPort,
-  values: Record<string, unknown>,
-  op: string,
-  body: Record<string, unknown> = {},
-): Promise<Record<string, unknown>> {
-  const link = await connect(addr, values);
-  try {
-    return await link.request(op, body, timeoutMs(values));
-  } catch (e) {
-    throw new VnetError(`${formatHostPort(addr)}: ${messageOf(e)}`, { cause: e });
-  } finally {
-    link.close("done");
-  }
-}
-
-async function create(args: string[]): Promise<number> {
-  const parsed = flags(args, "", {
+/**
+ * Each subcommand's flags: the parser's table, and the one shell completion is made from
+ * (src/cli/completion.ts).
+ */
+export const CLIENT_FLAGS = {
+  create: {
     ...connectionOptions,
     proxy: { type: "string" },
     "proxy-dev": { type: "string" },
@@ -162,7 +198,129 @@ async function create(args: string[]): Promise<number> {
     "proxy-peer": { type: "string" },
     "host-peer": { type: "string" },
     ...sshOptions,
+  },
+  list: { ...readOptions, "rate-window": { type: "string" }, wide: { type: "boolean" } },
+  watch: {
+    ...connectionOptions,
+    server: { type: "string" },
+    interval: { type: "string", default: "2" },
+    count: { type: "string" },
+    wide: { type: "boolean" },
+  },
+  close: { ...connectionOptions, server: { type: "string" } },
+  devices: { ...readOptions, all: { type: "boolean" } },
+  migrate: {
+    ...connectionOptions,
+    server: { type: "string" },
+    host: { type: "string" },
+    "host-dev": { type: "string" },
+    ...sshOptions,
+  },
+} as const satisfies Record<Subcommand, Options>;
+
+/** Parses a subcommand's flags; null after --help, which shows that subcommand's help only. */
+function flags<S extends Subcommand>(args: string[], sub: S) {
+  const help = SUBCOMMAND_HELP[sub] + COMMON_HELP;
+  return parseFlags(args, CLIENT_FLAGS[sub], help, sub === "create" ? "client" : `client ${sub}`);
+}
+
+/** The subcommands; without one of their names, the arguments are a `create`. */
+const SUBCOMMANDS: Record<Subcommand, (args: string[]) => Promise<number>> = {
+  create: (a) => create(a),
+  list: (a) => list(a),
+  watch: (a) => watch(a),
+  close: (a) => close(a),
+  devices: (a) => devices(a),
+  migrate: (a) => migrate(a),
+};
+
+export async function clientCommand(args: string[]): Promise<number> {
+  const first = args[0] ?? "";
+  if (first === "--help" || first === "-h" || first === "help") {
+    console.log(CLIENT_HELP.trim());
+    return 0;
+  }
+  if (Object.hasOwn(SUBCOMMANDS, first)) {
+    return await SUBCOMMANDS[first as Subcommand](args.slice(1));
+  }
+  // create takes no positional arguments: a word first is a subcommand mistyped (`lst`).
+  if (first !== "" && !first.startsWith("-")) {
+    unknownCommand(first, Object.keys(SUBCOMMANDS), "client");
+  }
+  return await create(args);
+}
+
+function timeoutMs(values: Record<string, unknown>): number {
+  const seconds = Number(values.timeout);
+  if (!(seconds > 0)) {
+    throw new VnetError(`bad --timeout '${values.timeout}': a number of seconds > 0`);
+  }
+  return seconds * 1000;
+}
+
+/**
+ * Opens an authenticated control link to a server, with one clear error if it cannot, within
+ * --timeout all told (connection, TLS and handshake).
+ */
+async function connect(addr: HostPort, values: Record<string, unknown>): Promise<Link> {
+  const timeout = timeoutMs(values); // a bad flag is named before the secret is read
+  const key = await secretKey(absolutePath(values["secret-file"] as string | undefined));
+  const ca = absolutePath(values["tls-ca"] as string | undefined);
+  const where = formatHostPort(addr);
+  const dialing = dial(addr, {
+    key,
+    kind: "control",
+    tlsCa: ca ? readTextFile(ca, "TLS CA") : undefined,
+    timeoutMs: timeout,
+    log,
+    events: {
+      onFrame: () => {},
+      onRequest: () => Promise.reject(new VnetError("clients take no requests")),
+      onClose: () => {},
+    },
   });
+  // A link that opens after the deadline is closed, not left running.
+  let late = false;
+  dialing.then((link) => late && link.close("timed out"), () => {});
+  try {
+    return await within(timeout, where, dialing);
+  } catch (e) {
+    late = true;
+    if (isUnresolvable(e)) {
+      throw new VnetError(
+        `cannot resolve ${addr.hostname}: no such host name (check the name, or give an IP ` +
+          `address)`,
+        { code: ErrorCode.Unreachable, cause: e },
+      );
+    }
+    throw e;
+  }
+}
+
+/** One request over a fresh link, all of it (connection included) within --timeout. */
+async function ask(
+  addr: HostPort,
+  values: Record<string, unknown>,
+  op: string,
+  body: Record<string, unknown> = {},
+): Promise<Record<string, unknown>> {
+  const started = performance.now();
+  const link = await connect(addr, values);
+  const left = Math.max(1, timeoutMs(values) - (performance.now() - started));
+  try {
+    return await within(left, op, link.request(op, body, left));
+  } catch (e) {
+    throw new VnetError(`${formatHostPort(addr)}: ${messageOf(e)}`, {
+      code: codeOf(e),
+      cause: e,
+    });
+  } finally {
+    link.close("done");
+  }
+}
+
+async function create(args: string[]): Promise<number> {
+  const parsed = flags(args, "create");
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client");
@@ -191,17 +349,16 @@ async function create(args: string[]): Promise<number> {
     multicast: values.multicast === true,
     peer,
     ssh: sshRequest(values),
-    timeoutMs: timeoutMs(values),
+    // The server's own limit ends first, so that its reason arrives before --timeout does.
+    timeoutMs: Math.max(1_000, timeoutMs(values) - Math.min(1_000, timeoutMs(values) / 10)),
   });
-  console.log(String(result.id));
+  // What a server sends is shown escaped: it cannot drive the terminal.
+  for (const w of Array.isArray(result.warnings) ? result.warnings : []) {
+    console.error(`vnet: warning: ${visible(String(w))}`);
+  }
+  console.log(visible(String(result.id)));
   return 0;
 }
-
-const sshOptions = {
-  ssh: { type: "string" },
-  "ssh-identity": { type: "string" },
-  "ssh-known-hosts": { type: "string" },
-} as const satisfies Options;
 
 function sshRequest(values: Record<string, unknown>) {
   const gateway = values.ssh as string | undefined;
@@ -220,13 +377,7 @@ function sshRequest(values: Record<string, unknown>) {
 }
 
 async function migrate(args: string[]): Promise<number> {
-  const parsed = flags(args, "migrate", {
-    ...connectionOptions,
-    server: { type: "string" },
-    host: { type: "string" },
-    "host-dev": { type: "string" },
-    ...sshOptions,
-  });
+  const parsed = flags(args, "migrate");
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   const server = parseHostPort(required(values, "server", "client migrate"), "--server");
@@ -240,13 +391,16 @@ async function migrate(args: string[]): Promise<number> {
     host: { addr: host, dev },
     ssh: sshRequest(values),
   });
-  console.error(`migrated ${positionals[0]} to ${result.host} (gap ${result.gapMs} ms)`);
-  console.log(positionals[0]);
+  console.error(
+    `migrated ${visible(positionals[0])} to ${visible(String(result.host))} ` +
+      `(gap ${visible(String(result.gapMs))} ms)`,
+  );
+  console.log(visible(positionals[0]));
   return 0;
 }
 
 async function list(args: string[]): Promise<number> {
-  const parsed = flags(args, "list", { ...readOptions, "rate-window": { type: "string" } });
+  const parsed = flags(args, "list");
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client list");
@@ -275,10 +429,10 @@ async function list(args: string[]): Promise<number> {
     const out = rates
       ? now.handlers.map((h) => ({ ...h, rates: rates.get(h.id) ?? null }))
       : now.handlers;
-    console.log(JSON.stringify(out, null, 2));
+    console.log(visibleJson(JSON.stringify(out, null, 2)));
     return 0;
   }
-  console.log(handlerTable(now.handlers, rates));
+  console.log(handlerTable(now.handlers, rates, values.wide === true));
   return 0;
 }
 
@@ -355,17 +509,60 @@ function rateText(r: DirectionRate | undefined): string {
   return `${si(r.framesPerSecond)} fr/s ${bits.replace(/(\d)([kMGT]?)$/, "$1 $2")}bit/s`;
 }
 
+/** The first MAC and how many more: a handler of many VMs stays one narrow cell. */
+function macsCell(h: ListedHandler): string {
+  return (h.macs[0] ?? "-") + (h.macs.length > 1 ? `+${h.macs.length - 1}` : "");
+}
+
+/** The default table's width: it fits a terminal of 100 columns. */
+const NARROW_WIDTH = 100;
+
 /**
- * The `list` and `watch` table; `rates` null when there was one sample only. A DROPS BY REASON
- * column appears when any handler dropped frames, naming every non-zero reason the server
- * reports (newer servers may report reasons this client does not know), and a CONFLICTS
- * column when any handler saw its MACs sent by someone else on its interface.
+ * The `list` and `watch` table; `rates` null when there was one sample only (the rate columns
+ * then show counters). By default it fits 100 columns for addresses of up to 21 characters:
+ * ID, role, device, peer, link, the first MAC, bits/s each way and the drops. `wide` shows
+ * everything: keepalive RTT, every MAC, frames/bytes/drops each way, frames/s, and the DROPS
+ * BY REASON and CONFLICTS columns when any handler has some. Every cell is escaped: a server
+ * (or a peer, through it) names devices and peers.
  */
 export function handlerTable(
   handlers: ListedHandler[],
   rates: Map<string, HandlerRates> | null,
+  wide = false,
 ): string {
   if (handlers.length === 0) return "no handlers";
+  const linkText = (h: ListedHandler) =>
+    h.link.state + (h.link.tls ? "+tls" : "") +
+    (h.reconnects ? ` (${h.reconnects} reconnects)` : "");
+  if (!wide) {
+    const rows = [[
+      "ID",
+      "ROLE",
+      "DEVICE",
+      "PEER",
+      "LINK",
+      "MACS",
+      rates ? "BIT/S TO/FROM" : "FRAMES TO/FROM",
+      "DROPS",
+    ]];
+    for (const h of handlers) {
+      const r = rates?.get(h.id);
+      rows.push([
+        h.id,
+        h.role,
+        h.device,
+        h.peer,
+        h.link.state + (h.link.tls ? "+tls" : ""),
+        macsCell(h),
+        rates
+          ? (r ? `${si(r.toPeer.bitsPerSecond)}/${si(r.fromPeer.bitsPerSecond)}` : "-")
+          : `${si(h.toPeer.frames)}/${si(h.fromPeer.frames)}`,
+        si(h.toPeer.drops + h.fromPeer.drops),
+      ]);
+    }
+    // Long device names and addresses are cut in the middle to fit (--wide shows them whole).
+    return table(rows, { width: NARROW_WIDTH, shrink: [3, 2] });
+  }
   const reasons = (h: ListedHandler) =>
     Object.entries(h.dropReasons ?? {}).filter(([, n]) => typeof n === "number" && n > 0);
   const showReasons = handlers.some((h) => reasons(h).length > 0);
@@ -393,8 +590,7 @@ export function handlerTable(
       h.role,
       h.device,
       h.peer,
-      h.link.state + (h.link.tls ? "+tls" : "") +
-      (h.reconnects ? ` (${h.reconnects} reconnects)` : ""),
+      linkText(h),
       h.link.rttMs === null || h.link.rttMs === undefined ? "-" : `${h.link.rttMs.toFixed(2)} ms`,
       h.macs.join(",") + (h.multicast ? " +multicast" : ""),
       `${h.toPeer.frames}/${h.toPeer.bytes}/${h.toPeer.drops}`,
@@ -413,12 +609,7 @@ export function handlerTable(
  * timestamped snapshot per interval. Stops on Ctrl-C (or SIGTERM), or after --count snapshots.
  */
 async function watch(args: string[]): Promise<number> {
-  const parsed = flags(args, "watch", {
-    ...connectionOptions,
-    server: { type: "string" },
-    interval: { type: "string", default: "2" },
-    count: { type: "string" },
-  });
+  const parsed = flags(args, "watch");
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client watch");
@@ -448,11 +639,12 @@ async function watch(args: string[]): Promise<number> {
     for (let n = 0; running && n < count; n++) {
       if (!link.isOpen) throw new VnetError(`${formatHostPort(server)}: connection closed`);
       const current = await sample(link, server, values);
-      const rates = previous ? computeRates(previous, current) : null;
+      // The first snapshot has no rates yet, but the same columns: one header throughout.
+      const rates = previous ? computeRates(previous, current) : new Map<string, HandlerRates>();
       previous = current;
       const header = `vnet watch ${formatHostPort(server)}, every ${interval} s  ` +
         new Date().toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
-      const body = handlerTable(current.handlers, rates);
+      const body = handlerTable(current.handlers, rates, values.wide === true);
       if (tty) {
         write(`\x1b[H\x1b[2J${header}   (Ctrl-C to stop)\n\n${body}\n`);
       } else {
@@ -472,10 +664,7 @@ async function watch(args: string[]): Promise<number> {
 }
 
 async function close(args: string[]): Promise<number> {
-  const parsed = flags(args, "close", {
-    ...connectionOptions,
-    server: { type: "string" },
-  });
+  const parsed = flags(args, "close");
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   const server = parseHostPort(required(values, "server", "client close"), "--server");
@@ -486,36 +675,70 @@ async function close(args: string[]): Promise<number> {
   if (!result.peerClosed) {
     log.warn("the peer server could not be told; its end stays until it is closed there");
   }
-  console.error(`closed ${positionals[0]}`);
+  console.error(`closed ${visible(positionals[0])}`);
   return 0;
 }
 
 async function devices(args: string[]): Promise<number> {
-  const parsed = flags(args, "devices", readOptions);
+  const parsed = flags(args, "devices");
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   noPositionals(positionals, "client devices");
   const server = parseHostPort(required(values, "server", "client devices"), "--server");
   const found = (await ask(server, values, "devices")).devices as Record<string, unknown>[];
   if (values.json) {
-    console.log(JSON.stringify(found, null, 2));
+    console.log(visibleJson(JSON.stringify(found, null, 2)));
     return 0;
   }
-  const rows = [["NAME", "MAC", "MTU", "FLAGS", "ADDRESSES"]];
-  for (const d of found) {
+  const shown = values.all ? found : found.filter(canCarryHandler);
+  const rows = [["NAME", "MAC", "STATE", "MTU", "ADDRESSES"]];
+  for (const d of shown) {
     rows.push([
       String(d.name),
       String(d.mac ?? "-"),
+      d.up !== true ? "down" : d.running === true ? "up" : "up, no carrier",
       String(d.mtu ?? "-"),
-      Object.entries(d).filter(([, v]) => v === true).map(([k]) => k).join(",") || "-",
       Array.isArray(d.addresses) ? d.addresses.join(",") || "-" : "-",
     ]);
   }
   console.log(table(rows));
+  const hidden = found.length - shown.length;
+  if (hidden > 0) {
+    console.error(`(${hidden} more that cannot carry a handler, e.g. loopback, any, nflog: --all)`);
+  }
   return 0;
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
+/**
+ * An interface a handler can use: Ethernet-like, i.e. it has a MAC address. libpcap also
+ * lists pseudo-devices (any, nflog, nfqueue, dbus-*, bluetooth-monitor, usbmon*), which have
+ * none, and loopback, whose MAC is all zeros.
+ */
+export function canCarryHandler(d: Record<string, unknown>): boolean {
+  return typeof d.mac === "string" && d.mac !== "00:00:00:00:00:00" && d.loopback !== true;
+}
+
+/**
+ * Columns padded to the widest cell; every cell escaped (servers and peers name things). With
+ * `fit`, the `shrink` columns (in that order) are cut in the middle, down to 8 characters,
+ * until the table is at most `width` wide.
+ */
+function table(rows: string[][], fit?: { width: number; shrink: number[] }): string {
+  const cells = rows.map((r) => r.map(visible));
+  const widths = cells[0].map((_, i) => Math.max(...cells.map((r) => r[i].length)));
+  const total = () => widths.reduce((a, b) => a + b, 0) + 2 * (widths.length - 1);
+  for (const i of fit?.shrink ?? []) {
+    const over = total() - fit!.width;
+    if (over <= 0) break;
+    widths[i] = Math.max(8, cells[0][i].length, widths[i] - over);
+    for (const r of cells) r[i] = middleCut(r[i], widths[i]);
+  }
+  return cells.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
+}
+
+/** `text` in at most `width` characters, its middle replaced by "~" if it is longer. */
+function middleCut(text: string, width: number): string {
+  if (text.length <= width) return text;
+  const head = Math.ceil((width - 1) / 2);
+  return text.slice(0, head) + "~" + text.slice(text.length - (width - 1 - head));
 }

@@ -202,7 +202,7 @@ export const SERVER_FLAGS = [
     value: "FILE",
     path: true,
     help: "a file (mode 0600) holding the token that --metrics requires of scrapers, as " +
-      "'Authorization: Bearer TOKEN' (Prometheus: bearer_token_file)",
+      "'Authorization: Bearer TOKEN' (Prometheus: authorization: { credentials_file: FILE })",
   },
   {
     name: "metrics-host",
@@ -314,7 +314,12 @@ export function mergeSettings(file: Settings, flags: Record<string, unknown>): S
   for (const { name: key } of CONFIG_FLAGS) {
     const v = flags[key];
     // parseArgs leaves absent flags undefined; a boolean flag is only ever `true` when given.
-    if (v !== undefined && v !== false) merged[key] = v as string | boolean;
+    if (v === undefined || v === false) continue;
+    // A relative file name on the command line is relative to where vnet runs: made absolute
+    // here, so that every message about the file names the one that was tried.
+    merged[key] = FLAG.get(key)?.path && typeof v === "string" && v !== ""
+      ? resolvePath(Deno.cwd(), v)
+      : v as string | boolean;
   }
   return merged;
 }
@@ -486,26 +491,34 @@ export function loadMetricsToken(path: string): string {
  * (if not, that its directory exists), and that the metrics token file is private and not
  * empty. Returns the problems, one line each; none = ok.
  */
-export async function checkSettings(s: Settings, now = new Date()): Promise<string[]> {
+export async function checkSettings(
+  s: Settings,
+  now = new Date(),
+  systemd: SystemdDirs = systemdDirs(),
+): Promise<string[]> {
   const { config, problems } = resolveSettings(s);
+  const deferred = new Set(systemdNotes(s, systemd).map((n) => n.key));
   const secretFile = s["secret-file"] === undefined ? undefined : String(s["secret-file"]);
-  try {
-    loadSecret(secretFile || undefined);
-  } catch (e) {
-    problems.push(messageOf(e));
+  if (!deferred.has("secret-file")) {
+    try {
+      loadSecret(secretFile || undefined);
+    } catch (e) {
+      problems.push(messageOf(e));
+    }
   }
   // The files are checked even when other values are bad: every problem at once.
   const [cert, key, ca] = (["tls-cert", "tls-key", "tls-ca"] as const).map((k) => s[k]);
-  if (config?.tls || (cert && key && ca)) {
+  const tlsDeferred = deferred.has("tls-cert") || deferred.has("tls-key") || deferred.has("tls-ca");
+  if (!tlsDeferred && (config?.tls || (cert && key && ca))) {
     problems.push(...await checkTls({ cert: String(cert), key: String(key), ca: String(ca) }, now));
   }
   const state = s.state === undefined || s.state === "" ? undefined : String(s.state);
-  if (state) {
+  if (state && !deferred.has("state")) {
     const problem = checkStateFile(state);
     if (problem) problems.push(problem);
   }
   const tokenFile = s["metrics-token-file"];
-  if (tokenFile !== undefined && tokenFile !== "") {
+  if (tokenFile !== undefined && tokenFile !== "" && !deferred.has("metrics-token-file")) {
     try {
       loadMetricsToken(String(tokenFile));
     } catch (e) {
@@ -513,6 +526,71 @@ export async function checkSettings(s: Settings, now = new Date()): Promise<stri
     }
   }
   return problems;
+}
+
+/** What systemd gives a service, as it tells it: set inside the unit only. */
+interface SystemdDirs {
+  /** $CREDENTIALS_DIRECTORY: where LoadCredential= put the files (/run/credentials/UNIT). */
+  credentials?: string;
+  /** $STATE_DIRECTORY: the StateDirectory= systemd made (/var/lib/NAME). */
+  state?: string;
+}
+
+function systemdDirs(): SystemdDirs {
+  return {
+    credentials: Deno.env.get("CREDENTIALS_DIRECTORY"),
+    state: Deno.env.get("STATE_DIRECTORY"),
+  };
+}
+
+const CREDENTIALS_ROOT = "/run/credentials/";
+
+/**
+ * Files that exist only inside the systemd unit (packaging/vnet.service), checked outside it:
+ * a credential under /run/credentials/ (LoadCredential= copies it there when the service
+ * starts) and a state directory under /var/lib/ that StateDirectory= makes. Outside the unit
+ * they cannot be checked, so `--check-config` says what to create instead of failing on a
+ * config that is right for the service; inside it ($CREDENTIALS_DIRECTORY, $STATE_DIRECTORY
+ * set, as in ExecStartPre=) they are checked as any other file.
+ */
+export function systemdNotes(
+  s: Settings,
+  systemd: SystemdDirs = systemdDirs(),
+): { key: ConfigKey; note: string }[] {
+  const notes: { key: ConfigKey; note: string }[] = [];
+  const keys = ["secret-file", "tls-cert", "tls-key", "tls-ca", "metrics-token-file"] as const;
+  for (const key of keys) {
+    const path = s[key];
+    if (typeof path !== "string" || !path.startsWith(CREDENTIALS_ROOT)) continue;
+    if (systemd.credentials) continue;
+    const name = path.slice(path.lastIndexOf("/") + 1);
+    const make = key === "secret-file" || key === "metrics-token-file"
+      ? `vnet secret --out /etc/vnet/${name}`
+      : `'vnet cert', then copy it to /etc/vnet/${name}`;
+    notes.push({
+      key,
+      note: `${key} '${path}' is a systemd credential, present only while the service runs ` +
+        `(LoadCredential=${name}:/etc/vnet/${name} in vnet.service copies it there), so it ` +
+        `is checked then, by ExecStartPre; create its source: ${make}`,
+    });
+  }
+  const state = s.state;
+  if (typeof state === "string" && state.startsWith("/var/lib/") && !systemd.state) {
+    const dir = dirOf(state);
+    let exists = false;
+    try {
+      exists = Deno.statSync(dir).isDirectory;
+    } catch { /* missing */ }
+    if (!exists) {
+      notes.push({
+        key: "state",
+        note: `state directory '${dir}' does not exist yet: systemd makes it for the service ` +
+          `(StateDirectory= in vnet.service); to run vnet outside systemd, make it: ` +
+          `install -d -m 0700 ${dir}`,
+      });
+    }
+  }
+  return notes;
 }
 
 async function checkTls(

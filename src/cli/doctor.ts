@@ -1,6 +1,6 @@
 /** `vnet doctor`: checks this machine, and the path to a peer, for what a bridge needs. */
 import { RuntimeWait } from "../io/runtime_wait.ts";
-import { parseHostPort } from "../addr.ts";
+import { formatHostPort, parseHostPort } from "../addr.ts";
 import { VnetError } from "../errors.ts";
 import { pcapLibVersion } from "../../ffi/libpcap.ts";
 import { PcapCapture } from "../dataplane/pcap_capture.ts";
@@ -8,12 +8,19 @@ import { libnetVersion } from "../../ffi/libnet.ts";
 import { LIBPCAP, type LibrarySpec } from "../../ffi/load.ts";
 import { importSecret } from "../link/auth.ts";
 import { dial } from "../link/dial.ts";
-import { configureLog, log } from "../log.ts";
+import { configureLog, log, visibleJson } from "../log.ts";
 import { exitCode, fetchCertificate, formatChecks, type Probes, runDoctor } from "../ops/doctor.ts";
 import { parseIwInfo, parseOffloads } from "../ops/sysinfo.ts";
 import { SECRET_ENV } from "../link/secret.ts";
 import { VERSION } from "../version.ts";
-import { noPositionals, parseFlags, readTextFile } from "./common.ts";
+import {
+  absolutePath,
+  noPositionals,
+  type Options,
+  parseFlags,
+  readTextFile,
+  within,
+} from "./common.ts";
 
 const DOCTOR_HELP = `
 vnet doctor: check this machine, and the way to a peer, for what a bridge needs
@@ -44,23 +51,21 @@ Options:
   -h, --help          show this help
 `;
 
+/** The flags of `vnet doctor`: the parser's table, and shell completion's. */
+export const DOCTOR_FLAGS = {
+  dev: { type: "string", multiple: true },
+  peer: { type: "string" },
+  "peer-dev": { type: "string" },
+  "secret-file": { type: "string" },
+  "tls-ca": { type: "string" },
+  timeout: { type: "string", default: "5" },
+  json: { type: "boolean" },
+} as const satisfies Options;
+
 export async function doctorCommand(args: string[]): Promise<number> {
   // Link and library chatter would bury the checks; --log-level brings it back.
   configureLog({ level: "error" });
-  const parsed = parseFlags(
-    args,
-    {
-      dev: { type: "string", multiple: true },
-      peer: { type: "string" },
-      "peer-dev": { type: "string" },
-      "secret-file": { type: "string" },
-      "tls-ca": { type: "string" },
-      timeout: { type: "string", default: "5" },
-      json: { type: "boolean" },
-    },
-    DOCTOR_HELP,
-    "doctor",
-  );
+  const parsed = parseFlags(args, DOCTOR_FLAGS, DOCTOR_HELP, "doctor");
   if (!parsed) return 0; // --help
   const { values, positionals } = parsed;
   noPositionals(positionals, "doctor");
@@ -68,12 +73,12 @@ export async function doctorCommand(args: string[]): Promise<number> {
   if (!(seconds > 0 && seconds <= 300)) {
     throw new VnetError(`bad --timeout '${values.timeout}': seconds from 0 to 300`);
   }
-  const tlsCaPath = values["tls-ca"];
+  const tlsCaPath = absolutePath(values["tls-ca"]);
   const checks = await runDoctor({
     devs: values.dev ?? [],
     peer: values.peer ? parseHostPort(values.peer, "--peer") : undefined,
     peerDev: values["peer-dev"],
-    secretFile: values["secret-file"],
+    secretFile: absolutePath(values["secret-file"]),
     tlsCa: tlsCaPath ? { path: tlsCaPath, pem: readTextFile(tlsCaPath, "TLS CA") } : undefined,
     version: VERSION,
     timeoutMs: seconds * 1000,
@@ -81,7 +86,7 @@ export async function doctorCommand(args: string[]): Promise<number> {
   }, systemProbes);
   const code = exitCode(checks);
   if (values.json) {
-    console.log(JSON.stringify({ checks, exitCode: code }, null, 2));
+    console.log(visibleJson(JSON.stringify({ checks, exitCode: code }, null, 2)));
   } else {
     console.log(formatChecks(checks));
   }
@@ -142,17 +147,22 @@ const systemProbes: Probes = {
   },
   tlsCertificate: fetchCertificate,
   async dialControl(addr, secret, tlsCa, timeoutMs) {
-    const link = await dial(addr, {
-      key: await importSecret(secret),
-      kind: "control",
-      tlsCa,
+    // --timeout bounds the handshake too (dial's own limit for it is longer).
+    const link = await within(
       timeoutMs,
-      log,
-      events: {
-        onRequest: () => Promise.reject(new VnetError("the doctor takes no requests")),
-        onClose: () => {},
-      },
-    });
+      formatHostPort(addr),
+      dial(addr, {
+        key: await importSecret(secret),
+        kind: "control",
+        tlsCa,
+        timeoutMs,
+        log,
+        events: {
+          onRequest: () => Promise.reject(new VnetError("the doctor takes no requests")),
+          onClose: () => {},
+        },
+      }),
+    );
     return {
       request: (op, body = {}) => link.request(op, body, timeoutMs),
       close: () => link.close("doctor done"),

@@ -27,10 +27,13 @@ Options:
   -h, --help    show this help
 `;
 
+/** The flags of `vnet secret`: the parser's table, and shell completion's. */
+export const SECRET_FLAGS = { out: { type: "string" }, force: { type: "boolean" } } as const;
+
 export async function secretCommand(args: string[]): Promise<number> {
   const parsed = parseFlags(
     args,
-    { out: { type: "string" }, force: { type: "boolean" } },
+    SECRET_FLAGS,
     SECRET_HELP,
     "secret",
   );

@@ -9,8 +9,9 @@ import {
   resolveSettings,
   SERVER_FLAGS,
   type Settings,
+  systemdNotes,
 } from "./config.ts";
-import { messageOf, VnetError } from "../errors.ts";
+import { ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { listDevices, systemInterfaces } from "../dataplane/interfaces.ts";
 import { configureLog, log } from "../log.ts";
 import { type MetricsServer, processInfo, renderMetrics, serveMetrics } from "../ops/metrics.ts";
@@ -19,6 +20,7 @@ import { type TlsFiles } from "../control/acceptor.ts";
 import { checkPrivateFile } from "../link/secret.ts";
 import { COMMIT, VERSION } from "../version.ts";
 import { buildStatus } from "../ops/status_page.ts";
+import { privilegeProblem } from "../ops/sysinfo.ts";
 import { noPositionals, optionsHelp, parseFlags, readTextFile, secretKey } from "./common.ts";
 
 export const SERVER_HELP = `
@@ -72,7 +74,9 @@ export async function serverCommand(args: string[]): Promise<number> {
     let problems: string[];
     try {
       const file: Settings = values.config ? loadConfig(values.config) : {};
-      problems = await checkSettings(mergeSettings(file, values));
+      const settings = mergeSettings(file, values);
+      problems = await checkSettings(settings);
+      for (const { note } of systemdNotes(settings)) console.error(`vnet: note: ${note}`);
     } catch (e) {
       problems = [messageOf(e)]; // the file itself is bad: nothing else can be checked
     }
@@ -103,10 +107,15 @@ export async function serverCommand(args: string[]): Promise<number> {
     : undefined;
 
   const key = await secretKey(config.secretFile);
+  const tls = tlsFiles(config.tls);
+  // Every handler captures and injects on this server (Host and Proxy ends alike; there is no
+  // relay-only role), so a server without the privileges could only fail at each create.
+  const unprivileged = privilegeProblem();
+  if (unprivileged) throw new VnetError(unprivileged, { code: ErrorCode.System });
   const server = new Server({
     listen: config.listen,
     key,
-    tls: tlsFiles(config.tls),
+    tls,
     ports: systemInterfaces({
       injector: config.injector,
       captureBufferBytes: config.captureBufferMiB * 1024 * 1024,

@@ -15,6 +15,7 @@ import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Role } from "../dataplane/ports.ts";
 import { type Link } from "../link/link.ts";
 import { checkAllowedMacs, checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
+import { macWarnings } from "./peer_requests.ts";
 import { DIAL_TIMEOUT_MS } from "./peers.ts";
 import { type Entry } from "./registry.ts";
 import {
@@ -27,7 +28,31 @@ import {
 } from "./rpc.ts";
 import { type ServerContext } from "./server_context.ts";
 
+/**
+ * Creates a handler (steps above). A refusal, here or by the other server, is logged here with
+ * its reason as well as answered: the operator of this server sees why, not just the handler
+ * closing.
+ */
 export async function create(ctx: ServerContext, req: CreateRequest): Promise<ResultOf<"create">> {
+  try {
+    return await createHandler(ctx, req);
+  } catch (e) {
+    ctx.log.warn("handler refused", {
+      via: req.via,
+      proxy: `${formatHostPort(req.proxy.addr)} ${req.proxy.dev}`,
+      host: `${formatHostPort(req.host.addr)} ${req.host.dev}`,
+      macs: req.macs.join(","),
+      code: codeOf(e),
+      reason: messageOf(e),
+    });
+    throw e;
+  }
+}
+
+async function createHandler(
+  ctx: ServerContext,
+  req: CreateRequest,
+): Promise<ResultOf<"create">> {
   const ownRole = req.via;
   const otherRole: Role = ownRole === "proxy" ? "host" : "proxy";
   const own = req[ownRole];
@@ -65,6 +90,13 @@ export async function create(ctx: ServerContext, req: CreateRequest): Promise<Re
     try {
       link = await peer.connect(dialMs);
     } catch (e) {
+      if (isUnresolvable(e)) {
+        throw new VnetError(
+          `the ${ownRole} server cannot resolve ${dialTo.hostname} (the ${otherRole} ` +
+            `server's name): check the name, or give an IP address`,
+          { code: ErrorCode.Unreachable, cause: e },
+        );
+      }
       throw new VnetError(
         `the ${ownRole} server could not reach the ${otherRole} server: ${messageOf(e)}` +
           reachHint(codeOf(e), req, ownRole, otherRole),
@@ -72,23 +104,47 @@ export async function create(ctx: ServerContext, req: CreateRequest): Promise<Re
       );
     }
     if (ownRole === "host") ctx.checkDeviceNotCarryingLink(own.dev, link);
+    let answer: ResultOf<"attach">;
     try {
-      await call(link, "attach", attach, Math.max(1_000, budget - dialMs - 1_000));
+      answer = await call(link, "attach", attach, Math.max(1_000, budget - dialMs - 1_000));
     } catch (e) {
       throw new VnetError(`the ${otherRole} server refused: ${messageOf(e)}`, {
         code: codeOf(e) ?? ErrorCode.Refused,
         cause: e,
       });
     }
+    const warnings = ownRole === "host"
+      ? macWarnings(ctx, id, own.dev, req.macs)
+      : peerWarnings(answer.warnings);
     entry.handler.attach(link);
     ctx.save();
     ctx.log.info("handler up", { handler: id, role: ownRole, peer: link.remote });
     ctx.events.add({ kind: "handler-up", remote: link.remote, handler: id });
-    return { id };
+    return warnings.length > 0 ? { id, warnings } : { id };
   } catch (e) {
     await ctx.remove(id);
     throw e;
   }
+}
+
+/** The other server's warnings for the client: a few short strings, whatever it sent. */
+function peerWarnings(value: unknown): string[] {
+  if (!Array.isArray(value)) return [];
+  return value.filter((w): w is string => typeof w === "string").slice(0, 8)
+    .map((w) => w.slice(0, 500));
+}
+
+/**
+ * Did `e`, or what caused it, fail to resolve a host name (rather than to reach an address)?
+ * Then advice on NAT and ssh would point the wrong way.
+ */
+export function isUnresolvable(e: unknown): boolean {
+  const dns =
+    /failed to lookup address|Name or service not known|No address associated|Temporary failure in name resolution|nodename nor servname/i;
+  for (let c: unknown = e; c instanceof Error; c = c.cause) {
+    if (dns.test(c.message)) return true;
+  }
+  return false;
 }
 
 /**

@@ -40,8 +40,7 @@ export async function servePeer(
 ): Promise<unknown> {
   switch (op) {
     case "attach":
-      await peers.attach(ctx, rpc.parseAttach(body), link);
-      return {};
+      return await peers.attach(ctx, rpc.parseAttach(body), link);
     case "detach":
       await peers.detach(ctx, rpc.parseDetach(body));
       return {};

@@ -6,17 +6,47 @@
  * its first attach. Only a peer that presents that key may attach to, detach or re-sync it;
  * frames for it are taken only from the link it is attached to (server.ts).
  */
-import { ErrorCode, messageOf, VnetError } from "../errors.ts";
+import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Link } from "../link/link.ts";
 import { checkAllowedMacs, checkNotLive, checkNotOwnMacs } from "./mac_policy.ts";
-import { type AttachRequest, type DetachRequest, type SyncRequest } from "./rpc.ts";
+import { type AttachRequest, type DetachRequest, type ResultOf, type SyncRequest } from "./rpc.ts";
+import { unseenMacs, unseenWarning } from "./mac_seen.ts";
 import { type ServerContext } from "./server_context.ts";
 
 function refused(message: string): VnetError {
   return new VnetError(message, { code: ErrorCode.Refused });
 }
 
-export async function attach(ctx: ServerContext, req: AttachRequest, link: Link): Promise<void> {
+/**
+ * Opens this server's end of a handler that the other server created. A refusal is logged here
+ * with its reason as well as answered, so this server's operator sees why.
+ */
+export async function attach(
+  ctx: ServerContext,
+  req: AttachRequest,
+  link: Link,
+): Promise<ResultOf<"attach">> {
+  try {
+    return await attachHandler(ctx, req, link);
+  } catch (e) {
+    ctx.log.warn("handler refused", {
+      handler: req.id,
+      role: req.role,
+      dev: req.device,
+      macs: req.macs.join(","),
+      peer: link.remote,
+      code: codeOf(e),
+      reason: messageOf(e),
+    });
+    throw e;
+  }
+}
+
+async function attachHandler(
+  ctx: ServerContext,
+  req: AttachRequest,
+  link: Link,
+): Promise<ResultOf<"attach">> {
   if (req.origin === ctx.id) {
     throw refused("the far end is this very server: a handler joins two different servers");
   }
@@ -35,7 +65,7 @@ export async function attach(ctx: ServerContext, req: AttachRequest, link: Link)
       Object.assign(existing, { bind, origin, downSince: 0 });
       existing.handler.attach(link);
       ctx.log.info("handler re-attached", { handler: spec.id, peer: link.remote });
-      return;
+      return {};
     }
     await ctx.remove(spec.id);
   }
@@ -52,6 +82,25 @@ export async function attach(ctx: ServerContext, req: AttachRequest, link: Link)
   ctx.save();
   ctx.log.info("handler up", { handler: spec.id, role: spec.role, peer: link.remote });
   ctx.events.add({ kind: "handler-up", remote: link.remote, handler: spec.id });
+  return spec.role === "host"
+    ? { warnings: macWarnings(ctx, spec.id, spec.device, spec.macs) }
+    : {};
+}
+
+/**
+ * On the Host: the MACs no frame on the VMs' device has carried (a typo?), logged here and
+ * told to the client. Two kernel tables, read at once (mac_seen.ts).
+ */
+export function macWarnings(
+  ctx: ServerContext,
+  handler: string,
+  device: string,
+  macs: readonly string[],
+): string[] {
+  const unseen = unseenMacs(device, macs);
+  if (unseen.length === 0) return [];
+  ctx.log.warn("MAC not seen on device", { handler, dev: device, macs: unseen.join(",") });
+  return [unseenWarning(device, unseen)];
 }
 
 /**

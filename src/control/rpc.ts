@@ -92,13 +92,14 @@ export interface DirectRequest {
 
 /** Each operation's request and answer. */
 interface Operations {
-  create: [CreateRequest, { id: string }];
+  /** `warnings`: what the client should hear, e.g. a MAC no frame has carried (a typo?). */
+  create: [CreateRequest, { id: string; warnings?: string[] }];
   close: [{ handler: string }, { closed: string; peerClosed: boolean }];
   migrate: [MigrateRequest, { id: string; host: string; gapMs: number }];
   list: [Record<never, never>, { handlers: ListedHandler[] }];
   devices: [Record<never, never>, { devices: DeviceInfo[] }];
   version: [Record<never, never>, { version: string; commit: string; time: number }];
-  attach: [AttachRequest, Record<never, never>];
+  attach: [AttachRequest, { warnings?: string[] }];
   detach: [DetachRequest, Record<never, never>];
   sync: [SyncRequest, { closed: string[] }];
   route: [RouteRequest, Record<never, never>];

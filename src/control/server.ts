@@ -194,7 +194,10 @@ export class Server implements ServerContext {
       if (!entry.dial) entry.downSince = Date.now();
       waiting++;
     }
-    this.log.warn("peer link down", { remote: link.remote, reason, handlers: waiting });
+    // A link no handler used any more was closed on purpose (close, migrate): nothing to watch.
+    if (waiting > 0) {
+      this.log.warn("peer link down", { remote: link.remote, reason, handlers: waiting });
+    } else this.log.info("peer link closed", { remote: link.remote, reason });
     this.events.add({ kind: "disconnect", remote: link.remote, reason });
     for (const peer of this.peers.values()) {
       if (peer.link === link) peer.scheduleReconnect();

@@ -12,7 +12,8 @@ import {
 } from "../../ffi/libpcap.ts";
 
 const PRIVILEGES = "needs root or CAP_NET_RAW+CAP_NET_ADMIN " +
-  '(e.g. sudo setcap cap_net_raw,cap_net_admin+ep "$(command -v deno)")';
+  "(e.g. sudo setcap cap_net_raw,cap_net_admin+ep /path/to/vnet, the binary from " +
+  "'deno task compile')";
 
 export function noSuchInterface(device: string, cause?: unknown): VnetError {
   return new VnetError(`no such network interface '${device}' (see \`vnet client devices\`)`, {

@@ -8,6 +8,7 @@ import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { codeOf, ErrorCode, messageOf } from "../errors.ts";
+import { visible } from "../log.ts";
 import { candidatesFor, LIBNET, LIBPCAP, type LibrarySpec } from "../../ffi/load.ts";
 import { checkPrivateFile, loadSecret, SECRET_ENV } from "../link/secret.ts";
 import {
@@ -19,6 +20,7 @@ import {
   type Privileges,
   readDevice,
   readPrivileges,
+  setcapHint,
   validDeviceName,
   wifiCanBridge,
   type WifiMode,
@@ -133,8 +135,7 @@ function checkPrivileges(procRoot: string | undefined, add: Add): void {
     add("WARN", "privileges", `cannot read ${procRoot ?? "/proc"}/self/status (${messageOf(e)})`);
     return;
   }
-  const fix = "run as root, or give the binary the capabilities: " +
-    "setcap cap_net_raw,cap_net_admin+ep $(command -v vnet)";
+  const fix = `run as root, or give the binary the capabilities: ${setcapHint()}`;
   if (p.effective === null) {
     add("WARN", "privileges", `no CapEff in /proc/self/status: cannot tell; ${fix}`);
     return;
@@ -371,7 +372,15 @@ function handshakeAdvice(where: string, e: unknown, opts: DoctorOptions): string
     case ErrorCode.Unreachable:
       return `${where} could not be reached for the handshake: ${said}`;
     case ErrorCode.Protocol:
+      // The peer's first bytes were a TLS record: it is a TLS server, and this side spoke plain.
+      if (/answered in TLS/.test(said)) {
+        return `${where} speaks TLS, this side spoke plain TCP: give --tls-ca with the CA that ` +
+          `signed its certificate (${said})`;
+      }
       return `${where} answered, but not as a vnet server of this version: ${said}`;
+    case ErrorCode.Timeout:
+      return `${where} accepted the connection but did not complete the handshake: is a vnet ` +
+        `server of this version listening there? (${said})`;
     default:
       return said;
   }
@@ -611,5 +620,7 @@ export function fetchCertificate(addr: HostPort, timeoutMs: number): Promise<Pee
 
 /** Renders checks as lines: `PASS  name: message`. */
 export function formatChecks(checks: Check[]): string {
-  return checks.map((c) => `${c.status.padEnd(4)}  ${c.name}: ${c.message}`).join("\n");
+  // Messages quote what the peer said (errors, certificate names, versions): escaped.
+  return checks.map((c) => `${c.status.padEnd(4)}  ${visible(c.name)}: ${visible(c.message)}`)
+    .join("\n");
 }

@@ -29,6 +29,42 @@ export function hasCapability(set: bigint, cap: number): boolean {
   return ((set >> BigInt(cap)) & 1n) === 1n;
 }
 
+/**
+ * How to give this program the two capabilities: setcap on the vnet binary. From source the
+ * program is Deno itself, and setcap on `deno` would give them to every script it runs: the
+ * compiled binary is the thing to give them to.
+ */
+export function setcapHint(execPath = Deno.execPath()): string {
+  const compiled = !/(^|\/)deno(\.exe)?$/.test(execPath);
+  return compiled
+    ? `sudo setcap cap_net_raw,cap_net_admin+ep ${execPath}`
+    : "build the binary (deno task compile), then: " +
+      "sudo setcap cap_net_raw,cap_net_admin+ep /path/to/vnet";
+}
+
+/**
+ * One line if this process cannot capture and inject (neither root's capabilities nor
+ * CAP_NET_RAW and CAP_NET_ADMIN effective), saying what is missing and how to fix it; null if
+ * it can, or if it cannot tell (no /proc: not Linux).
+ */
+export function privilegeProblem(procRoot = "/proc", execPath = Deno.execPath()): string | null {
+  let p: Privileges;
+  try {
+    p = readPrivileges(procRoot);
+  } catch {
+    return null;
+  }
+  if (p.effective === null) return null;
+  const missing = [
+    hasCapability(p.effective, CAP_NET_RAW) ? "" : "CAP_NET_RAW",
+    hasCapability(p.effective, CAP_NET_ADMIN) ? "" : "CAP_NET_ADMIN",
+  ].filter(Boolean);
+  if (missing.length === 0) return null;
+  const who = p.uid === 0 ? "root" : `uid ${p.uid ?? "?"}`;
+  return `cannot capture or inject frames: ${who} lacks ${missing.join(" and ")}; run as ` +
+    `root, or give the binary the capabilities: ${setcapHint(execPath)}`;
+}
+
 export interface DeviceFacts {
   name: string;
   exists: boolean;

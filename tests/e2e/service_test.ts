@@ -418,7 +418,7 @@ Deno.test({
 
       // `client list`: RTT and rates columns, from two samples.
       const auth = ["--server", topo.addr("proxy"), "--secret-file", topo.secretFile];
-      const list = await topo.vnet(["client", "list", ...auth]);
+      const list = await topo.vnet(["client", "list", ...auth, "--wide"]);
       assert(list.code === 0, `list: ${list.stderr}`);
       assert(/RTT/.test(list.stdout) && /TO PEER rate/.test(list.stdout), list.stdout);
       const row = list.stdout.split("\n").find((x) => x.startsWith(id)) ?? "";
@@ -431,14 +431,17 @@ Deno.test({
       // `client watch` while frames flow: rates appear from the second snapshot on.
       const sender = sendRawFrame(vm.ns, "eth0", "ff:ff:ff:ff:ff:ff", 0x88b5, "vnet-watch", 15);
       const watch = await topo.vnet(
-        ["client", "watch", ...auth, "--interval", "0.5", "--count", "3"],
+        ["client", "watch", ...auth, "--interval", "0.5", "--count", "3", "--wide"],
       );
       await sender;
       assert(watch.code === 0, `watch: ${watch.stderr}`);
       const snaps = watch.stdout.split(/\n(?=vnet watch )/);
       assert(snaps.length === 3, `3 snapshots:\n${watch.stdout}`);
-      assert(!snaps[0].includes("rate"), `first snapshot has no rates:\n${snaps[0]}`);
-      assert(/FROM PEER rate/.test(snaps[2]), `third snapshot has rates:\n${snaps[2]}`);
+      // One header throughout: the first snapshot has the rate columns, with no rates yet.
+      const rowOf = (snap: string) => snap.split("\n").find((x) => x.startsWith(id)) ?? "";
+      assert(/FROM PEER rate/.test(snaps[0]), `first snapshot's header:\n${snaps[0]}`);
+      assert(!/fr\/s/.test(rowOf(snaps[0])), `first snapshot has no rates yet:\n${snaps[0]}`);
+      assert(/fr\/s .*bit\/s/.test(rowOf(snaps[2])), `third snapshot has rates:\n${snaps[2]}`);
     } catch (e) {
       if (e instanceof Error) e.message += `\n${topo.serverLogs(25)}`;
       throw e;

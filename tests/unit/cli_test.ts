@@ -225,12 +225,12 @@ Deno.test("cli: every command's --help prints its usage on stdout and exits 0", 
 
 Deno.test("cli: unknown commands and flags are one line, exit 1", async () => {
   const cases: [string[], RegExp][] = [
-    [["frob"], /^vnet: unknown command 'frob' \(see 'vnet --help'\)$/],
+    [["frob"], /^vnet: unknown command 'frob' \(server, client, .*; see 'vnet --help'\)$/],
     [["server", "--frob"], /^vnet: Unknown option '--frob' \(see 'vnet server --help'\)$/],
     [["client", "list", "--frob"], /'--frob' \(see 'vnet client list --help'\)$/],
     [["secret", "--frob"], /'--frob' \(see 'vnet secret --help'\)$/],
     [["cert", "ca", "--frob"], /^vnet: unknown option '--frob' for 'vnet cert ca'/],
-    [["cert", "frob"], /^vnet: unknown command 'cert frob'/],
+    [["cert", "frob"], /^vnet: unknown cert command 'frob' \(ca, issue; see 'vnet cert --help'\)$/],
     [["server", "extra"], /^vnet: unexpected argument 'extra' \(see 'vnet server --help'\)$/],
     [["server", "--listen"], /--listen.*argument missing/],
   ];
@@ -406,6 +406,176 @@ Deno.test("cli: server --check-config: ok, or every problem and exit 1", async (
       "missing config",
     );
   });
+});
+
+Deno.test({
+  name: "cli: a server that cannot capture or inject says so at start, naming the vnet binary",
+  ignore: !runner.owner,
+  fn: async () => {
+    await withDir(async (dir) => {
+      const secret = await file(`${dir}/vnet.secret`, (await vnet(["secret"])).stdout);
+      const r = await vnet(["server", "--listen", "127.0.0.1:7999", "--secret-file", secret]);
+      assertUserError(
+        r,
+        /^vnet: cannot capture or inject frames: uid \d+ lacks CAP_NET_RAW and CAP_NET_ADMIN; run as root, or .*setcap cap_net_raw,cap_net_admin\+ep \S*vnet$/,
+        "unprivileged server",
+      );
+      assert(!/deno"?\)?$|command -v deno/.test(r.stderr), r.stderr);
+    });
+  },
+});
+
+Deno.test({
+  name: "cli: from source, an unreadable Deno cache is one line saying what to do",
+  ignore: !runner.owner,
+  fn: async () => {
+    // root's cache, as `sudo -u nobody` (which keeps HOME) would use it; --cached-only (the
+    // runner's) keeps Deno from downloading.
+    const r = await vnet(["doctor"], { env: { DENO_DIR: "/root/.cache/deno", HOME: "/root" } });
+    assertEquals(r.code, 1, r.stderr);
+    const lines = r.stderr.trimEnd().split("\n");
+    assertMatch(
+      lines[lines.length - 1],
+      /^vnet: cannot load the npm packages of 'vnet doctor' from Deno's cache \/root\/\.cache\/deno as uid \d+: point DENO_DIR at a directory this user can write/,
+    );
+    assert(!r.stderr.includes("Stack backtrace") && !r.stderr.includes("    at "), r.stderr);
+    // What needs no npm package still runs.
+    assertEquals((await vnet(["--version"], { env: { DENO_DIR: "/root/.cache/deno" } })).code, 0);
+  },
+});
+
+Deno.test("cli: a mistyped subcommand or flag gets a 'did you mean'", async () => {
+  const cases: [string[], RegExp][] = [
+    [
+      ["client", "lst", "--server", "x:1"],
+      /^vnet: unknown client command 'lst'; did you mean 'list'\? \(create, list, watch, close, devices, migrate; see 'vnet client --help'\)$/,
+    ],
+    [
+      ["client", "list", "--secret-fil", "x"],
+      /^vnet: Unknown option '--secret-fil'; did you mean --secret-file\? \(see 'vnet client list --help'\)$/,
+    ],
+    [["client", "--prxy", "x:1"], /did you mean --proxy\?/],
+    [["server", "--listn", "x:1"], /did you mean --listen\?/],
+    [["doctor", "--peeer", "x:1"], /did you mean --peer\?/],
+    [["cert", "issue", "--sna", "x"], /did you mean --san\?/],
+    [["clint"], /^vnet: unknown command 'clint'; did you mean 'client'\?/],
+    [["cert", "isue"], /did you mean 'issue'\?/],
+  ];
+  const results = await Promise.all(cases.map(([a]) => vnet(a)));
+  results.forEach((r, i) => assertUserError(r, cases[i][1], cases[i][0].join(" ")));
+  // Nothing close: no guess.
+  assertUserError(await vnet(["client", "list", "--frobnicate"]), /'--frobnicate' \(see/, "far");
+});
+
+Deno.test("cli: a client subcommand's --help shows that subcommand only", async () => {
+  const list = await vnet(["client", "list", "--help"]);
+  assertEquals(list.code, 0, list.stderr);
+  assertMatch(list.stdout, /^vnet client list: /);
+  for (const other of ["--proxy-dev", "--interval", "Options for create", "migrate"]) {
+    assert(!list.stdout.includes(other), `client list --help shows ${other}:\n${list.stdout}`);
+  }
+  assertMatch(list.stdout, /--wide/);
+  assertMatch(list.stdout, /--timeout SECONDS/);
+  const devices = await vnet(["client", "devices", "--help"]);
+  assertMatch(devices.stdout, /--all/);
+  assert(!devices.stdout.includes("--rate-window"), devices.stdout);
+  // The whole client's help still has every subcommand's options.
+  const all = await vnet(["client", "--help"]);
+  for (const flag of ["--proxy-dev", "--rate-window", "--interval", "--all", "--wide"]) {
+    assert(all.stdout.includes(flag), `client --help lacks ${flag}`);
+  }
+});
+
+Deno.test("cli: a name that does not resolve is 'cannot resolve NAME', with no NAT advice", async () => {
+  await withDir(async (dir) => {
+    const secret = await file(`${dir}/vnet.secret`, (await vnet(["secret"])).stdout);
+    for (const args of [["list", "--server"], ["devices", "--server"]]) {
+      const r = await vnet([
+        "client",
+        ...args,
+        "no-such-host.invalid:7000",
+        "--secret-file",
+        secret,
+      ]);
+      assertUserError(r, /^vnet: cannot resolve no-such-host\.invalid: /, args.join(" "));
+      assert(!/NAT|--via|--ssh/.test(r.stderr), r.stderr);
+    }
+  });
+});
+
+Deno.test("cli: a missing relative file is named by the absolute path that was tried", async () => {
+  await withDir(async (dir) => {
+    const client = await vnet(
+      ["client", "list", "--server", "127.0.0.1:1", "--secret-file", "nope.secret"],
+      { cwd: dir },
+    );
+    assertUserError(client, new RegExp(`${dir}/nope\\.secret`), "client --secret-file");
+    const check = await vnet(
+      ["server", "--check-config", "--listen", "127.0.0.1:7000", "--secret-file", "nope.secret"],
+      { cwd: dir },
+    );
+    assertUserError(check, new RegExp(`${dir}/nope\\.secret`), "server --secret-file");
+  });
+});
+
+Deno.test("cli: the shipped example config passes --check-config outside systemd", async () => {
+  const example = new URL("../../packaging/vnet.example.json", import.meta.url).pathname;
+  const r = await vnet(["server", "--check-config", "--config", example]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(r.stdout, "config ok\n");
+  // It says what to create for what only the unit provides.
+  assertMatch(
+    r.stderr,
+    /^vnet: note: secret-file '\/run\/credentials\/vnet\.service\/vnet\.secret' is a systemd credential.*vnet secret --out \/etc\/vnet\/vnet\.secret$/m,
+  );
+  // Inside the unit, the credential is checked as any file: there, a missing one fails.
+  await withDir(async (dir) => {
+    const inside = await vnet(["server", "--check-config", "--config", example], {
+      env: { CREDENTIALS_DIRECTORY: dir, STATE_DIRECTORY: dir },
+    });
+    assertEquals(inside.code, 1, inside.stderr);
+    assertMatch(inside.stderr, /vnet\.secret/);
+  });
+});
+
+Deno.test("cli: server help names Prometheus' credentials_file", async () => {
+  const r = await vnet(["server", "--help"]);
+  assertMatch(r.stdout, /credentials_file/);
+  assert(!r.stdout.includes("bearer_token_file"), r.stdout);
+});
+
+Deno.test("cli: shell completion for bash and zsh, from the flag tables", async () => {
+  const bash = await vnet(["completion", "bash"]);
+  assertEquals(bash.code, 0, bash.stderr);
+  const zsh = await vnet(["completion", "zsh"]);
+  assertEquals(zsh.code, 0, zsh.stderr);
+  assertMatch(zsh.stdout, /^#compdef vnet/);
+  for (
+    const word of [
+      "--max-handshakes-per-address",
+      "--metrics-token-file",
+      "--rate-window",
+      "--wide",
+      "--all",
+      "--peer-dev",
+      "--san",
+      "migrate",
+    ]
+  ) {
+    assert(bash.stdout.includes(word), `bash completion lacks ${word}`);
+    assert(zsh.stdout.includes(word), `zsh completion lacks ${word}`);
+  }
+  // The script is valid bash, and completes as it should.
+  const script = `${bash.stdout}
+COMP_WORDS=(vnet client list --rate); COMP_CWORD=3; _vnet; echo "\${COMPREPLY[*]}"
+COMP_WORDS=(vnet client de); COMP_CWORD=2; _vnet; echo "\${COMPREPLY[*]}"`;
+  const out = await new Deno.Command("bash", { args: ["-c", script], stdout: "piped" }).output();
+  assertEquals(new TextDecoder().decode(out.stdout), "--rate-window\ndevices\n");
+  assertUserError(
+    await vnet(["completion", "fish"]),
+    /no completion for 'fish': bash or zsh/,
+    "fish",
+  );
 });
 
 globalThis.addEventListener("unload", () => {

@@ -8,6 +8,7 @@ import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
   type Check,
   exitCode,
+  formatChecks,
   type PeerSession,
   type Probes,
   runDoctor,
@@ -18,8 +19,10 @@ import {
   hasCapability,
   parseIwInfo,
   parseOffloads,
+  privilegeProblem,
   readDevice,
   readPrivileges,
+  setcapHint,
   wifiCanBridge,
 } from "../../src/ops/sysinfo.ts";
 import { ErrorCode, VnetError } from "../../src/errors.ts";
@@ -384,4 +387,66 @@ Deno.test("doctor: the peer: refused, wrong secret, version, MTU mismatch", asyn
     Deno.env.delete("VNET_SECRET");
     root.cleanup();
   }
+});
+
+Deno.test("doctor: a peer that answered in TLS points at --tls-ca, not at the version", async () => {
+  const root = new FakeRoot().status(0, ALL_CAPS);
+  Deno.env.set(
+    "VNET_SECRET",
+    btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
+  );
+  let checks: Check[];
+  try {
+    checks = await runDoctor(
+      {
+        devs: [],
+        peer: { hostname: "10.78.0.2", port: 7000 },
+        version: "0.1.0",
+        procRoot: root.proc,
+        sysRoot: root.sys,
+        envSecret: "x",
+      },
+      probes({
+        dialControl: () =>
+          Promise.reject(
+            new VnetError(
+              "handshake with 10.78.0.2:7000 failed: the other end answered in TLS, this side " +
+                "speaks plain TCP",
+              { code: ErrorCode.Protocol },
+            ),
+          ),
+      }),
+    );
+  } finally {
+    Deno.env.delete("VNET_SECRET");
+  }
+  const message = find(checks, "peer handshake").message;
+  assertMatch(message, /^10\.78\.0\.2:7000 speaks TLS, this side spoke plain TCP: give --tls-ca/);
+  assert(!message.includes("not as a vnet server"), message);
+});
+
+Deno.test("doctor: what a peer says (errors, certificate names, versions) is printed escaped", () => {
+  const hostile = "\x1b[2J\x1b]0;title\x07\u009b31m";
+  const text = formatChecks([
+    { status: "FAIL", name: "peer tls", message: `certificate (CN=${hostile})` },
+    { status: "PASS", name: `peer ${hostile}`, message: "x" },
+  ]);
+  // deno-lint-ignore no-control-regex
+  assert(!/[\x00-\x09\x0b-\x1f\x7f-\x9f]/.test(text), JSON.stringify(text));
+  assertMatch(text, /CN=\\x1b\[2J\\x1b\]0;title\\x07\\x9b31m/);
+});
+
+Deno.test("sysinfo: the capability fix names the vnet binary, never deno", () => {
+  assertEquals(
+    setcapHint("/usr/local/bin/vnet"),
+    "sudo setcap cap_net_raw,cap_net_admin+ep /usr/local/bin/vnet",
+  );
+  assert(!setcapHint("/root/.deno/bin/deno").includes(".deno/bin/deno"));
+  assertMatch(setcapHint("/root/.deno/bin/deno"), /deno task compile.*\/path\/to\/vnet/);
+  const root = new FakeRoot().status(1000, "0000000000000000");
+  assertMatch(
+    privilegeProblem(root.proc, "/usr/local/bin/vnet")!,
+    /^cannot capture or inject frames: uid 1000 lacks CAP_NET_RAW and CAP_NET_ADMIN; .*\/usr\/local\/bin\/vnet$/,
+  );
+  assertEquals(privilegeProblem(new FakeRoot().status(0, ALL_CAPS).proc), null);
 });

@@ -427,7 +427,7 @@ Deno.test("vnet cert: clear one-line errors", async () => {
       [() => issue("--san", "1.2.3.4", "--not-before", "yesterday"), /^--not-before 'yesterday'/],
       [() => runCert(["issue", "--bogus"]), /^unknown option '--bogus' for 'vnet cert issue'/],
       [() => runCert(["ca"]), /^--out is required; see 'vnet cert ca --help'$/],
-      [() => runCert(["frob"]), /^unknown command 'cert frob'/],
+      [() => runCert(["frob"]), /^unknown cert command 'frob'/],
       [() => runCert([]), /^missing command/],
     ];
     for (const [run, re] of cases) {
