@@ -90,9 +90,19 @@ async function main(args: string[]): Promise<number> {
   return await run(rest) ?? 0;
 }
 
+/**
+ * `deno task vnet` runs in the checkout (the config file's directory), but the paths a user types
+ * are relative to where they typed them: `deno task` (like `npm run`) says where in INIT_CWD.
+ */
+function toInvokingDirectory(): void {
+  const initCwd = Deno.env.get("INIT_CWD");
+  if (initCwd && initCwd !== Deno.cwd()) Deno.chdir(initCwd);
+}
+
 if (import.meta.main) {
   let status: number;
   try {
+    toInvokingDirectory();
     status = await main(Deno.args);
   } catch (e) {
     if (e instanceof VnetError) {

@@ -592,3 +592,22 @@ Deno.test("deno task vnet runs with the V8 flags the binary is compiled with", a
     `deno.json's vnet task lacks --v8-flags=${V8_FLAGS}: ${config.tasks.vnet}`,
   );
 });
+
+Deno.test("deno task vnet works outside the checkout: paths are the caller's", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vnet-task-" });
+  try {
+    const config = new URL("../../deno.json", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "-q", "--config", config, "vnet", "secret", "--out", "made.secret"],
+      cwd: dir,
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, stderr);
+    assert((await Deno.stat(`${dir}/made.secret`)).isFile, "the secret is where it was asked for");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
