@@ -571,6 +571,17 @@ COMP_WORDS=(vnet client list --rate); COMP_CWORD=3; _vnet; echo "\${COMPREPLY[*]
 COMP_WORDS=(vnet client de); COMP_CWORD=2; _vnet; echo "\${COMPREPLY[*]}"`;
   const out = await new Deno.Command("bash", { args: ["-c", script], stdout: "piped" }).output();
   assertEquals(new TextDecoder().decode(out.stdout), "--rate-window\ndevices\n");
+  // The zsh script loads, and offers the right words: compadd (zsh's, which then keeps those
+  // that match what was typed) is stood in for by one that prints what it was given.
+  const zshScript = `compdef() { :; }
+compadd() { print -r -- "\${(j: :)\${(P)2}}"; }
+${zsh.stdout}
+words=(vnet client list --rate); CURRENT=4; _vnet
+words=(vnet client de); CURRENT=3; _vnet`;
+  const z = await new Deno.Command("zsh", { args: ["-fc", zshScript], stdout: "piped" }).output();
+  const [listWords, clientWords] = new TextDecoder().decode(z.stdout).split("\n");
+  assert(z.success && listWords.split(" ").includes("--rate-window"), `zsh: ${listWords}`);
+  assert(clientWords?.split(" ").includes("devices"), `zsh: ${clientWords}`);
   assertUserError(
     await vnet(["completion", "fish"]),
     /no completion for 'fish': bash or zsh/,
