@@ -313,10 +313,10 @@ export class Link {
       case MessageType.Ping:
         return this.#sendControl(encodeMessage(MessageType.Pong, p.slice()));
       case MessageType.Pong: {
-        if (p.length === 8) {
-          const sent = new DataView(p.buffer, p.byteOffset, 8).getFloat64(0);
-          this.rttMs = Math.round((performance.now() - sent) * 1000) / 1000;
-        }
+        // A send queue's probe (send_queue.ts); a keepalive's pong carries 8 bytes.
+        if (p.length !== 8) return this.#queue.echo(p);
+        const sent = new DataView(p.buffer, p.byteOffset, 8).getFloat64(0);
+        this.rttMs = Math.round((performance.now() - sent) * 1000) / 1000;
         return;
       }
       case MessageType.Error:
