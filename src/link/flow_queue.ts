@@ -29,6 +29,8 @@ const FLOWS = 256;
 /** The DRR quantum: one full-size Ethernet frame with its framing. */
 const QUANTUM = 1514 + FRAME_OVERHEAD;
 const NONE = -1;
+/** Tails shorter than this are copied byte by byte rather than as a whole block. */
+const SHORT_COPY = 256;
 
 const LIST_NONE = 0;
 const LIST_NEW = 1;
@@ -346,11 +348,21 @@ export class FlowQueue {
     return ((seg[at] << 24) | (seg[at + 1] << 16) | (seg[at + 2] << 8) | seg[at + 3]) >>> 0;
   }
 
-  /** Copies whole blocks: `out` has room for the message rounded up to a block (POP_SLACK). */
+  /**
+   * Copies the message out, whole blocks at a time (`out` has room for the message rounded up
+   * to a block: POP_SLACK); a short tail byte by byte, so a small frame does not cost a block.
+   */
   #copyOut(frame: number, out: Uint8Array, offset: number): void {
+    let left = this.#frameLength[frame];
     for (let b = frame; b !== NONE; b = this.#blockNext[b]) {
+      if (left < SHORT_COPY) {
+        const block = this.#views[b];
+        for (let i = 0; i < left; i++) out[offset + i] = block[i];
+        return;
+      }
       out.set(this.#views[b], offset);
       offset += BLOCK;
+      left -= BLOCK;
     }
   }
 
