@@ -154,6 +154,7 @@ export class Link {
     this.#log = options.log.with({ link: this.number, remote: options.remote });
     this.#queue = new SendQueue(this.#conn, {
       maxBytes: options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES,
+      window: !options.tls,
       onDrop: (handler, reason) => {
         if (reason === "aqm") this.stats.aqmDrops++;
         else this.stats.queueDrops++;

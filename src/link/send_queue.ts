@@ -19,11 +19,13 @@
  *      the batches it writes, and the other end echoes it (every VNET end echoes pings). An
  *      echo proves that everything before that offset has been read by the other end, so
  *      `bytesWritten - acked` bounds what sits in the kernel's buffers and in the network. The
- *      queue keeps that under a window it adapts, like a delay-based congestion control: it
- *      shrinks when even the fastest echo of the last two round trips was more than
- *      WINDOW_TARGET_MS slower than the path's fastest, and grows while it limits the sender
- *      and the echoes are fast. The backlog then waits in the flow queue, where it is fair and
- *      CoDel sees it, not in the kernel's FIFO.
+ *      queue keeps that under a window sized like BBR's: the best delivery rate of the last
+ *      RATE_PERIODS periods (of two round trips each) times the path's fastest round trip,
+ *      times WINDOW_GAIN so that the rate can grow. Rate-based, not delay-based: on a lossy
+ *      path a retransmission holds up every echo behind it for a round trip, and a window that
+ *      shrank on late echoes would starve the link. What the kernel holds unsent is then about
+ *      (WINDOW_GAIN - 1) of a round trip's worth, and the backlog waits in the flow queue,
+ *      where it is fair and CoDel sees it, not in the kernel's FIFO.
  */
 import { FlowQueue, POP_SLACK } from "./flow_queue.ts";
 import { encodeMessage, FRAME_OVERHEAD, MAX_FRAME, MessageType } from "./wire.ts";
@@ -39,10 +41,11 @@ const BATCH_BYTES = 64 * 1024;
 
 /** The window's bounds and first value, in bytes of written but not yet echoed data. */
 const MIN_WINDOW = 64 * 1024;
-const MAX_WINDOW = 256 * 1024 * 1024;
 const FIRST_WINDOW = 512 * 1024;
-/** Queueing delay (in the kernel's buffers) the window allows before it shrinks, in ms. */
-const WINDOW_TARGET_MS = 2;
+/** The window over one round trip's worth at the best recent rate: room to grow by a quarter. */
+const WINDOW_GAIN = 1.25;
+/** Rate samples (one per period of two round trips) the best rate is taken from. */
+const RATE_PERIODS = 10;
 /** Probes go out at most this often, and at least once per quarter of the round trip. */
 const MIN_PROBE_INTERVAL_MS = 2;
 /** The path's fastest round trip is remembered this long (two such periods, for continuity). */
@@ -58,6 +61,13 @@ interface SendQueueOptions {
   /** Told of a frame dropped after it was queued: the storage was full, or it waited too long. */
   onDrop: (handler: number, reason: "full" | "aqm") => void;
   onWriteError: (e: unknown) => void;
+  /**
+   * Keep the kernel's buffers short with the echo window (step 4). Off on TLS links: the end
+   * that accepted a TLS link cannot turn Nagle's algorithm off (Deno.listenTls gives no
+   * setNoDelay), so its echoes come up to a delayed ACK late, and a window sized on the round
+   * trip would throttle the link.
+   */
+  window: boolean;
   /** CoDel's target and interval, in ms (flow_queue.ts). */
   targetMs?: number;
   intervalMs?: number;
@@ -82,7 +92,7 @@ export class SendQueue {
   /** Stream offset the other end has echoed: everything before it was read. */
   #acked = 0;
   #window = FIRST_WINDOW;
-  #windowOn = true;
+  #windowOn: boolean;
   #probe = encodeMessage(MessageType.Ping, new Uint8Array(PROBE_PAYLOAD));
   #probeView = new DataView(this.#probe.buffer);
   #lastProbe = 0;
@@ -91,15 +101,20 @@ export class SendQueue {
   #minRtt = Infinity;
   #previousMinRtt = Infinity;
   #minRttSince = 0;
+  /** The period being measured: when it began and what had been echoed then. */
   #periodStart = 0;
-  #periodMinRtt = Infinity;
-  /** The window held frames back in this period. */
+  #periodAcked = 0;
+  /** The window held frames back in this period (its rate is what the path can do). */
   #periodLimited = false;
+  /** Delivery rates of the last periods, bytes per ms. */
+  #rates = new Float64Array(RATE_PERIODS);
+  #rateIndex = 0;
   #wake: (() => void) | null = null;
 
   constructor(out: Writer, options: SendQueueOptions) {
     this.#out = out;
     this.#options = options;
+    this.#windowOn = options.window;
   }
 
   /** Bytes waiting: control messages and queued frames. */
@@ -165,18 +180,25 @@ export class SendQueue {
       this.#minRttSince = now;
     }
     this.#minRtt = Math.min(this.#minRtt, rtt);
-    this.#periodMinRtt = Math.min(this.#periodMinRtt, rtt);
     const base = Math.min(this.#minRtt, this.#previousMinRtt);
-    // Adjust once per two round trips: one late echo (a retransmission on a lossy path holds up
-    // everything behind it) is not a queue; if even the fastest echo was late, there is one.
-    if (now - this.#periodStart >= 2 * Math.max(base, 5)) {
-      if (this.#periodMinRtt - base > WINDOW_TARGET_MS) {
-        this.#window = Math.max(MIN_WINDOW, Math.floor(this.#window * 0.8));
-      } else if (this.#periodLimited) {
-        this.#window = Math.min(MAX_WINDOW, Math.floor(this.#window * 1.25));
-      }
+    if (this.#periodStart === 0) {
       this.#periodStart = now;
-      this.#periodMinRtt = Infinity;
+      this.#periodAcked = offset;
+    } else if (now - this.#periodStart >= 2 * Math.max(base, 5)) {
+      const rate = (offset - this.#periodAcked) / (now - this.#periodStart);
+      // A period the window did not limit says only what the sender had, not what the path can
+      // do: it counts only if it beats the best.
+      let best = 0;
+      for (const r of this.#rates) best = Math.max(best, r);
+      if (this.#periodLimited || rate > best) {
+        this.#rates[this.#rateIndex] = rate;
+        this.#rateIndex = (this.#rateIndex + 1) % RATE_PERIODS;
+        best = 0;
+        for (const r of this.#rates) best = Math.max(best, r);
+      }
+      this.#window = Math.max(MIN_WINDOW, Math.ceil(WINDOW_GAIN * best * base));
+      this.#periodStart = now;
+      this.#periodAcked = offset;
       this.#periodLimited = false;
     }
     this.#wake?.();

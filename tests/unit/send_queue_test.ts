@@ -69,7 +69,12 @@ function tick(): Promise<void> {
 
 Deno.test("send queue: one write carries a burst; control messages go first", async () => {
   const w = new SlowWriter();
-  const q = new SendQueue(w, { maxBytes: 4 << 20, onDrop: () => {}, onWriteError: () => {} });
+  const q = new SendQueue(w, {
+    maxBytes: 4 << 20,
+    window: true,
+    onDrop: () => {},
+    onWriteError: () => {},
+  });
   const frame = new Uint8Array(1514);
   frame.set([0x08, 0x00], 12);
   for (let i = 0; i < 10; i++) assert(q.pushFrame(1, frame));
@@ -91,7 +96,12 @@ Deno.test("send queue: one write carries a burst; control messages go first", as
 
 Deno.test("send queue: a batch is bounded, the rest waits in the fair queue", async () => {
   const w = new SlowWriter();
-  const q = new SendQueue(w, { maxBytes: 4 << 20, onDrop: () => {}, onWriteError: () => {} });
+  const q = new SendQueue(w, {
+    maxBytes: 4 << 20,
+    window: true,
+    onDrop: () => {},
+    onWriteError: () => {},
+  });
   const frame = new Uint8Array(1514);
   for (let i = 0; i < 200; i++) q.pushFrame(1, frame);
   await tick();
@@ -106,7 +116,12 @@ Deno.test("send queue: a batch is bounded, the rest waits in the fair queue", as
 
 Deno.test("send queue: control messages are bounded, and one alone is written as it is", async () => {
   const w = new SlowWriter();
-  const q = new SendQueue(w, { maxBytes: 64 * 1024, onDrop: () => {}, onWriteError: () => {} });
+  const q = new SendQueue(w, {
+    maxBytes: 64 * 1024,
+    window: true,
+    onDrop: () => {},
+    onWriteError: () => {},
+  });
   const big = encodeMessage(MessageType.Response, new Uint8Array(512 * 1024));
   assert(q.pushControl(big), "one big response fits the slack");
   let refused = false;
@@ -119,7 +134,12 @@ Deno.test("send queue: control messages are bounded, and one alone is written as
 
 Deno.test("send queue: the window holds frames back until the other end echoes a probe", async () => {
   const w = new SlowWriter();
-  const q = new SendQueue(w, { maxBytes: 8 << 20, onDrop: () => {}, onWriteError: () => {} });
+  const q = new SendQueue(w, {
+    maxBytes: 8 << 20,
+    window: true,
+    onDrop: () => {},
+    onWriteError: () => {},
+  });
   const frame = new Uint8Array(1514);
   for (let i = 0; i < 1000; i++) q.pushFrame(1, frame);
   await tick();
