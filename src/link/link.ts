@@ -154,7 +154,6 @@ export class Link {
     this.#log = options.log.with({ link: this.number, remote: options.remote });
     this.#queue = new SendQueue(this.#conn, {
       maxBytes: options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES,
-      window: !options.tls,
       onDrop: (handler, reason) => {
         if (reason === "aqm") this.stats.aqmDrops++;
         else this.stats.queueDrops++;
@@ -314,10 +313,10 @@ export class Link {
       case MessageType.Ping:
         return this.#sendControl(encodeMessage(MessageType.Pong, p.slice()));
       case MessageType.Pong: {
-        // A send queue's probe (send_queue.ts); a keepalive's pong carries 8 bytes.
-        if (p.length !== 8) return this.#queue.echo(p);
-        const sent = new DataView(p.buffer, p.byteOffset, 8).getFloat64(0);
-        this.rttMs = Math.round((performance.now() - sent) * 1000) / 1000;
+        if (p.length === 8) {
+          const sent = new DataView(p.buffer, p.byteOffset, 8).getFloat64(0);
+          this.rttMs = Math.round((performance.now() - sent) * 1000) / 1000;
+        }
         return;
       }
       case MessageType.Error:

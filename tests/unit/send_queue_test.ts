@@ -25,21 +25,8 @@ class SlowWriter {
   }
 }
 
-/**
- * The messages in one write, as [type, handler for a frame or first payload byte], without the
- * queue's own probes (16-byte pings).
- */
+/** The messages in one write, as [type, first payload byte or handler]. */
 async function messages(bytes: Uint8Array): Promise<[number, number][]> {
-  return (await decoded(bytes)).filter((m) => !isProbe(m)).map((m) => [m.type, m.key]);
-}
-
-function isProbe(m: { type: number; payload: Uint8Array }): boolean {
-  return m.type === MessageType.Ping && m.payload.length === 16;
-}
-
-async function decoded(
-  bytes: Uint8Array,
-): Promise<{ type: number; key: number; payload: Uint8Array }[]> {
   let done = false;
   const reader = new MessageReader(
     {
@@ -53,12 +40,12 @@ async function decoded(
     1 << 20,
     bytes.length,
   );
-  const out: { type: number; key: number; payload: Uint8Array }[] = [];
+  const out: [number, number][] = [];
   for (let m = await reader.message(); m; m = await reader.message()) {
     const key = m.type === MessageType.Frame
       ? new DataView(m.payload.buffer, m.payload.byteOffset).getUint32(0)
       : m.payload[0];
-    out.push({ type: m.type, key, payload: m.payload.slice() });
+    out.push([m.type, key]);
   }
   return out;
 }
@@ -69,19 +56,13 @@ function tick(): Promise<void> {
 
 Deno.test("send queue: one write carries a burst; control messages go first", async () => {
   const w = new SlowWriter();
-  const q = new SendQueue(w, {
-    maxBytes: 4 << 20,
-    window: true,
-    onDrop: () => {},
-    onWriteError: () => {},
-  });
+  const q = new SendQueue(w, { maxBytes: 4 << 20, onDrop: () => {}, onWriteError: () => {} });
   const frame = new Uint8Array(1514);
   frame.set([0x08, 0x00], 12);
   for (let i = 0; i < 10; i++) assert(q.pushFrame(1, frame));
   await tick();
   assertEquals(w.writes.length, 1, "the burst is one write");
   assertEquals((await messages(w.writes[0])).length, 10);
-  assert((await decoded(w.writes[0])).some(isProbe), "the first batch carries a probe");
   // While that write is in the kernel's hands, more frames and then a keepalive arrive.
   for (let i = 0; i < 10; i++) q.pushFrame(2, frame);
   assert(q.pushControl(encodeMessage(MessageType.Ping, new Uint8Array([0xee]))));
@@ -96,12 +77,7 @@ Deno.test("send queue: one write carries a burst; control messages go first", as
 
 Deno.test("send queue: a batch is bounded, the rest waits in the fair queue", async () => {
   const w = new SlowWriter();
-  const q = new SendQueue(w, {
-    maxBytes: 4 << 20,
-    window: true,
-    onDrop: () => {},
-    onWriteError: () => {},
-  });
+  const q = new SendQueue(w, { maxBytes: 4 << 20, onDrop: () => {}, onWriteError: () => {} });
   const frame = new Uint8Array(1514);
   for (let i = 0; i < 200; i++) q.pushFrame(1, frame);
   await tick();
@@ -116,12 +92,7 @@ Deno.test("send queue: a batch is bounded, the rest waits in the fair queue", as
 
 Deno.test("send queue: control messages are bounded, and one alone is written as it is", async () => {
   const w = new SlowWriter();
-  const q = new SendQueue(w, {
-    maxBytes: 64 * 1024,
-    window: true,
-    onDrop: () => {},
-    onWriteError: () => {},
-  });
+  const q = new SendQueue(w, { maxBytes: 64 * 1024, onDrop: () => {}, onWriteError: () => {} });
   const big = encodeMessage(MessageType.Response, new Uint8Array(512 * 1024));
   assert(q.pushControl(big), "one big response fits the slack");
   let refused = false;
@@ -130,39 +101,4 @@ Deno.test("send queue: control messages are bounded, and one alone is written as
   await tick();
   assertEquals(w.writes[0].length, big.length, "a control message alone is written as it is");
   assertEquals(q.drops, { aqm: 0, full: 0 });
-});
-
-Deno.test("send queue: the window holds frames back until the other end echoes a probe", async () => {
-  const w = new SlowWriter();
-  const q = new SendQueue(w, {
-    maxBytes: 8 << 20,
-    window: true,
-    onDrop: () => {},
-    onWriteError: () => {},
-  });
-  const frame = new Uint8Array(1514);
-  for (let i = 0; i < 1000; i++) q.pushFrame(1, frame);
-  await tick();
-  while (w.waiting > 0) await w.complete();
-  const written = w.writes.reduce((n, b) => n + b.length, 0);
-  assert(written >= 512 * 1024 && written < 600 * 1024, `the first window: ${written} bytes`);
-  assert(q.queuedBytes > 0, "the rest waits in the flow queue, not in the kernel");
-  const probes = (await Promise.all(w.writes.map(decoded))).flat().filter(isProbe);
-  assert(probes.length >= 1, "the written batches carry a probe");
-  // The other end echoes the probes it has read (what Link does with a 16-byte PONG): the
-  // window opens, and writing goes on until every frame is out.
-  let echoed = 0;
-  for (let rounds = 0; rounds < 1000 && q.queuedBytes > 0; rounds++) {
-    const completed = w.writes.length - w.waiting;
-    for (; echoed < completed; echoed++) {
-      for (const p of (await decoded(w.writes[echoed])).filter(isProbe)) q.echo(p.payload);
-    }
-    await tick();
-    await w.complete();
-  }
-  while (w.waiting > 0) await w.complete();
-  let frames = 0;
-  for (const b of w.writes) frames += (await messages(b)).length;
-  assertEquals(frames, 1000, "every frame is written once");
-  q.stop();
 });
