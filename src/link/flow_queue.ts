@@ -12,7 +12,7 @@
  *     interval over the square root of the drop count) until the wait falls below the target.
  *     The flow's TCP sees the loss and slows down; nothing else waits behind it.
  *   - A hard bound: when the storage is full, frames are dropped from the head of the flow with
- *     the largest backlog (the one causing it), up to half of its backlog.
+ *     the largest backlog (the one causing it): up to 64 frames or half of its backlog.
  *
  * Storage without allocation per frame: frames (as FRAME messages, framing included, ready to
  * write) live in 2 KB blocks from a pool that grows in 128 KB segments up to the bound and is
@@ -29,6 +29,8 @@ const FLOWS = 256;
 /** The DRR quantum: one full-size Ethernet frame with its framing. */
 const QUANTUM = 1514 + FRAME_OVERHEAD;
 const NONE = -1;
+/** Frames one overflow drops at most from the fattest flow (beyond the room it needs). */
+const DROP_BATCH = 64;
 /** Tails shorter than this are copied byte by byte rather than as a whole block. */
 const SHORT_COPY = 256;
 
@@ -289,7 +291,11 @@ export class FlowQueue {
 
   // --- the hard bound ----------------------------------------------------------------------
 
-  /** Drops head frames of the flow with the largest backlog: half of it, or enough for `blocks`. */
+  /**
+   * Drops head frames of the flow with the largest backlog: enough for `blocks`, and then on to
+   * half of its backlog but at most DROP_BATCH frames (as fq_codel does), so that the next
+   * frames find room without a scan each, and the flow loses no more than a burst.
+   */
   #dropFattest(blocks: number): void {
     let fattest = 0;
     for (let f = 1; f < FLOWS; f++) {
@@ -297,7 +303,12 @@ export class FlowQueue {
     }
     const goal = this.#flowBytes[fattest] >> 1;
     let dropped = 0;
-    while (this.#head[fattest] !== NONE && (dropped < goal || this.#freeCount < blocks)) {
+    let frames = 0;
+    while (
+      this.#head[fattest] !== NONE &&
+      (this.#freeCount < blocks || (dropped < goal && frames < DROP_BATCH))
+    ) {
+      frames++;
       const frame = this.#head[fattest];
       this.#head[fattest] = this.#frameNext[frame];
       if (this.#head[fattest] === NONE) this.#tail[fattest] = NONE;
