@@ -8,12 +8,13 @@
  * injector (GSO): `socket`/`bind`/`send`, and `setsockopt` so that it receives nothing.
  */
 import { lazyLibrary, LIBC } from "./load.ts";
+import { structs } from "./layout.ts";
 
 const symbols = {
   // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
   poll: {
     parameters: [
-      "buffer", // struct pollfd *fds  ({ int fd; short events; short revents; } = 8 bytes each)
+      "buffer", // struct pollfd *fds  (ffi/layout.ts)
       "u64", // nfds_t nfds (unsigned long on Linux, unsigned int on macOS: passed in a register)
       "i32", // int timeout (ms, -1 = forever)
     ],
@@ -130,7 +131,7 @@ const symbols = {
       "i32", // int epfd
       "i32", // int op (EPOLL_CTL_MOD)
       "i32", // int fd
-      "buffer", // struct epoll_event *event ({ u32 events; u64 data; }, packed: 12 bytes)
+      "buffer", // struct epoll_event *event (ffi/layout.ts: packed on x86_64 only)
     ],
     result: "i32",
   },
@@ -184,7 +185,6 @@ export function libc(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
 
 export const POLLIN = 0x001;
 export const POLLOUT = 0x004;
-export const POLLFD_SIZE = 8;
 
 /**
  * A self-pipe that ends a pending poll early: `wake()` makes the read end readable, so a poll
@@ -237,16 +237,18 @@ const SO_ATTACH_FILTER = 26; // Linux
  */
 export function dropAllReceived(fd: number): boolean {
   if (Deno.build.os !== "linux" || fd < 0) return false;
-  // struct sock_filter { __u16 code; __u8 jt; __u8 jf; __u32 k; }: BPF_RET|BPF_K (0x06), k = 0
+  // BPF_RET|BPF_K (0x06), k = 0, in host byte order, like the kernel and libpcap expect
   // (fresh ArrayBuffers are off-heap, so their addresses are stable)
-  const insn = new ArrayBuffer(8);
-  new Uint16Array(insn)[0] = 0x06; // host byte order, like the kernel/libpcap expect
-  // struct sock_fprog { unsigned short len; struct sock_filter *filter; } (16 bytes on 64-bit)
-  const prog = new Uint8Array(16);
-  new Uint16Array(prog.buffer)[0] = 1;
-  new BigUint64Array(prog.buffer)[1] = BigInt(
-    Deno.UnsafePointer.value(Deno.UnsafePointer.of(insn)),
+  const insn = new ArrayBuffer(structs.sock_filter.size);
+  new DataView(insn).setUint16(structs.sock_filter.offsets.code, 0x06, true);
+  const prog = new DataView(new ArrayBuffer(structs.sock_fprog.size));
+  prog.setUint16(structs.sock_fprog.offsets.len, 1, true);
+  prog.setBigUint64(
+    structs.sock_fprog.offsets.filter,
+    BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(insn))),
+    true,
   );
-  const rc = libc().setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, prog, prog.length);
-  return rc === 0 && insn.byteLength === 8; // (keeps `insn` alive across the call)
+  const bytes = new Uint8Array(prog.buffer);
+  const rc = libc().setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, bytes, bytes.length);
+  return rc === 0 && insn.byteLength > 0; // (keeps `insn` alive across the call)
 }

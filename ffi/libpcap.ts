@@ -7,6 +7,7 @@
  */
 import { PcapError } from "./errors.ts";
 import { lazyLibrary, LIBPCAP } from "./load.ts";
+import { structs } from "./layout.ts";
 
 const symbols = {
   // pcap_t *pcap_create(const char *source, char *errbuf);
@@ -216,9 +217,13 @@ export const PCAP_IF_LOOPBACK = 0x1;
 export const PCAP_IF_UP = 0x2;
 export const PCAP_IF_RUNNING = 0x4;
 
-/** `struct pcap_pkthdr`: a `struct timeval` (16 bytes on 64-bit UN*X, 8 on Windows), then
- * `bpf_u_int32 caplen`, `bpf_u_int32 len`. */
-export const PKTHDR_CAPLEN_OFFSET = Deno.build.os === "windows" ? 8 : 16;
+/**
+ * `struct pcap_pkthdr`: a `struct timeval`, then `bpf_u_int32 caplen`, `bpf_u_int32 len`. The
+ * timeval is 16 bytes on 64-bit Unix (ffi/layout.ts), 8 on Windows (two 32-bit longs).
+ */
+export const PKTHDR_CAPLEN_OFFSET = Deno.build.os === "windows"
+  ? 8
+  : structs.pcap_pkthdr.offsets.caplen;
 export const PKTHDR_LEN_OFFSET = PKTHDR_CAPLEN_OFFSET + 4;
 
 const encoder = new TextEncoder();

@@ -887,7 +887,7 @@ export interface HandlerInfo {
   peer: string;
   macs: string[];
   multicast: boolean;
-  link: { state: string; reconnects: number; tls: boolean };
+  link: { state: string; reconnects: number; tls: boolean; socket: string | null };
   toPeer: { frames: number; bytes: number; drops: number };
   fromPeer: { frames: number; bytes: number; drops: number };
 }

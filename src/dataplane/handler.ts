@@ -88,7 +88,14 @@ export interface HandlerInfo extends HandlerSpec {
   /** up: forwarding; down: no link to the peer; degraded: the interface is gone. */
   state: "up" | "down" | "degraded" | "closed";
   degraded: string | null;
-  link: { state: "up" | "down"; remote: string | null; tls: boolean; rttMs: number | null };
+  link: {
+    state: "up" | "down";
+    remote: string | null;
+    tls: boolean;
+    rttMs: number | null;
+    /** Who waits for the link's socket (Link.socket). */
+    socket: "data path" | "runtime" | null;
+  };
   toPeer: DirectionCounters;
   fromPeer: DirectionCounters;
   dropReasons: DropCounters;
@@ -357,6 +364,7 @@ export class Handler implements FabricPort {
         remote: link?.remote ?? null,
         tls: link?.tls ?? false,
         rttMs: link?.rttMs ?? null,
+        socket: link?.socket ?? null,
       },
       toPeer: { ...this.toPeer },
       fromPeer: { ...this.fromPeer },

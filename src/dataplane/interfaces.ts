@@ -20,6 +20,7 @@ import {
   readCString,
 } from "../../ffi/libpcap.ts";
 import { libnetVersion } from "../../ffi/libnet.ts";
+import { structs } from "../../ffi/layout.ts";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { translated } from "./ffi_errors.ts";
 
@@ -78,24 +79,23 @@ export function listDevices(): DeviceInfo[] {
   const head = Deno.UnsafePointer.create(out[0]);
   const devices: DeviceInfo[] = [];
   try {
-    // struct pcap_if { pcap_if *next; char *name; char *description; pcap_addr *addresses;
-    //                  bpf_u_int32 flags; }
+    const at = structs.pcap_if.offsets;
     for (let p = head; p !== null;) {
       const v = new Deno.UnsafePointerView(p);
-      const name = readCString(v.getPointer(8));
-      const description = readCString(v.getPointer(16)) || undefined;
-      const flags = v.getUint32(32);
+      const name = readCString(v.getPointer(at.name));
+      const description = readCString(v.getPointer(at.description)) || undefined;
+      const flags = v.getUint32(at.flags);
       devices.push({
         name,
         description,
         up: (flags & PCAP_IF_UP) !== 0,
         running: (flags & PCAP_IF_RUNNING) !== 0,
         loopback: (flags & PCAP_IF_LOOPBACK) !== 0,
-        addresses: readAddresses(v.getPointer(24)),
+        addresses: readAddresses(v.getPointer(at.addresses)),
         mac: interfaceMac(name),
         mtu: interfaceMtu(name),
       });
-      p = v.getPointer(0);
+      p = v.getPointer(at.next);
     }
   } finally {
     if (head !== null) lib.pcap_freealldevs(head);
@@ -126,24 +126,26 @@ const AF_INET6 = Deno.build.os === "linux" || Deno.build.os === "android"
   ? 28
   : 30; // darwin
 
-/** struct pcap_addr { pcap_addr *next; sockaddr *addr; sockaddr *netmask; ... } */
+/** The IP addresses in a list of `struct pcap_addr`. */
 function readAddresses(first: Deno.PointerValue): string[] {
   const addresses: string[] = [];
+  const at = structs.pcap_addr.offsets;
   for (let p = first; p !== null;) {
     const v = new Deno.UnsafePointerView(p);
-    const sa = v.getPointer(8);
+    const sa = v.getPointer(at.addr);
     if (sa !== null) {
       const s = new Deno.UnsafePointerView(sa);
       const family = bsdSockaddr ? s.getUint8(1) : s.getUint16(0);
       if (family === AF_INET) {
-        addresses.push([4, 5, 6, 7].map((i) => s.getUint8(i)).join("."));
+        const ip = structs.sockaddr_in.offsets.sin_addr; // the same on BSD (sa_len, family)
+        addresses.push([0, 1, 2, 3].map((i) => s.getUint8(ip + i)).join("."));
       } else if (family === AF_INET6) {
         const bytes = new Uint8Array(16);
-        s.copyInto(bytes, 8);
+        s.copyInto(bytes, structs.sockaddr_in6.offsets.sin6_addr);
         addresses.push(formatIpv6(bytes));
       }
     }
-    p = v.getPointer(0);
+    p = v.getPointer(at.next);
   }
   return addresses;
 }

@@ -9,6 +9,7 @@
  * system call instead of ~45, and no segmentation or checksum work in JavaScript for it.
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
+import { structs } from "../../ffi/layout.ts";
 import { ErrorCode, VnetError } from "../errors.ts";
 import { noSuchInterface, translated } from "./ffi_errors.ts";
 import { interfaceMtu } from "./sysfs.ts";
@@ -19,10 +20,11 @@ const AF_PACKET = 17;
 const SOCK_RAW = 3;
 const SOL_PACKET = 263;
 const PACKET_VNET_HDR = 15;
-const SOCKADDR_LL_SIZE = 20;
+const SOCKADDR_LL = structs.sockaddr_ll;
 
 /** struct virtio_net_hdr (legacy, native byte order: little-endian here). */
-const VNET_HDR_LEN = 10;
+const VNET_HDR = structs.virtio_net_hdr;
+const VNET_HDR_LEN = VNET_HDR.size;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
@@ -65,12 +67,12 @@ export class PacketInjector implements Injector {
       );
     }
     const one = new Int32Array([1]);
-    const addr = new DataView(new ArrayBuffer(SOCKADDR_LL_SIZE));
-    addr.setUint16(0, AF_PACKET, true);
-    addr.setInt32(4, index, true);
+    const addr = new DataView(new ArrayBuffer(SOCKADDR_LL.size));
+    addr.setUint16(SOCKADDR_LL.offsets.sll_family, AF_PACKET, true);
+    addr.setInt32(SOCKADDR_LL.offsets.sll_ifindex, index, true);
     if (
       lib.setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, one, 4) < 0 ||
-      lib.bind(fd, new Uint8Array(addr.buffer), SOCKADDR_LL_SIZE) < 0
+      lib.bind(fd, new Uint8Array(addr.buffer), SOCKADDR_LL.size) < 0
     ) {
       const { text } = lastErrno();
       lib.close(fd);
@@ -84,8 +86,7 @@ export class PacketInjector implements Injector {
 
   /** Writes a frame that already fits the MTU, checksums complete: a zeroed header. */
   inject(frame: Uint8Array): boolean {
-    hdr.setBigUint64(0, 0n);
-    hdr.setUint16(8, 0);
+    buf.fill(0, 0, VNET_HDR_LEN);
     return this.#send(frame);
   }
 
@@ -95,16 +96,17 @@ export class PacketInjector implements Injector {
    */
   injectGso(frame: Uint8Array, gso: GsoFrame): boolean {
     const h = hdr;
-    h.setUint8(0, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+    const at = VNET_HDR.offsets;
+    h.setUint8(at.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
     h.setUint8(
-      1,
+      at.gso_type,
       (gso.v4 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_TCPV6) |
         (gso.ecn ? VIRTIO_NET_HDR_GSO_ECN : 0),
     );
-    h.setUint16(2, gso.headerLength, true);
-    h.setUint16(4, gso.mss, true);
-    h.setUint16(6, gso.l4Offset, true);
-    h.setUint16(8, 16, true); // the TCP checksum field
+    h.setUint16(at.hdr_len, gso.headerLength, true);
+    h.setUint16(at.gso_size, gso.mss, true);
+    h.setUint16(at.csum_start, gso.l4Offset, true);
+    h.setUint16(at.csum_offset, 16, true); // the TCP checksum field
     return this.#send(frame);
   }
 

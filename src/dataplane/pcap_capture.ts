@@ -29,6 +29,7 @@ import {
   PKTHDR_LEN_OFFSET,
 } from "../../ffi/libpcap.ts";
 import { poller } from "../io/poller.ts";
+import { structs } from "../../ffi/layout.ts";
 
 interface PcapCaptureOptions {
   /** Largest frame kept; bigger ones are truncated (`wireLength > frame.length`). */
@@ -69,7 +70,7 @@ export class PcapCapture implements RawCapture {
   #hdrLo = 0;
   #hdrHi = 0;
   #hdrView: Deno.UnsafePointerView | null = null;
-  readonly #stats = new Uint32Array(8);
+  readonly #stats = new DataView(new ArrayBuffer(structs.pcap_stat.size));
   /** Where each frame is copied to (snap length bytes: no frame is longer). */
   readonly #frame: Uint8Array;
 
@@ -141,8 +142,15 @@ export class PcapCapture implements RawCapture {
   stats(): CaptureStats {
     if (this.#closed) return { received: 0, dropped: 0, ifDropped: 0 };
     const s = this.#stats;
-    translated(() => this.#handle.check("pcap_stats", pcap().pcap_stats(this.#pcapT, s)));
-    return { received: s[0], dropped: s[1], ifDropped: s[2] };
+    const at = structs.pcap_stat.offsets;
+    translated(() =>
+      this.#handle.check("pcap_stats", pcap().pcap_stats(this.#pcapT, new Uint8Array(s.buffer)))
+    );
+    return {
+      received: s.getUint32(at.ps_recv, true),
+      dropped: s.getUint32(at.ps_drop, true),
+      ifDropped: s.getUint32(at.ps_ifdrop, true),
+    };
   }
 
   close(): void {
@@ -229,8 +237,7 @@ function activate(
  */
 function setFilter(h: PcapHandle, filter: string): void {
   const lib = pcap();
-  // struct bpf_program { u_int bf_len; struct bpf_insn *bf_insns; }
-  const prog = new Uint8Array(16);
+  const prog = new Uint8Array(structs.bpf_program.size); // filled by pcap_compile
   if (lib.pcap_compile(h.pointer, prog, cString(filter), 1, PCAP_NETMASK_UNKNOWN) < 0) {
     throw new VnetError(`bad capture filter '${filter}': ${h.lastError()}`, {
       code: ErrorCode.Invalid,

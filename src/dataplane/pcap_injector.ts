@@ -6,6 +6,7 @@ import { ErrorCode, VnetError } from "../errors.ts";
 import { translated } from "./ffi_errors.ts";
 import type { Injector } from "./ports.ts";
 import { pcap, PCAP_D_OUT, PcapHandle } from "../../ffi/libpcap.ts";
+import { structs } from "../../ffi/layout.ts";
 import { interfaceMtu } from "./sysfs.ts";
 
 /** Injects with libpcap (`pcap_inject`) on a handle that captures nothing. */
@@ -52,17 +53,18 @@ function openSendOnly(device: string): PcapHandle {
 
 /** Installs the one-instruction BPF program `ret #0` (accept nothing) on a pcap handle. */
 function setDropAllFilter(h: PcapHandle): void {
-  // struct bpf_insn { u_short code; u_char jt; u_char jf; bpf_u_int32 k; }: BPF_RET|BPF_K, k = 0
-  const insn = new ArrayBuffer(8);
-  new Uint16Array(insn)[0] = 0x06; // host byte order, like the kernel/libpcap expect
-  // struct bpf_program { u_int bf_len; struct bpf_insn *bf_insns; }
-  const prog = new Uint8Array(16);
-  new Uint32Array(prog.buffer)[0] = 1;
-  new BigUint64Array(prog.buffer)[1] = BigInt(
-    Deno.UnsafePointer.value(Deno.UnsafePointer.of(insn)),
+  // BPF_RET|BPF_K (0x06), k = 0, in host byte order, like the kernel and libpcap expect
+  const insn = new ArrayBuffer(structs.bpf_insn.size);
+  new DataView(insn).setUint16(structs.bpf_insn.offsets.code, 0x06, true);
+  const prog = new DataView(new ArrayBuffer(structs.bpf_program.size));
+  prog.setUint32(structs.bpf_program.offsets.bf_len, 1, true);
+  prog.setBigUint64(
+    structs.bpf_program.offsets.bf_insns,
+    BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(insn))),
+    true,
   );
-  const rc = pcap().pcap_setfilter(h.pointer, prog);
-  if (rc < 0 || insn.byteLength !== 8) { // (keeps `insn` alive across the call)
+  const rc = pcap().pcap_setfilter(h.pointer, new Uint8Array(prog.buffer));
+  if (rc < 0 || insn.byteLength === 0) { // (keeps `insn` alive across the call)
     throw new VnetError(`libpcap cannot set a filter on '${h.device}': ${h.lastError()}`, {
       code: ErrorCode.System,
     });

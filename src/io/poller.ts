@@ -25,7 +25,8 @@
  * An fd that is part of a helper's poll in flight must not be closed: `whenIdle` defers that
  * until the poll has returned.
  */
-import { libc, POLLFD_SIZE, POLLIN, POLLOUT, WakePipe } from "../../ffi/libc.ts";
+import { lastErrno, libc, POLLIN, POLLOUT, WakePipe } from "../../ffi/libc.ts";
+import { structs } from "../../ffi/layout.ts";
 import { RuntimeWait } from "./runtime_wait.ts";
 
 /** How late the runtime's timers may run while the JS thread waits inline. */
@@ -39,9 +40,16 @@ const BUSY_POLLS = 200;
 const LOAD_WINDOW_MS = 100;
 /** The longest poll timeout (ms) poll(2) takes. */
 const MAX_POLL_MS = 0x7fffffff;
+const EINTR = 4;
+/** Helper polls failing in a row past this are a broken wait, not interrupted ones. */
+const MAX_POLL_FAILURES = 100;
+/** struct pollfd: { int fd; short events; short revents; } */
+const POLLFD_SIZE = structs.pollfd.size;
+const { fd: FD_AT, events: EVENTS_AT, revents: REVENTS_AT } = structs.pollfd.offsets;
 
 interface Waiter {
   resolve: (ready: boolean) => void;
+  reject: (error: Error) => void;
   deadline: number;
   /** A capture's: its frames open the inline window. */
   frames: boolean;
@@ -66,6 +74,10 @@ class Poller {
   #busy = false;
   /** For this long after a captured frame the JS thread waits inline (`--inline-wait`). */
   #inlineWindowMs = 0;
+  /** Helper polls that failed in a row (see #loop). */
+  #pollFailures = 0;
+  /** Why the wait itself failed: every wait from then on rejects with it. */
+  #failure: Error | null = null;
 
   /**
    * Lets the JS thread wait inline for `windowMs` after traffic (0: never). Returns whether it
@@ -102,14 +114,18 @@ class Poller {
 
   /** A new wait on a key ends the one before it (resolved false): one waiter per fd and way. */
   #wait(key: number, timeoutMs: number, frames: boolean): Promise<boolean> {
-    const { promise, resolve } = Promise.withResolvers<boolean>();
+    const { promise, resolve, reject } = Promise.withResolvers<boolean>();
+    if (this.#failure) {
+      reject(this.#failure);
+      return promise;
+    }
     this.#waiters.get(key)?.resolve(false);
-    this.#waiters.set(key, { resolve, deadline: performance.now() + timeoutMs, frames });
+    this.#waiters.set(key, { resolve, reject, deadline: performance.now() + timeoutMs, frames });
     if (this.#inFlight && !this.#inFlight.has(key)) this.#wakePipe().wake();
     if (!this.#running) {
       // Not from here: an inline poll would block the caller before it even has its promise.
       this.#running = true;
-      queueMicrotask(() => this.#loop());
+      queueMicrotask(() => this.#loop().catch((e) => this.#fail(e)));
     }
     return promise;
   }
@@ -133,6 +149,19 @@ class Poller {
     } else {
       fn();
     }
+  }
+
+  /**
+   * The poll itself failed (an FFI error, not an fd's): nothing the data path waits for can be
+   * seen any more, so every waiter, now and later, gets the error. Their owners handle it as a
+   * failed read: a capture degrades its handler, a link closes, each saying why.
+   */
+  #fail(e: unknown): void {
+    this.#failure = e instanceof Error ? e : new Error(String(e));
+    this.#failure.message = `the data path's wait failed: ${this.#failure.message}`;
+    const waiters = [...this.#waiters.values()];
+    this.#waiters.clear();
+    for (const waiter of waiters) waiter.reject(this.#failure);
   }
 
   #wakePipe(): WakePipe {
@@ -160,29 +189,42 @@ class Poller {
         }
         const view = new DataView(this.#fds.buffer);
         const first = runtime ? runtime.epfd : this.#wakePipe().readFd;
-        view.setInt32(0, first, true);
-        view.setInt16(4, POLLIN, true);
+        view.setInt32(FD_AT, first, true);
+        view.setInt16(EVENTS_AT, POLLIN, true);
         for (let i = 0; i < keys.length; i++) {
           const at = (i + 1) * POLLFD_SIZE;
-          view.setInt32(at, keys[i] >= 0 ? keys[i] : -keys[i] - 1, true);
-          view.setInt16(at + 4, keys[i] >= 0 ? POLLIN : POLLOUT, true);
+          view.setInt32(at + FD_AT, keys[i] >= 0 ? keys[i] : -keys[i] - 1, true);
+          view.setInt16(at + EVENTS_AT, keys[i] >= 0 ? POLLIN : POLLOUT, true);
         }
         let deadline = Infinity;
         for (const w of this.#waiters.values()) deadline = Math.min(deadline, w.deadline);
         const timeout = Math.min(MAX_POLL_MS, Math.max(0, Math.ceil(deadline - performance.now())));
         if (runtime) {
           runtime.resetWaker();
-          libc().poll_sync(this.#fds, BigInt(n), Math.min(timeout, INLINE_CAP_MS));
+          if (libc().poll_sync(this.#fds, BigInt(n), Math.min(timeout, INLINE_CAP_MS)) < 0) {
+            const { errno, text } = lastErrno();
+            if (errno !== EINTR) throw new Error(`poll: ${text}`);
+            continue;
+          }
         } else {
           this.#inFlight = new Set(keys);
           try {
-            await libc().poll(this.#fds, BigInt(n), timeout);
+            // errno is the helper thread's, out of reach here. A signal (the server's SIGTERM or
+            // SIGHUP handler may run on that thread) makes it EINTR once: try again; only a
+            // poll that keeps failing is broken.
+            if (await libc().poll(this.#fds, BigInt(n), timeout) < 0) {
+              if (++this.#pollFailures >= MAX_POLL_FAILURES) {
+                throw new Error(`poll failed ${MAX_POLL_FAILURES} times in a row`);
+              }
+              continue;
+            }
+            this.#pollFailures = 0;
           } finally {
             this.#inFlight = null;
             for (const fn of this.#afterPoll.splice(0)) fn();
           }
         }
-        const firstReady = view.getInt16(6, true) !== 0;
+        const firstReady = view.getInt16(REVENTS_AT, true) !== 0;
         if (firstReady && !runtime) this.#wakePipe().drain();
         const now = performance.now();
         let ready = firstReady && runtime !== null;
@@ -190,7 +232,7 @@ class Poller {
         for (let i = 0; i < keys.length; i++) {
           const waiter = this.#waiters.get(keys[i]);
           if (!waiter) continue;
-          const fdReady = view.getInt16((i + 1) * POLLFD_SIZE + 6, true) !== 0;
+          const fdReady = view.getInt16((i + 1) * POLLFD_SIZE + REVENTS_AT, true) !== 0;
           if (fdReady || waiter.deadline <= now) {
             ready ||= fdReady;
             frames ||= fdReady && waiter.frames;

@@ -32,6 +32,7 @@
  * the poller then waits on a helper thread only, as before.
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
+import { structs } from "../../ffi/layout.ts";
 import { openFds } from "./proc_fds.ts";
 import { log } from "../log.ts";
 import { messageOf } from "../errors.ts";
@@ -74,12 +75,12 @@ const SOCK_CLOEXEC = 0o2000000;
 function connectUnix(path: string): number {
   const fd = libc().socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new Error(`socket(AF_UNIX): ${lastErrno().text}`);
-  // struct sockaddr_un { sa_family_t sun_family; char sun_path[108]; }
-  const addr = new Uint8Array(110);
-  new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+  const { size, offsets } = structs.sockaddr_un;
+  const addr = new Uint8Array(size);
+  new DataView(addr.buffer).setUint16(offsets.sun_family, AF_UNIX, true);
   const name = new TextEncoder().encode(path);
-  if (name.length >= 108) throw new Error(`socket path too long: ${path}`);
-  addr.set(name, 2);
+  if (name.length >= size - offsets.sun_path) throw new Error(`socket path too long: ${path}`);
+  addr.set(name, offsets.sun_path);
   if (libc().connect(fd, addr, addr.length) < 0) {
     const { text } = lastErrno();
     libc().close(fd);
@@ -190,10 +191,12 @@ export class RuntimeWait {
     // case the kernel still reports a hang-up) leaves it nothing to say meanwhile.
     const token = epollEntries(this.epfd).find((e) => e.fd === fd)?.token;
     if (token === undefined) return false;
-    const event = new Uint8Array(12);
+    // Packed on x86_64 only: 12 bytes there, 16 on aarch64 with the data at 8 (ffi/layout.ts).
+    const { size, offsets } = structs.epoll_event;
+    const event = new Uint8Array(size);
     const view = new DataView(event.buffer);
-    view.setUint32(0, EPOLLET >>> 0, true);
-    view.setBigUint64(4, token, true);
+    view.setUint32(offsets.events, EPOLLET >>> 0, true);
+    view.setBigUint64(offsets.data, token, true);
     return libc().epoll_ctl(this.epfd, EPOLL_CTL_MOD, fd, event) === 0;
   }
 

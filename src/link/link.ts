@@ -100,6 +100,11 @@ export class Link {
   readonly remote: string;
   readonly local: string;
   readonly tls: boolean;
+  /**
+   * Who waits for the link's socket: the data path's poller (a plain link taken over,
+   * socket_stream.ts) or the runtime (TLS, ssh, or a takeover that failed, logged at WARN).
+   */
+  readonly socket: "data path" | "runtime";
   readonly stats: LinkStats = {
     framesOut: 0,
     bytesOut: 0,
@@ -142,16 +147,23 @@ export class Link {
   #stallMs: number;
 
   constructor(conn: Stream, reader: MessageReader, options: LinkOptions) {
-    // A plain TCP link's socket joins the data path's one wait (socket_stream.ts).
-    const socket = !options.tls && poller.inline ? takeOver(conn) : null;
-    if (socket) reader.readFrom(socket);
-    this.#conn = socket ?? conn;
-    this.#reader = reader;
     this.remote = options.remote;
     this.local = options.local ?? "";
     this.tls = options.tls;
     this.#events = options.events;
     this.#log = options.log.with({ link: this.number, remote: options.remote });
+    // A plain TCP link's socket joins the data path's one wait (socket_stream.ts).
+    let socket = !options.tls && poller.inline ? takeOver(conn) : null;
+    if (typeof socket === "string") {
+      this.#log.warn("the link's socket stays with the runtime: two wake-ups a frame", {
+        reason: socket,
+      });
+      socket = null;
+    }
+    if (socket) reader.readFrom(socket);
+    this.socket = socket ? "data path" : "runtime";
+    this.#conn = socket ?? conn;
+    this.#reader = reader;
     this.#queue = new SendQueue(this.#conn, {
       maxBytes: options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES,
       onDrop: (handler, reason) => {

@@ -16,6 +16,7 @@
  * TLS links stay Deno.TlsConn: the record layer is the runtime's (rustls), and so is the socket.
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
+import { structs } from "../../ffi/layout.ts";
 import { openFds } from "../io/proc_fds.ts";
 import { poller } from "../io/poller.ts";
 import type { Stream } from "./stream.ts";
@@ -66,10 +67,15 @@ export function ipBytes(text: string): Uint8Array | null {
 /** A `struct sockaddr_in`/`sockaddr_in6` as the bytes of its address and its port. */
 function sockaddrOf(buf: Uint8Array): { ip: Uint8Array; port: number } | null {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const family = view.getUint16(0, true);
-  const port = view.getUint16(2, false);
-  if (family === AF_INET) return { ip: buf.slice(4, 8), port };
-  if (family === AF_INET6) return { ip: buf.slice(8, 24), port };
+  const v4 = structs.sockaddr_in.offsets;
+  const v6 = structs.sockaddr_in6.offsets;
+  const family = view.getUint16(v4.sin_family, true); // the same place in both
+  if (family === AF_INET) {
+    return { ip: buf.slice(v4.sin_addr, v4.sin_addr + 4), port: view.getUint16(v4.sin_port) };
+  }
+  if (family === AF_INET6) {
+    return { ip: buf.slice(v6.sin6_addr, v6.sin6_addr + 16), port: view.getUint16(v6.sin6_port) };
+  }
   return null;
 }
 
@@ -79,7 +85,7 @@ function sameEndpoint(
   want: Deno.NetAddr,
   wantIp: Uint8Array,
 ): boolean {
-  const addr = new Uint8Array(28);
+  const addr = new Uint8Array(structs.sockaddr_in6.size); // room for either
   const len = new Uint8Array(4);
   new DataView(len.buffer).setUint32(0, addr.length, true);
   if (name(fd, addr, len) !== 0) return false;
@@ -107,11 +113,11 @@ function findSocket(local: Deno.NetAddr, remote: Deno.NetAddr): number {
 
 /**
  * Takes a plain TCP connection over from the runtime (step 1): a Stream that reads and writes
- * its fd directly, the Deno.Conn left open (unused) until the stream closes; or null (left as it
- * was) where that cannot be done: not Linux, not a TCP Deno.Conn (the pipes of ssh, a test's
- * fake), or its fd not found.
+ * its fd directly, the Deno.Conn left open (unused) until the stream closes. Null where it does
+ * not apply (not Linux; not a TCP Deno.Conn: the pipes of ssh, a test's fake); a string saying
+ * why where it should have and failed, which the caller reports.
  */
-export function takeOver(stream: Stream): Stream | null {
+export function takeOver(stream: Stream): Stream | string | null {
   if (Deno.build.os !== "linux" || !("localAddr" in stream) || !("remoteAddr" in stream)) {
     return null;
   }
@@ -120,7 +126,8 @@ export function takeOver(stream: Stream): Stream | null {
   const remote = conn.remoteAddr;
   if (local.transport !== "tcp" || remote.transport !== "tcp") return null;
   const fd = findSocket(local, remote);
-  if (fd < 0 || !poller.adopt(fd)) return null;
+  if (fd < 0) return "its socket was not found among the process's fds";
+  if (!poller.adopt(fd)) return "the runtime's wait would not let go of its socket";
   return new SocketStream(fd, conn);
 }
 

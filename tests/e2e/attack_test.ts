@@ -6,7 +6,7 @@
  *
  *   deno test -A tests/e2e/attack_test.ts
  */
-import { REPO_ROOT, run, spawn, WAN } from "../../lab/netns.ts";
+import { REPO_ROOT, run, spawn, waitFor, WAN } from "../../lab/netns.ts";
 import {
   assert,
   e2e,
@@ -169,8 +169,13 @@ e2e("attack: resets, floods, fd exhaustion and secret holders overstepping", asy
         assert(await hold.exited === 0, `attacker:\n${hold.output()}`);
         await ping.exited;
         const p = pingSummary(ping);
-        await new Promise((r) => setTimeout(r, 1500));
-        const fdsAfter = fdCount(hostPid), rssAfter = rssKiB(hostPid);
+        // The attacker is gone: its sockets close as their handshakes' deadlines pass.
+        const fdsAfter = await waitFor(
+          "the host to release the flood's fds",
+          () => Promise.resolve(fdCount(hostPid) - fdsBefore <= 5 ? fdCount(hostPid) : undefined),
+          10_000,
+        ).catch(() => fdCount(hostPid));
+        const rssAfter = rssKiB(hostPid);
         console.log(
           `    ${hold.lines.join("; ")}; client in ${clientMs} ms, peer back in ${peerMs} ms; ` +
             `fds ${fdsBefore} -> ${fdsDuring} -> ${fdsAfter}; rss ${rssBefore >> 10} -> ` +

@@ -189,6 +189,11 @@ for (const { tls, injector, inlineWait } of variants) {
         assert(p.fromPeer.bytes > 1_000_000, `proxy fromPeer.bytes ${p.fromPeer.bytes}`);
         const h = findByMac(await topo.list("host"), vm.mac);
         assert(h && h.toPeer.frames > 0 && h.fromPeer.frames > 0, `host counters: ${h}`);
+        // Those frames crossed sockets the data path waits for itself where it can: a plain
+        // link's, taken from the runtime, whenever the inline wait is on (socket_stream.ts).
+        const want = !tls && inlineWait !== "0" ? "data path" : "runtime";
+        assert(p.link.socket === want, `proxy link.socket ${p.link.socket}, want ${want}`);
+        assert(h.link.socket === want, `host link.socket ${h.link.socket}, want ${want}`);
       });
 
       await step("IPv6 link-local ping does NOT work without --multicast", async () => {

@@ -11,10 +11,12 @@ import {
   assert,
   byMac,
   e2e,
+  flowing,
   list,
   type Listed,
   nftClear,
   nftFault,
+  pingMonitor,
   pingOk,
   setVmIp,
   sleep,
@@ -107,9 +109,15 @@ e2e("faults: the peer link is killed, cut, reset and black-holed; it heals", asy
       await recover("link cut", before);
     });
 
-    await step("TCP reset (nft reject with tcp reset for 1 s)", async () => {
+    await step("TCP reset under traffic (nft reject with tcp reset for 1 s)", async () => {
       const before = await reconnectsNow(topo, id);
       const mark = logMark(topo, "proxy");
+      // Frames in flight both ways when the reset comes: the data path's own sockets (a plain
+      // link's, taken from the runtime) meet the reset mid-read and mid-write. The servers must
+      // stay up (list answers below, from the same processes) and the link come back.
+      const pings = pingMonitor(topo.ns.client, VM_IP, 0.01, 4);
+      topo.procs.push(pings);
+      await flowing([], pings, 20);
       const rules = `table inet vnetfault {
   chain input { type filter hook input priority 0; tcp dport ${PORT} reject with tcp reset; }
 }
@@ -129,6 +137,13 @@ e2e("faults: the peer link is killed, cut, reset and black-holed; it heals", asy
         await sleep(1000);
       } finally {
         await nftClear(topo.ns.host);
+      }
+      await pings.exited;
+      for (const role of ["proxy", "host"] as const) {
+        assert(
+          !logHas(topo, role, /server stopped|uncaught|panic/i),
+          `${role} server went down:\n${topo.servers[role]!.lines.slice(-20).join("\n")}`,
+        );
       }
       await recover("TCP reset", before);
     });

@@ -187,9 +187,21 @@ e2e(`load: ${HANDLERS} handlers x ${MACS_PER_HANDLER} MACs, then a soak`, async 
         }
         const iperfCode = await iperf.exited;
         await ping.exited;
-        await sleep(3000); // let queues drain
-        const proxyList = await list(topo, "proxy");
-        const hostList = await list(topo, "host");
+        // The queues have drained once two lists a moment apart count the same frames.
+        let proxyList = await list(topo, "proxy");
+        let hostList = await list(topo, "host");
+        await waitFor(
+          "the links' queues to drain",
+          async () => {
+            const [p2, h2] = [await list(topo, "proxy"), await list(topo, "host")];
+            const same = JSON.stringify([totals(p2), totals(h2)]) ===
+              JSON.stringify([totals(proxyList), totals(hostList)]);
+            [proxyList, hostList] = [p2, h2];
+            return same ? true : undefined;
+          },
+          10_000,
+          500,
+        ).catch(() => {/* the counters are checked below */});
         const end = { proxy: rssKiB(pids.proxy), host: rssKiB(pids.host) };
         const p = totals(proxyList), h = totals(hostList);
 

@@ -10,12 +10,12 @@ import {
   assert,
   byMac,
   e2e,
+  flowing,
   list,
   pingMonitor,
   pingOk,
   pingSummary,
   setVmIp,
-  sleep,
   stepper,
   streamReceiver,
   streamSender,
@@ -69,7 +69,7 @@ e2e("migration: a VM moves to another host; its TCP stream survives", async (t) 
       topo.procs.push(sender);
       const ping = pingMonitor(topo.ns.client, VM_IP, 0.02, 9);
       topo.procs.push(ping);
-      await sleep(3000);
+      await flowing([receiver], ping);
 
       await topo.moveVm(vm, "host2");
       const r = await migrate(id, topo.addr("host2"), vm.hostDev);

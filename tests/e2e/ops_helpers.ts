@@ -113,14 +113,15 @@ export function rssKiB(pid: number): number {
 // ---------------------------------------------------------------------------------------------
 
 /**
- * Receiver: accepts one connection, reads to EOF, answers "RECEIVED <count> <sha256>" and
- * exits. Sender: sends `total` bytes of a deterministic pattern at about `rate` bytes/s, shuts
+ * Receiver: accepts one connection, says "flowing" once 64 KiB arrived, reads to EOF, answers
+ * "RECEIVED <count> <sha256>" and exits. Sender: sends `total` bytes of a deterministic pattern at about `rate` bytes/s, shuts
  * down its side, prints "SENT <count> <sha256>" and the receiver's answer. Any reset or error
  * prints "ERROR ..." and exits 1.
  */
 const STREAM_PY = `
 import hashlib, socket, sys, time
 mode = sys.argv[1]
+FLOWING = 64 * 1024
 if mode == "recv":
     ip, port = sys.argv[2], int(sys.argv[3])
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -133,6 +134,7 @@ if mode == "recv":
         while True:
             b = c.recv(65536)
             if not b: break
+            if n < FLOWING <= n + len(b): print("flowing", flush=True)
             h.update(b); n += len(b)
         c.sendall(f"RECEIVED {n} {h.hexdigest()}\\n".encode())
         c.shutdown(socket.SHUT_WR)
@@ -187,6 +189,18 @@ export function streamSender(
     String(total),
     String(bytesPerSecond),
   ]);
+}
+
+/**
+ * Waits until traffic is under way (in place of a fixed pause before a fault): each receiver
+ * has had its first 64 KiB, and the ping its first `replies` replies.
+ */
+export async function flowing(receivers: Proc[], ping: Proc, replies = 3): Promise<void> {
+  await Promise.all(receivers.map((r) => r.waitForLine(/^flowing/, 15_000)));
+  await waitFor(`${replies} ping replies`, () => {
+    const n = ping.lines.filter((l) => / bytes from /.test(l)).length;
+    return Promise.resolve(n >= replies ? true : undefined);
+  }, 15_000);
 }
 
 // ---------------------------------------------------------------------------------------------

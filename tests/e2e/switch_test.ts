@@ -6,7 +6,7 @@
  *
  *   flock /tmp/vnet-ns.lock deno test -A tests/e2e/switch_test.ts
  */
-import { LAN, macOf, type Proc, run, sleep, tryRun, waitFor } from "../../lab/netns.ts";
+import { LAN, macOf, type Proc, run, tryRun, waitFor } from "../../lab/netns.ts";
 import {
   type Endpoint,
   type PathInfo,
@@ -16,7 +16,7 @@ import {
   type SwitchListed,
   withSites,
 } from "../../lab/sites.ts";
-import { assert, e2e, pingMonitor, streamReceiver, streamSender } from "./ops_helpers.ts";
+import { assert, e2e, flowing, pingMonitor, streamReceiver, streamSender } from "./ops_helpers.ts";
 
 const VLAN_ID = 42;
 const VLAN_LAN_IP = "192.168.42.2";
@@ -268,7 +268,7 @@ e2e("switch: a blocked direct path falls back to the Proxy; the stream survives"
       const pingStart = Date.now();
       const ping = pingMonitor(vm1.ns, vm3.ip, 0.05, 16);
       sites.procs.push(ping);
-      await sleep(3000);
+      await flowing([receiver], ping);
       const before = await pathTo(sites, vm1, vm3);
       await sites.blockDirect(h1, h2);
       const blockedAt = Date.now();
@@ -497,7 +497,7 @@ e2e("switch: VM1 migrates to a third Host; VM↔VM and LAN↔VM streams live on"
       const pingStart = Date.now();
       const ping = pingMonitor(vm3.ns, vm1.ip, 0.02, 10);
       sites.procs.push(vmSender, lanSender, ping);
-      await sleep(3000);
+      await flowing([fromVm, fromLan], ping);
       const { r, gapMs } = await sites.migrate(vm1, h3);
       assert(r.code === 0, `migrate failed: ${r.stderr}`);
       const codes = await Promise.all([vmSender.exited, lanSender.exited]);

@@ -6,6 +6,14 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { ipBytes, takeOver } from "../../src/link/socket_stream.ts";
 import { poller } from "../../src/io/poller.ts";
 import { duplex } from "../../src/link/fake_stream.ts";
+import type { Stream } from "../../src/link/stream.ts";
+
+/** `takeOver(stream)`, which must succeed. */
+function takenOver(stream: Deno.Conn): Stream {
+  const own = takeOver(stream);
+  if (own === null || typeof own === "string") throw new Error(`not taken over: ${own}`);
+  return own;
+}
 
 Deno.test("ipBytes reads addresses as Deno writes them", () => {
   assertEquals(ipBytes("10.78.0.1"), new Uint8Array([10, 78, 0, 1]));
@@ -64,8 +72,7 @@ Deno.test({
     assert(poller.enableInline(1000), "the runtime's wait is found on Linux");
     for (const hostname of ["127.0.0.1", "::1"]) {
       const { far, near } = await pair(hostname);
-      const own = takeOver(near);
-      assert(own !== null, `took ${hostname} over`);
+      const own = takenOver(near);
 
       await far.write(new TextEncoder().encode("ping"));
       const buf = new Uint8Array(64);
@@ -101,7 +108,7 @@ Deno.test({
   async fn() {
     assert(poller.enableInline(1000));
     const { far, near } = await pair("127.0.0.1");
-    const own = takeOver(near)!;
+    const own = takenOver(near);
     const reading = own.read(new Uint8Array(16));
     setTimeout(() => own.close(), 20);
     await assertRejects(() => reading);

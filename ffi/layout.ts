@@ -1,0 +1,164 @@
+/**
+ * The layout of every C struct that crosses the FFI: its size and the offset of each field VNET
+ * reads or writes, per architecture. Code that builds or reads such a struct takes its numbers
+ * from `structs`, never from a literal, and tests/unit/layout_test.ts compiles the tables
+ * against the C headers with both compilers (x86_64 and aarch64): a wrong number fails the build
+ * of a `_Static_assert`, not a peer's link at run time.
+ *
+ * Why per architecture: the same declaration lays out differently. `struct epoll_event` is
+ * packed on x86_64 only (12 bytes, the data at offset 4); on aarch64 it is 16 bytes with the data
+ * at 8. Writing the x86_64 bytes there gave the kernel a bogus token (issue 17).
+ *
+ * The tables are Linux's, the platform of the data path. libpcap's structs lay out the same on
+ * every 64-bit Unix (macOS included); on Windows (LLP64) `struct timeval` is 8 bytes, so
+ * `struct pcap_pkthdr` differs there: ffi/libpcap.ts says so where it reads one.
+ */
+
+/** One struct: the C type, the header that declares it, its size, its fields' offsets. */
+interface StructLayout {
+  readonly type: string;
+  readonly header: string;
+  readonly size: number;
+  readonly offsets: Readonly<Record<string, number>>;
+}
+
+/** Every struct VNET passes through the FFI. */
+export interface Structs {
+  readonly pollfd: StructLayout;
+  readonly epoll_event: StructLayout;
+  readonly sockaddr_in: StructLayout;
+  readonly sockaddr_in6: StructLayout;
+  readonly sockaddr_un: StructLayout;
+  readonly sockaddr_ll: StructLayout;
+  readonly sock_filter: StructLayout;
+  readonly sock_fprog: StructLayout;
+  readonly virtio_net_hdr: StructLayout;
+  readonly rlimit: StructLayout;
+  readonly pcap_pkthdr: StructLayout;
+  readonly pcap_stat: StructLayout;
+  readonly pcap_if: StructLayout;
+  readonly pcap_addr: StructLayout;
+  readonly bpf_program: StructLayout;
+  readonly bpf_insn: StructLayout;
+}
+
+export type Arch = typeof Deno.build.arch;
+
+const X86_64: Structs = {
+  pollfd: {
+    type: "struct pollfd",
+    header: "poll.h",
+    size: 8,
+    offsets: { fd: 0, events: 4, revents: 6 },
+  },
+  epoll_event: {
+    type: "struct epoll_event",
+    header: "sys/epoll.h",
+    size: 12,
+    offsets: { events: 0, data: 4 },
+  },
+  sockaddr_in: {
+    type: "struct sockaddr_in",
+    header: "netinet/in.h",
+    size: 16,
+    offsets: { sin_family: 0, sin_port: 2, sin_addr: 4 },
+  },
+  sockaddr_in6: {
+    type: "struct sockaddr_in6",
+    header: "netinet/in.h",
+    size: 28,
+    offsets: { sin6_family: 0, sin6_port: 2, sin6_flowinfo: 4, sin6_addr: 8, sin6_scope_id: 24 },
+  },
+  sockaddr_un: {
+    type: "struct sockaddr_un",
+    header: "sys/un.h",
+    size: 110,
+    offsets: { sun_family: 0, sun_path: 2 },
+  },
+  sockaddr_ll: {
+    type: "struct sockaddr_ll",
+    header: "linux/if_packet.h",
+    size: 20,
+    offsets: {
+      sll_family: 0,
+      sll_protocol: 2,
+      sll_ifindex: 4,
+      sll_hatype: 8,
+      sll_pkttype: 10,
+      sll_halen: 11,
+      sll_addr: 12,
+    },
+  },
+  sock_filter: {
+    type: "struct sock_filter",
+    header: "linux/filter.h",
+    size: 8,
+    offsets: { code: 0, jt: 2, jf: 3, k: 4 },
+  },
+  sock_fprog: {
+    type: "struct sock_fprog",
+    header: "linux/filter.h",
+    size: 16,
+    offsets: { len: 0, filter: 8 },
+  },
+  virtio_net_hdr: {
+    type: "struct virtio_net_hdr",
+    header: "linux/virtio_net.h",
+    size: 10,
+    offsets: { flags: 0, gso_type: 1, hdr_len: 2, gso_size: 4, csum_start: 6, csum_offset: 8 },
+  },
+  rlimit: {
+    type: "struct rlimit",
+    header: "sys/resource.h",
+    size: 16,
+    offsets: { rlim_cur: 0, rlim_max: 8 },
+  },
+  pcap_pkthdr: {
+    type: "struct pcap_pkthdr",
+    header: "pcap/pcap.h",
+    size: 24,
+    offsets: { ts: 0, caplen: 16, len: 20 },
+  },
+  pcap_stat: {
+    type: "struct pcap_stat",
+    header: "pcap/pcap.h",
+    size: 12,
+    offsets: { ps_recv: 0, ps_drop: 4, ps_ifdrop: 8 },
+  },
+  pcap_if: {
+    type: "struct pcap_if",
+    header: "pcap/pcap.h",
+    size: 40,
+    offsets: { next: 0, name: 8, description: 16, addresses: 24, flags: 32 },
+  },
+  pcap_addr: {
+    type: "struct pcap_addr",
+    header: "pcap/pcap.h",
+    size: 40,
+    offsets: { next: 0, addr: 8, netmask: 16, broadaddr: 24, dstaddr: 32 },
+  },
+  bpf_program: {
+    type: "struct bpf_program",
+    header: "pcap/pcap.h",
+    size: 16,
+    offsets: { bf_len: 0, bf_insns: 8 },
+  },
+  bpf_insn: {
+    type: "struct bpf_insn",
+    header: "pcap/pcap.h",
+    size: 8,
+    offsets: { code: 0, jt: 2, jf: 3, k: 4 },
+  },
+};
+
+const AARCH64: Structs = {
+  ...X86_64,
+  // Not packed on aarch64: the 64-bit data is aligned to 8.
+  epoll_event: { ...X86_64.epoll_event, size: 16, offsets: { events: 0, data: 8 } },
+};
+
+/** Each architecture's tables (the layout test checks them all). */
+export const LAYOUTS: Readonly<Record<Arch, Structs>> = { x86_64: X86_64, aarch64: AARCH64 };
+
+/** This process's layouts. */
+export const structs: Structs = LAYOUTS[Deno.build.arch];
