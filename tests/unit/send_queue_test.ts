@@ -3,7 +3,7 @@
  * carries a burst, and frames wait in the fair queue (not in a batch) while a write is in the
  * kernel's hands.
  */
-import { SendQueue } from "../../src/link/send_queue.ts";
+import { BATCH_BYTES, SendQueue } from "../../src/link/send_queue.ts";
 import { encodeMessage, MessageReader, MessageType } from "../../src/link/wire.ts";
 import { assert, assertEquals } from "./assert.ts";
 
@@ -79,14 +79,15 @@ Deno.test("send queue: a batch is bounded, the rest waits in the fair queue", as
   const w = new SlowWriter();
   const q = new SendQueue(w, { maxBytes: 4 << 20, onDrop: () => {}, onWriteError: () => {} });
   const frame = new Uint8Array(1514);
-  for (let i = 0; i < 200; i++) q.pushFrame(1, frame);
+  const frames = Math.ceil(2 * BATCH_BYTES / 1523);
+  for (let i = 0; i < frames; i++) q.pushFrame(1, frame);
   await tick();
-  assert(w.writes[0].length <= 64 * 1024 + 1523, `one batch: ${w.writes[0].length} bytes`);
-  assert(q.queuedBytes > 200 * 1523 - w.writes[0].length - 1, "the rest is still queued");
+  assert(w.writes[0].length <= BATCH_BYTES + 1523, `one batch: ${w.writes[0].length} bytes`);
+  assert(q.queuedBytes > frames * 1523 - w.writes[0].length - 1, "the rest is still queued");
   let written = 0;
   while (w.waiting > 0) await w.complete();
   for (const b of w.writes) written += (await messages(b)).length;
-  assertEquals(written, 200, "every frame is written once");
+  assertEquals(written, frames, "every frame is written once");
   assertEquals(q.queuedBytes, 0);
 });
 
