@@ -180,6 +180,7 @@ export class Server implements ServerContext {
       onRequest: (op, body, link) =>
         kind === "control" ? serveClient(this, op, body) : servePeer(this, op, body, link),
       onClose: (link, reason) => this.#linkClosed(link, reason, kind),
+      onSendDrop: (_link, number, reason) => this.registry.byNumber(number)?.sendDropped(reason),
     };
   }
 

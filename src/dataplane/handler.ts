@@ -50,6 +50,11 @@ interface DirectionCounters {
 interface DropCounters {
   /** Link down or its send queue full. */
   link: number;
+  /**
+   * Queued for the peer but dropped by the link's AQM: it waited in the send queue longer than
+   * the target for too long (the flow sends faster than the link carries it).
+   */
+  aqm: number;
   /** Captured frame longer than the snap length. */
   truncated: number;
   /** Too large for the far interface and not segmentable, or malformed. */
@@ -123,6 +128,7 @@ export class Handler implements FabricPort {
   readonly fromPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
   readonly dropReasons: DropCounters = {
     link: 0,
+    aqm: 0,
     truncated: 0,
     offload: 0,
     inject: 0,
@@ -336,6 +342,16 @@ export class Handler implements FabricPort {
     this.toPeer.drops++;
     this.dropReasons.link++;
     return false;
+  }
+
+  /**
+   * A frame the link had accepted (and `toPeer` counted) was dropped from its send queue: it
+   * was full (`full`), or the frame waited too long (`aqm`).
+   */
+  sendDropped(reason: "full" | "aqm"): void {
+    this.toPeer.drops++;
+    if (reason === "aqm") this.dropReasons.aqm++;
+    else this.dropReasons.link++;
   }
 
   info(): HandlerInfo {

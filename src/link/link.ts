@@ -3,12 +3,15 @@
  * join two servers and carry the frames of every handler between them; control links join a
  * client to a server. Both speak the same messages (wire.ts) after the same handshake (auth.ts).
  *
- * Sending frames (capture side, the hot path; send_queue.ts):
- *   1. `sendFrame` copies the frame, behind 9 bytes of framing, into the current chunk.
- *   2. A full chunk is sealed onto the ready queue; the queue is bounded (`maxQueuedBytes`):
- *      when it is full the frame is dropped and counted, memory never grows.
+ * Sending frames (capture side, the hot path; send_queue.ts, flow_queue.ts):
+ *   1. `sendFrame` copies the frame, behind 9 bytes of framing, into a fair queue of flows
+ *      (fq_codel-like): a sparse flow's frame goes ahead of a bulk flow's backlog, and frames
+ *      that waited too long are dropped (counted as `aqmDrops`), so the queue stays short.
+ *   2. The queue is bounded (`maxQueuedBytes`): when it is full, the flow with the largest
+ *      backlog loses frames from its head (counted as `queueDrops`); memory never grows.
  *   3. The writer loop, started once per burst (after the synchronous capture drain returns),
- *      writes whole chunks: one socket write carries many frames.
+ *      writes control messages first, then frames, in batches: one socket write carries many
+ *      frames.
  *
  * Receiving frames (inject side):
  *   1. The reader loop reads as much as the socket has into one reusable buffer.
@@ -55,6 +58,11 @@ export interface LinkEvents {
   onRequest(op: string, body: Record<string, unknown>, link: Link): Promise<unknown>;
   /** The link is gone (called once). */
   onClose(link: Link, reason: string): void;
+  /**
+   * A frame for `handler` that `sendFrame` had accepted was dropped before it was written: the
+   * send queue was full (`full`), or the frame waited too long (`aqm`, the queue's AQM).
+   */
+  onSendDrop?(link: Link, handler: number, reason: "full" | "aqm"): void;
 }
 
 interface LinkOptions {
@@ -81,6 +89,8 @@ interface LinkStats {
   bytesIn: number;
   /** Frames dropped because the send queue was full (the link is slower than the capture). */
   queueDrops: number;
+  /** Frames the send queue's AQM dropped because they waited too long (flow_queue.ts). */
+  aqmDrops: number;
 }
 
 let nextLinkNumber = 1;
@@ -95,7 +105,14 @@ export class Link {
    * socket_stream.ts) or the runtime (TLS, ssh, or a takeover that failed, logged at WARN).
    */
   readonly socket: "data path" | "runtime";
-  readonly stats: LinkStats = { framesOut: 0, bytesOut: 0, framesIn: 0, bytesIn: 0, queueDrops: 0 };
+  readonly stats: LinkStats = {
+    framesOut: 0,
+    bytesOut: 0,
+    framesIn: 0,
+    bytesIn: 0,
+    queueDrops: 0,
+    aqmDrops: 0,
+  };
   /** Round-trip time of the last keepalive, in ms. */
   rttMs: number | null = null;
 
@@ -147,11 +164,15 @@ export class Link {
     this.socket = socket ? "data path" : "runtime";
     this.#conn = socket ?? conn;
     this.#reader = reader;
-    this.#queue = new SendQueue(
-      this.#conn,
-      options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES,
-      (e) => this.close(`write failed: ${messageOf(e)}`),
-    );
+    this.#queue = new SendQueue(this.#conn, {
+      maxBytes: options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES,
+      onDrop: (handler, reason) => {
+        if (reason === "aqm") this.stats.aqmDrops++;
+        else this.stats.queueDrops++;
+        this.#events.onSendDrop?.(this, handler, reason);
+      },
+      onWriteError: (e) => this.close(`write failed: ${messageOf(e)}`),
+    });
     this.#keepaliveMs = options.keepaliveMs ?? 0;
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 0;
     this.#stallMs = options.stallMs ?? DEFAULT_STALL_MS;
@@ -174,7 +195,10 @@ export class Link {
     this.#watchdog = setInterval(() => this.#watch(), Math.min(options.keepaliveMs, 5_000));
   }
 
-  /** Queues one frame for `handler`. Returns false (and counts it) if it had to be dropped. */
+  /**
+   * Queues one frame for `handler`. Returns false (and counts it) if it had to be dropped now;
+   * a frame dropped later, from the queue, is told to `onSendDrop`.
+   */
   sendFrame(handler: number, frame: Uint8Array): boolean {
     if (!this.#open || frame.length > MAX_FRAME || !this.#queue.pushFrame(handler, frame)) {
       this.stats.queueDrops++;

@@ -6,7 +6,7 @@
  * Series (per handler, labels id, role, device):
  *   vnet_handler_frames_total{direction}          frames forwarded, to_peer / from_peer
  *   vnet_handler_bytes_total{direction}           bytes forwarded
- *   vnet_handler_drops_total{reason}              link, truncated, offload, inject
+ *   vnet_handler_drops_total{reason}              link, aqm, truncated, offload, inject, ...
  *   vnet_handler_link_up                          1 when the peer link is up
  *   vnet_handler_degraded                         1 when the interface is gone
  *   vnet_handler_reconnects_total                 reconnects of the link (dialling side)

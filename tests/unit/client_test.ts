@@ -49,7 +49,7 @@ Deno.test("client rates: SI formatting", () => {
 Deno.test("client table: drop reasons as the server names them, CONFLICTS only when any", () => {
   const quiet = listedHandler({
     id: "00000001",
-    dropReasons: { link: 0, truncated: 0, offload: 0, inject: 0, foreignMac: 0, loop: 0 },
+    dropReasons: { link: 0, aqm: 0, truncated: 0, offload: 0, inject: 0, foreignMac: 0, loop: 0 },
   });
   const plain = handlerTable([quiet], null, true);
   assert(!plain.includes("DROPS BY REASON"), plain);
@@ -60,6 +60,7 @@ Deno.test("client table: drop reasons as the server names them, CONFLICTS only w
     id: "00000002",
     dropReasons: {
       link: 2,
+      aqm: 0,
       truncated: 0,
       offload: 0,
       inject: 1,

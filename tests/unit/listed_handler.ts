@@ -14,7 +14,7 @@ export function listedHandler(over: Partial<ListedHandler> = {}): ListedHandler 
     link: { state: "up", remote: "10.78.0.2:7000", tls: true, rttMs: 1.5, socket: "runtime" },
     toPeer: { frames: 10, bytes: 1000, drops: 3 },
     fromPeer: { frames: 20, bytes: 4000, drops: 1 },
-    dropReasons: { link: 2, truncated: 1, offload: 0, inject: 1, foreignMac: 0, loop: 0 },
+    dropReasons: { link: 2, aqm: 0, truncated: 1, offload: 0, inject: 1, foreignMac: 0, loop: 0 },
     capture: { received: 13, dropped: 4, ifDropped: 5 },
     macConflicts: 0,
     switched: { frames: 0, bytes: 0 },

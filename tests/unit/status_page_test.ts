@@ -27,7 +27,7 @@ function handler(id: string, role: "proxy" | "host", bytes: number): ListedHandl
     link: { state: "up", remote: "10.78.0.2:7000", tls: false, rttMs: 0.8, socket: "data path" },
     toPeer: { frames: bytes / 1000, bytes, drops: 0 },
     fromPeer: { frames: bytes / 2000, bytes: bytes / 2, drops: 3 },
-    dropReasons: { link: 3, truncated: 0, offload: 0, inject: 0, foreignMac: 0, loop: 0 },
+    dropReasons: { link: 3, aqm: 0, truncated: 0, offload: 0, inject: 0, foreignMac: 0, loop: 0 },
     capture: { received: bytes / 1000, dropped: 0, ifDropped: 0 },
     macConflicts: 0,
     switched: { frames: 0, bytes: 0 },
