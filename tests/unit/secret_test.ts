@@ -177,8 +177,9 @@ Deno.test("secret: $VNET_SECRET follows the same rules as a file", () => {
     assertEquals(loadSecret(undefined), key);
     Deno.env.set(SECRET_ENV, ` ${base64(key)}\n`);
     assertEquals(loadSecret(undefined), key);
-    const raw = random(40);
-    raw[0] = 0xff; // not text: raw bytes
+    // Raw bytes (not text), but no NUL: no environment variable can hold one.
+    const raw = random(40).map((b) => b || 1);
+    raw[0] = 0xff;
     Deno.env.set(SECRET_ENV, new TextDecoder("latin1").decode(raw));
     assertEquals(loadSecret(undefined).length >= 32, true);
     const phrase = "ünïcödé, raw: a long phrase of many different characters!";
