@@ -95,6 +95,9 @@ async function main(args: string[]): Promise<number> {
  * are relative to where they typed them: `deno task` (like `npm run`) says where in INIT_CWD.
  */
 function toInvokingDirectory(): void {
+  // Asked, not read: without --allow-env a read would fail, or prompt on a terminal.
+  const env = Deno.permissions.querySync({ name: "env", variable: "INIT_CWD" });
+  if (env.state !== "granted") return;
   const initCwd = Deno.env.get("INIT_CWD");
   if (initCwd && initCwd !== Deno.cwd()) Deno.chdir(initCwd);
 }
