@@ -2,7 +2,7 @@
  * The layer rule of docs/layout.md, checked by scripts/check_layers.ts (part of `deno task check`).
  *
  * Layers, lowest first. A module may import its own layer and the layers below it, nothing
- * above. ops/ (doctor, metrics, the status page) reads control's types and is driven by the CLI,
+ * above; main.ts imports only cli/ and the foundation. ops/ (doctor, metrics, the status page) reads control's types and is driven by the CLI,
  * so it sits between control/ and cli/. tests/, bench/, lab/ and scripts/ are outside the rule,
  * but nothing inside it may import them.
  */
@@ -33,6 +33,13 @@ module.exports = {
   forbidden: [
     ...upward,
     {
+      name: "main-imports-past-cli",
+      comment: "main.ts hands the command line to src/cli/: it imports cli and the foundation only",
+      severity: "error",
+      from: { path: "^main\\.ts$" },
+      to: { path: "^ffi/|^src/(io|link|dataplane|control|ops)/" },
+    },
+    {
       name: "no-circular",
       comment: "a cycle, even of types only, ties two modules (and often two layers) together",
       severity: "error",
@@ -45,6 +52,13 @@ module.exports = {
       severity: "error",
       from: { path: "^src/", pathNot: LAYERS.map((l) => `(${l.path})`).join("|") },
       to: {},
+    },
+    {
+      name: "imports-unplaced-module",
+      comment: "every module of src/ belongs to a layer: add its folder to LAYERS here",
+      severity: "error",
+      from: {},
+      to: { path: "^src/", pathNot: LAYERS.map((l) => `(${l.path})`).join("|") },
     },
     {
       name: "imports-outside-the-product",
