@@ -2,9 +2,9 @@
  * The layer rule of docs/layout.md, checked by scripts/check_layers.ts (part of `deno task check`).
  *
  * Layers, lowest first. A module may import its own layer and the layers below it, nothing
- * above; main.ts imports only cli/ and the foundation. ops/ (doctor, metrics, the status page) reads control's types and is driven by the CLI,
- * so it sits between control/ and cli/. tests/, bench/, lab/ and scripts/ are outside the rule,
- * but nothing inside it may import them.
+ * above; main.ts imports only cli/ and the foundation. ops/ (doctor, metrics, the status page)
+ * reads control's types and is driven by the CLI, so it sits between control/ and cli/. tests/,
+ * bench/, lab/ and scripts/ are outside the rule, but nothing inside it may import them.
  */
 const LAYERS = [
   { name: "ffi", path: "^ffi/" },
