@@ -56,6 +56,19 @@ Deno.test("an upward import fails, naming the import and the rule", async () => 
   assert(bad.text.includes("no-circular:"), bad.text);
 });
 
+Deno.test("a cycle within one layer fails, type-only steps included", async () => {
+  const bad = await checkTree({
+    ...downward,
+    "src/link/w.ts": `import type { Frame } from "./x.ts";\nexport type Wire = Frame;\n`,
+    "src/link/x.ts": `import type { Wire } from "./w.ts";\nexport interface Frame { w?: Wire }\n`,
+  });
+  assertEquals(bad.code, 1, bad.text);
+  assert(
+    bad.text.includes("no-circular: src/link/w.ts -> src/link/x.ts -> src/link/w.ts"),
+    bad.text,
+  );
+});
+
 Deno.test("the foundation imports nothing above it, main.ts only cli; a module outside every layer fails", async () => {
   const bad = await checkTree({
     ...downward,
