@@ -69,11 +69,12 @@ Deno.test("a cycle within one layer fails, type-only steps included", async () =
   );
 });
 
-Deno.test("the foundation imports nothing above it, main.ts only cli; a module outside every layer fails", async () => {
+Deno.test("the foundation, main.ts, a module outside every layer and one importing lab/ fail", async () => {
   const bad = await checkTree({
     ...downward,
     "src/errors.ts": `import "./io/w.ts";\nexport class VnetError extends Error {}\n`,
-    "src/io/w.ts": `export {};\n`,
+    "src/io/w.ts": `import "../../lab/l.ts";\nexport {};\n`,
+    "lab/l.ts": `export {};\n`,
     "src/stray/z.ts": `import "../errors.ts";\n`,
     "main.ts": `import { run } from "./src/cli/run.ts";\nimport "./src/control/y.ts";\nrun();\n`,
     "src/cli/run.ts": `import "../stray/z.ts";\nexport function run() {}\n`,
@@ -81,6 +82,7 @@ Deno.test("the foundation imports nothing above it, main.ts only cli; a module o
   assertEquals(bad.code, 1, bad.text);
   assert(bad.text.includes("foundation-imports-upward: src/errors.ts -> src/io/w.ts"), bad.text);
   assert(bad.text.includes("\nunplaced-module: src/stray/z.ts -> src/errors.ts"), bad.text);
+  assert(bad.text.includes("imports-outside-the-product: src/io/w.ts -> lab/l.ts"), bad.text);
   assert(bad.text.includes("main-imports-past-cli: main.ts -> src/control/y.ts"), bad.text);
   assert(bad.text.includes("imports-unplaced-module: src/cli/run.ts -> src/stray/z.ts"), bad.text);
 });
