@@ -67,6 +67,8 @@ cache_deps() {
   local files=()
   [[ -f main.ts ]] && files+=(main.ts)
   [[ -f scripts/demo.ts ]] && files+=(scripts/demo.ts)
+  # The layer check's dependency-cruiser and TypeScript: `deno task check` must run offline.
+  [[ -f scripts/check_layers.ts ]] && files+=(scripts/check_layers.ts)
   while IFS= read -r f; do files+=("$f"); done < <(find tests lab -name '*.ts' 2>/dev/null | sort)
   [[ ${#files[@]} -gt 0 ]] && deno cache --quiet "${files[@]}" >&2
 }

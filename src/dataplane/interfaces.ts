@@ -103,7 +103,10 @@ export function listDevices(): DeviceInfo[] {
   return devices;
 }
 
-/** The native library versions, best effort (the reason, if one cannot be loaded). */
+/**
+ * The native library versions, best effort (the reason, if one cannot be loaded).
+ * @public tests/unit/ffi_load_test.ts imports it from code it runs with `deno eval`.
+ */
 export function libraryVersions(): { libpcap: string; libnet: string } {
   const attempt = (f: () => string) => {
     try {

@@ -31,10 +31,10 @@ export const CA_DEFAULT_DAYS = 3650;
 export const CERT_DEFAULT_DAYS = 365;
 
 /** File names inside a CA directory and a server certificate directory. */
-export const CA_CERT_FILE = "ca.pem";
-export const CA_KEY_FILE = "ca-key.pem";
-export const CERT_FILE = "cert.pem";
-export const KEY_FILE = "key.pem";
+const CA_CERT_FILE = "ca.pem";
+const CA_KEY_FILE = "ca-key.pem";
+const CERT_FILE = "cert.pem";
+const KEY_FILE = "key.pem";
 
 /** A certificate and its private key, both PEM (`CERTIFICATE`, PKCS#8 `PRIVATE KEY`). */
 export interface CertAndKey {
@@ -42,7 +42,7 @@ export interface CertAndKey {
   key: string;
 }
 
-export interface ValidityOptions {
+interface ValidityOptions {
   /** Start of validity; default: now minus 5 minutes. */
   notBefore?: Date;
   /** Length of validity in whole days counted from notBefore (1..36500). */
@@ -200,7 +200,7 @@ export async function createCa(opts: CaOptions = {}): Promise<CertAndKey> {
  * `names` say what to call the two parts in errors (e.g. their file paths).
  * Returns the parsed certificate and the signing key.
  */
-export async function loadCaMaterial(
+async function loadCaMaterial(
   ca: CertAndKey,
   names: { cert: string; key: string } = { cert: "CA certificate", key: "CA key" },
 ): Promise<{ cert: x509.X509Certificate; key: CryptoKey }> {
@@ -281,7 +281,7 @@ function reason(e: unknown): string {
 }
 
 /** `checkPrivateFile`, then the file's text. */
-export async function readPrivateFile(path: string): Promise<string> {
+async function readPrivateFile(path: string): Promise<string> {
   checkPrivateFile(path);
   try {
     return await Deno.readTextFile(path);
@@ -324,11 +324,11 @@ export const writeSecretFile = (path: string, data: string | Uint8Array, opts: W
   writeWithMode(path, data, 0o600, opts);
 
 /** Writes a public file (certificate) with mode 0644; same overwrite rule as writeSecretFile. */
-export const writePublicFile = (path: string, data: string | Uint8Array, opts: WriteOptions = {}) =>
+const writePublicFile = (path: string, data: string | Uint8Array, opts: WriteOptions = {}) =>
   writeWithMode(path, data, 0o644, opts);
 
 /** Makes `dir` (mode 0700, parents too) unless it exists; clear error if it cannot. */
-export async function ensureDir(dir: string): Promise<void> {
+async function ensureDir(dir: string): Promise<void> {
   try {
     const info = await Deno.stat(dir);
     if (!info.isDirectory) throw new VnetError(`output '${dir}' exists and is not a directory`);
@@ -404,12 +404,12 @@ async function writeAll(files: OutFile[], force: boolean): Promise<string[]> {
 }
 
 /** Paths of a CA directory. */
-export function caPaths(dir: string): { cert: string; key: string } {
+function caPaths(dir: string): { cert: string; key: string } {
   return { cert: join(dir, CA_CERT_FILE), key: join(dir, CA_KEY_FILE) };
 }
 
 /** Paths of a server certificate directory. */
-export function certPaths(dir: string): { cert: string; key: string; ca: string } {
+function certPaths(dir: string): { cert: string; key: string; ca: string } {
   return { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), ca: join(dir, CA_CERT_FILE) };
 }
 
