@@ -50,6 +50,7 @@ import {
   WAN,
 } from "../lab/netns.ts";
 import { type Medians, renderChart } from "./chart.ts";
+import { percentile, pingTimes } from "../lab/ping.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -539,27 +540,13 @@ async function tcp(
   };
 }
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1));
-  return sorted[i];
-}
-
 async function ping(topo: Topology, count: number): Promise<RttStats> {
-  const r = await tryRun(topo.ns.client, [
-    "ping",
-    "-n",
-    "-i",
-    "0.01",
-    "-c",
-    String(count),
-    "-W",
-    "1",
-    VM_IP,
-  ], { timeoutMs: count * 10 + 15_000 });
-  const rtts = [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
-  rtts.sort((a, b) => a - b);
-  if (rtts.length === 0) throw new Error(`ping: no replies (exit ${r.code}) ${r.stderr.trim()}`);
+  const { rtts, code, stderr } = await pingTimes(topo.ns.client, VM_IP, {
+    count,
+    intervalS: 0.01,
+    waitS: 1,
+  });
+  if (rtts.length === 0) throw new Error(`ping: no replies (exit ${code}) ${stderr.trim()}`);
   return {
     min: rtts[0],
     p50: percentile(rtts, 0.5),

@@ -21,8 +21,19 @@
  * net.ipv4.tcp_notsent_lowat in the Proxy's and the Host's namespaces (what an admin can do for
  * every TCP socket there; VNET cannot set TCP_NOTSENT_LOWAT per socket through Deno.Conn).
  */
-import { LAN, type Proc, run, sleep, spawn, Topology, tryRun, WAN } from "../lab/netns.ts";
+import {
+  addBridge,
+  LAN,
+  type Proc,
+  run,
+  sleep,
+  spawn,
+  Topology,
+  tryRun,
+  WAN,
+} from "../lab/netns.ts";
 import { installWan } from "../lab/delay_line.ts";
+import { percentile, pingTimes } from "../lab/ping.ts";
 import { start } from "./bench.ts";
 
 const CONFIGS = ["vnet", "vnet-tls", "openvpn-udp"] as const;
@@ -138,18 +149,7 @@ async function startOpenvpnUdp(topo: Topology): Promise<Active> {
   try {
     for (const [ns, dev] of [[proxy, "lan0"], [host, "vmif0"]]) {
       await run(ns, ["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
-      await run(ns, [
-        "ip",
-        "link",
-        "add",
-        "brv",
-        "type",
-        "bridge",
-        "stp_state",
-        "0",
-        "forward_delay",
-        "0",
-      ]);
+      await addBridge(ns, "brv");
       for (const port of [dev, "tap0"]) await run(ns, ["ip", "link", "set", port, "master", "brv"]);
       for (const port of ["brv", "tap0"]) await run(ns, ["ip", "link", "set", port, "up"]);
     }
@@ -221,26 +221,13 @@ interface Record {
   errors: string[];
 }
 
-function percentile(sorted: number[], p: number): number {
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1));
-  return sorted[i];
-}
-
 async function ping(topo: Topology, count: number): Promise<PingStats> {
-  const r = await tryRun(topo.ns.client, [
-    "ping",
-    "-n",
-    "-i",
-    "0.1",
-    "-c",
-    String(count),
-    "-W",
-    "2",
-    VM_IP,
-  ], { timeoutMs: count * 100 + 15_000 });
-  const rtts = [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
-  rtts.sort((a, b) => a - b);
-  if (rtts.length === 0) throw new Error(`ping: no replies (exit ${r.code}) ${r.stderr.trim()}`);
+  const { rtts, code, stderr } = await pingTimes(topo.ns.client, VM_IP, {
+    count,
+    intervalS: 0.1,
+    waitS: 2,
+  });
+  if (rtts.length === 0) throw new Error(`ping: no replies (exit ${code}) ${stderr.trim()}`);
   return {
     p50: percentile(rtts, 0.5),
     p99: percentile(rtts, 0.99),

@@ -16,6 +16,7 @@
  * configurations take turns, `--runs` times, so a noisy machine spreads over all of them.
  */
 import { PREFIX, run, spawn, tryRun, waitFor } from "../lab/netns.ts";
+import { percentile, pingTimes } from "../lab/ping.ts";
 import { cString, pcap, PCAP_D_IN } from "../ffi/libpcap.ts";
 import { libc, POLLIN } from "../ffi/libc.ts";
 import { structs } from "../ffi/layout.ts";
@@ -108,10 +109,6 @@ async function forwardMain(mode: Mode, a: string, b: string): Promise<void> {
   await f.pooled();
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? NaN;
-}
-
 async function benchMain(): Promise<void> {
   const count = Number(option("--count", "300"));
   const runs = Number(option("--runs", "2"));
@@ -155,8 +152,8 @@ async function benchMain(): Promise<void> {
           const p = await tryRun(ns.a, ["ping", "-n", "-c", "1", "-W", "1", "10.9.0.2"]);
           return p.code === 0 ? true : undefined;
         }, 20_000);
-        const out = await run(ns.a, ["ping", "-n", "-c", String(count), "-i", "0.02", "10.9.0.2"]);
-        results.get(mode)!.push(...[...out.matchAll(/time=([\d.]+)/g)].map((m) => Number(m[1])));
+        const { rtts } = await pingTimes(ns.a, "10.9.0.2", { count, intervalS: 0.02, waitS: 1 });
+        results.get(mode)!.push(...rtts);
         if (fwd) await fwd.kill();
         else await run(ns.mid, ["ip", "link", "del", "br0"]);
       }

@@ -8,31 +8,16 @@
  */
 import { LAN, run, spawn, type Topology, tryRun, waitFor } from "../../lab/netns.ts";
 import { installWan } from "../../lab/delay_line.ts";
+import { percentile, pingTimes } from "../../lab/ping.ts";
 import { assert, e2e, stepper, withTopology } from "./fixtures/e2e_common.ts";
 import { streamReceiver, streamSender } from "./ops_helpers.ts";
 
 const VM_IP = "10.77.0.60";
 const TRANSFER_BYTES = 16 * 1024 * 1024;
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))];
-}
-
 /** `count` pings every 100 ms from the LAN client to the VM: "p50/p99 ms (received/sent)". */
 async function pings(topo: Topology, count: number): Promise<string> {
-  const r = await tryRun(topo.ns.client, [
-    "ping",
-    "-n",
-    "-i",
-    "0.1",
-    "-c",
-    String(count),
-    "-W",
-    "2",
-    VM_IP,
-  ], { timeoutMs: count * 100 + 15_000 });
-  const rtts = [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
-  rtts.sort((a, b) => a - b);
+  const { rtts } = await pingTimes(topo.ns.client, VM_IP, { count, intervalS: 0.1, waitS: 2 });
   if (rtts.length === 0) return `no replies (${count} sent)`;
   return `${percentile(rtts, 0.5)}/${percentile(rtts, 0.99)} ms (${rtts.length}/${count})`;
 }

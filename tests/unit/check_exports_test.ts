@@ -1,32 +1,8 @@
 /** scripts/check_exports.ts: knip on fixture trees, and on this one. */
 import { assert, assertEquals } from "./assert.ts";
+import { checkScript } from "./check_script.ts";
 
-const script = new URL("../../scripts/check_exports.ts", import.meta.url).pathname;
-
-/** Runs the export check on `root` (the repository when omitted). */
-async function checkExports(root?: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--cached-only", script, ...(root ? [`--root=${root}`] : [])],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  return { code: out.code, text };
-}
-
-/** Writes `files` under a fresh directory and runs the export check there. */
-async function checkTree(files: Record<string, string>) {
-  const root = await Deno.makeTempDir({ prefix: "vnet-check-exports-test-" });
-  try {
-    for (const [path, text] of Object.entries(files)) {
-      await Deno.mkdir(`${root}/${path.split("/").slice(0, -1).join("/")}`, { recursive: true });
-      await Deno.writeTextFile(`${root}/${path}`, text);
-    }
-    return await checkExports(root);
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
-}
+const { run: checkExports, onTree: checkTree } = checkScript("check_exports.ts");
 
 const clean = {
   "main.ts": `import { used } from "./src/a.ts";\nused();\n`,

@@ -1,32 +1,8 @@
 /** scripts/check_layers.ts: the layer rule of docs/layout.md, on fixture trees and on this one. */
 import { assert, assertEquals } from "./assert.ts";
+import { checkScript } from "./check_script.ts";
 
-const script = new URL("../../scripts/check_layers.ts", import.meta.url).pathname;
-
-/** Runs the layer check on `root` (the repository when omitted). */
-async function checkLayers(root?: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--cached-only", script, ...(root ? [`--root=${root}`] : [])],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  return { code: out.code, text };
-}
-
-/** Writes `files` under a fresh directory and runs the layer check there. */
-async function checkTree(files: Record<string, string>) {
-  const root = await Deno.makeTempDir({ prefix: "vnet-layers-test-" });
-  try {
-    for (const [path, text] of Object.entries(files)) {
-      await Deno.mkdir(`${root}/${path.split("/").slice(0, -1).join("/")}`, { recursive: true });
-      await Deno.writeTextFile(`${root}/${path}`, text);
-    }
-    return await checkLayers(root);
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
-}
+const { run: checkLayers, onTree: checkTree } = checkScript("check_layers.ts");
 
 const downward = {
   "main.ts": `import { run } from "./src/cli/run.ts";\nrun();\n`,
