@@ -54,8 +54,6 @@ export class SendQueue {
   #stopped = false;
   /** When the write in progress started (0: none), to tell a stuck peer. */
   writeStarted = 0;
-  /** Bytes handed to the kernel so far. */
-  bytesWritten = 0;
 
   constructor(out: Writer, options: SendQueueOptions) {
     this.#out = out;
@@ -151,7 +149,6 @@ export class SendQueue {
         this.writeStarted = Date.now();
         await writeAll(this.#out, chunk);
         this.writeStarted = 0;
-        this.bytesWritten += chunk.length;
       }
     } catch (e) {
       this.#options.onWriteError(e);
