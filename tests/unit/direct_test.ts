@@ -8,22 +8,10 @@ import { Registry } from "../../src/control/registry.ts";
 import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
 import { macBytes } from "../../src/dataplane/mac.ts";
 import { type Link } from "../../src/link/link.ts";
-import { type Fields, Logger } from "../../src/log.ts";
+import { Warnings } from "./warnings_log.ts";
 
 const VM1 = "02:00:00:00:00:01", VM2 = "02:00:00:00:00:02";
 const GATEWAY = "02:aa:00:00:00:01";
-
-class Warnings extends Logger {
-  readonly lines: { msg: string; fields: Fields }[] = [];
-  override with(): Logger {
-    return this;
-  }
-  override info(): void {}
-  override debug(): void {}
-  override warn(msg: string, fields: Fields = {}): void {
-    this.lines.push({ msg, fields });
-  }
-}
 
 /** A stand-in link: its requests are recorded and never answered. */
 function link(name: string) {

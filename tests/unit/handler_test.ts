@@ -9,7 +9,7 @@ import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
 import { duplex } from "../../src/link/fake_stream.ts";
 import { Link } from "../../src/link/link.ts";
 import { MAX_MESSAGE, MessageReader } from "../../src/link/wire.ts";
-import { type Fields, Logger } from "../../src/log.ts";
+import { Warnings } from "./warnings_log.ts";
 import { macBytes } from "../../src/dataplane/mac.ts";
 
 const VM1 = "02:00:00:00:00:01";
@@ -27,20 +27,6 @@ function frame(dst: string, src: string): Uint8Array {
   f[12] = 0x08;
   f[13] = 0x06;
   return f;
-}
-
-class Warnings extends Logger {
-  constructor(readonly lines: { msg: string; fields: Fields }[] = []) {
-    super();
-  }
-  override with(): Logger {
-    return this;
-  }
-  override info(): void {}
-  override debug(): void {}
-  override warn(msg: string, fields: Fields = {}): void {
-    this.lines.push({ msg, fields });
-  }
 }
 
 function open(role: "proxy" | "host", multicast = false) {
