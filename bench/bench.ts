@@ -68,6 +68,19 @@ export const CONFIGS = [
 ] as const;
 export type Config = typeof CONFIGS[number];
 
+/** `--only A,B`: the configurations named, in `all`'s order; `die` for a name not in it. */
+export function pickConfigs<T extends string>(
+  text: string,
+  all: readonly T[],
+  die: (msg: string) => never,
+): T[] {
+  const list = text.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const c of list) {
+    if (!(all as readonly string[]).includes(c)) die(`--only: unknown config ${c}`);
+  }
+  return all.filter((c) => list.includes(c));
+}
+
 interface Options {
   runs: number;
   seconds: number;
@@ -136,14 +149,9 @@ function parseArgs(args: string[]): Options {
         val();
         console.log("--delay skipped: this kernel has no netem (sch_netem), so no added delay");
         break;
-      case "--only": {
-        const list = val().split(",").map((s) => s.trim()).filter(Boolean);
-        for (const c of list) {
-          if (!(CONFIGS as readonly string[]).includes(c)) die(`--only: unknown config ${c}`);
-        }
-        o.only = CONFIGS.filter((c) => list.includes(c));
+      case "--only":
+        o.only = pickConfigs(val(), CONFIGS, die);
         break;
-      }
       case "--offloads": {
         const v = val();
         if (v !== "on" && v !== "off" && v !== "both") die(`--offloads: on, off or both, got ${v}`);

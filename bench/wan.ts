@@ -34,7 +34,7 @@ import {
 } from "../lab/netns.ts";
 import { installWan } from "../lab/delay_line.ts";
 import { percentile, pingTimes } from "../lab/ping.ts";
-import { start } from "./bench.ts";
+import { pickConfigs, start } from "./bench.ts";
 
 const CONFIGS = ["vnet", "vnet-tls", "openvpn-udp"] as const;
 type WanConfig = typeof CONFIGS[number];
@@ -99,14 +99,9 @@ function parseArgs(args: string[]): Options {
       case "--runs":
         o.runs = Math.round(num(1, 100));
         break;
-      case "--only": {
-        const list = val().split(",").map((s) => s.trim()).filter(Boolean);
-        for (const c of list) {
-          if (!(CONFIGS as readonly string[]).includes(c)) die(`--only: unknown config ${c}`);
-        }
-        o.only = CONFIGS.filter((c) => list.includes(c));
+      case "--only":
+        o.only = pickConfigs(val(), CONFIGS, die);
         break;
-      }
       case "--notsent-lowat":
         o.notsentLowat = Math.round(num(1, 2 ** 32 - 1));
         break;
