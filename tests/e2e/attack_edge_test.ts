@@ -284,7 +284,8 @@ e2e(
           async () => {
             const pid = topo.servers[role]!.pid;
             const rssBefore = rssKiB(pid);
-            const attack = flood(WAN[role], METRICS_PORT, 1000, 30);
+            // Longer than the scrapes can take (100 × a 2 s timeout); stopped once they are done.
+            const attack = flood(WAN[role], METRICS_PORT, 1000, 240);
             await attack.waitForLine(/^holding/, 20_000);
             const height = await floodAtHeight(attack, topo.ns[role], METRICS_PORT, 900);
             // The scraper is another WAN server's address, as a Prometheus elsewhere would be.
@@ -300,7 +301,7 @@ e2e(
             assert(await scrape.exited === 0, `scraper:\n${scrape.output()}`);
             const stillFlooding = attack.exitCode === null;
             const rssDuring = rssKiB(pid);
-            await attack.exited;
+            await attack.kill();
             const r = JSON.parse(scrape.lines.at(-1)!.slice(5));
             console.log(
               `    ${height}; ${attack.lines.at(-1)?.slice(5)}; scrapes ${r.ok}/${
