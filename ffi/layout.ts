@@ -40,6 +40,10 @@ export interface Structs {
   readonly pcap_addr: StructLayout;
   readonly bpf_program: StructLayout;
   readonly bpf_insn: StructLayout;
+  readonly iovec: StructLayout;
+  readonly msghdr: StructLayout;
+  readonly mmsghdr: StructLayout;
+  readonly cmsghdr: StructLayout;
 }
 
 export type Arch = typeof Deno.build.arch;
@@ -148,6 +152,42 @@ const X86_64: Structs = {
     header: "pcap/pcap.h",
     size: 8,
     offsets: { code: 0, jt: 2, jf: 3, k: 4 },
+  },
+  iovec: {
+    type: "struct iovec",
+    header: "sys/uio.h",
+    size: 16,
+    offsets: { iov_base: 0, iov_len: 8 },
+  },
+  // The kernel's msghdr: msg_iovlen and msg_controllen are size_t (musl declares them int and
+  // socklen_t plus padding at the same offsets, so a 64-bit write with a zero high word fits both).
+  msghdr: {
+    type: "struct msghdr",
+    header: "sys/socket.h",
+    size: 56,
+    offsets: {
+      msg_name: 0,
+      msg_namelen: 8,
+      msg_iov: 16,
+      msg_iovlen: 24,
+      msg_control: 32,
+      msg_controllen: 40,
+      msg_flags: 48,
+    },
+  },
+  mmsghdr: {
+    type: "struct mmsghdr",
+    header: "sys/socket.h",
+    size: 64,
+    offsets: { msg_hdr: 0, msg_len: 56 },
+  },
+  // A control message's data starts right after this header (CMSG_DATA), and each message takes
+  // CMSG_ALIGN(cmsg_len) bytes: both align to sizeof(size_t), 8.
+  cmsghdr: {
+    type: "struct cmsghdr",
+    header: "sys/socket.h",
+    size: 16,
+    offsets: { cmsg_len: 0, cmsg_level: 8, cmsg_type: 12 },
   },
 };
 
