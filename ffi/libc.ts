@@ -7,7 +7,9 @@
  * (src/link/socket_stream.ts): `recv`/`send`/`getsockname`/`getpeername`. The Linux packet
  * injector (GSO): `socket`/`bind`/`send`, and `setsockopt` so that it receives nothing. The
  * server's accept path: `shutdown`, to end a TLS handshake the runtime still waits on
- * (src/link/socket_abort.ts), and `getrlimit`/`setrlimit` to raise the fd limit at start.
+ * (src/link/socket_abort.ts), and `getrlimit`/`setrlimit` to raise the fd limit at start. The
+ * UDP transport's socket (src/io/udp_socket.ts): `socket`/`bind`/`setsockopt`/`getsockopt`, and
+ * `sendmmsg`/`recvmmsg`/`sendto` for its datagrams.
  */
 import { lazyLibrary, LIBC } from "./load.ts";
 import { acceptNothing } from "./bpf.ts";
@@ -192,17 +194,84 @@ const symbols = {
     ],
     result: "pointer",
   },
+  // int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen);
+  getsockopt: {
+    parameters: [
+      "i32", // int sockfd
+      "i32", // int level
+      "i32", // int optname
+      "buffer", // void *optval (out)
+      "buffer", // socklen_t *optlen (in/out)
+    ],
+    result: "i32",
+  },
+  // ssize_t sendto(int sockfd, const void *buf, size_t len, int flags,
+  //                const struct sockaddr *dest_addr, socklen_t addrlen);
+  sendto: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // const void *buf
+      "usize", // size_t len
+      "i32", // int flags
+      "buffer", // const struct sockaddr *dest_addr (struct sockaddr_in or sockaddr_in6)
+      "u32", // socklen_t addrlen
+    ],
+    result: "isize",
+  },
+  // int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags);
+  // (Linux and FreeBSD only: optional, so that libc still loads elsewhere.)
+  sendmmsg: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct mmsghdr *msgvec (ffi/layout.ts; msg_len out)
+      "u32", // unsigned int vlen
+      "i32", // int flags
+    ],
+    result: "i32",
+    optional: true,
+  },
+  // int recvmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags,
+  //              struct timespec *timeout);
+  recvmmsg: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct mmsghdr *msgvec (in/out)
+      "u32", // unsigned int vlen
+      "i32", // int flags
+      "pointer", // struct timespec *timeout (NULL: none; the socket is nonblocking)
+    ],
+    result: "i32",
+    optional: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const library = lazyLibrary(LIBC, symbols);
 
 /** The calling thread's errno and its text, right after a failed call. */
 export function lastErrno(): { errno: number; text: string } {
-  const lib = libc();
-  const where = lib.__errno_location?.();
-  const errno = where ? new Deno.UnsafePointerView(where).getInt32() : 0;
-  const text = lib.strerror(errno);
-  return { errno, text: text ? Deno.UnsafePointerView.getCString(text) : `errno ${errno}` };
+  const errno = errnoNow();
+  return { errno, text: errnoText(errno) };
+}
+
+let errnoCell: Deno.UnsafePointerView | null | undefined;
+
+/**
+ * The calling thread's errno right after a failed call, read without allocating: the data path
+ * reads it after every drained socket (EAGAIN). The cell is found once per module instance, and
+ * each Worker has its own instance on its own thread, so the cached cell is always this thread's.
+ */
+export function errnoNow(): number {
+  if (errnoCell === undefined) {
+    const where = libc().__errno_location?.();
+    errnoCell = where ? new Deno.UnsafePointerView(where) : null;
+  }
+  return errnoCell ? errnoCell.getInt32() : 0;
+}
+
+/** strerror(errno), e.g. "Message too long". */
+export function errnoText(errno: number): string {
+  const text = libc().strerror(errno);
+  return text ? Deno.UnsafePointerView.getCString(text) : `errno ${errno}`;
 }
 
 /** The libc symbols; opened on first call. */
