@@ -559,6 +559,7 @@ export class UdpSocket {
    */
   sendTo(peer: UdpAddress, data: Uint8Array, length = data.length): DatagramStatus {
     const fd = this.#openFd("sendto");
+    if (!(length >= 0 && length <= data.length)) throw new Error(`bad length ${length}`);
     for (;;) {
       const rc = libc().sendto(fd, data, BigInt(length), 0, peer.sockaddr, peer.sockaddr.length);
       if (Number(rc) >= 0) return DatagramStatus.Sent;
@@ -695,6 +696,7 @@ class UdpSendBatch {
    * in `data` where its bytes go, or -1 if the batch has no room for it.
    */
   reserve(peer: UdpAddress, length: number): number {
+    if (length >>> 0 !== length) throw new Error(`bad datagram length ${length}`);
     const at = this.bytes;
     if (this.count === this.capacity || at + length > this.capacityBytes) return -1;
     const i = this.count++;
