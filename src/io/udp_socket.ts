@@ -32,6 +32,7 @@
 import { errnoNow, errnoText, libc } from "../../ffi/libc.ts";
 import { structs } from "../../ffi/layout.ts";
 import { ipBytes } from "./socket_lookup.ts";
+import { formatHostPort, formatIpv6 } from "../addr.ts";
 
 /**
  * The Linux constants this module passes to the kernel. They are asm-generic's, the same on
@@ -224,23 +225,7 @@ function isV4Mapped(bytes: Uint8Array, at: number): boolean {
 function formatIp(bytes: Uint8Array, at: number, v6: boolean): string {
   if (!v6) return `${bytes[at]}.${bytes[at + 1]}.${bytes[at + 2]}.${bytes[at + 3]}`;
   if (isV4Mapped(bytes, at)) return formatIp(bytes, at + 12, false);
-  const words: number[] = [];
-  for (let k = 0; k < 16; k += 2) words.push((bytes[at + k] << 8) | bytes[at + k + 1]);
-  let best = -1, bestLen = 1; // the longest run of zero words, if 2 or longer
-  for (let k = 0; k < 8;) {
-    if (words[k] !== 0) {
-      k++;
-      continue;
-    }
-    let end = k;
-    while (end < 8 && words[end] === 0) end++;
-    if (end - k > bestLen) [best, bestLen] = [k, end - k];
-    k = end;
-  }
-  const hex = (ws: number[]) => ws.map((w) => w.toString(16)).join(":");
-  return best < 0
-    ? hex(words)
-    : `${hex(words.slice(0, best))}::${hex(words.slice(best + bestLen))}`;
+  return formatIpv6(bytes.subarray(at, at + 16));
 }
 
 /**
@@ -275,9 +260,7 @@ export class UdpAddress {
   }
 
   toString(): string {
-    return this.hostname.includes(":")
-      ? `[${this.hostname}]:${this.port}`
-      : `${this.hostname}:${this.port}`;
+    return formatHostPort(this);
   }
 }
 
@@ -433,7 +416,7 @@ export class UdpSocket {
       0,
     );
     if (fd < 0) throw new SocketCallError("socket", errnoNow(), `UDP/IPv${family}`);
-    const where = `${family === 6 ? `[${options.address}]` : options.address}:${options.port}`;
+    const where = formatHostPort({ hostname: options.address, port: options.port });
     const must = (ok: boolean, call: string) => {
       if (!ok) throw new SocketCallError(call, errnoNow(), where);
     };
