@@ -683,12 +683,20 @@ Deno.test("rekey: only epoch + 1, one at a time; the epoch wraps after 255", () 
   assertEquals(acceptor.shouldRekey(1e9), false, "nothing more to ask while one is pending");
 
   const pair = sessionPair("chacha20poly1305");
+  // Counter 4 of the first epoch 0: a counter the second epoch 0 will not have seen.
+  const firstOfEpoch0 = Array.from({ length: 5 }, () => seal(pair.dialer, random(4)))[4];
   for (let epoch = 1; epoch <= 260; epoch++) {
     rekeyBoth(pair.dialer, pair.acceptor, epoch)();
     const d = seal(pair.dialer, random(4));
     assertEquals(d[HeaderOffset.epoch], epoch & 0xff);
     assert(open(pair.acceptor, d) !== null, `epoch ${epoch}`);
     assert(open(pair.dialer, seal(pair.acceptor, random(4))) !== null, `epoch ${epoch} back`);
+    if (epoch === 256) {
+      // Epoch 0 again, with other keys: the first epoch 0's datagrams do not open under them.
+      const forged = pair.acceptor.counters.forged;
+      assertEquals(open(pair.acceptor, firstOfEpoch0), null);
+      assertEquals(pair.acceptor.counters.forged, forged + 1);
+    }
   }
   assertEquals(pair.dialer.epoch, 260 & 0xff);
 });

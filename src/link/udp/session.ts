@@ -35,7 +35,7 @@
  * no sender would use), of an unknown epoch, below the replay window or already seen, all before
  * any cryptography; then makes ONE AEAD check, and only a datagram that passes it moves the
  * replay window. Each refusal adds one to a counter in `counters`, and nothing else happens: no
- * answer, no state change, no allocation.
+ * answer, no change to any state (the datagram's own bytes aside: opening is in place).
  *
  * ## Rekeying
  *
