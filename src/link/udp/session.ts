@@ -54,19 +54,23 @@
  *
  * ## Which AEAD: measured (bench/aead.ts)
  *
- * One core (Intel Xeon with AES-NI and AVX-512, a 2-vCPU VM), libsodium 1.0.18, Deno 2.9.6;
- * ns per packet to seal / to open, and the payload one core both seals and opens per second:
+ * One core of a 2-vCPU VM (Intel Xeon, AES-NI, AVX-512), shared with other work: the best of
+ * three `deno run -A bench/aead.ts` runs; libsodium 1.0.18, Deno 2.9.6. Nanoseconds to seal /
+ * to open one packet, and the payload one core both seals and opens, in Gbit/s:
  *
- *   contender                    64 B                1400 B                64 KiB
- *   sodium aes256gcm        303/294 0.86 Gb/s   1010/1216 5.03 Gb/s   42099/44503 6.05 Gb/s
- *   sodium chacha20poly1305 636/424 0.48 Gb/s   2723/1844 2.45 Gb/s   60677/54265 4.56 Gb/s
- *   node:crypto aes-256-gcm 8697/6910 0.03      18523/17013 0.32      413222/418870 0.63
- *   node:crypto chacha20    10325/11673 0.02    9980/7418 0.64        63657/62010 4.17
+ *                              64 B               1400 B               64 KiB
+ *   libsodium aes256gcm        231/239    1.09    942/1094     5.50    34157/43582    6.74
+ *   libsodium chacha20poly1305 420/420    0.61    1669/1685    3.34    49460/48667    5.34
+ *   node:crypto aes-256-gcm    4722/4009  0.06    14593/13775  0.39    382871/379291  0.69
+ *   node:crypto chacha20-p1305 3775/3146  0.07    9055/6781    0.71    59579/61436    4.33
+ *   this session, aes256gcm    241/368    0.84    1067/1151    5.05    34479/40599    6.98
+ *   this session, chacha20     475/605    0.47    1674/1918    3.12    49646/49713    5.28
  *
- * libsodium's AES-256-GCM wins at every size, twice ChaCha20-Poly1305's rate at 1400 B, so it is
- * the first choice when both sides have it (`agreeAead`), and ChaCha20-Poly1305 the fallback
- * (no AES-NI, or aarch64, where libsodium 1.0.18 has no AES-GCM). node:crypto costs a cipher
- * object per packet (some 8 µs): out of the running.
+ * libsodium's AES-256-GCM wins at every size (1.6 times ChaCha20-Poly1305's rate at 1400 B), so
+ * it is the first choice when both sides have it (`agreeAead`), and ChaCha20-Poly1305 the
+ * fallback (no AES-NI; aarch64, where libsodium 1.0.18 has no AES-GCM). node:crypto costs a
+ * cipher object per packet, some 4 µs even at 64 B: out of the running. The session adds about
+ * 0.1 µs per packet to the bare AEAD (header, replay window, the view it returns).
  */
 import { AEAD_NONCE_BYTES, AEAD_TAG_BYTES } from "../../../ffi/sodium.ts";
 import { type AeadKey, aeadKey } from "./aead.ts";
