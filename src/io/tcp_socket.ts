@@ -245,6 +245,8 @@ async function resolve(host: string): Promise<Uint8Array[]> {
 /** A listening socket of ours; `accept()` hands out the connections that come in. */
 export class TcpListener {
   #open = true;
+  /** The wait for a connection, while one is pending. */
+  #waiting: Promise<boolean> | null = null;
   readonly #sockaddr = new Uint8Array(SOCKADDR_SIZE);
   readonly #socklen = new Uint8Array(4);
 
@@ -259,13 +261,24 @@ export class TcpListener {
     const lib = libc();
     for (;;) {
       if (!this.#open) throw new Deno.errors.BadResource("the listener is closed");
+      // Another accept waits already: wait with it, not instead of it (a second wait on the
+      // fd would end the first, which would then end the second, and so on).
+      if (this.#waiting) {
+        await this.#waiting;
+        continue;
+      }
       new DataView(this.#socklen.buffer).setUint32(0, SOCKADDR_SIZE, true);
       const fd = lib.accept4(this.fd, this.#sockaddr, this.#socklen, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd >= 0) return connection(fd, hostPortOf(this.#sockaddr));
       const { errno, text } = lastErrno();
       if (errno === EINTR) continue;
       if (errno !== EAGAIN) throw osError(errno, text);
-      await poller.readable(this.fd);
+      this.#waiting = poller.readable(this.fd);
+      try {
+        await this.#waiting;
+      } finally {
+        this.#waiting = null;
+      }
     }
   }
 

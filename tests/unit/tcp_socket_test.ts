@@ -406,3 +406,41 @@ Deno.test({
     reader.close();
   },
 });
+
+/**
+ * Two accepts that wait at once both get a connection, and the thread runs on meanwhile. Run in
+ * its own process with a time limit: the failure this guards against is two waits ending each
+ * other for ever, which starves the whole thread.
+ */
+Deno.test({
+  name: "two accepts waiting at once both finish, and the thread keeps running meanwhile",
+  ignore: notLinux,
+  async fn() {
+    const script = `
+      import { closeSocket, connectTcp, listenTcp } from "./src/io/tcp_socket.ts";
+      const listener = await listenTcp("127.0.0.1", 0);
+      const both = Promise.all([listener.accept(), listener.accept()]);
+      await new Promise((r) => setTimeout(r, 50));
+      const dialled = await Promise.all([0, 1].map(() => connectTcp("127.0.0.1", listener.addr.port, 5000)));
+      const accepted = await both;
+      console.log(JSON.stringify({
+        dialled: dialled.map((c) => c.local.port).sort(),
+        accepted: accepted.map((c) => c.remote.port).sort(),
+      }));
+      for (const c of [...dialled, ...accepted]) closeSocket(c.fd);
+      listener.close();
+    `;
+    const root = new URL("../..", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--ext=ts", script],
+      cwd: root,
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(20_000),
+    }).output();
+    assert(out.code === 0, `exit ${out.code}: ${new TextDecoder().decode(out.stderr)}`);
+    const r = JSON.parse(new TextDecoder().decode(out.stdout));
+    assertEquals(r.accepted.length, 2);
+    assertEquals(r.accepted, r.dialled);
+  },
+});
