@@ -2,9 +2,10 @@
  * The few libc calls VNET needs (UN*X). The data path's wait (src/io/): `poll` — the ONLY
  * asynchronous FFI call, run on Deno's blocking thread pool — or `poll_sync`, the same call on
  * the JS thread; a self-pipe (`pipe`/`write`/`read`/`close`) that wakes a pending poll; and to
- * join the runtime's own wait, `socket`/`connect` (a doorbell), `read` (its waker) and
- * `epoll_ctl`. The sockets of plain links, taken over from the runtime
- * (src/link/socket_stream.ts): `recv`/`send`/`getsockname`/`getpeername`. The Linux packet
+ * join the runtime's own wait, `socket`/`connect` (a doorbell) and `read` (its waker). The
+ * sockets of plain links, our own (src/io/tcp_socket.ts, src/link/socket_stream.ts):
+ * `socket`/`setsockopt`/`bind`/`listen`/`accept4`, a nonblocking `connect` and `getsockopt`
+ * (its outcome), `recv`/`send`, `getsockname`/`getpeername`. The Linux packet
  * injector (GSO): `socket`/`bind`/`send`, and `setsockopt` so that it receives nothing. The
  * server's accept path: `shutdown`, to end a TLS handshake the runtime still waits on
  * (src/link/socket_abort.ts), and `getrlimit`/`setrlimit` to raise the fd limit at start. The
@@ -154,16 +155,6 @@ const symbols = {
     ],
     result: "i32",
   },
-  // int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
-  epoll_ctl: {
-    parameters: [
-      "i32", // int epfd
-      "i32", // int op (EPOLL_CTL_MOD)
-      "i32", // int fd
-      "buffer", // struct epoll_event *event (ffi/layout.ts: packed on x86_64 only)
-    ],
-    result: "i32",
-  },
   // ssize_t send(int sockfd, const void *buf, size_t len, int flags);
   send: {
     parameters: [
@@ -193,6 +184,24 @@ const symbols = {
       "i32", // int errnum
     ],
     result: "pointer",
+  },
+  // int listen(int sockfd, int backlog);
+  listen: {
+    parameters: [
+      "i32", // int sockfd
+      "i32", // int backlog
+    ],
+    result: "i32",
+  },
+  // int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+  accept4: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // struct sockaddr *addr (out; struct sockaddr_in6 is 28 bytes)
+      "buffer", // socklen_t *addrlen (in/out)
+      "i32", // int flags (SOCK_NONBLOCK | SOCK_CLOEXEC)
+    ],
+    result: "i32",
   },
   // int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen);
   getsockopt: {

@@ -141,9 +141,8 @@ export async function serverCommand(args: string[]): Promise<number> {
       hosts: config.metricsHosts,
     }, log);
   }
-  server.start();
-  // After the start: a start that fails says one line. Links are made after their handshakes,
-  // which have not begun yet, so every one of them finds the wait set.
+  await server.start();
+  // After the start: a start that fails says one line.
   const inline = poller.enableInline(config.inlineWaitMs);
   log.info("data path wait", {
     inline: inline ? `${config.inlineWaitMs} ms after traffic` : "off",

@@ -1,9 +1,12 @@
 /**
  * The listening socket, hardened: nothing a stranger does may stop it accepting.
  *
- * 1. Accept. Errors of one connection (ECONNABORTED, ENOTCONN, a reset before accept) are
- *    logged and skipped; resource errors (EMFILE, ENFILE, ENOBUFS, ENOMEM) back off from 5 ms
- *    to 1 s, as Go's net/http does, and accepting resumes when the resource is back.
+ * 1. Accept: a plain server on a socket of its own (src/io/tcp_socket.ts), whose connections
+ *    are our own sockets from the start (src/link/socket_stream.ts); a TLS server through
+ *    Deno.listenTls, the runtime's (rustls). Errors of one connection (ECONNABORTED, ENOTCONN, a
+ *    reset before accept) are logged and skipped; resource errors (EMFILE, ENFILE, ENOBUFS,
+ *    ENOMEM) back off from 5 ms to 1 s, as Go's net/http does, and accepting resumes when the
+ *    resource is back.
  * 2. Admit. At most `maxHandshakes` connections may be unauthenticated at once, and at most
  *    `maxPerAddress` from one address. A newcomer over the per-address limit displaces that
  *    address's oldest; a newcomer when all slots are full displaces the oldest connection of
@@ -11,17 +14,19 @@
  *    churns its own slots, and everyone else still gets in).
  * 3. Authenticate: TLS (if on), the handshake, and a dialling server's certificate proof.
  *    Every refused, failed, displaced or timed-out connection is closed at once, releasing its
- *    fd. A TLS connection is also shut down (socket_abort.ts): while its TLS handshake is
- *    pending the runtime keeps the socket after `close()`, so without that a silent TLS peer
- *    would hold its fd until it left, slots or not.
+ *    fd: a plain one's is ours to close. A TLS connection is also shut down (socket_abort.ts):
+ *    while its TLS handshake is pending the runtime keeps the socket after `close()`, so
+ *    without that a silent TLS peer would hold its fd until it left, slots or not.
  * 4. Hand the authenticated connection to the server, which caps how many it keeps.
  */
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
+import { listenTcp } from "../io/tcp_socket.ts";
 import { type ConnectionKind, handshake, HANDSHAKE_TIMEOUT_MS } from "../link/auth.ts";
 import { checkProof } from "../link/peer_cert.ts";
 import { abortSocket } from "../link/socket_abort.ts";
-import { closeQuietly, withTimeout, writeAll } from "../link/stream.ts";
+import { SocketStream } from "../link/socket_stream.ts";
+import { closeQuietly, type Stream, withTimeout, writeAll } from "../link/stream.ts";
 import { encodeMessage, MessageReader, MessageType } from "../link/wire.ts";
 import { type Fields, type Logger } from "../log.ts";
 
@@ -34,10 +39,13 @@ export interface TlsFiles {
 }
 
 export interface Accepted {
-  conn: Deno.Conn;
+  /** A Deno.TlsConn (TLS), or a SocketStream over our own socket (plain). */
+  conn: Stream;
   reader: MessageReader;
   kind: "control" | "peer";
   remote: string;
+  /** This end's IP address, the one the connection came in on. */
+  local: string;
   /** The subject of a dialling server's certificate (TLS peers), for logs. */
   cert: string;
 }
@@ -58,8 +66,60 @@ interface AcceptorOptions {
 const RESOURCE_ERRORS = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"]);
 const MAX_BACKOFF_MS = 1_000;
 
+/** A connection as it came in: its stream and what is known of its two ends. */
+interface Incoming {
+  conn: Stream;
+  /** The other end; null if it reset before its address could be read. */
+  remote: HostPort | null;
+  /** This end's IP address ("" if unknown). */
+  local: string;
+  /** A TLS connection's two endpoints, by which it is shut down (see the top). */
+  endpoints?: { local: Deno.NetAddr; remote: Deno.NetAddr };
+}
+
+/** Where connections come from: our own listening socket, or Deno's TLS listener. */
+interface Listener {
+  /** The next connection; throws for a failed accept (`code`: the errno's name). */
+  accept(): Promise<Incoming>;
+  close(): void;
+}
+
+/** A plain TCP listener of our own: each connection's socket is ours (socket_stream.ts). */
+async function plainListener(listen: HostPort): Promise<Listener> {
+  const listener = await listenTcp(listen.hostname, listen.port);
+  return {
+    accept: async () => {
+      const { fd, local, remote } = await listener.accept();
+      return { conn: new SocketStream(fd), remote, local: local.hostname };
+    },
+    close: () => listener.close(),
+  };
+}
+
+/** Deno's TLS listener (the record layer is rustls'): the runtime keeps these sockets. */
+function tlsListener(listen: HostPort, tls: TlsFiles): Listener {
+  const listener = Deno.listenTls({
+    hostname: listen.hostname,
+    port: listen.port,
+    cert: tls.cert,
+    key: tls.key,
+  });
+  return {
+    accept: async () => {
+      const conn = await listener.accept();
+      try {
+        const local = conn.localAddr, remote = conn.remoteAddr;
+        return { conn, remote, local: local.hostname, endpoints: { local, remote } };
+      } catch {
+        return { conn, remote: null, local: "" }; // reset already: it fails in the handshake
+      }
+    },
+    close: () => listener.close(),
+  };
+}
+
 interface Pending {
-  conn: Deno.Conn;
+  conn: Stream;
   address: string;
   since: number;
   /** Its two endpoints, read on arrival: a TLS connection is shut down by them (see the top). */
@@ -71,7 +131,7 @@ interface Pending {
 export class Acceptor {
   readonly #options: AcceptorOptions;
   readonly #log: Logger;
-  #listener: Deno.Listener | null = null;
+  #listener: Listener | null = null;
   #closed = false;
   /** Unauthenticated connections, oldest first, and how many each address holds. */
   readonly #pending = new Set<Pending>();
@@ -90,17 +150,10 @@ export class Acceptor {
   }
 
   /** Binds the socket (throws a VnetError if it cannot) and starts accepting. */
-  start(): void {
+  async start(): Promise<void> {
     const { listen, tls } = this.#options;
     try {
-      this.#listener = tls
-        ? Deno.listenTls({
-          hostname: listen.hostname,
-          port: listen.port,
-          cert: tls.cert,
-          key: tls.key,
-        })
-        : Deno.listen({ hostname: listen.hostname, port: listen.port });
+      this.#listener = tls ? tlsListener(listen, tls) : await plainListener(listen);
     } catch (e) {
       throw new VnetError(`cannot listen on ${this.address}: ${messageOf(e)}`, {
         code: ErrorCode.System,
@@ -123,12 +176,12 @@ export class Acceptor {
     if (p.endpoints) abortSocket(p.endpoints.local, p.endpoints.remote);
   }
 
-  async #loop(listener: Deno.Listener): Promise<void> {
+  async #loop(listener: Listener): Promise<void> {
     let backoff = 0;
     while (!this.#closed) {
-      let conn: Deno.Conn;
+      let incoming: Incoming;
       try {
-        conn = await listener.accept();
+        incoming = await listener.accept();
         backoff = 0;
       } catch (e) {
         if (this.#closed || e instanceof Deno.errors.BadResource) break;
@@ -148,20 +201,14 @@ export class Acceptor {
         }
         continue;
       }
-      this.#admit(conn);
+      this.#admit(incoming);
     }
     this.#log.debug("accept loop stopped");
   }
 
-  #admit(conn: Deno.Conn): void {
-    let address = "unknown", remote = "unknown";
-    let endpoints: Pending["endpoints"];
-    try {
-      const addr = conn.remoteAddr as Deno.NetAddr;
-      address = addr.hostname;
-      remote = formatHostPort(addr);
-      if (this.#options.tls) endpoints = { local: conn.localAddr as Deno.NetAddr, remote: addr };
-    } catch { /* reset already: it fails in the handshake */ }
+  #admit({ conn, remote: from, local, endpoints }: Incoming): void {
+    const address = from?.hostname ?? "unknown";
+    const remote = from ? formatHostPort(from) : "unknown";
     const { maxHandshakes, maxPerAddress } = this.#options;
     const mine = this.#perAddress.get(address) ?? 0;
     const victim = mine >= maxPerAddress
@@ -189,7 +236,7 @@ export class Acceptor {
     this.#pending.add(pending);
     this.#perAddress.set(address, (this.#perAddress.get(address) ?? 0) + 1);
     this.stats.accepted++;
-    this.#authenticate(pending, remote).finally(() => this.#release(pending));
+    this.#authenticate(pending, remote, local).finally(() => this.#release(pending));
   }
 
   #release(p: Pending): void {
@@ -212,7 +259,7 @@ export class Acceptor {
     return best;
   }
 
-  async #authenticate(pending: Pending, remote: string): Promise<void> {
+  async #authenticate(pending: Pending, remote: string, local: string): Promise<void> {
     const conn = pending.conn;
     const tls = this.#options.tls;
     const timeoutMs = this.#options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
@@ -225,8 +272,6 @@ export class Acceptor {
           timeoutMs,
           () => "TLS handshake timed out",
         );
-      } else {
-        (conn as Deno.TcpConn).setNoDelay(true);
       }
       const done = await handshake(conn, reader, {
         key: this.#options.key,
@@ -252,12 +297,12 @@ export class Acceptor {
       return;
     }
     if (this.#closed) return closeQuietly(conn);
-    this.#options.onAccepted({ conn, reader, kind, remote, cert });
+    this.#options.onAccepted({ conn, reader, kind, remote, local, cert });
   }
 
   /** Reads the dialler's certificate proof; on a bad one, tells it why and throws. */
   async #checkPeerCertificate(
-    conn: Deno.Conn,
+    conn: Stream,
     reader: MessageReader,
     nonces: { own: Uint8Array; peer: Uint8Array },
   ): Promise<string> {

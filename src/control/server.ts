@@ -111,8 +111,8 @@ export class Server implements ServerContext {
   }
 
   /** Restores saved handlers, binds the socket (throws a VnetError if it cannot), accepts. */
-  start(): void {
-    this.#acceptor.start();
+  async start(): Promise<void> {
+    await this.#acceptor.start();
     const restored = this.#state.restore(this.id);
     if (restored) {
       this.id = restored.serverId;
@@ -142,10 +142,9 @@ export class Server implements ServerContext {
   #accepted(a: Accepted): void {
     const links = this.#links[a.kind];
     const max = this.#options.maxConnections ?? 1024;
-    const addr = a.conn.localAddr as Deno.NetAddr;
     const link = new Link(a.conn, a.reader, {
       remote: a.remote,
-      local: addr.hostname,
+      local: a.local,
       tls: Boolean(this.#options.tls),
       log: this.log,
       events: this.#linkEvents(a.kind),

@@ -94,11 +94,6 @@ class Poller {
     return this.#inlineWindowMs > 0 && this.#runtime !== null;
   }
 
-  /** Takes `fd` away from the runtime's wait: from now on only this poller watches it. */
-  adopt(fd: number): boolean {
-    return this.#runtime?.release(fd) ?? false;
-  }
-
   /**
    * Resolves true when `fd` is readable (or in error), or `timeoutMs` passed; false if cancelled.
    * `frames`: `fd` is a capture's, whose frames open the inline window.

@@ -64,8 +64,6 @@ function unixSocketInode(path: string): number {
   return -1;
 }
 
-const EPOLL_CTL_MOD = 3;
-const EPOLLET = 1 << 31;
 const O_NONBLOCK = 0o4000;
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
@@ -179,25 +177,6 @@ export class RuntimeWait {
       const { errno } = lastErrno();
       if (errno !== 11) log.debug("waker reset failed", { errno }); // EAGAIN: already clear
     }
-  }
-
-  /**
-   * Stops the runtime from watching `fd` (a socket the data path now serves itself): else every
-   * byte that arrives would also make the runtime's epoll ready, for nothing.
-   */
-  release(fd: number): boolean {
-    // Not EPOLL_CTL_DEL: the runtime deletes the fd itself when its Deno.Conn closes, and a
-    // failed delete would make it keep its registration. Watching no events (same token, in
-    // case the kernel still reports a hang-up) leaves it nothing to say meanwhile.
-    const token = epollEntries(this.epfd).find((e) => e.fd === fd)?.token;
-    if (token === undefined) return false;
-    // Packed on x86_64 only: 12 bytes there, 16 on aarch64 with the data at 8 (ffi/layout.ts).
-    const { size, offsets } = structs.epoll_event;
-    const event = new Uint8Array(size);
-    const view = new DataView(event.buffer);
-    view.setUint32(offsets.events, EPOLLET >>> 0, true);
-    view.setBigUint64(offsets.data, token, true);
-    return libc().epoll_ctl(this.epfd, EPOLL_CTL_MOD, fd, event) === 0;
   }
 
   /**

@@ -1,8 +1,9 @@
 /**
  * Finds a connection's socket among the process's fds by its two endpoints: the one way to act
- * on a socket the runtime owns and does not expose. Two places must: a plain link whose socket
- * the data path serves itself (src/link/socket_stream.ts), and a TLS handshake cut short
- * (src/link/socket_abort.ts), whose fd the runtime keeps after `close()`.
+ * on a socket the runtime owns and does not expose. One place must: a TLS handshake cut short
+ * (src/link/socket_abort.ts), whose fd the runtime keeps after `close()`. TLS connections stay
+ * the runtime's (rustls); plain ones are our own from the start (tcp_socket.ts), so this goes
+ * when the TLS path no longer needs it.
  *
  * A connection is keyed `local remote`, each end `ip bytes|port`, from Deno's addresses on one
  * side and `getsockname`/`getpeername` on the other; `findSockets` answers many keys in one pass
@@ -11,46 +12,10 @@
 import { libc } from "../../ffi/libc.ts";
 import { structs } from "../../ffi/layout.ts";
 import { openFds } from "./proc_fds.ts";
+import { ipBytes } from "./tcp_socket.ts";
 
 const AF_INET = 2;
 const AF_INET6 = 10;
-
-/** The 4 or 16 bytes of an IP address as Deno writes it (`10.0.0.1`, `::1`, `::ffff:10.0.0.1`). */
-export function ipBytes(text: string): Uint8Array | null {
-  if (!text.includes(":")) {
-    const parts = text.split(".");
-    if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) {
-      return null;
-    }
-    return new Uint8Array(parts.map(Number));
-  }
-  let head = text;
-  let tail4: Uint8Array | null = null;
-  const lastColon = text.lastIndexOf(":");
-  if (text.slice(lastColon + 1).includes(".")) {
-    tail4 = ipBytes(text.slice(lastColon + 1));
-    if (!tail4) return null;
-    head = `${text.slice(0, lastColon + 1)}0:0`;
-  }
-  const halves = head.split("::");
-  if (halves.length > 2) return null;
-  const groups = (s: string) => (s === "" ? [] : s.split(":"));
-  const left = groups(halves[0]);
-  const right = halves.length === 2 ? groups(halves[1]) : [];
-  const missing = 8 - left.length - right.length;
-  // "::" stands for at least one group of zeros; without it there are exactly eight groups.
-  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
-  const words = [...left, ...Array(missing).fill("0"), ...right];
-  const out = new Uint8Array(16);
-  for (const [i, w] of words.entries()) {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(w)) return null;
-    const v = parseInt(w, 16);
-    out[2 * i] = v >> 8;
-    out[2 * i + 1] = v & 0xff;
-  }
-  if (tail4) out.set(tail4, 12);
-  return out;
-}
 
 /** `ip|port` of one end as Deno gives it; "" if its address cannot be read. */
 function endpointKey(addr: Deno.NetAddr): string {

@@ -9,12 +9,14 @@
  */
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
+import { connectTcp } from "../io/tcp_socket.ts";
 import { type Logger } from "../log.ts";
 import { handshake } from "./auth.ts";
 import { Link, type LinkEvents } from "./link.ts";
 import { makeProof, type PeerIdentity } from "./peer_cert.ts";
+import { SocketStream } from "./socket_stream.ts";
 import { type SshOptions, sshStream } from "./ssh.ts";
-import { closeQuietly, withTimeout, writeAll } from "./stream.ts";
+import { closeQuietly, type Stream, withTimeout, writeAll } from "./stream.ts";
 import { encodeMessage, MessageReader, MessageType } from "./wire.ts";
 
 interface DialOptions {
@@ -37,21 +39,24 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
   if (options.ssh) return await dialSsh(addr, options.ssh, options);
   const where = formatHostPort(addr);
   const timeoutMs = options.timeoutMs ?? 10_000;
-  let conn: Deno.Conn | undefined;
+  let conn: Stream | undefined;
+  /** This end's IP address. */
+  let local: string;
   try {
-    // TCP first, with Nagle off (latency of small frames, and of the tail of each batch),
-    // then TLS on top: Deno's TLS connections cannot set TCP_NODELAY themselves.
-    const connecting = Deno.connect({ hostname: addr.hostname, port: addr.port });
-    // A connect that completes after the timeout is closed, not leaked.
-    let gaveUp = false;
-    connecting.then((c) => gaveUp && c.close(), () => {});
-    const tcp = await withTimeout(connecting, timeoutMs, () => {
-      gaveUp = true;
-      return `timed out after ${timeoutMs} ms`;
-    });
-    tcp.setNoDelay(true);
-    conn = tcp;
     if (options.tlsCa) {
+      // TCP first, with Nagle off (latency of small frames, and of the tail of each batch),
+      // then TLS on top: Deno's TLS connections cannot set TCP_NODELAY themselves.
+      const connecting = Deno.connect({ hostname: addr.hostname, port: addr.port });
+      // A connect that completes after the timeout is closed, not leaked.
+      let gaveUp = false;
+      connecting.then((c) => gaveUp && c.close(), () => {});
+      const tcp = await withTimeout(connecting, timeoutMs, () => {
+        gaveUp = true;
+        return `timed out after ${timeoutMs} ms`;
+      });
+      tcp.setNoDelay(true);
+      conn = tcp;
+      local = tcp.localAddr.hostname;
       const tls = await Deno.startTls(tcp, { hostname: addr.hostname, caCerts: [options.tlsCa] });
       conn = tls;
       await withTimeout(
@@ -59,6 +64,11 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
         timeoutMs,
         () => `TLS handshake timed out after ${timeoutMs} ms`,
       );
+    } else {
+      // A plain link's socket is our own, served in the data path's wait (socket_stream.ts).
+      const tcp = await connectTcp(addr.hostname, addr.port, timeoutMs);
+      conn = new SocketStream(tcp.fd);
+      local = tcp.local.hostname;
     }
   } catch (e) {
     closeQuietly(conn);
@@ -88,7 +98,7 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
   }
   return new Link(conn, reader, {
     remote: where,
-    local: (conn.localAddr as Deno.NetAddr).hostname,
+    local,
     tls: Boolean(options.tlsCa),
     log: options.log,
     events: options.events,

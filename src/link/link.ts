@@ -37,8 +37,7 @@ import {
   ProtocolError,
 } from "./wire.ts";
 import { SendQueue } from "./send_queue.ts";
-import { poller } from "../io/poller.ts";
-import { takeOver } from "./socket_stream.ts";
+import { SocketStream } from "./socket_stream.ts";
 import { closeQuietly, type Stream, writeAll } from "./stream.ts";
 
 const DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024;
@@ -101,8 +100,8 @@ export class Link {
   readonly local: string;
   readonly tls: boolean;
   /**
-   * Who waits for the link's socket: the data path's poller (a plain link taken over,
-   * socket_stream.ts) or the runtime (TLS, ssh, or a takeover that failed, logged at WARN).
+   * Who waits for the link's socket: the data path's poller (a plain link, whose socket is our
+   * own: socket_stream.ts) or the runtime (TLS, ssh).
    */
   readonly socket: "data path" | "runtime";
   readonly stats: LinkStats = {
@@ -152,17 +151,8 @@ export class Link {
     this.tls = options.tls;
     this.#events = options.events;
     this.#log = options.log.with({ link: this.number, remote: options.remote });
-    // A plain TCP link's socket joins the data path's one wait (socket_stream.ts).
-    let socket = !options.tls && poller.inline ? takeOver(conn) : null;
-    if (typeof socket === "string") {
-      this.#log.warn("the link's socket stays with the runtime: two wake-ups a frame", {
-        reason: socket,
-      });
-      socket = null;
-    }
-    if (socket) reader.readFrom(socket);
-    this.socket = socket ? "data path" : "runtime";
-    this.#conn = socket ?? conn;
+    this.socket = conn instanceof SocketStream ? "data path" : "runtime";
+    this.#conn = conn;
     this.#reader = reader;
     this.#queue = new SendQueue(this.#conn, {
       maxBytes: options.maxQueuedBytes ?? DEFAULT_QUEUE_BYTES,

@@ -129,18 +129,13 @@ export class MessageReader {
   bytesRead = 0;
 
   constructor(
-    private source: { read(p: Uint8Array): Promise<number | null> },
+    private readonly source: { read(p: Uint8Array): Promise<number | null> },
     /** The largest message accepted: tiny until the handshake completes. */
     public maxMessage = MAX_HANDSHAKE_MESSAGE,
     bufferSize = 4096,
   ) {
     this.#buf = new Uint8Array(bufferSize);
     this.#view = new DataView(this.#buf.buffer);
-  }
-
-  /** Reads on from `source` (what is buffered stays): a link took its socket over. */
-  readFrom(source: { read(p: Uint8Array): Promise<number | null> }): void {
-    this.source = source;
   }
 
   /** Makes the buffer at least `size` bytes (bigger reads mean fewer system calls). */

@@ -189,9 +189,10 @@ for (const { tls, injector, inlineWait } of variants) {
         assert(p.fromPeer.bytes > 1_000_000, `proxy fromPeer.bytes ${p.fromPeer.bytes}`);
         const h = findByMac(await topo.list("host"), vm.mac);
         assert(h && h.toPeer.frames > 0 && h.fromPeer.frames > 0, `host counters: ${h}`);
-        // Those frames crossed sockets the data path waits for itself where it can: a plain
-        // link's, taken from the runtime, whenever the inline wait is on (socket_stream.ts).
-        const want = !tls && inlineWait !== "0" ? "data path" : "runtime";
+        // Those frames crossed the link's one stream: for a plain link our own socket (dialled
+        // and accepted through libc, read and written in the data path's wait), whatever the
+        // inline wait; for TLS the runtime's (socket_stream.ts).
+        const want = tls ? "runtime" : "data path";
         assert(p.link.socket === want, `proxy link.socket ${p.link.socket}, want ${want}`);
         assert(h.link.socket === want, `host link.socket ${h.link.socket}, want ${want}`);
       });

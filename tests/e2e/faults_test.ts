@@ -113,7 +113,7 @@ e2e("faults: the peer link is killed, cut, reset and black-holed; it heals", asy
       const before = await reconnectsNow(topo, id);
       const mark = logMark(topo, "proxy");
       // Frames in flight both ways when the reset comes: the data path's own sockets (a plain
-      // link's, taken from the runtime) meet the reset mid-read and mid-write. The servers must
+      // link's, dialled and accepted through libc) meet the reset mid-read and mid-write. The servers must
       // stay up (list answers below, from the same processes) and the link come back.
       const pings = pingMonitor(topo.ns.client, VM_IP, 0.01, 4);
       topo.procs.push(pings);

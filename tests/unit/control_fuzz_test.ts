@@ -1023,7 +1023,7 @@ Deno.test({
       log: new MemoryLog(lines),
       keepaliveMs: 0,
     });
-    server.start();
+    await server.start();
     const realDevices = new Set(Deno.networkInterfaces().map((i) => i.name));
     const testLog = new MemoryLog([]);
     const open = (kind: "control" | "peer", onClose?: (reason: string) => void) =>

@@ -323,7 +323,7 @@ function closedPort(): number {
   return port;
 }
 
-function startServer(key: CryptoKey) {
+async function startServer(key: CryptoKey) {
   const sink = { lines: [] as LogLine[], counts: new Map<string, number>() };
   const port = closedPort();
   const server = new Server({
@@ -334,7 +334,7 @@ function startServer(key: CryptoKey) {
     log: new MemoryLog(sink),
     keepaliveMs: 0,
   });
-  server.start();
+  await server.start();
   return { server, sink, port };
 }
 
@@ -464,7 +464,7 @@ Deno.test({
   fn: async () => {
     const rng = prng(SEED ^ 0x4);
     const key = await importSecret(rng.bytes(32));
-    const { server, sink, port } = startServer(key);
+    const { server, sink, port } = await startServer(key);
     const deadPort = closedPort();
     const rssBefore = rssMiB();
     const started = performance.now();

@@ -1,58 +1,29 @@
 /**
- * A plain link's socket taken over from the runtime (src/link/socket_stream.ts), on real
- * loopback TCP connections, and the data path's poller that serves it (src/io/poller.ts).
+ * A plain link's socket, our own (src/link/socket_stream.ts over an fd of src/io/tcp_socket.ts),
+ * on real loopback TCP connections, and the data path's poller that serves it (src/io/poller.ts).
+ * The far end is a Deno.Conn: the runtime's own TCP, a second opinion on every byte.
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { takeOver } from "../../src/link/socket_stream.ts";
-import { ipBytes } from "../../src/io/socket_lookup.ts";
-import { poller } from "../../src/io/poller.ts";
-import { duplex } from "../../src/link/fake_stream.ts";
-import type { Stream } from "../../src/link/stream.ts";
+import { SocketStream } from "../../src/link/socket_stream.ts";
+import { connectTcp } from "../../src/io/tcp_socket.ts";
 
-/** `takeOver(stream)`, which must succeed. */
-function takenOver(stream: Deno.Conn): Stream {
-  const own = takeOver(stream);
-  if (own === null || typeof own === "string") throw new Error(`not taken over: ${own}`);
-  return own;
-}
-
-Deno.test("ipBytes reads addresses as Deno writes them", () => {
-  assertEquals(ipBytes("10.78.0.1"), new Uint8Array([10, 78, 0, 1]));
-  assertEquals(ipBytes("::1"), new Uint8Array([...Array(15).fill(0), 1]));
-  assertEquals(
-    ipBytes("2001:db8::1:2"),
-    new Uint8Array([0x20, 0x01, 0x0d, 0xb8, ...Array(8).fill(0), 0, 1, 0, 2]),
-  );
-  assertEquals(
-    ipBytes("::ffff:10.1.2.3"),
-    new Uint8Array([...Array(10).fill(0), 0xff, 0xff, 10, 1, 2, 3]),
-  );
-  assertEquals(ipBytes("fe80::"), new Uint8Array([0xfe, 0x80, ...Array(14).fill(0)]));
-  for (
-    const bad of [
-      "1.2.3",
-      "1.2.3.256",
-      "1..2.3",
-      "0x1.2.3.4",
-      "1::2::3",
-      "g::1",
-      "1:2:3:4:5:6:7:8:9",
-      "1:2:3:4:5:6:7:8::",
-      "1:2",
-      "",
-    ]
-  ) {
-    assertEquals(ipBytes(bad), null, bad);
-  }
-});
-
-/** A connected loopback pair: `far` stays a Deno.Conn, `near` is the one to take over. */
-async function pair(hostname: string): Promise<{ far: Deno.Conn; near: Deno.Conn }> {
+/** A connected loopback pair: `far` a Deno.Conn, `own` our socket (connectTcp) as a stream. */
+async function pair(hostname: string): Promise<{ far: Deno.Conn; own: SocketStream }> {
   const listener = Deno.listen({ hostname, port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
-  const [far, near] = await Promise.all([Deno.connect({ hostname, port }), listener.accept()]);
+  const [far, near] = await Promise.all([listener.accept(), connectTcp(hostname, port, 5000)]);
   listener.close();
-  return { far, near };
+  return { far, own: new SocketStream(near.fd) };
+}
+
+/** Whether `fd` is open in this process. */
+function isOpen(fd: number): boolean {
+  try {
+    Deno.readLinkSync(`/proc/self/fd/${fd}`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
@@ -67,13 +38,11 @@ async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
 }
 
 Deno.test({
-  name: "a taken-over socket carries bytes both ways, waits when full, and sees EOF",
+  name: "our socket carries bytes both ways, waits when full, and sees EOF",
   ignore: Deno.build.os !== "linux",
   async fn() {
-    assert(poller.enableInline(1000), "the runtime's wait is found on Linux");
     for (const hostname of ["127.0.0.1", "::1"]) {
-      const { far, near } = await pair(hostname);
-      const own = takenOver(near);
+      const { far, own } = await pair(hostname);
 
       await far.write(new TextEncoder().encode("ping"));
       const buf = new Uint8Array(64);
@@ -92,13 +61,18 @@ Deno.test({
       assertEquals(got[big.length - 1], (big.length - 1) % 251);
       assert(got.every((b, i) => b === i % 251), "every byte in order");
 
-      // The far end closes: a read ends with null. Our close: the far end reads EOF.
+      // The far end closes: a read ends with null. Our close: the far end reads EOF, and the
+      // fd is gone; a second close does nothing.
       far.closeWrite();
       assertEquals(await own.read(buf), null);
+      assert(isOpen(own.fd), "open until closed");
       own.close();
       assertEquals(await far.read(buf), null);
+      assert(!isOpen(own.fd), "close() closes the fd");
+      own.close();
       far.close();
-      await assertRejects(() => own.read(buf));
+      await assertRejects(() => own.read(buf), Deno.errors.BadResource);
+      await assertRejects(() => own.write(buf), Deno.errors.BadResource);
     }
   },
 });
@@ -107,21 +81,15 @@ Deno.test({
   name: "close ends a read that waits",
   ignore: Deno.build.os !== "linux",
   async fn() {
-    assert(poller.enableInline(1000));
-    const { far, near } = await pair("127.0.0.1");
-    const own = takenOver(near);
+    const { far, own } = await pair("127.0.0.1");
     const reading = own.read(new Uint8Array(16));
     setTimeout(() => own.close(), 20);
-    await assertRejects(() => reading);
+    await assertRejects(() => reading, Deno.errors.BadResource);
+    // The read's wait was on a helper thread's poll: the fd is closed once that poll returned.
+    for (let i = 0; i < 100 && isOpen(own.fd); i++) await new Promise((r) => setTimeout(r, 10));
+    assert(!isOpen(own.fd), "the fd was closed after the poll let go of it");
     far.close();
   },
-});
-
-Deno.test("only TCP connections are taken over", () => {
-  const [a, b] = duplex();
-  assertEquals(takeOver(a), null);
-  a.close();
-  b.close();
 });
 
 /**
@@ -134,13 +102,12 @@ Deno.test({
   ignore: Deno.build.os !== "linux",
   async fn() {
     const script = `
-      import { takeOver } from "./src/link/socket_stream.ts";
-      import { poller } from "./src/io/poller.ts";
-      if (!poller.enableInline(1000)) throw new Error("no inline wait");
+      import { SocketStream } from "./src/link/socket_stream.ts";
+      import { connectTcp } from "./src/io/tcp_socket.ts";
       const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
       const port = listener.addr.port;
-      const [far, near] = await Promise.all([Deno.connect({ hostname: "127.0.0.1", port }), listener.accept()]);
-      const own = takeOver(near);
+      const [far, near] = await Promise.all([listener.accept(), connectTcp("127.0.0.1", port, 5000)]);
+      const own = new SocketStream(near.fd);
       let ticks = 0;
       const timer = setInterval(() => ticks++, 10);
       const writeAll = async (data) => {
