@@ -40,6 +40,14 @@ const symbols = {
     ],
     result: "i32",
   },
+  // int pipe2(int pipefd[2], int flags);
+  pipe2: {
+    parameters: [
+      "buffer", // int pipefd[2] (out)
+      "i32", // int flags
+    ],
+    result: "i32",
+  },
   // ssize_t write(int fd, const void *buf, size_t count);
   write: {
     parameters: [
@@ -252,6 +260,33 @@ const symbols = {
     result: "i32",
     optional: true,
   },
+  // int epoll_create1(int flags);
+  epoll_create1: {
+    parameters: ["i32"], // int flags (EPOLL_CLOEXEC)
+    result: "i32",
+  },
+  // int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
+  epoll_ctl: {
+    parameters: [
+      "i32", // int epfd
+      "i32", // int op
+      "i32", // int fd
+      "buffer", // struct epoll_event *event (ffi/layout.ts)
+    ],
+    result: "i32",
+  },
+  // int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout);
+  // Nonblocking: it runs on a helper thread of Deno's blocking pool (src/io/poller.ts).
+  epoll_wait: {
+    parameters: [
+      "i32", // int epfd
+      "buffer", // struct epoll_event *events (out)
+      "i32", // int maxevents
+      "i32", // int timeout (ms; -1: none)
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const library = lazyLibrary(LIBC, symbols);
@@ -295,18 +330,23 @@ export const POLLOUT = 0x004;
  * A self-pipe that ends a pending poll early: `wake()` makes the read end readable, so a poll
  * that watches `readFd` returns at once; `drain()` empties it again once a poll has said so. The
  * data path's poller wakes it whenever the set of fds to watch changes (a new waiter, a cancelled
- * one, an fd to close) and drains it after every poll that found it readable.
+ * one, an fd to close) and drains it after every poll that found it readable; the main thread
+ * rings the data-path worker's (its doorbell) when a command or a frame waits for it.
+ *
+ * Both ends are nonblocking: a wake never blocks the waker, whatever the reader does (a full
+ * pipe is as readable as one byte), and a drain of an empty pipe returns at once.
  */
 export class WakePipe {
   readonly readFd: number;
   readonly #writeFd: number;
   #open = true;
   readonly #byte = new Uint8Array(1);
-  readonly #sink = new Uint8Array(64);
 
   constructor() {
     const fds = new Int32Array(2);
-    if (libc().pipe(fds) !== 0) throw new Error(`pipe() failed: ${lastErrno().text}`);
+    if (libc().pipe2(fds, O_NONBLOCK | O_CLOEXEC) !== 0) {
+      throw new Error(`pipe2() failed: ${lastErrno().text}`);
+    }
     this.readFd = fds[0];
     this.#writeFd = fds[1];
   }
@@ -315,12 +355,8 @@ export class WakePipe {
     if (this.#open) libc().write(this.#writeFd, this.#byte, 1n);
   }
 
-  /**
-   * Reads what the wakes wrote, after a poll said the pipe is readable (so it never blocks). A
-   * burst of more than 64 wakes leaves it readable: the next poll returns at once and drains again.
-   */
   drain(): void {
-    if (this.#open) libc().read(this.readFd, this.#sink, BigInt(this.#sink.length));
+    if (this.#open) drainPipe(this.readFd);
   }
 
   /** Closes both ends; safe twice. Never call while a poll on `readFd` may be in flight. */
@@ -330,6 +366,15 @@ export class WakePipe {
     libc().close(this.readFd);
     libc().close(this.#writeFd);
   }
+}
+
+const O_NONBLOCK = 0o4000; // Linux (x86_64, aarch64)
+const O_CLOEXEC = 0o2000000; // Linux (x86_64, aarch64)
+const sink = new Uint8Array(256);
+
+/** Empties the nonblocking pipe `readFd` (the read end of another thread's WakePipe). */
+export function drainPipe(readFd: number): void {
+  while (Number(libc().read(readFd, sink, BigInt(sink.length))) === sink.length);
 }
 
 const SOL_SOCKET = 1; // Linux

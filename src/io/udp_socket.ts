@@ -31,7 +31,7 @@
  */
 import { errnoNow, errnoText, libc } from "../../ffi/libc.ts";
 import { structs } from "../../ffi/layout.ts";
-import { ipBytes } from "./socket_lookup.ts";
+import { ipBytes } from "./tcp_socket.ts";
 import { formatHostPort, formatIpv6 } from "../addr.ts";
 
 /**
@@ -264,10 +264,21 @@ export class UdpAddress {
   }
 }
 
-/** Whether the sockaddr at `bytes[at]` names the same endpoint as `sockaddr`. */
-function sameEndpoint(bytes: Uint8Array, at: number, sockaddr: Uint8Array, v6: boolean): boolean {
+/**
+ * Whether the sockaddr at `bytes[at]` names the same endpoint as `sockaddr` (the same host only,
+ * whatever the port, when `anyPort`).
+ */
+function sameEndpoint(
+  bytes: Uint8Array,
+  at: number,
+  sockaddr: Uint8Array,
+  v6: boolean,
+  anyPort = false,
+): boolean {
   const [port, from, to] = v6 ? ENDPOINT_V6 : ENDPOINT_V4;
-  if (bytes[at + port] !== sockaddr[port] || bytes[at + port + 1] !== sockaddr[port + 1]) {
+  if (
+    !anyPort && (bytes[at + port] !== sockaddr[port] || bytes[at + port + 1] !== sockaddr[port + 1])
+  ) {
     return false;
   }
   for (let k = from; k < to; k++) if (bytes[at + k] !== sockaddr[k]) return false;
@@ -928,6 +939,14 @@ class UdpReceiveBatch {
   /** Whether datagram i came from `peer` (no allocation). */
   sourceMatches(i: number, peer: UdpAddress): boolean {
     return sameEndpoint(this.#arena.bytes, this.#nameAt(i), peer.sockaddr, this.#v6);
+  }
+
+  /**
+   * Whether datagram i came from `peer`'s host, from whatever port: a VXLAN endpoint picks its
+   * source port per flow (RFC 7348, section 5).
+   */
+  sourceHostMatches(i: number, peer: UdpAddress): boolean {
+    return sameEndpoint(this.#arena.bytes, this.#nameAt(i), peer.sockaddr, this.#v6, true);
   }
 
   /** The hash `UdpAddress.hash` would have for datagram i's source (no allocation). */
