@@ -13,9 +13,6 @@
  *   vnet             vnet servers on proxy and host, one handler lan0 <-> vmif0, plain TCP,
  *                    default injector (the GSO packet socket on Linux).
  *   vnet-tls         the same with --tls-cert/--tls-key/--tls-ca (certificates from `vnet cert`).
- *   vnet-pool        `vnet` with --inline-wait 0: captures are always waited for on a helper
- *                    thread, as before issue 12 (what the inline wait buys, in the same run).
- *   vnet-tls-pool    `vnet-tls` with --inline-wait 0.
  *   vnet-libnet      `vnet` with --injector libnet: what the GSO injector buys.
  *   openvpn-tcp      OpenVPN 2.6 p2p over TCP, TAP: tap0 bridged with lan0 in the proxy and with
  *                    vmif0 in the host; no TLS, no cipher, no auth (plaintext, like `vnet`).
@@ -60,8 +57,6 @@ export const CONFIGS = [
   "direct",
   "vnet",
   "vnet-tls",
-  "vnet-pool",
-  "vnet-tls-pool",
   "vnet-libnet",
   "openvpn-tcp",
   "openvpn-tcp-tls",
@@ -385,7 +380,6 @@ async function startOpenvpn(topo: Topology, tls: boolean): Promise<Active> {
 }
 
 export function start(topo: Topology, c: Config): Promise<Active> {
-  const pool = ["--inline-wait", "0"];
   switch (c) {
     case "direct":
       return startDirect(topo);
@@ -393,10 +387,6 @@ export function start(topo: Topology, c: Config): Promise<Active> {
       return startVnet(topo, false);
     case "vnet-tls":
       return startVnet(topo, true);
-    case "vnet-pool":
-      return startVnet(topo, false, pool);
-    case "vnet-tls-pool":
-      return startVnet(topo, true, pool);
     case "vnet-libnet":
       return startVnet(topo, false, ["--injector", "libnet"]);
     case "openvpn-tcp":
@@ -701,9 +691,7 @@ function medians(records: RunRecord[], configs: readonly Config[]): Medians {
 
 const RATIOS: [string, Config, Config][] = [
   ["vnet/ovpn", "vnet", "openvpn-tcp"],
-  ["pool/ovpn", "vnet-pool", "openvpn-tcp"],
   ["tls/ovpntls", "vnet-tls", "openvpn-tcp-tls"],
-  ["tlspool/ovpntls", "vnet-tls-pool", "openvpn-tcp-tls"],
   ["vnet/direct", "vnet", "direct"],
 ];
 
@@ -711,8 +699,6 @@ const SHORT: Record<Config, string> = {
   "direct": "direct",
   "vnet": "vnet",
   "vnet-tls": "vnet-tls",
-  "vnet-pool": "vnet-pool",
-  "vnet-tls-pool": "tls-pool",
   "vnet-libnet": "vnet-libnet",
   "openvpn-tcp": "ovpn-tcp",
   "openvpn-tcp-tls": "ovpn-tls",

@@ -4,7 +4,7 @@
  * namespaces share one clock), so the time a tunnel end takes to forward a frame is read off the
  * wire, not from the program's own account.
  *
- *   deno run -A bench/hops.ts [--config vnet|vnet-pool|openvpn-tcp|...] [--count N]
+ *   deno run -A bench/hops.ts [--config vnet|vnet-tls|openvpn-tcp|...] [--count N]
  *                             [--interval S] [--strace proxy|host]
  *
  * The hops: client → proxy.lan0 (the LAN), proxy.lan0 → proxy.wan0 (the Proxy captures and

@@ -891,7 +891,15 @@ export interface HandlerInfo {
   peer: string;
   macs: string[];
   multicast: boolean;
-  link: { state: string; reconnects: number; tls: boolean; socket: string | null };
+  /** up, down, degraded (the interface is gone) or closed. */
+  state: string;
+  link: {
+    state: string;
+    remote: string | null;
+    reconnects: number;
+    tls: boolean;
+    socket: string | null;
+  };
   toPeer: { frames: number; bytes: number; drops: number };
   fromPeer: { frames: number; bytes: number; drops: number };
 }

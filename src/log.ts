@@ -18,6 +18,11 @@ export function configureLog(options: { level?: Level; json?: boolean }): void {
   if (options.json !== undefined) config.json = options.json;
 }
 
+/** How lines are written now: another thread (the data-path worker) writes them alike. */
+export function logOptions(): { level: Level; json: boolean } {
+  return { ...config };
+}
+
 export function isLevel(s: string): s is Level {
   return s in rank;
 }

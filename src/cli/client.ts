@@ -1,4 +1,5 @@
 /** `vnet client`: ask a server to create, list and close handlers. */
+import { VXLAN_PORT } from "../dataplane/vxlan.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "../addr.ts";
 import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Link } from "../link/link.ts";
@@ -111,11 +112,32 @@ Options for devices:
                         nflog, nfqueue, dbus-*, bluetooth-monitor, ...)
   --json                machine-readable output (all interfaces)
 `,
+  vxlan: `
+vnet client vxlan: a handler whose far end is a VXLAN endpoint, not a VNET server
+
+Usage:
+  vnet client vxlan --server ADDR:PORT --secret-file FILE --dev DEV --mac MAC --remote ADDR[:PORT] --vni N
+
+Creates a handler on one server that tunnels its VMs' frames to a VXLAN endpoint (RFC 7348): a
+Linux vxlan device, Open vSwitch, or a switch that terminates VXLAN, with no VNET server on that
+side. The server sends from and listens on its --vxlan-port (4789) on its --listen address.
+Plain VXLAN is not encrypted or authenticated: use it on a network you trust.
+
+Options for vxlan:
+  --server ADDR:PORT    the server that opens the end (the Host, or the Proxy with --role proxy)
+  --dev DEV             its interface: the VM's tap or bridge (Host), the LAN (Proxy)
+  --mac MAC             a VM's MAC (repeat for more)
+  --remote ADDR[:PORT]  the VXLAN endpoint's IP address (port 4789 if not given)
+  --vni N               the VXLAN network identifier, 0 to 16777215
+  --role host|proxy     which end this server is (default host)
+  --multicast           carry multicast too
+`,
   migrate: `
 vnet client migrate: move a handler's Host end to another host
 
 Usage:
   vnet client migrate --server ADDR:PORT --secret-file FILE ID --host ADDR:PORT --host-dev DEV
+  vnet client vxlan   --server ADDR:PORT --secret-file FILE --dev DEV --mac MAC --remote ADDR --vni N
 
 Moves a handler's Host end to another host (the VM moved there) while the Proxy end, the id
 and the MACs stay; send it to the Proxy's server. The old host stops forwarding before the new
@@ -216,6 +238,16 @@ export const CLIENT_FLAGS = {
     "host-dev": { type: "string" },
     ...sshOptions,
   },
+  vxlan: {
+    ...connectionOptions,
+    server: { type: "string" },
+    dev: { type: "string" },
+    mac: { type: "string", multiple: true },
+    remote: { type: "string" },
+    vni: { type: "string" },
+    role: { type: "string", default: "host" },
+    multicast: { type: "boolean" },
+  },
 } as const satisfies Record<Subcommand, Options>;
 
 /** Parses a subcommand's flags; null after --help, which shows that subcommand's help only. */
@@ -232,6 +264,7 @@ const SUBCOMMANDS: Record<Subcommand, (args: string[]) => Promise<number>> = {
   close: (a) => close(a),
   devices: (a) => devices(a),
   migrate: (a) => migrate(a),
+  vxlan: (a) => vxlan(a),
 };
 
 export async function clientCommand(args: string[]): Promise<number> {
@@ -374,6 +407,45 @@ function sshRequest(values: Record<string, unknown>) {
     identity: values["ssh-identity"],
     knownHosts: values["ssh-known-hosts"],
   };
+}
+
+async function vxlan(args: string[]): Promise<number> {
+  const parsed = flags(args, "vxlan");
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  noPositionals(positionals, "client vxlan");
+  const server = parseHostPort(required(values, "server", "client vxlan"), "--server");
+  const dev = required(values, "dev", "client vxlan");
+  const macs = (values.mac ?? []).map(parseMac);
+  if (macs.length === 0) throw new VnetError("missing --mac: give the MAC address of a VM");
+  const remoteText = required(values, "remote", "client vxlan");
+  const remote = parseHostPort(
+    remoteText.includes(":") || remoteText.startsWith("[")
+      ? remoteText
+      : `${remoteText}:${VXLAN_PORT}`,
+    "--remote",
+  );
+  const vni = Number(required(values, "vni", "client vxlan"));
+  if (!Number.isInteger(vni) || vni < 0 || vni > 0xffffff) {
+    throw new VnetError(`bad --vni '${values.vni}': a whole number from 0 to 16777215`);
+  }
+  const role = values.role;
+  if (role !== "host" && role !== "proxy") {
+    throw new VnetError(`bad --role '${role}': host or proxy`);
+  }
+  const result = await ask(server, values, "vxlan", {
+    role,
+    device: dev,
+    macs,
+    multicast: values.multicast === true,
+    remote,
+    vni,
+  });
+  for (const w of Array.isArray(result.warnings) ? result.warnings : []) {
+    console.error(`vnet: warning: ${visible(String(w))}`);
+  }
+  console.log(visible(String(result.id)));
+  return 0;
 }
 
 async function migrate(args: string[]): Promise<number> {

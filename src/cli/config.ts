@@ -105,6 +105,15 @@ export const SERVER_FLAGS = [
       "libnet_adv_write_link, portable; or pcap, pcap_inject",
   },
   {
+    name: "vxlan-port",
+    type: "number",
+    value: "PORT",
+    default: 4789,
+    range: { valid: (n) => Number.isInteger(n) && n >= 1 && n <= 65535, expect: "a UDP port" },
+    help: "UDP port of the VXLAN tunnels (`vnet client vxlan`), on the --listen address; " +
+      "opened with the first tunnel",
+  },
+  {
     name: "keepalive",
     type: "number",
     value: "SECONDS",
@@ -123,23 +132,11 @@ export const SERVER_FLAGS = [
     name: "capture-buffer",
     type: "number",
     value: "MIB",
-    default: 32,
+    default: 24,
     range: { valid: (n) => n >= 1 && n <= 1024, expect: "MiB from 1 to 1024" },
     help: "kernel capture buffer per interface, shared by the handlers that capture there. " +
-      "With offloads on, libpcap's immediate mode gives every frame a 64\u00a0KiB slot: 32\u00a0MiB " +
-      "holds ~500 frames",
-  },
-  {
-    name: "inline-wait",
-    type: "number",
-    value: "MS",
-    default: 1000,
-    range: { valid: (n) => n >= 0 && n <= 60_000, expect: "milliseconds from 0 to 60000" },
-    help:
-      "for MS ms after a captured frame, the main thread waits for frames and sockets itself, in " +
-      "one poll: a frame then costs one thread wake-up instead of two (about half the idle " +
-      "round-trip time), and timers and work done on other threads (WebCrypto, file reads) " +
-      "may be seen about 5\u00a0ms late. 0: always wait on a helper thread",
+      "With offloads on, libpcap's immediate mode gives every frame a 64\u00a0KiB slot: 24\u00a0MiB " +
+      "holds ~370 frames",
   },
   {
     name: "allow-live-mac",
@@ -333,8 +330,8 @@ interface ServerConfig {
   keepaliveSeconds: number;
   state?: string;
   captureBufferMiB: number;
-  /** After a captured frame, the JS thread waits inline for this long (src/io/poller.ts). */
-  inlineWaitMs: number;
+  /** The UDP port of VXLAN tunnels. */
+  vxlanPort: number;
   /** Open a Proxy end for a MAC already live on the LAN (else refused). */
   allowLiveMac: boolean;
   /** The only MAC ranges handlers may carry (--allow-mac); empty: any. */
@@ -402,7 +399,7 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
   }
   const keepalive = number("keepalive");
   const captureBuffer = number("capture-buffer");
-  const inlineWait = number("inline-wait");
+  const vxlanPort = number("vxlan-port");
   const before = problems.length;
   const maxHandshakes = number("max-handshakes");
   const maxPerAddress = number("max-handshakes-per-address");
@@ -444,7 +441,7 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
       keepaliveSeconds: keepalive,
       state: str("state"),
       captureBufferMiB: captureBuffer,
-      inlineWaitMs: inlineWait,
+      vxlanPort,
       allowLiveMac: s["allow-live-mac"] === true,
       allowMacs,
       direct: s["no-direct"] !== true,

@@ -1,5 +1,6 @@
 /** `vnet doctor`: checks this machine, and the path to a peer, for what a bridge needs. */
-import { RuntimeWait } from "../io/runtime_wait.ts";
+import { WorkerForwarder } from "../dataplane/worker_data_path.ts";
+import { DEFAULT_INJECTOR } from "../dataplane/interfaces.ts";
 import { formatHostPort, parseHostPort } from "../addr.ts";
 import { VnetError } from "../errors.ts";
 import { pcapLibVersion } from "../../ffi/libpcap.ts";
@@ -111,8 +112,17 @@ const systemProbes: Probes = {
     // The data plane's own capture: the same checks (Ethernet) and the same one-line errors.
     new PcapCapture(dev, "", { snaplen: 256, bufferSize: 1 << 20 }).close();
   },
-  inlineWait(): void {
-    RuntimeWait.find().close();
+  async dataPathWorker(): Promise<void> {
+    const worker = new WorkerForwarder(
+      { injector: DEFAULT_INJECTOR },
+      { frameOut: () => false, frameDropped: () => {}, event: () => {} },
+      () => {},
+    );
+    try {
+      await worker.ready;
+    } finally {
+      await worker.stop();
+    }
   },
   async wifiMode(dev) {
     const text = await runText("iw", ["dev", dev, "info"]);

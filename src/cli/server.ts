@@ -1,6 +1,5 @@
 /** `vnet server`: run a VNET server, the Host's or the Proxy's (or both roles at once). */
 import { raiseOpenFileLimit } from "../../ffi/libc.ts";
-import { poller } from "../io/poller.ts";
 import {
   checkSettings,
   loadConfig,
@@ -12,7 +11,8 @@ import {
   systemdNotes,
 } from "./config.ts";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
-import { listDevices, systemInterfaces } from "../dataplane/interfaces.ts";
+import { listDevices } from "../dataplane/interfaces.ts";
+import { WorkerForwarder } from "../dataplane/worker_data_path.ts";
 import { configureLog, log } from "../log.ts";
 import { type MetricsServer, processInfo, renderMetrics, serveMetrics } from "../ops/metrics.ts";
 import { Server } from "../control/server.ts";
@@ -112,14 +112,28 @@ export async function serverCommand(args: string[]): Promise<number> {
   // relay-only role), so a server without the privileges could only fail at each create.
   const unprivileged = privilegeProblem();
   if (unprivileged) throw new VnetError(unprivileged, { code: ErrorCode.System });
+  const { promise: stopped, resolve: stop } = Promise.withResolvers<string>();
+  // The data path runs on a worker of its own (issue 17); without it nothing is forwarded, so a
+  // worker that fails stops the server, saying why, with a non-zero exit.
+  let dataPathFailed: string | null = null;
+  let forwarder: WorkerForwarder | null = null;
   const server = new Server({
     listen: config.listen,
     key,
     tls,
-    ports: systemInterfaces({
-      injector: config.injector,
-      captureBufferBytes: config.captureBufferMiB * 1024 * 1024,
-    }),
+    forwarder: (hooks) =>
+      forwarder = new WorkerForwarder(
+        {
+          injector: config.injector,
+          captureBufferBytes: config.captureBufferMiB * 1024 * 1024,
+        },
+        hooks,
+        (reason) => {
+          log.error("the data path failed; stopping", { reason });
+          dataPathFailed ??= reason;
+          stop("data path failed");
+        },
+      ),
     listDevices,
     log,
     keepaliveMs: config.keepaliveSeconds * 1000,
@@ -130,25 +144,21 @@ export async function serverCommand(args: string[]): Promise<number> {
     allowLiveMac: config.allowLiveMac,
     allowMacs: config.allowMacs,
     direct: config.direct,
+    vxlanPort: config.vxlanPort,
   });
   let metrics: MetricsServer | null = null;
   if (config.metrics) {
     metrics = serveMetrics(config.metrics, {
-      metrics: () => renderMetrics(server.list(), processInfo(VERSION, COMMIT)),
-      status: () =>
-        buildStatus(server.list(), server.events.recent(), processInfo(VERSION, COMMIT)),
+      metrics: async () => renderMetrics(await server.list(), processInfo(VERSION, COMMIT)),
+      status: async () =>
+        buildStatus(await server.list(), server.events.recent(), processInfo(VERSION, COMMIT)),
       token: metricsToken,
       hosts: config.metricsHosts,
     }, log);
   }
+  await forwarder!.ready;
+  log.info("data path started", { thread: "worker", injector: config.injector });
   await server.start();
-  // After the start: a start that fails says one line.
-  const inline = poller.enableInline(config.inlineWaitMs);
-  log.info("data path wait", {
-    inline: inline ? `${config.inlineWaitMs} ms after traffic` : "off",
-  });
-
-  const { promise: stopped, resolve: stop } = Promise.withResolvers<string>();
   const signals = ["SIGINT", "SIGTERM"] as const;
   const listeners = signals.map((signal) => {
     const listener = () => stop(signal);
@@ -160,7 +170,7 @@ export async function serverCommand(args: string[]): Promise<number> {
   await metrics?.shutdown();
   await server.stop();
   signals.forEach((s, i) => Deno.removeSignalListener(s, listeners[i]));
-  return 0;
+  return dataPathFailed === null ? 0 : 1;
 }
 
 function tlsFiles(

@@ -25,6 +25,7 @@ import {
   type MigrateRequest,
   randomKey,
   type ResultOf,
+  type VxlanRequest,
 } from "./rpc.ts";
 import { type ServerContext } from "./server_context.ts";
 
@@ -84,7 +85,7 @@ async function createHandler(
     origin: ctx.id,
     bind: randomKey(),
   };
-  const entry = ctx.registry.open(spec, { bind: attach.bind, dial: { peer, attach } });
+  const entry = await ctx.registry.open(spec, { bind: attach.bind, dial: { peer, attach } });
   try {
     let link: Link;
     try {
@@ -274,4 +275,35 @@ async function restoreOldHost(ctx: ServerContext, id: string, entry: Entry): Pro
     });
     return `; the old host end could not be restored either (${messageOf(e)})`;
   }
+}
+
+/**
+ * Creates a handler whose far end is a VXLAN endpoint (issue 18): no VNET server there, so no
+ * link and no peer; this server opens its end and tunnels to the endpoint (vxlan_tunnels.ts).
+ */
+export async function vxlan(ctx: ServerContext, req: VxlanRequest): Promise<ResultOf<"vxlan">> {
+  checkNotOwnMacs(req.macs, ctx.devices());
+  checkAllowedMacs(req.macs, ctx.allowMacs);
+  if (req.role === "proxy") await checkNotLive(req.device, req.macs, ctx.allowLiveMac, ctx.log);
+  const id = ctx.registry.newId();
+  const endpoint = { host: req.remote.hostname, port: req.remote.port, vni: req.vni };
+  const where = `vxlan ${formatHostPort(req.remote)} vni ${req.vni}`;
+  const spec = { id, role: req.role, device: req.device, macs: req.macs, multicast: req.multicast };
+  const entry = await ctx.registry.open({ ...spec, peer: where }, { bind: "", vxlan: endpoint });
+  try {
+    await entry.handler.attachVxlan(endpoint, ctx.vxlanBind.address, ctx.vxlanBind.port);
+  } catch (e) {
+    await ctx.remove(id);
+    const { address, port } = ctx.vxlanBind;
+    throw new VnetError(
+      `cannot open the VXLAN port ${formatHostPort({ hostname: address, port })}: ` +
+        `${messageOf(e)} (another vxlan device or program on that port? see --vxlan-port)`,
+      { code: codeOf(e) ?? ErrorCode.System, cause: e },
+    );
+  }
+  ctx.save();
+  ctx.log.info("handler up", { handler: id, role: req.role, peer: where });
+  ctx.events.add({ kind: "handler-up", remote: where, handler: id });
+  const warnings = req.role === "host" ? macWarnings(ctx, id, req.device, req.macs) : [];
+  return warnings.length > 0 ? { id, warnings } : { id };
 }

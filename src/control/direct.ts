@@ -33,9 +33,9 @@
  */
 import { type HostPort, parseHostPort } from "../addr.ts";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
-import { type FabricPort } from "../dataplane/fabric.ts";
+import { type HandlerRef } from "../dataplane/data_path.ts";
 import { mac48, macBytes } from "../dataplane/mac.ts";
-import { type Handler, handlerNumber } from "../dataplane/handler.ts";
+import { handlerNumber } from "../dataplane/handler.ts";
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../log.ts";
 import { type Registry } from "./registry.ts";
@@ -94,8 +94,6 @@ export class DirectPaths {
   /** Host: tokens the Proxy gave us to expect, and how many came over each link. */
   readonly #expected = new Map<string, Expected>();
   readonly #tokensOn = new Map<Link, number>();
-  /** Host: the links frames may come in on, for which handlers. */
-  readonly #allowed = new WeakMap<Link, Set<number>>();
   /** Host: direct links we dialled, by address; dials in flight per Proxy link. */
   readonly #dialled = new Map<string, Promise<Link>>();
   readonly #dialsOn = new Map<Link, number>();
@@ -109,28 +107,33 @@ export class DirectPaths {
     private readonly hooks: DirectHooks,
     private readonly log: Logger,
   ) {
-    registry.fabric.onSwitched = (from, to, frame) => this.#switched(from, to, frame);
-    this.#sweep = setInterval(() => this.#ageRoutes(), SWEEP_MS);
-  }
-
-  /** Whether frames for handler `number` may come in on `link` (a direct link). */
-  allows(link: Link, number: number): boolean {
-    return this.#allowed.get(link)?.has(number) ?? false;
+    registry.dataPath.onSwitched = (from, to, src, dst) => {
+      const a = registry.byNumber(from), b = registry.byNumber(to);
+      if (a && b) this.#switched(a, b, src, dst);
+    };
+    this.#sweep = setInterval(
+      () =>
+        this.#ageRoutes().catch((e) =>
+          this.log.error("ageing direct paths failed", { error: messageOf(e) })
+        ),
+      SWEEP_MS,
+    );
   }
 
   // --- the Proxy's side ----------------------------------------------------------------------
 
   /**
    * A unicast frame was switched between handlers of one device whose links differ (fabric.ts):
-   * the source is one of `from`'s MACs (its Host may speak only as its VMs), the destination
-   * one of `to`'s. Both Hosts hear of it, and only of it.
+   * the source `src` is one of `from`'s MACs (its Host may speak only as its VMs), the
+   * destination `dst` one of `to`'s. Both Hosts hear of it, and only of it. The forwarder
+   * reports a pair at most once a second, not per frame.
    */
-  #switched(from: FabricPort, to: FabricPort, frame: Uint8Array): void {
+  #switched(a: HandlerRef, b: HandlerRef, src: string, dst: string): void {
+    const from = a, to = b;
     if (!this.enabled || !from.link?.isOpen || !to.link?.isOpen) return;
     if (this.#busy(from.link) || this.#busy(to.link)) return;
     if (this.#announcingTotal + 2 > MAX_ANNOUNCING_TOTAL) return;
-    // Per switched frame: numbers only, no allocation, until a pair is announced.
-    const s = mac48(frame, 6), d = mac48(frame, 0);
+    const s = mac48(macBytes(src), 0), d = mac48(macBytes(dst), 0);
     const [lo, hi] = s < d ? [s, d] : [d, s];
     let his = this.#announced.get(lo);
     const now = Date.now();
@@ -142,10 +145,8 @@ export class DirectPaths {
     }
     if (!his) this.#announced.set(lo, his = new Map());
     his.set(hi, now);
-    const src = macText(frame, 6), dst = macText(frame, 0);
-    const a = from as Handler, b = to as Handler;
     const token = randomKey();
-    const tell = (h: Handler, mac: string, far: Handler, dial: boolean) => {
+    const tell = (h: HandlerRef, mac: string, far: HandlerRef, dial: boolean) => {
       const link = h.link!;
       let told = this.#told.get(mac);
       if (!told) this.#told.set(mac, told = new Set());
@@ -305,16 +306,14 @@ export class DirectPaths {
     }
   }
 
-  #install(via: Link, link: Link, peer: string, mac: string, number: number, local: Handler) {
+  #install(via: Link, link: Link, peer: string, mac: string, number: number, local: HandlerRef) {
     if (!this.registry.fabric.addRoute(via, mac, link, peer, number)) {
       this.log.info("no direct path: the MAC was forgotten meanwhile", { mac, via: peer });
       return;
     }
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
-    let allowed = this.#allowed.get(link);
-    if (!allowed) this.#allowed.set(link, allowed = new Set());
-    allowed.add(local.number);
+    this.registry.dataPath.send({ op: "allow", link: link.number, handler: local.number });
     this.log.info("direct path up", { mac, via: peer, handler: local.spec.id });
   }
 
@@ -365,7 +364,7 @@ export class DirectPaths {
     if (gone.length > 0) {
       this.log.warn("direct path down; back through the proxy", {
         via: link.remote,
-        macs: gone.map((r) => r.mac).join(","),
+        macs: gone.join(","),
       });
     }
     // A Proxy link: what was learned and offered over it goes with it.
@@ -379,9 +378,9 @@ export class DirectPaths {
     }
   }
 
-  #ageRoutes(): void {
-    for (const p of this.registry.fabric.sweep(SWEEP_MS)) {
-      this.log.info("direct path aged out", { mac: p.mac, via: p.direct!.link.remote });
+  async #ageRoutes(): Promise<void> {
+    for (const p of await this.registry.fabric.sweep(SWEEP_MS)) {
+      this.log.info("direct path aged out", { mac: p.mac, via: p.remote });
     }
     const now = Date.now();
     for (const [token, e] of this.#expected) if (e.until < now) this.#dropToken(token, e);
@@ -394,7 +393,7 @@ export class DirectPaths {
       if (his.size === 0) this.#announced.delete(lo);
     }
     // Dialled links that carry no route any more are closed.
-    const used = new Set(this.registry.fabric.paths().map((p) => p.direct?.link));
+    const used = this.registry.fabric.directLinks();
     for (const [key, dialling] of this.#dialled) {
       dialling.then((link) => {
         if (used.has(link)) return;
@@ -418,8 +417,4 @@ function dialable(hostname: string): boolean {
   return !(h === "localhost" || h.startsWith("127.") || h === "::1" || h === "0.0.0.0" ||
     h === "::" || h.startsWith("0.") || /^(22[4-9]|23\d|24\d|25[0-5])\./.test(h) ||
     /^ff[0-9a-f]{0,2}:/.test(h));
-}
-
-function macText(frame: Uint8Array, at: number): string {
-  return Array.from(frame.subarray(at, at + 6), (b) => b.toString(16).padStart(2, "0")).join(":");
 }

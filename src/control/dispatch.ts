@@ -21,8 +21,10 @@ export function serveClient(ctx: ServerContext, op: string, body: Body): Promise
       return clients.close(ctx, rpc.parseHandlerRef(body).handler);
     case "migrate":
       return clients.migrate(ctx, rpc.parseMigrate(body));
+    case "vxlan":
+      return clients.vxlan(ctx, rpc.parseVxlan(body));
     case "list":
-      return Promise.resolve({ handlers: ctx.list() });
+      return ctx.list().then((handlers) => ({ handlers }));
     case "devices":
       return Promise.resolve({ devices: ctx.devices() });
     case "version":

@@ -76,7 +76,7 @@ async function attachHandler(
   if (spec.role === "proxy") {
     await checkNotLive(spec.device, spec.macs, ctx.allowLiveMac, ctx.log);
   }
-  const entry = ctx.registry.open(spec, { bind, origin });
+  const entry = await ctx.registry.open(spec, { bind, origin });
   entry.downSince = 0;
   entry.handler.attach(link);
   ctx.save();
@@ -110,7 +110,7 @@ export function macWarnings(
  */
 async function releaseOrphan(ctx: ServerContext, req: AttachRequest): Promise<void> {
   const taken = ctx.registry.conflicting(req);
-  if (!taken || taken.entry.dial) return;
+  if (!taken?.entry || taken.entry.dial) return;
   const sameOrigin = taken.entry.origin === req.origin;
   if (!sameOrigin && taken.entry.handler.link?.isOpen) return;
   const id = taken.entry.handler.spec.id;

@@ -9,7 +9,8 @@
 import { type HostPort } from "../addr.ts";
 import { ErrorCode, VnetError } from "../errors.ts";
 import { type Role } from "../dataplane/ports.ts";
-import { type HandlerInfo, type HandlerSpec } from "../dataplane/handler.ts";
+import { type HandlerSpec } from "../dataplane/handler.ts";
+import { type HandlerInfo } from "../dataplane/data_path.ts";
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { BROADCAST, parseMac } from "../dataplane/mac.ts";
 import { type Link } from "../link/link.ts";
@@ -90,10 +91,25 @@ export interface DirectRequest {
   handler: string;
 }
 
+/**
+ * A handler whose far end is a VXLAN endpoint (a Linux `vxlan` device, a switch), not a VNET
+ * server: this server opens its end and tunnels to `remote` with VNI `vni` (issue 18).
+ */
+export interface VxlanRequest {
+  role: Role;
+  device: string;
+  macs: string[];
+  multicast: boolean;
+  /** The endpoint's IP address and UDP port (4789 by default). */
+  remote: HostPort;
+  vni: number;
+}
+
 /** Each operation's request and answer. */
 interface Operations {
   /** `warnings`: what the client should hear, e.g. a MAC no frame has carried (a typo?). */
   create: [CreateRequest, { id: string; warnings?: string[] }];
+  vxlan: [VxlanRequest, { id: string; warnings?: string[] }];
   close: [{ handler: string }, { closed: string; peerClosed: boolean }];
   migrate: [MigrateRequest, { id: string; host: string; gapMs: number }];
   list: [Record<never, never>, { handlers: ListedHandler[] }];
@@ -276,6 +292,21 @@ export function parseCreate(body: Body): CreateRequest {
     peer: body.peer === undefined || body.peer === null ? undefined : hostPort(body.peer, "peer"),
     ssh: ssh(body.ssh),
     timeoutMs: int(body.timeoutMs, "timeoutMs", 1_000, 600_000, 20_000),
+  };
+}
+
+export function parseVxlan(body: Body): VxlanRequest {
+  const remote = hostPort(body.remote, "remote");
+  if (!/^[\d.]+$|:/.test(remote.hostname)) {
+    throw invalid(`bad 'remote' '${printable(remote.hostname)}': give the endpoint's IP address`);
+  }
+  return {
+    role: role(body.role),
+    device: checkDeviceName(str(body, "device", 64)),
+    macs: checkMacs(body.macs),
+    multicast: body.multicast === true,
+    remote,
+    vni: int(body.vni, "vni", 0, 0xffffff),
   };
 }
 

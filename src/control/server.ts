@@ -14,6 +14,13 @@ import { formatHostPort, type HostPort } from "../addr.ts";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { type Interfaces } from "../dataplane/ports.ts";
+import { VXLAN_PORT } from "../dataplane/vxlan.ts";
+import {
+  DataPath,
+  type ForwarderHooks,
+  type ForwarderPort,
+  InProcessForwarder,
+} from "../dataplane/data_path.ts";
 import { dial } from "../link/dial.ts";
 import { Link, type LinkEvents } from "../link/link.ts";
 import { loadIdentity, type PeerIdentity } from "../link/peer_cert.ts";
@@ -35,7 +42,10 @@ interface ServerOptions {
   listen: HostPort;
   key: CryptoKey;
   tls?: TlsFiles;
-  ports: Interfaces;
+  /** The interfaces of an in-process forwarder (tests), when `forwarder` is not given. */
+  ports?: Interfaces;
+  /** Starts the forwarder (the data-path worker in a server); in-process on `ports` if absent. */
+  forwarder?: (hooks: ForwarderHooks) => ForwarderPort;
   listDevices: () => DeviceInfo[];
   log: Logger;
   /** Keepalive interval of peer links; 3 silent intervals close a link. */
@@ -54,6 +64,8 @@ interface ServerOptions {
   orphanGraceMs?: number;
   /** Direct Host↔Host paths (direct.ts); on by default, off with --no-direct. */
   direct?: boolean;
+  /** The UDP port of VXLAN tunnels (vxlan_tunnels.ts); 4789 by default. */
+  vxlanPort?: number;
 }
 
 /** A control link that sends no request for this long is closed. */
@@ -84,7 +96,9 @@ export class Server implements ServerContext {
     this.log = options.log;
     this.allowLiveMac = options.allowLiveMac ?? false;
     this.allowMacs = options.allowMacs ?? [];
-    this.registry = new Registry(options.ports, this.log);
+    const forwarder = options.forwarder ??
+      ((hooks: ForwarderHooks) => new InProcessForwarder(options.ports!, hooks, this.log));
+    this.registry = new Registry(new DataPath(forwarder, this.log));
     this.peers = new Peers({
       dial: (peer, timeoutMs) => this.#dial(peer, timeoutMs),
       reconnected: (peer, link) => this.#reattach(peer, link),
@@ -106,6 +120,10 @@ export class Server implements ServerContext {
     });
   }
 
+  get vxlanBind(): { address: string; port: number } {
+    return { address: this.#options.listen.hostname, port: this.#options.vxlanPort ?? VXLAN_PORT };
+  }
+
   get address(): string {
     return formatHostPort(this.#options.listen);
   }
@@ -113,7 +131,7 @@ export class Server implements ServerContext {
   /** Restores saved handlers, binds the socket (throws a VnetError if it cannot), accepts. */
   async start(): Promise<void> {
     await this.#acceptor.start();
-    const restored = this.#state.restore(this.id);
+    const restored = await this.#state.restore(this.id, this.vxlanBind);
     if (restored) {
       this.id = restored.serverId;
       for (const peer of restored.owesSync) this.#owed.add(peer);
@@ -150,6 +168,7 @@ export class Server implements ServerContext {
       events: this.#linkEvents(a.kind),
       keepaliveMs: a.kind === "peer" ? this.#options.keepaliveMs : 0,
       idleTimeoutMs: a.kind === "control" ? CONTROL_IDLE_MS : 0,
+      socketOwner: a.kind === "peer" ? this.registry.dataPath.socketOwner : undefined,
     });
     if (links.size >= max) {
       link.close("too many connections", `server busy: ${max} ${a.kind} connections already`);
@@ -157,6 +176,7 @@ export class Server implements ServerContext {
       return;
     }
     links.add(link);
+    if (a.kind === "peer") this.registry.dataPath.addLink(link);
     this.log.info(a.kind === "peer" ? "peer link up" : "client connected", {
       remote: a.remote,
       tls: link.tls,
@@ -168,18 +188,17 @@ export class Server implements ServerContext {
   #linkEvents(kind: "control" | "peer"): LinkEvents {
     return {
       // Frames are taken only from the link their handler is attached to.
+      // Frames are taken only from the link their handler is attached to (forwarder.ts).
       onFrame: kind === "peer"
-        ? (link, number, frame) => {
-          const handler = this.registry.byNumber(number);
-          if (handler && (handler.link === link || this.direct.allows(link, number))) {
-            handler.receive(frame);
-          }
-        }
+        ? (link, number, frame) => this.registry.dataPath.frameIn(link, number, frame)
         : undefined,
       onRequest: (op, body, link) =>
         kind === "control" ? serveClient(this, op, body) : servePeer(this, op, body, link),
       onClose: (link, reason) => this.#linkClosed(link, reason, kind),
-      onSendDrop: (_link, number, reason) => this.registry.byNumber(number)?.sendDropped(reason),
+      onSendDrop: (_link, number, reason) => {
+        const handler = this.registry.byNumber(number);
+        if (handler) this.registry.dataPath.sendDropped(handler, reason);
+      },
     };
   }
 
@@ -202,6 +221,7 @@ export class Server implements ServerContext {
     for (const peer of this.peers.values()) {
       if (peer.link === link) peer.scheduleReconnect();
     }
+    this.registry.dataPath.removeLink(link);
   }
 
   async remove(id: string): Promise<void> {
@@ -232,9 +252,10 @@ export class Server implements ServerContext {
     if (!this.#stopping) this.#state.save(this.id, this.#owed);
   }
 
-  list(): rpc.ListedHandler[] {
+  async list(): Promise<rpc.ListedHandler[]> {
+    const states = await this.registry.dataPath.states();
     return [...this.registry.values()].map((e) => ({
-      ...e.handler.info(),
+      ...e.handler.info(states[e.handler.number]),
       dialled: e.dial ? "out" : "in",
       reconnects: e.dial?.peer.reconnects ?? 0,
     }));
@@ -262,8 +283,10 @@ export class Server implements ServerContext {
       log: this.log,
       events: this.#linkEvents("peer"),
       keepaliveMs,
+      socketOwner: this.registry.dataPath.socketOwner,
     });
     this.#links.peer.add(link);
+    this.registry.dataPath.addLink(link);
     this.log.info("peer link up", { remote: link.remote, tls: link.tls, dialled: true });
     this.events.add({ kind: "connect", remote: link.remote });
     return link;
@@ -313,6 +336,7 @@ export class Server implements ServerContext {
     for (const link of [...this.#links.control, ...this.#links.peer]) {
       link.close("server shutting down");
     }
+    await this.registry.dataPath.stop();
     this.log.info("server stopped");
   }
 }

@@ -24,10 +24,12 @@ export interface ServerContext {
   readonly allowLiveMac: boolean;
   /** `--allow-mac`: the only MAC ranges handlers may carry; empty: any. */
   readonly allowMacs: readonly MacRange[];
+  /** Where this server's VXLAN tunnels send from and listen (`--vxlan-port`). */
+  readonly vxlanBind: { address: string; port: number };
   /** This machine's interfaces. */
   devices(): DeviceInfo[];
   /** The handlers, as `list` shows them. */
-  list(): ListedHandler[];
+  list(): Promise<ListedHandler[]>;
   /** Throws if `device` holds the local address of `link`: a Host end must not carry its own link. */
   checkDeviceNotCarryingLink(device: string, link: Link): void;
   /** Closes and forgets a handler, drops peers nobody needs, saves the state. */

@@ -4,6 +4,7 @@
  * the old file or the new one. A file that cannot be read back is moved aside and reported,
  * never silently dropped.
  */
+import { type VxlanEndpoint } from "../dataplane/data_path.ts";
 import { type HostPort } from "../addr.ts";
 import { type HandlerSpec } from "../dataplane/handler.ts";
 import { type Logger } from "../log.ts";
@@ -24,6 +25,8 @@ interface SavedHandler {
   origin?: string;
   /** Present on the side that dials: where, how, and what to ask the peer to attach. */
   dial?: { addr: HostPort; ssh?: SshOptions; attach: AttachRequest };
+  /** A handler whose far end is a VXLAN endpoint: that endpoint. */
+  vxlan?: VxlanEndpoint;
 }
 
 interface SavedState {
@@ -101,6 +104,7 @@ export class StateFile {
       bind: e.bind,
       origin: e.origin,
       dial: e.dial && { addr: e.dial.peer.addr, ssh: e.dial.peer.ssh, attach: e.dial.attach },
+      vxlan: e.handler.vxlan ?? undefined,
     }));
     const owed = [...owesSync].map((p) => ({ addr: p.addr, ssh: p.ssh }));
     try {
@@ -115,9 +119,10 @@ export class StateFile {
    * Returns the server id to keep, the peers to reconnect to (the handlers this server dialled
    * are re-attached as they answer), and those owed a sync; null without a file.
    */
-  restore(
+  async restore(
     newId: string,
-  ): { serverId: string; count: number; reconnect: Set<Peer>; owesSync: Peer[] } | null {
+    vxlanBind: { address: string; port: number },
+  ): Promise<{ serverId: string; count: number; reconnect: Set<Peer>; owesSync: Peer[] } | null> {
     if (!this.path) return null;
     const saved = loadState(this.path, this.log);
     // The id peers know this server by; a version 1 file has none, so the fresh one it is.
@@ -129,11 +134,14 @@ export class StateFile {
         const bind = s.bind ?? (s.dial ? randomKey() : "");
         const peer = s.dial && this.peers.get(s.dial.addr, s.dial.ssh);
         const attach = peer && { ...s.dial!.attach, bind, origin: serverId };
-        this.registry.open(s.spec, {
+        const vxlan = isVxlanEndpoint(s.vxlan) ? s.vxlan : undefined;
+        const entry = await this.registry.open(s.spec, {
           bind,
           origin: s.origin,
           dial: peer && { peer, attach: attach! },
+          vxlan,
         }, true);
+        if (vxlan) await entry.handler.attachVxlan(vxlan, vxlanBind.address, vxlanBind.port);
         if (peer) reconnect.add(peer);
       } catch (e) {
         this.log.error("cannot restore handler", { handler: s.spec.id, error: messageOf(e) });
@@ -146,4 +154,9 @@ export class StateFile {
     for (const peer of owesSync) reconnect.add(peer);
     return { serverId, count: saved.handlers.length, reconnect, owesSync };
   }
+}
+
+function isVxlanEndpoint(v: unknown): v is VxlanEndpoint {
+  const e = v as VxlanEndpoint | undefined;
+  return typeof e?.host === "string" && Number.isInteger(e.port) && Number.isInteger(e.vni);
 }

@@ -34,7 +34,7 @@
  *   9. `loopGuard` drops a broadcast seen again within LOOP_WINDOW_MS: a LAN frame that came
  *      back through a Host (a Host device bridged to the LAN), never a storm.
  */
-import { type Link } from "../link/link.ts";
+import { type FrameLink } from "./ports.ts";
 import { isBroadcastFrame, mac48, macBytes } from "./mac.ts";
 
 /** What the fabric needs of a handler. */
@@ -49,7 +49,7 @@ export interface FabricPort {
   /** Puts a frame on this handler's interface (a Host handing it to its own VMs). */
   deliver(frame: Uint8Array): void;
   /** The handler's own link, to tell switched frames between two peers from local ones. */
-  readonly link: Link | null;
+  readonly link: FrameLink | null;
 }
 
 /**
@@ -59,7 +59,7 @@ export interface FabricPort {
 export interface Path {
   readonly mac: string;
   /** The direct route: a link to the far Host, its server's address, its handler number. */
-  direct: { link: Link; peer: string; number: number } | null;
+  direct: { link: FrameLink; peer: string; number: number } | null;
   /** Frames and bytes sent to the MAC, by way of each path. */
   viaProxy: { frames: number; bytes: number };
   viaDirect: { frames: number; bytes: number };
@@ -97,7 +97,7 @@ class DeviceTable {
 }
 
 /** The links a broadcast went to, in one `fromPeer` (reused: no allocation per frame). */
-const sentTo: (Link | null)[] = [];
+const sentTo: (FrameLink | null)[] = [];
 
 /** What a handler does with a frame from its peer. */
 export const Verdict = {
@@ -116,7 +116,7 @@ type SwitchedHook = (from: FabricPort, to: FabricPort, frame: Uint8Array) => voi
 export class Fabric {
   readonly #devices = new Map<string, DeviceTable>();
   /** A Host's paths, by the Proxy link they were learned over, then by MAC. */
-  readonly #paths = new Map<Link | null, Map<number, Path>>();
+  readonly #paths = new Map<FrameLink | null, Map<number, Path>>();
   #pathCount = 0;
   /** Every Host-role handler of this server by its MACs, whatever its device. */
   readonly #hostPorts = new Map<number, FabricPort>();
@@ -124,6 +124,8 @@ export class Fabric {
   readonly #proxyPorts = new Map<number, FabricPort>();
   /** Called for unicast switched between handlers whose peers differ (direct path candidates). */
   onSwitched: SwitchedHook | null = null;
+  /** Called for each remote MAC a Host learns over a link (the control plane keeps a copy). */
+  onLearned: ((via: FrameLink | null, mac: string) => void) | null = null;
 
   join(port: FabricPort): void {
     let table = this.#devices.get(port.device);
@@ -226,7 +228,7 @@ export class Fabric {
     return null;
   }
 
-  #learn(via: Link | null, key: number, frame: Uint8Array): void {
+  #learn(via: FrameLink | null, key: number, frame: Uint8Array): void {
     let table = this.#paths.get(via);
     if (table?.has(key) || this.#pathCount >= MAX_PATHS) return;
     if (!table) this.#paths.set(via, table = new Map());
@@ -234,10 +236,11 @@ export class Fabric {
       .join(":");
     table.set(key, newPath(mac));
     this.#pathCount++;
+    this.onLearned?.(via, mac);
   }
 
   /** The path to `mac` learned over `via` (a frame from `mac` came in on that link), if any. */
-  learned(via: Link, mac: string): Path | undefined {
+  learned(via: FrameLink, mac: string): Path | undefined {
     return this.#paths.get(via)?.get(mac48(macBytes(mac), 0));
   }
 
@@ -251,7 +254,7 @@ export class Fabric {
    * frames for it go on `link` (to `peer`), tagged `number`. False if `mac` was never learned
    * over `via`.
    */
-  addRoute(via: Link, mac: string, link: Link, peer: string, number: number): boolean {
+  addRoute(via: FrameLink, mac: string, link: FrameLink, peer: string, number: number): boolean {
     const path = this.learned(via, mac);
     if (!path) return false;
     path.direct = { link, peer, number };
@@ -259,7 +262,7 @@ export class Fabric {
   }
 
   /** `mac` goes through the Proxy `via` again; false if it had no direct route there. */
-  removeRoute(via: Link, mac: string): boolean {
+  removeRoute(via: FrameLink, mac: string): boolean {
     const path = this.learned(via, mac);
     if (!path?.direct) return false;
     path.direct = null;
@@ -267,7 +270,7 @@ export class Fabric {
   }
 
   /** Every route over `link` falls back to the Proxy (the link closed). */
-  removeRoutesOver(link: Link): Path[] {
+  removeRoutesOver(link: FrameLink): Path[] {
     const gone: Path[] = [];
     for (const path of this.#every()) {
       if (path.direct?.link !== link) continue;
@@ -278,7 +281,7 @@ export class Fabric {
   }
 
   /** The Proxy link `via` closed: what was learned over it goes (a new link learns again). */
-  forgetLink(via: Link): void {
+  forgetLink(via: FrameLink): void {
     const table = this.#paths.get(via);
     if (!table) return;
     this.#pathCount -= table.size;
@@ -286,7 +289,7 @@ export class Fabric {
   }
 
   /** The paths learned over `via`, or over every link. */
-  paths(via?: Link | null): Path[] {
+  paths(via?: FrameLink | null): Path[] {
     return via === undefined ? [...this.#every()] : [...this.#paths.get(via)?.values() ?? []];
   }
 
@@ -304,9 +307,9 @@ export class Fabric {
       port.link !== null;
   }
 
-  /** Ages idle paths out; called every `everyMs`. Returns the direct ones forgotten. */
-  sweep(everyMs: number): Path[] {
-    const gone: Path[] = [];
+  /** Ages idle paths out; called every `everyMs`. Returns every path forgotten, and its link. */
+  sweep(everyMs: number): { via: FrameLink | null; path: Path }[] {
+    const gone: { via: FrameLink | null; path: Path }[] = [];
     for (const [via, table] of this.#paths) {
       for (const [key, p] of table) {
         const frames = p.viaProxy.frames + p.viaDirect.frames;
@@ -315,7 +318,7 @@ export class Fabric {
         if (p.idleSweeps * everyMs < ROUTE_AGE_MS) continue;
         table.delete(key);
         this.#pathCount--;
-        if (p.direct) gone.push(p);
+        gone.push({ via, path: p });
       }
       if (table.size === 0) this.#paths.delete(via);
     }

@@ -21,8 +21,8 @@
  */
 import { DevicePorts } from "./device_ports.ts";
 import { MacConflicts } from "./mac_conflicts.ts";
-import { type Injector, type Interfaces, type Role } from "./ports.ts";
-import { type Link } from "../link/link.ts";
+import { type FrameLink, type Injector, type Interfaces, type Role } from "./ports.ts";
+import { Counter, type HandlerCounters } from "./counters.ts";
 import { type Logger } from "../log.ts";
 import { type Fabric, type FabricPort, LoopGuard, type Path, Verdict } from "./fabric.ts";
 import { isBroadcastFrame, MacSet } from "./mac.ts";
@@ -40,40 +40,6 @@ export interface HandlerSpec {
   peer: string;
 }
 
-interface DirectionCounters {
-  frames: number;
-  bytes: number;
-  drops: number;
-}
-
-/** Why frames were dropped, for `list` and metrics. */
-interface DropCounters {
-  /** Link down or its send queue full. */
-  link: number;
-  /**
-   * Queued for the peer but dropped by the link's AQM: it waited in the send queue longer than
-   * the target for too long (the flow sends faster than the link carries it).
-   */
-  aqm: number;
-  /** Captured frame longer than the snap length. */
-  truncated: number;
-  /** Too large for the far interface and not segmentable, or malformed. */
-  offload: number;
-  /** The system refused to inject it. */
-  inject: number;
-  /**
-   * From the peer, but not this end's to inject: at a Proxy, a source that is not one of the
-   * handler's MACs; at a Host, a destination that is not one of them (nor broadcast, nor
-   * multicast with multicast on).
-   */
-  foreignMac: number;
-  /**
-   * A loop: a Host's own frame come back, a broadcast seen twice, a Host's broadcast come back
-   * over the LAN to another device of its Proxy (fabric.ts).
-   */
-  loop: number;
-}
-
 /** How this end reaches a remote MAC (fabric.ts), as `list` shows it. */
 interface PathInfo {
   mac: string;
@@ -87,29 +53,11 @@ interface PathInfo {
   viaDirect: { frames: number; bytes: number };
 }
 
-export interface HandlerInfo extends HandlerSpec {
-  /** up: forwarding; down: no link to the peer; degraded: the interface is gone. */
-  state: "up" | "down" | "degraded" | "closed";
+/** What only the data path knows of a handler, beside its counters (counters.ts). */
+export interface HandlerState {
+  /** Why the interface handles are closed while the handler is open (device gone). */
   degraded: string | null;
-  link: {
-    state: "up" | "down";
-    remote: string | null;
-    tls: boolean;
-    rttMs: number | null;
-    /** Who waits for the link's socket (Link.socket). */
-    socket: "data path" | "runtime" | null;
-  };
-  toPeer: DirectionCounters;
-  fromPeer: DirectionCounters;
-  dropReasons: DropCounters;
   capture: { received: number; dropped: number; ifDropped: number };
-  /**
-   * Frames seen on this end's interface with one of the handler's MACs as source, which only
-   * the far end should send: a duplicate MAC on the LAN, or a loop.
-   */
-  macConflicts: number;
-  /** Frames from the peer handed to another handler of this device (a Proxy's switching). */
-  switched: { frames: number; bytes: number };
   /**
    * At a Host: the remote MACs its VMs reach through this handler's Proxy (the same table in
    * every handler on that link), and how: direct to another Host, or through the Proxy.
@@ -124,18 +72,8 @@ export function handlerNumber(id: string): number {
 export class Handler implements FabricPort {
   readonly spec: HandlerSpec;
   readonly number: number;
-  readonly toPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
-  readonly fromPeer: DirectionCounters = { frames: 0, bytes: 0, drops: 0 };
-  readonly dropReasons: DropCounters = {
-    link: 0,
-    aqm: 0,
-    truncated: 0,
-    offload: 0,
-    inject: 0,
-    foreignMac: 0,
-    loop: 0,
-  };
-  readonly switched = { frames: 0, bytes: 0 };
+  /** Frames and bytes each way, and why frames were dropped (a slot of counters.ts). */
+  readonly counters: HandlerCounters;
   /** Frames seen on the interface from one of our MACs (a Proxy's duplicate MAC or loop). */
   readonly conflicts: MacConflicts;
 
@@ -143,7 +81,7 @@ export class Handler implements FabricPort {
   #fabric: Fabric;
   /** A Proxy's broadcasts seen lately: one that comes back is a loop (fabric.ts). */
   #loopGuard = new LoopGuard();
-  #link: Link | null = null;
+  #link: FrameLink | null = null;
   #log: Logger;
   #open = true;
   #lastInjectError = "";
@@ -157,10 +95,12 @@ export class Handler implements FabricPort {
     spec: HandlerSpec,
     ports: Interfaces,
     fabric: Fabric,
+    counters: HandlerCounters,
     log: Logger,
     tolerant = false,
   ) {
     this.spec = spec;
+    this.counters = counters;
     this.number = handlerNumber(spec.id);
     this.#macs = new MacSet(spec.macs);
     this.#fabric = fabric;
@@ -200,18 +140,18 @@ export class Handler implements FabricPort {
     return this.#dev.degraded;
   }
 
-  get link(): Link | null {
+  get link(): FrameLink | null {
     return this.#link;
   }
 
   /** Binds the handler to a link (a new one after a reconnect) and starts capturing. */
-  attach(link: Link): void {
+  attach(link: FrameLink): void {
     this.#link = link;
-    this.#dev.startCapture(this.#forward, this.conflicts.seen);
+    this.#dev.startCapture(this.#forward, this.#conflict);
   }
 
   /** Forgets a link that went down; captured frames are dropped until the next attach. */
-  detach(link: Link): void {
+  detach(link: FrameLink): void {
     if (this.#link === link) this.#link = null;
   }
 
@@ -223,27 +163,16 @@ export class Handler implements FabricPort {
    *   3. It is made fit for the interface (offload.ts) and injected.
    */
   receive(frame: Uint8Array): void {
-    this.fromPeer.frames++;
-    this.fromPeer.bytes += frame.length;
-    if (frame.length < 14) {
-      this.fromPeer.drops++;
-      this.dropReasons.offload++;
-      return;
-    }
-    if (!this.#mayInject(frame)) {
-      this.fromPeer.drops++;
-      this.dropReasons.foreignMac++;
-      return;
-    }
+    const fromPeer = this.counters.fromPeer;
+    fromPeer.frames++;
+    fromPeer.bytes += frame.length;
+    if (frame.length < 14) return this.#dropIn(Counter.dropOffload);
+    if (!this.#mayInject(frame)) return this.#dropIn(Counter.dropForeignMac);
     const verdict = this.#fabric.fromPeer(this, frame);
-    if (verdict === Verdict.Loop) {
-      this.fromPeer.drops++;
-      this.dropReasons.loop++;
-      return;
-    }
+    if (verdict === Verdict.Loop) return this.#dropIn(Counter.dropLoop);
     if (verdict === Verdict.Switched) {
-      this.switched.frames++;
-      this.switched.bytes += frame.length;
+      this.counters.add(Counter.switchedFrames);
+      this.counters.add(Counter.switchedBytes, frame.length);
       return;
     }
     this.#put(frame);
@@ -251,20 +180,29 @@ export class Handler implements FabricPort {
 
   /** Puts a frame on the interface that this Host's fabric hands over from another device. */
   deliver(frame: Uint8Array): void {
-    this.fromPeer.frames++;
-    this.fromPeer.bytes += frame.length;
+    this.counters.fromPeer.frames++;
+    this.counters.fromPeer.bytes += frame.length;
     this.#put(frame);
   }
+
+  /** A frame from the peer not injected, and why (a drop reason of counters.ts). */
+  #dropIn(reason: number): void {
+    this.counters.fromPeer.drops++;
+    this.counters.add(reason);
+  }
+
+  /** A frame from one of our MACs on the interface: counted, and warned of (mac_conflicts.ts). */
+  #conflict = (frame: Uint8Array): void => {
+    this.counters.add(Counter.macConflicts);
+    this.conflicts.seen(frame);
+  };
 
   /** Makes `frame` fit for the interface (offload.ts) and injects it. */
   #put(frame: Uint8Array): void {
     const injector = this.#dev.injector;
-    if (!injector) {
-      this.fromPeer.drops++;
-      this.dropReasons.inject++;
-    } else if (prepareForWire(frame, injector.mtu, this.#inject, this.#injectGso) < 0) {
-      this.fromPeer.drops++;
-      this.dropReasons.offload++;
+    if (!injector) this.#dropIn(Counter.dropInject);
+    else if (prepareForWire(frame, injector.mtu, this.#inject, this.#injectGso) < 0) {
+      this.#dropIn(Counter.dropOffload);
     }
   }
 
@@ -282,8 +220,7 @@ export class Handler implements FabricPort {
 
   /** Counts a frame the system refused; returns true: it has been dealt with. */
   #injectFailed(frame: Uint8Array, injector: Injector): boolean {
-    this.fromPeer.drops++;
-    this.dropReasons.inject++;
+    this.#dropIn(Counter.dropInject);
     const error = injector.lastError();
     if (error !== this.#lastInjectError) {
       // Log each distinct failure once, not once per frame.
@@ -305,11 +242,7 @@ export class Handler implements FabricPort {
    *   3. The rest goes to this handler's peer.
    */
   #forward = (frame: Uint8Array, wireLength: number): void => {
-    if (wireLength > frame.length) {
-      this.toPeer.drops++;
-      this.dropReasons.truncated++;
-      return;
-    }
+    if (wireLength > frame.length) return this.#dropOut(Counter.dropTruncated);
     if (this.spec.role === "host") {
       const to = this.#fabric.toward(this, frame);
       if (to === "local") return;
@@ -318,9 +251,7 @@ export class Handler implements FabricPort {
       (frame[0] & 1) === 1 &&
       (this.#fabric.handedOver(this, frame) || this.#loopGuard.repeat(frame))
     ) {
-      this.toPeer.drops++;
-      this.dropReasons.loop++;
-      return;
+      return this.#dropOut(Counter.dropLoop);
     }
     this.sendToPeer(frame);
   };
@@ -335,13 +266,18 @@ export class Handler implements FabricPort {
   /** Sends a frame to this handler's peer (its own, or one the fabric switched to it). */
   sendToPeer(frame: Uint8Array): boolean {
     if (this.#link?.sendFrame(this.number, frame)) {
-      this.toPeer.frames++;
-      this.toPeer.bytes += frame.length;
+      this.counters.toPeer.frames++;
+      this.counters.toPeer.bytes += frame.length;
       return true;
     }
-    this.toPeer.drops++;
-    this.dropReasons.link++;
+    this.#dropOut(Counter.dropLink);
     return false;
+  }
+
+  /** A frame for the peer not sent, and why (a drop reason of counters.ts). */
+  #dropOut(reason: number): void {
+    this.counters.toPeer.drops++;
+    this.counters.add(reason);
   }
 
   /**
@@ -349,43 +285,22 @@ export class Handler implements FabricPort {
    * was full (`full`), or the frame waited too long (`aqm`).
    */
   sendDropped(reason: "full" | "aqm"): void {
-    this.toPeer.drops++;
-    if (reason === "aqm") this.dropReasons.aqm++;
-    else this.dropReasons.link++;
+    this.#dropOut(reason === "aqm" ? Counter.dropAqm : Counter.dropLink);
   }
 
-  info(): HandlerInfo {
+  /** What `list` shows beside the counters (the rest is the control plane's). */
+  state(): HandlerState {
     const link = this.#link;
     return {
-      ...this.spec,
-      state: !this.#open
-        ? "closed"
-        : this.degraded !== null
-        ? "degraded"
-        : link?.isOpen
-        ? "up"
-        : "down",
       degraded: this.degraded,
-      link: {
-        state: link?.isOpen ? "up" : "down",
-        remote: link?.remote ?? null,
-        tls: link?.tls ?? false,
-        rttMs: link?.rttMs ?? null,
-        socket: link?.socket ?? null,
-      },
-      toPeer: { ...this.toPeer },
-      fromPeer: { ...this.fromPeer },
-      dropReasons: { ...this.dropReasons },
       capture: this.#dev.stats(),
-      macConflicts: this.conflicts.count,
-      switched: { ...this.switched },
       // The table of this handler's Proxy link: its VMs reach a MAC by the same path.
       paths: this.spec.role === "proxy" || !link ? [] : this.#fabric.paths(link).map((p) => {
         const direct = p.direct?.link.isOpen ? p.direct : null;
         return {
           mac: p.mac,
           via: direct ? "direct" as const : "proxy" as const,
-          peer: direct ? direct.peer : link?.remote ?? null,
+          peer: direct ? direct.peer : link.remote,
           frames: p.viaProxy.frames + p.viaDirect.frames,
           bytes: p.viaProxy.bytes + p.viaDirect.bytes,
           viaProxy: { ...p.viaProxy },
@@ -403,8 +318,8 @@ export class Handler implements FabricPort {
     this.#fabric.leave(this);
     this.#dev.close();
     this.#log.info("handler closed", {
-      toPeer: this.toPeer.frames,
-      fromPeer: this.fromPeer.frames,
+      toPeer: this.counters.toPeer.frames,
+      fromPeer: this.counters.fromPeer.frames,
     });
     return Promise.resolve();
   }

@@ -82,6 +82,21 @@ export interface GsoFrame {
   ecn: boolean;
 }
 
+/**
+ * What the data path needs of a link to a peer: to send a frame for a handler on it. A TLS or
+ * ssh link's frames go to the main thread, which owns those streams; a plain link's socket is
+ * the data path's own (data_path_links.ts).
+ */
+export interface FrameLink {
+  /** The link's number, the same on both threads (link.ts). */
+  readonly number: number;
+  /** The other end, `ADDR:PORT`, for `list`. */
+  readonly remote: string;
+  readonly isOpen: boolean;
+  /** Queues one frame for `handler`; false if it had to be dropped. */
+  sendFrame(handler: number, frame: Uint8Array): boolean;
+}
+
 /** What a Handler asks of the outside world when it opens its end. */
 export interface Interfaces {
   openCapture(device: string, spec: CaptureSpec): Capture;

@@ -12,7 +12,7 @@ import { codeOf, ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { connectTcp } from "../io/tcp_socket.ts";
 import { type Logger } from "../log.ts";
 import { handshake } from "./auth.ts";
-import { Link, type LinkEvents } from "./link.ts";
+import { Link, type LinkEvents, type SocketOwner } from "./link.ts";
 import { makeProof, type PeerIdentity } from "./peer_cert.ts";
 import { SocketStream } from "./socket_stream.ts";
 import { type SshOptions, sshStream } from "./ssh.ts";
@@ -32,6 +32,8 @@ interface DialOptions {
   ssh?: SshOptions;
   /** A server dialling a peer over TLS proves its certificate with this (peer_cert.ts). */
   identity?: PeerIdentity;
+  /** Takes a plain link's socket over (the data-path worker): see Link. */
+  socketOwner?: SocketOwner;
 }
 
 /** Connects to `addr`, runs the handshake and returns the open Link. Throws a VnetError. */
@@ -103,6 +105,7 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
     log: options.log,
     events: options.events,
     keepaliveMs: options.keepaliveMs,
+    socketOwner: options.socketOwner,
   });
 }
 

@@ -64,6 +64,22 @@ export interface LinkEvents {
   onSendDrop?(link: Link, handler: number, reason: "full" | "aqm"): void;
 }
 
+/**
+ * Another thread that carries a plain link's socket: the data-path worker (issue 17). It reads
+ * and writes the socket from then on, takes the frames, and hands every other message back
+ * (`Link.receive`), and says when the socket closed (`Link.close`).
+ */
+export interface SocketOwner {
+  /** Takes `fd` over, with the bytes already read past the handshake. */
+  adopt(link: Link, fd: number, buffered: Uint8Array, stallMs: number): void;
+  /** Queues a control message on the link, ahead of its frames. */
+  sendControl(link: Link, message: Uint8Array): void;
+  /** A direct path's shorter stall limit. */
+  tune(link: Link, stallMs: number): void;
+  /** Closes the socket, telling the peer `notify` first if given. */
+  close(link: Link, notify?: string): void;
+}
+
 interface LinkOptions {
   /** The other end, for logs and `list`. */
   remote: string;
@@ -79,6 +95,8 @@ interface LinkOptions {
   /** One write stuck for this long closes the link: the other end does not read. */
   stallMs?: number;
   maxQueuedBytes?: number;
+  /** Hands a plain link's socket to the data path (peer links of a server). */
+  socketOwner?: SocketOwner;
 }
 
 interface LinkStats {
@@ -144,6 +162,8 @@ export class Link {
   #keepaliveMs: number;
   #idleTimeoutMs: number;
   #stallMs: number;
+  /** The thread that owns the socket, when not this one. */
+  #owner: SocketOwner | null = null;
 
   constructor(conn: Stream, reader: MessageReader, options: LinkOptions) {
     this.remote = options.remote;
@@ -151,7 +171,8 @@ export class Link {
     this.tls = options.tls;
     this.#events = options.events;
     this.#log = options.log.with({ link: this.number, remote: options.remote });
-    this.socket = conn instanceof SocketStream ? "data path" : "runtime";
+    const owner = conn instanceof SocketStream ? options.socketOwner ?? null : null;
+    this.socket = owner ? "data path" : "runtime";
     this.#conn = conn;
     this.#reader = reader;
     this.#queue = new SendQueue(this.#conn, {
@@ -166,7 +187,10 @@ export class Link {
     this.#keepaliveMs = options.keepaliveMs ?? 0;
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 0;
     this.#stallMs = options.stallMs ?? DEFAULT_STALL_MS;
-    this.#readLoop();
+    if (owner) {
+      this.#owner = owner;
+      owner.adopt(this, (conn as SocketStream).fd, reader.takeBuffered(), this.#stallMs);
+    } else this.#readLoop();
     // One timer per link checks silence, idleness and stuck writes, and sends keepalives.
     const tick = Math.min(this.#keepaliveMs || 5_000, 5_000, this.#stallMs);
     this.#watchdog = setInterval(() => this.#watch(), tick);
@@ -181,6 +205,7 @@ export class Link {
     if (!this.#open) return;
     this.#keepaliveMs = options.keepaliveMs;
     this.#stallMs = options.stallMs;
+    this.#owner?.tune(this, options.stallMs);
     clearInterval(this.#watchdog);
     this.#watchdog = setInterval(() => this.#watch(), Math.min(options.keepaliveMs, 5_000));
   }
@@ -190,7 +215,11 @@ export class Link {
    * a frame dropped later, from the queue, is told to `onSendDrop`.
    */
   sendFrame(handler: number, frame: Uint8Array): boolean {
-    if (!this.#open || frame.length > MAX_FRAME || !this.#queue.pushFrame(handler, frame)) {
+    // A socket another thread owns carries that thread's frames only.
+    if (
+      !this.#open || this.#owner || frame.length > MAX_FRAME ||
+      !this.#queue.pushFrame(handler, frame)
+    ) {
       this.stats.queueDrops++;
       return false;
     }
@@ -243,7 +272,9 @@ export class Link {
     }
     this.#pending.clear();
     const finish = () => closeQuietly(this.#conn);
-    if (notifyPeer) {
+    if (this.#owner) {
+      this.#owner.close(this, notifyPeer);
+    } else if (notifyPeer) {
       // Best effort, bounded: tell the peer why before hanging up.
       const bytes = encodeMessage(MessageType.Error, new TextEncoder().encode(notifyPeer));
       Promise.race([writeAll(this.#conn, bytes), new Promise((r) => setTimeout(r, 500))])
@@ -261,12 +292,28 @@ export class Link {
    */
   #sendControl(message: Uint8Array): void {
     if (!this.#open) return;
+    if (this.#owner) return this.#owner.sendControl(this, message);
     if (!this.#queue.pushControl(message)) {
       this.close(`the other end does not read (${this.#queue.queuedBytes} bytes queued)`);
     }
   }
 
   // --- receive side ----------------------------------------------------------------------
+
+  /** A message from the peer that the socket's owner (another thread) hands over. */
+  receive(type: number, payload: Uint8Array): void {
+    if (!this.#open) return;
+    this.#lastHeard = Date.now();
+    try {
+      this.#dispatch({ type, payload });
+    } catch (e) {
+      const reason = messageOf(e);
+      if (e instanceof ProtocolError) {
+        this.#log.warn("protocol error, disconnecting", { reason });
+        this.close(`protocol error: ${reason}`, `protocol error: ${reason}`);
+      } else this.close(`read failed: ${reason}`);
+    }
+  }
 
   async #readLoop(): Promise<void> {
     try {
@@ -367,7 +414,7 @@ export class Link {
 
   #watch(): void {
     const now = Date.now();
-    const writing = this.#queue.writeStarted;
+    const writing = this.#owner ? 0 : this.#queue.writeStarted; // an owner checks its own
     if (writing && now - writing > this.#stallMs) {
       this.close(`the other end does not read (a write stuck for ${now - writing} ms)`);
     } else if (this.#keepaliveMs > 0 && now - this.#lastHeard > 3 * this.#keepaliveMs) {

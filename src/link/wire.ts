@@ -194,6 +194,24 @@ export class MessageReader {
     return true;
   }
 
+  /**
+   * Hands over what is buffered and not read yet (the first bytes after the handshake), for a
+   * reader on another thread to start from (`preload`); this reader is empty afterwards.
+   */
+  takeBuffered(): Uint8Array {
+    const rest = this.#buf.slice(this.#start, this.#end);
+    this.#start = this.#end = 0;
+    return rest;
+  }
+
+  /** Starts with `bytes` buffered, as if read: what another reader handed over. */
+  preload(bytes: Uint8Array): void {
+    this.reserve(this.#end + bytes.length);
+    this.#buf.set(bytes, this.#end);
+    this.#end += bytes.length;
+    this.bytesRead += bytes.length;
+  }
+
   /** Reads until a whole message is available; null at end of stream. */
   async message(): Promise<Message | null> {
     for (;;) {

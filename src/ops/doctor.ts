@@ -65,8 +65,8 @@ export interface Probes {
   wifiMode(dev: string): Promise<WifiMode | null>;
   /** The offloads on (`ethtool -k`); null when ethtool is missing. */
   offloads(dev: string): Promise<string[] | null>;
-  /** Whether the data path can wait inline (src/io/runtime_wait.ts); throws saying why not. */
-  inlineWait(): void;
+  /** Starts the data-path worker (its FFI in a thread of its own) and stops it; throws why not. */
+  dataPathWorker(): Promise<void>;
   /** TCP connect; resolves with the time it took in ms, throws on failure. */
   tcpConnect(addr: HostPort, timeoutMs: number): Promise<number>;
   /** TLS handshake without verification; the leaf certificate. Throws if not TLS. */
@@ -111,7 +111,7 @@ export async function runDoctor(opts: DoctorOptions, probes: Probes): Promise<Ch
 
   checkPrivileges(opts.procRoot, add);
   checkLibraries(probes, add);
-  checkInlineWait(probes, add);
+  await checkDataPathWorker(probes, add);
 
   const local = new Map<string, DeviceFacts>();
   for (const dev of opts.devs) local.set(dev, await checkDevice(dev, opts, probes, add));
@@ -155,16 +155,15 @@ function checkPrivileges(procRoot: string | undefined, add: Add): void {
   );
 }
 
-function checkInlineWait(probes: Probes, add: Add): void {
+async function checkDataPathWorker(probes: Probes, add: Add): Promise<void> {
   try {
-    probes.inlineWait();
-    add("PASS", "wait", "after traffic the data path waits inline: one thread wake-up per hop");
+    await probes.dataPathWorker();
+    add("PASS", "data path", "the data-path worker starts: one thread wake-up per hop");
   } catch (e) {
     add(
-      "WARN",
-      "wait",
-      `the data path cannot wait inline (${messageOf(e)}): it waits on a helper thread, ` +
-        "which costs a second thread wake-up per captured frame (about 2x the idle round trip)",
+      "FAIL",
+      "data path",
+      `the data-path worker cannot start (${messageOf(e)}): the server cannot forward frames`,
     );
   }
 }

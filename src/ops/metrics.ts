@@ -187,9 +187,9 @@ const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 /** What the `--metrics` listener serves, and who may see it. */
 interface MetricsSources {
   /** The Prometheus exposition (`renderMetrics`). */
-  metrics: () => string;
+  metrics: () => string | Promise<string>;
   /** The status for `/api/status` and the page; without it only `/metrics` is served. */
-  status?: () => StatusJson;
+  status?: () => StatusJson | Promise<StatusJson>;
   /** When set, every path needs `Authorization: Bearer <token>`; 401 otherwise. */
   token?: string;
   /**
@@ -329,7 +329,7 @@ export function serveMetrics(
   const authorized = src.token !== undefined ? bearerCheck(src.token) : () => true;
   const names = new Set(src.hosts ?? []);
   const guesses = new TokenGuesses();
-  const handle = (req: HttpRequest): HttpResponse => {
+  const handle = async (req: HttpRequest): Promise<HttpResponse> => {
     const known = req.path === "/metrics" ||
       (src.status !== undefined && (req.path === "/" || req.path === "/api/status"));
     if (!hostAllowed(req.headers.get("host"), names)) {
@@ -360,13 +360,13 @@ export function serveMetrics(
     }
     if (!known) return { status: 404, body: "not found\n" };
     if (req.path === "/metrics") {
-      return { status: 200, headers: { "content-type": CONTENT_TYPE }, body: src.metrics() };
+      return { status: 200, headers: { "content-type": CONTENT_TYPE }, body: await src.metrics() };
     }
     if (req.path === "/api/status") {
       return {
         status: 200,
         headers: { "content-type": "application/json" },
-        body: JSON.stringify(src.status!()),
+        body: JSON.stringify(await src.status!()),
       };
     }
     return { status: 200, headers: PAGE_HEADERS, body: STATUS_PAGE };

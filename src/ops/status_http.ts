@@ -108,7 +108,7 @@ interface Slot {
 /** Listens on `hostname:port` (0: any free port) and answers with `handle`. Throws if it cannot. */
 export function serveHttp(
   options: { hostname: string; port: number },
-  handle: (req: HttpRequest) => HttpResponse,
+  handle: (req: HttpRequest) => HttpResponse | Promise<HttpResponse>,
   log: Logger,
   limits: HttpLimits = {},
 ): HttpServer {
@@ -180,7 +180,7 @@ export function serveHttp(
       setIdle(slot, false);
       response = head === null
         ? { status: 431, body: "request head too large\n" }
-        : answer(head, slot.address, handle, log);
+        : await answer(head, slot.address, handle, log);
     } catch {
       clearTimeout(timer);
       close(slot); // reset, timed out, evicted, or not HTTP: nothing to answer
@@ -285,19 +285,19 @@ interface Head extends HttpRequest {
 }
 
 /** Runs `handle` on a parsed head; malformed requests and handler errors become 4xx/500. */
-function answer(
+async function answer(
   raw: string,
   remote: string,
-  handle: (req: HttpRequest) => HttpResponse,
+  handle: (req: HttpRequest) => HttpResponse | Promise<HttpResponse>,
   log: Logger,
-): HttpResponse & { head?: boolean } {
+): Promise<HttpResponse & { head?: boolean }> {
   const req = parseHead(raw, remote);
   if (typeof req === "number") return { status: req, body: `${REASONS[req]}\n` };
   if (req.method !== "GET" && req.method !== "HEAD") {
     return { status: 405, headers: { allow: "GET, HEAD" }, body: "only GET and HEAD\n" };
   }
   try {
-    return { ...handle(req), head: req.head };
+    return { ...await handle(req), head: req.head };
   } catch (e) {
     log.error("metrics request failed", { path: req.path, error: messageOf(e) });
     return { status: 500, body: "internal error\n", head: req.head };

@@ -448,7 +448,7 @@ Deno.test("cli: a mistyped subcommand or flag gets a 'did you mean'", async () =
   const cases: [string[], RegExp][] = [
     [
       ["client", "lst", "--server", "x:1"],
-      /^vnet: unknown client command 'lst'; did you mean 'list'\? \(create, list, watch, close, devices, migrate; see 'vnet client --help'\)$/,
+      /^vnet: unknown client command 'lst'; did you mean 'list'\? \(create, list, watch, close, devices, migrate, vxlan; see 'vnet client --help'\)$/,
     ],
     [
       ["client", "list", "--secret-fil", "x"],

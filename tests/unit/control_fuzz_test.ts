@@ -1122,7 +1122,7 @@ Deno.test({
       console.log(
         `    ${answered} requests answered: ${results} results, errors by code ${
           JSON.stringify(Object.fromEntries(codes))
-        }, ${server.list().length} handlers, ${Math.round(performance.now() - started)} ms`,
+        }, ${(await server.list()).length} handlers, ${Math.round(performance.now() - started)} ms`,
       );
       assert(
         codes.size >= 2,

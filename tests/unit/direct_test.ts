@@ -6,6 +6,7 @@ import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { DirectPaths } from "../../src/control/direct.ts";
 import { Registry } from "../../src/control/registry.ts";
 import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
+import { DataPath, type HandlerRef, InProcessForwarder } from "../../src/dataplane/data_path.ts";
 import { macBytes } from "../../src/dataplane/mac.ts";
 import { type Link } from "../../src/link/link.ts";
 import { Warnings } from "./warnings_log.ts";
@@ -13,10 +14,13 @@ import { Warnings } from "./warnings_log.ts";
 const VM1 = "02:00:00:00:00:01", VM2 = "02:00:00:00:00:02";
 const GATEWAY = "02:aa:00:00:00:01";
 
+let links = 0;
+
 /** A stand-in link: its requests are recorded and never answered. */
 function link(name: string) {
   const requests: { op: string; body: Record<string, unknown> }[] = [];
   const l = {
+    number: ++links,
     isOpen: true,
     remote: name,
     requests,
@@ -39,40 +43,52 @@ function frame(dst: string, src: string): Uint8Array {
 
 function setup(dial: (addr: unknown) => Promise<Link> = () => new Promise(() => {})) {
   const log = new Warnings();
-  const registry = new Registry(fakeInterfaces(["eth0", "eth1"]), log);
+  const ports = fakeInterfaces(["eth0", "eth1"]);
+  const dataPath = new DataPath((hooks) => new InProcessForwarder(ports, hooks, log), log);
+  const registry = new Registry(dataPath);
   const direct = new DirectPaths(registry, true, { dial }, log);
-  const open = (id: string, role: "proxy" | "host", macs: string[], l: Link, device = "eth0") => {
-    const entry = registry.open(
+  const open = async (
+    id: string,
+    role: "proxy" | "host",
+    macs: string[],
+    l: Link,
+    device = "eth0",
+  ) => {
+    const entry = await registry.open(
       { id, role, device, macs, multicast: false, peer: `${id}-peer:7000` },
       { bind: "", origin: "" },
     );
+    dataPath.addLink(l);
     entry.handler.attach(l);
     return entry.handler;
   };
-  return { log, registry, direct, open };
+  /** A frame from `handler`'s peer, as its link hands it in. */
+  const receive = (handler: HandlerRef, f: Uint8Array) =>
+    dataPath.frameIn(handler.link!, handler.number, f);
+  return { log, registry, direct, open, receive };
 }
 
-Deno.test("direct, Proxy: at most 8 offers in flight on a link that never answers", () => {
-  const { direct, open } = setup();
+Deno.test("direct, Proxy: at most 8 offers in flight on a link that never answers", async () => {
+  const { direct, open, receive } = setup();
   const rogue = link("rogue"), host = link("host");
   const macs = Array.from(
     { length: 48 },
     (_, i) => `02:68:00:00:00:${i.toString(16).padStart(2, "0")}`,
   );
-  const a = open("0000000a", "proxy", macs, rogue);
-  open("0000000b", "proxy", [VM2], host);
-  for (const m of macs) a.receive(frame(VM2, m));
+  const a = await open("0000000a", "proxy", macs, rogue);
+  await open("0000000b", "proxy", [VM2], host);
+  for (const m of macs) receive(a, frame(VM2, m));
   assertEquals(rogue.requests.filter((r) => r.op === "route").length, 8);
   assertEquals(host.requests.filter((r) => r.op === "route").length, 8);
   direct.close();
 });
 
-Deno.test("direct, Host: only a MAC seen over the offering link, never its own VMs", () => {
-  const { log, direct, open, registry } = setup();
+Deno.test("direct, Host: only a MAC seen over the offering link, never its own VMs", async () => {
+  const { log, direct, open, receive, registry } = setup();
   const proxy = link("proxy"), rogue = link("rogue");
-  const vm = open("0000000a", "host", [VM1], proxy);
-  const own = open("0000000b", "host", ["02:66:00:00:00:01"], rogue, "eth1");
-  vm.receive(frame(VM1, GATEWAY)); // VM1 talks to the gateway through its Proxy
+  const vm = await open("0000000a", "host", [VM1], proxy);
+  const own = await open("0000000b", "host", ["02:66:00:00:00:01"], rogue, "eth1");
+  receive(vm, frame(VM1, GATEWAY)); // VM1 talks to the gateway through its Proxy
   const offer = (mac: string, token: string, dial = false) =>
     direct.route({
       handler: "0000000b",
@@ -101,22 +117,23 @@ Deno.test("direct, Host: only a MAC seen over the offering link, never its own V
     "no WARN",
   );
   // The rogue feeds a frame from the gateway: its offer is taken, for its own handler only.
-  own.receive(frame("02:66:00:00:00:01", GATEWAY));
+  receive(own, frame("02:66:00:00:00:01", GATEWAY));
   offer(GATEWAY, "4".repeat(32));
-  assertEquals(registry.fabric.toward(vm, frame(GATEWAY, VM1)), null, "VM1 diverted");
+  assert(registry.fabric.learned(proxy, GATEWAY), "the Proxy's own path was forgotten");
+  assertEquals(registry.fabric.directLinks().size, 0, "VM1 diverted");
   direct.close();
 });
 
 Deno.test("direct, Host: tokens and dials are bounded per link; refusals are logged once a second", async () => {
   let dials = 0;
-  const { log, direct, open } = setup(() => {
+  const { log, direct, open, receive } = setup(() => {
     dials++;
     return new Promise(() => {});
   });
   const proxy = link("proxy");
-  const vm = open("0000000a", "host", [VM1], proxy);
+  const vm = await open("0000000a", "host", [VM1], proxy);
   const far = "02:5e:00:00:02:01";
-  vm.receive(frame(VM1, far));
+  receive(vm, frame(VM1, far));
   const offer = (i: number, dial: boolean, peer = `10.0.0.${1 + (i % 200)}:7000`) =>
     direct.route({
       handler: "0000000a",

@@ -113,7 +113,7 @@ function normalize(path: string): string {
 /** The commands `vnet` has, and the subcommands of those that have some. */
 const SUBCOMMANDS: Record<string, string[]> = {
   server: [],
-  client: ["create", "list", "watch", "close", "devices", "migrate"],
+  client: ["create", "list", "watch", "close", "devices", "migrate", "vxlan"],
   cert: ["ca", "issue"],
   secret: [],
   doctor: [],

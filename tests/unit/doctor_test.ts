@@ -3,7 +3,6 @@
  * capabilities from CapEff, devices (missing, down, no carrier, bridge port, Wi-Fi client and
  * AP/4addr), the secret's mode, the peer's answers (wrong secret, versions, MTUs), exit codes.
  */
-import { RuntimeWait } from "../../src/io/runtime_wait.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
   type Check,
@@ -89,7 +88,7 @@ function probes(over: Partial<Probes> = {}): Probes {
   return {
     libraryVersion: (spec) => `${spec.name} version 1.0`,
     openPromiscuous: () => {},
-    inlineWait: () => {},
+    dataPathWorker: () => Promise.resolve(),
     wifiMode: () => Promise.resolve(null),
     offloads: () => Promise.resolve(["tso", "gso", "gro"]),
     tcpConnect: () => Promise.resolve(0.4),
@@ -186,7 +185,7 @@ Deno.test("doctor: all pass on a good machine: exit 0", async () => {
   }
 });
 
-Deno.test("doctor: a data path that cannot wait inline is a WARN that says the cost", async () => {
+Deno.test("doctor: a data-path worker that cannot start is a FAIL that says why", async () => {
   const root = new FakeRoot().status(0, ALL_CAPS).device("lan0");
   try {
     const checks = await runDoctor(
@@ -197,25 +196,16 @@ Deno.test("doctor: a data path that cannot wait inline is a WARN that says the c
         procRoot: root.proc,
       },
       probes({
-        inlineWait: () => {
-          throw new Error("the runtime's epoll was not found in /proc/self/fdinfo");
-        },
+        dataPathWorker: () => Promise.reject(new Error("libpcap.so.0.8: cannot open")),
       }),
     );
-    const wait = find(checks, "wait");
-    assertEquals(wait.status, "WARN");
-    assertMatch(wait.message, /epoll was not found.*helper thread.*second thread wake-up/);
-    assertEquals(exitCode(checks), 2);
+    const dataPath = find(checks, "data path");
+    assertEquals(dataPath.status, "FAIL");
+    assertMatch(dataPath.message, /cannot start \(libpcap.so.0.8: cannot open\).*cannot forward/);
+    assertEquals(exitCode(checks), 1);
   } finally {
     root.cleanup();
   }
-});
-
-Deno.test("the real inline wait is found in this runtime (Linux)", {
-  ignore: Deno.build.os !== "linux",
-}, () => {
-  const wait = RuntimeWait.find();
-  assert(wait.epfd >= 0);
 });
 
 Deno.test("doctor: no capabilities, missing and down devices, no libpcap: FAIL, exit 1", async () => {

@@ -182,7 +182,7 @@ Deno.test("fabric: idle paths age out, busy ones stay", () => {
     assertEquals(fabric.sweep(every), []);
   }
   busy();
-  assertEquals(fabric.sweep(every).map((p) => p.mac), [VM2]);
+  assertEquals(fabric.sweep(every).map((gone) => gone.path.mac), [VM2]);
   assertEquals(fabric.paths().map((p) => p.mac), [VM3]);
 });
 

@@ -5,6 +5,7 @@
 import { assert, assertEquals } from "./assert.ts";
 import { Fabric } from "../../src/dataplane/fabric.ts";
 import { Handler, type HandlerSpec } from "../../src/dataplane/handler.ts";
+import { counterTable, HandlerCounters, readCounters } from "../../src/dataplane/counters.ts";
 import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
 import { duplex } from "../../src/link/fake_stream.ts";
 import { Link } from "../../src/link/link.ts";
@@ -40,8 +41,15 @@ function open(role: "proxy" | "host", multicast = false) {
     peer: "test",
   };
   const log = new Warnings();
-  const handler = new Handler(spec, ports, new Fabric(), log);
-  return { handler, injector: ports.injectors[0], capture: ports.captures[0].capture, log };
+  const table = counterTable();
+  const handler = new Handler(spec, ports, new Fabric(), new HandlerCounters(table, 0), log);
+  return {
+    info: () => readCounters(table, 0),
+    handler,
+    injector: ports.injectors[0],
+    capture: ports.captures[0].capture,
+    log,
+  };
 }
 
 /** Which of `frames` the handler injected, as "dst<-src" of their last bytes. */
@@ -50,22 +58,22 @@ function injectedOf(injected: Uint8Array[]): string[] {
 }
 
 Deno.test("a Proxy injects only frames from its MACs; the rest are foreignMac drops", async () => {
-  const { handler, injector } = open("proxy");
+  const { handler, info, injector } = open("proxy");
   handler.receive(frame(LAN, VM1));
   handler.receive(frame(BCAST, VM2));
   handler.receive(frame(LAN, OTHER)); // the Host speaking as someone else
   handler.receive(frame(LAN, LAN)); // ... as a LAN host
   handler.receive(frame(VM1, BCAST)); // a broadcast source: never a VM
   assertEquals(injectedOf(injector.injected), ["9<-1", "ff<-2"]);
-  const info = handler.info();
-  assertEquals(info.dropReasons.foreignMac, 3);
-  assertEquals(info.fromPeer, { frames: 5, bytes: 300, drops: 3 });
+  const counted = info();
+  assertEquals(counted.dropReasons.foreignMac, 3);
+  assertEquals(counted.fromPeer, { frames: 5, bytes: 300, drops: 3 });
   await handler.close();
 });
 
 Deno.test("a Host injects only frames to its MACs and broadcast; multicast only if asked", async () => {
   for (const multicast of [false, true]) {
-    const { handler, injector } = open("host", multicast);
+    const { handler, info, injector } = open("host", multicast);
     handler.receive(frame(VM1, LAN));
     handler.receive(frame(VM2, LAN));
     handler.receive(frame(BCAST, LAN));
@@ -74,17 +82,17 @@ Deno.test("a Host injects only frames to its MACs and broadcast; multicast only 
     handler.receive(frame(LAN, VM1)); // back to the LAN: not a frame for a VM
     const expected = ["1<-9", "2<-9", "ff<-9", ...(multicast ? ["1<-9"] : [])];
     assertEquals(injectedOf(injector.injected), expected, `multicast ${multicast}`);
-    assertEquals(handler.info().dropReasons.foreignMac, multicast ? 2 : 3);
+    assertEquals(info().dropReasons.foreignMac, multicast ? 2 : 3);
     await handler.close();
   }
 });
 
 Deno.test("frames too short for two MACs are the offload check's to drop, not foreign", async () => {
-  const { handler, injector } = open("proxy");
+  const { handler, info, injector } = open("proxy");
   handler.receive(new Uint8Array(10));
   assertEquals(injector.injected.length, 0);
-  assertEquals(handler.info().dropReasons.foreignMac, 0);
-  assertEquals(handler.info().dropReasons.offload, 1);
+  assertEquals(info().dropReasons.foreignMac, 0);
+  assertEquals(info().dropReasons.offload, 1);
   await handler.close();
 });
 
@@ -93,7 +101,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    const { handler, capture, log } = open("proxy");
+    const { handler, info, capture, log } = open("proxy");
     const [a, b] = duplex();
     const link = new Link(a, new MessageReader(a, MAX_MESSAGE), {
       remote: "test",
@@ -102,12 +110,12 @@ Deno.test({
       events: { onFrame: () => {}, onRequest: () => Promise.resolve({}), onClose: () => {} },
     });
     handler.attach(link);
-    assertEquals(handler.info().macConflicts, 0);
+    assertEquals(info().macConflicts, 0);
     for (let i = 0; i < 5; i++) assert(capture.conflict(frame(BCAST, VM2)), "no conflict sink");
-    const info = handler.info();
-    assertEquals(info.macConflicts, 5);
+    const counted = info();
+    assertEquals(counted.macConflicts, 5);
     // Counted, never forwarded: nothing went to the peer.
-    assertEquals(info.toPeer.frames, 0);
+    assertEquals(counted.toPeer.frames, 0);
     const warns = log.lines.filter((l) => l.msg.startsWith("MAC conflict"));
     assertEquals(warns.length, 1, JSON.stringify(log.lines));
     assertEquals(warns[0].fields.mac, VM2);

@@ -1,0 +1,238 @@
+/**
+ * The forwarder: everything that touches a frame, on one thread (issue 17). It holds the
+ * handlers (their captures and injectors), the switch fabric, and the links as the data path
+ * sees them; the control plane drives it with commands (forwarder_protocol.ts) and reads its
+ * counters from a shared table (counters.ts).
+ *
+ * In a server it runs on the data-path worker (forwarder_worker.ts), which blocks in its own
+ * poll; the unit tests and in-process servers run it on the main thread (data_path.ts). It is
+ * the same object either way: only how commands, events and frames reach it differs.
+ *
+ *   a captured frame:   capture → Handler → Fabric → FrameLink.sendFrame → (to the link's owner)
+ *   a frame from a link: `fromLink` → the handler it is tagged for → Fabric → Injector
+ *
+ * A frame from a link is taken only for a handler attached to that link, or one a direct path
+ * allows there (control/direct.ts): a peer cannot inject into another pair's handlers.
+ */
+import { ErrorCode, isErrorCode, messageOf, VnetError } from "../errors.ts";
+import { type Logger } from "../log.ts";
+import { HandlerCounters } from "./counters.ts";
+import { Fabric } from "./fabric.ts";
+import {
+  type Command,
+  type Forgotten,
+  type ForwarderEvent,
+  fromBase64,
+  type States,
+} from "./forwarder_protocol.ts";
+import { OwnedSocket } from "../link/owned_socket.ts";
+import { VxlanPort, VxlanTunnel } from "./vxlan_tunnels.ts";
+import { Handler } from "./handler.ts";
+import { type FrameLink, type Interfaces } from "./ports.ts";
+
+/** A switched pair is reported at most this often: the control plane decides, not per frame. */
+const SWITCHED_EVERY_MS = 1000;
+const MAX_SWITCHED_PAIRS = 65_536;
+
+/** Where a link's frames go when the forwarder does not own its socket: to the main thread. */
+export type FrameOut = (link: number, handler: number, frame: Uint8Array) => boolean;
+
+/** A link whose stream another thread owns: its frames are handed to `out`. */
+class ForwardedLink implements FrameLink {
+  isOpen = true;
+  constructor(readonly number: number, readonly remote: string, private readonly out: FrameOut) {}
+  sendFrame(handler: number, frame: Uint8Array): boolean {
+    return this.isOpen && this.out(this.number, handler, frame);
+  }
+}
+
+export class Forwarder {
+  readonly fabric = new Fabric();
+  readonly #handlers = new Map<number, Handler>();
+  readonly #links = new Map<number, ForwardedLink | OwnedSocket | VxlanTunnel>();
+  /** The VXLAN socket, opened with the first tunnel. */
+  #vxlan: VxlanPort | null = null;
+  /** Plain links whose sockets this thread owns. */
+  readonly #sockets = new Map<number, OwnedSocket>();
+  /** Direct links, and the handlers whose frames they may carry in. */
+  readonly #allowed = new Map<number, Set<number>>();
+  /** When each switched pair was last reported. */
+  readonly #switched = new Map<string, number>();
+
+  constructor(
+    private readonly ports: Interfaces,
+    private readonly counters: Float64Array,
+    private readonly out: FrameOut,
+    private readonly emit: (event: ForwarderEvent) => void,
+    private readonly log: Logger,
+  ) {
+    this.fabric.onLearned = (via, mac) =>
+      this.emit({ event: "learned", via: via?.number ?? null, mac });
+    this.fabric.onSwitched = (from, to, frame) => {
+      const src = macText(frame, 6), dst = macText(frame, 0);
+      const key = `${from.number}/${to.number}/${src}/${dst}`;
+      const now = performance.now();
+      if (now - (this.#switched.get(key) ?? -Infinity) < SWITCHED_EVERY_MS) return;
+      if (this.#switched.size >= MAX_SWITCHED_PAIRS) this.#switched.clear();
+      this.#switched.set(key, now);
+      this.emit({ event: "switched", from: from.number, to: to.number, src, dst });
+    };
+  }
+
+  /** A frame for handler `number` came in on link `link`. `frame` is lent for the call. */
+  fromLink(link: number, number: number, frame: Uint8Array): void {
+    const handler = this.#handlers.get(number);
+    if (!handler) return;
+    if (handler.link?.number === link || this.#allowed.get(link)?.has(number)) {
+      handler.receive(frame);
+    }
+  }
+
+  /** Runs one command; returns its reply, or throws (a VnetError says what the caller did wrong). */
+  run(command: Command): unknown {
+    switch (command.op) {
+      case "open": {
+        const { spec, slot, tolerant } = command;
+        const number = parseInt(spec.id, 16) >>> 0;
+        if (this.#handlers.has(number)) {
+          throw new VnetError(`handler ${spec.id} is open already`, { code: ErrorCode.Refused });
+        }
+        const counters = new HandlerCounters(this.counters, slot);
+        const handler = new Handler(spec, this.ports, this.fabric, counters, this.log, tolerant);
+        this.#handlers.set(number, handler);
+        return null;
+      }
+      case "close": {
+        const handler = this.#handlers.get(command.handler);
+        this.#handlers.delete(command.handler);
+        handler?.close();
+        return null;
+      }
+      case "attach": {
+        const link = this.#links.get(command.link);
+        if (link) this.#handlers.get(command.handler)?.attach(link);
+        return null;
+      }
+      case "detach": {
+        const link = this.#links.get(command.link);
+        if (link) this.#handlers.get(command.handler)?.detach(link);
+        return null;
+      }
+      case "link":
+        if (!this.#links.has(command.link)) {
+          this.#links.set(command.link, new ForwardedLink(command.link, command.remote, this.out));
+        }
+        return null;
+      case "unlink": {
+        const link = this.#links.get(command.link);
+        if (link instanceof OwnedSocket) link.close("the link closed");
+        else if (link) link.isOpen = false;
+        this.#sockets.delete(command.link);
+        this.#links.delete(command.link);
+        this.#allowed.delete(command.link);
+        return null;
+      }
+      case "allow": {
+        let allowed = this.#allowed.get(command.link);
+        if (!allowed) this.#allowed.set(command.link, allowed = new Set());
+        allowed.add(command.handler);
+        return null;
+      }
+      case "route": {
+        const via = this.#links.get(command.via), link = this.#links.get(command.link);
+        if (!via || !link) return false;
+        return this.fabric.addRoute(via, command.mac, link, command.peer, command.number);
+      }
+      case "unroute": {
+        const via = this.#links.get(command.via);
+        return via ? this.fabric.removeRoute(via, command.mac) : false;
+      }
+      case "unrouteOver": {
+        const link = this.#links.get(command.link);
+        if (link) this.fabric.removeRoutesOver(link);
+        return null;
+      }
+      case "forgetLink": {
+        const via = this.#links.get(command.via);
+        if (via) this.fabric.forgetLink(via);
+        return null;
+      }
+      case "sweep":
+        return this.fabric.sweep(command.everyMs).map(({ via, path }): Forgotten => ({
+          via: via?.number ?? null,
+          mac: path.mac,
+          direct: path.direct ? { link: path.direct.link.number, peer: path.direct.peer } : null,
+        }));
+      case "state": {
+        const states: States = {};
+        for (const [number, handler] of this.#handlers) states[number] = handler.state();
+        return states;
+      }
+      case "adopt": {
+        const { link: number, remote, fd, buffered, stallMs } = command;
+        const socket = new OwnedSocket(number, remote, fd, fromBase64(buffered), stallMs, {
+          frame: (handler, frame) => this.fromLink(number, handler, frame),
+          message: (type, payload) => this.emit({ event: "message", link: number, type, payload }),
+          closed: (reason) => {
+            this.#sockets.delete(number);
+            this.emit({ event: "closed", link: number, reason });
+          },
+          sendDropped: (handler, reason) => this.#handlers.get(handler)?.sendDropped(reason),
+        });
+        this.#links.set(number, socket);
+        this.#sockets.set(number, socket);
+        return null;
+      }
+      case "control":
+        this.#sockets.get(command.link)?.sendControl(fromBase64(command.message));
+        return null;
+      case "tune":
+        this.#sockets.get(command.link)?.tune(command.stallMs);
+        return null;
+      case "closeSocket":
+        this.#sockets.get(command.link)?.close("closed by the control plane", command.notify);
+        return null;
+      case "vxlan": {
+        const { link, handler, bind, localPort, host, port, vni } = command;
+        this.#vxlan ??= new VxlanPort(bind, localPort, {
+          deliver: (number, handler, frame) => this.fromLink(number, handler, frame),
+        }, this.log);
+        const tunnel = this.#vxlan.open(link, handler, host, port, vni);
+        this.#links.set(link, tunnel);
+        this.#handlers.get(handler)?.attach(tunnel);
+        return null;
+      }
+      case "unvxlan": {
+        const tunnel = this.#links.get(command.link);
+        if (tunnel instanceof VxlanTunnel) this.#vxlan?.closeTunnel(tunnel);
+        this.#links.delete(command.link);
+        return null;
+      }
+      case "stop":
+        this.#vxlan?.close();
+        for (const handler of this.#handlers.values()) handler.close();
+        this.#handlers.clear();
+        for (const socket of [...this.#sockets.values()]) socket.close("server shutting down");
+        return null;
+    }
+  }
+
+  /** Housekeeping, at least once a second: a socket whose writes are stuck is closed. */
+  tick(now = Date.now()): void {
+    for (const socket of this.#sockets.values()) socket.checkStall(now);
+  }
+
+  /** Runs a command for a caller on another thread: the reply, or the error as words and code. */
+  reply(id: number, command: Command): ForwarderEvent {
+    try {
+      return { event: "reply", id, ok: true, value: this.run(command) ?? null };
+    } catch (e) {
+      const code = e instanceof VnetError && isErrorCode(e.code) ? e.code : undefined;
+      return { event: "reply", id, ok: false, error: messageOf(e), code };
+    }
+  }
+}
+
+function macText(frame: Uint8Array, at: number): string {
+  return Array.from(frame.subarray(at, at + 6), (b) => b.toString(16).padStart(2, "0")).join(":");
+}

@@ -1,0 +1,84 @@
+/**
+ * What the control plane (main thread) and the forwarder (forwarder.ts, on the data-path
+ * worker) say to each other. Commands go one way, in order, through a ring and a doorbell
+ * (worker_data_path.ts); events come back as messages. Frames never travel here: they cross in
+ * frame rings (src/io/frame_ring.ts) or, on a plain link, never leave the worker.
+ */
+import { type HandlerSpec, type HandlerState } from "./handler.ts";
+
+export type Command =
+  /** Opens a handler's end; `slot` is its place in the counter table (counters.ts). */
+  | { op: "open"; spec: HandlerSpec; slot: number; tolerant: boolean }
+  | { op: "close"; handler: number }
+  | { op: "attach"; handler: number; link: number }
+  | { op: "detach"; handler: number; link: number }
+  /** A peer link whose frames the main thread carries (TLS, ssh). */
+  | { op: "link"; link: number; remote: string }
+  | { op: "unlink"; link: number }
+  /** Frames for `handler` may come in on `link` too (a direct path, control/direct.ts). */
+  | { op: "allow"; link: number; handler: number }
+  /** A direct route: frames for `mac` of the handlers on `via` go on `link` (fabric.ts). */
+  | { op: "route"; via: number; mac: string; link: number; peer: string; number: number }
+  | { op: "unroute"; via: number; mac: string }
+  | { op: "unrouteOver"; link: number }
+  | { op: "forgetLink"; via: number }
+  /** Ages idle paths; the reply is what was forgotten (`Forgotten[]`). */
+  | { op: "sweep"; everyMs: number }
+  /** The reply is every handler's `HandlerState`, by handler number. */
+  | { op: "state" }
+  /** Takes a plain link's socket over (owned_socket.ts); `buffered`: bytes read past the handshake. */
+  | { op: "adopt"; link: number; remote: string; fd: number; buffered: string; stallMs: number }
+  /** A control message (base64) for an adopted socket's peer. */
+  | { op: "control"; link: number; message: string }
+  | { op: "tune"; link: number; stallMs: number }
+  | { op: "closeSocket"; link: number; notify?: string }
+  /**
+   * A tunnel for `handler` to the VXLAN endpoint `host:port`, VNI `vni` (vxlan_tunnels.ts), on
+   * the forwarder's VXLAN socket (`bind:localPort`, opened with the first tunnel).
+   */
+  | {
+    op: "vxlan";
+    link: number;
+    handler: number;
+    bind: string;
+    localPort: number;
+    host: string;
+    port: number;
+    vni: number;
+  }
+  | { op: "unvxlan"; link: number }
+  | { op: "stop" };
+
+/** A path the fabric forgot: learned over link `via` (null: no link), direct over `link`. */
+export interface Forgotten {
+  via: number | null;
+  mac: string;
+  direct: { link: number; peer: string } | null;
+}
+
+export type States = Record<number, HandlerState>;
+
+export type ForwarderEvent =
+  /** A Host learned a remote MAC over link `via` (the control plane checks routes against it). */
+  | { event: "learned"; via: number | null; mac: string }
+  /** Unicast was switched between two handlers whose links differ (direct path candidates). */
+  | { event: "switched"; from: number; to: number; src: string; dst: string }
+  /** A message other than a frame came in on an adopted socket. */
+  | { event: "message"; link: number; type: number; payload: Uint8Array }
+  /** An adopted socket closed, and why. */
+  | { event: "closed"; link: number; reason: string }
+  | { event: "reply"; id: number; ok: true; value: unknown }
+  | { event: "reply"; id: number; ok: false; error: string; code?: string };
+
+/** Bytes as base64, for a command's JSON. */
+export function toBase64(bytes: Uint8Array): string {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(text);
+}
+
+export function fromBase64(text: string): Uint8Array {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
