@@ -42,7 +42,9 @@ interface PcapCaptureOptions {
 
 const DEFAULT_SNAPLEN = 262144;
 /**
- * 32 MiB, as the server's `--capture-buffer` default (src/cli/config.ts), not 8: in immediate
+ * 32 MiB here; the server's `--capture-buffer` default is 24 (src/cli/config.ts): the data-path
+ * worker's isolate costs ~10 MiB, and a server with 100 handlers must stay under 150 MiB
+ * (tests/e2e/load_test.ts: 140-144 MiB with 24, 155-158 with 32). Not 8: in immediate
  * mode libpcap uses TPACKET_V2, whose ring slots are fixed-size, and on an interface with
  * offloads (TSO/GSO/GRO, e.g. any veth) a slot is ~64 KiB so that GSO super-frames fit. 8 MiB is
  * then only 128 frames (measured: 25-40% loss in 200k frames/s bursts); 32 MiB is ~500 (which the
@@ -94,7 +96,7 @@ export class PcapCapture implements RawCapture {
     const ms = Number.isFinite(timeoutMs)
       ? Math.min(Math.max(timeoutMs, 0), MAX_POLL_MS)
       : MAX_POLL_MS;
-    return poller.readable(this.#fd, ms, true);
+    return poller.readable(this.#fd, ms);
   }
 
   drain(onFrame: (frame: Uint8Array, wireLength: number) => void, max: number): number {
