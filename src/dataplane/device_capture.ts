@@ -23,17 +23,22 @@ import type { Capture, CaptureSpec, CaptureStats, FrameSink } from "./ports.ts";
 
 /** What a device capture needs of libpcap (PcapCapture). */
 export interface RawCapture {
-  wait(timeoutMs: number): Promise<boolean>;
+  /**
+   * Calls `onReady` on this thread whenever frames may be waiting (or the capture failed: then
+   * `drain` throws), until set to null or closed.
+   */
+  watch(onReady: (() => void) | null): void;
   drain(onFrame: FrameSink, max: number): number;
   setFilter(filter: string): void;
   stats(): CaptureStats;
   close(): void;
 }
 
-/** Frames drained per wait: bounds the time spent in one synchronous burst. */
+/**
+ * Frames drained per wake-up: bounds the time spent in one synchronous burst. What is left
+ * wakes the poll again, after the other fds had their turn.
+ */
 const DRAIN_BATCH = 1024;
-/** A safety net only: closing ends a pending wait at once. */
-const WAIT_MS = 1000;
 /** Past this many MACs the union filter could exceed the kernel's 4096 BPF instructions. */
 const MAX_FILTER_MACS = 200;
 const BROADCAST = 0xffffffffffff;
@@ -134,23 +139,22 @@ class DeviceCapture {
       : { received: 0, dropped: 0, ifDropped: 0 };
   }
 
-  /** Starts the device's capture loop, once. */
+  /** Starts draining the device's frames to the members, once. */
   run(): void {
     if (this.#running || this.#closed) return;
     this.#running = true;
-    this.#loop(this.#raw!);
+    log.info("capture started", { dev: this.device });
+    this.#raw!.watch(this.#drain);
   }
 
   /** Role: move every frame of the device to the handlers that want it. */
-  async #loop(raw: RawCapture): Promise<void> {
-    log.info("capture loop started", { dev: this.device });
+  #drain = (): void => {
     try {
-      while (!this.#closed && await raw.wait(WAIT_MS)) raw.drain(this.#dispatch, DRAIN_BATCH);
+      this.#raw!.drain(this.#dispatch, DRAIN_BATCH);
     } catch (e) {
       if (!this.#closed) this.#fail(e instanceof Error ? e : new Error(messageOf(e)));
     }
-    log.info("capture loop stopped", { dev: this.device });
-  }
+  };
 
   #dispatch = (frame: Uint8Array, wireLength: number): void => {
     if (frame.length < 14) return;
@@ -218,5 +222,6 @@ class DeviceCapture {
     this.#closed = true;
     this.forget();
     this.#raw?.close();
+    if (this.#running) log.info("capture stopped", { dev: this.device });
   }
 }

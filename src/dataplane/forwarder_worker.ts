@@ -1,8 +1,9 @@
 /// <reference lib="deno.worker" />
 /**
  * The data-path worker (issue 17): the forwarder (forwarder.ts) on a thread of its own, which
- * blocks in its own `poll` (src/io/poller.ts, blocking mode) over its captures and its doorbell,
- * and forwards on the thread that woke: one wake-up per hop, no CPU while idle.
+ * blocks in its own `poll` (src/io/poller.ts, `runBlocking`) over its captures, its sockets
+ * and its doorbell, and forwards on the thread that woke: one wake-up per hop, no CPU while
+ * idle. The poll calls the owners of ready fds directly: no promise on the hot path.
  *
  * The main thread (worker_data_path.ts) rings the doorbell when a command or a frame waits in
  * a ring; commands are run in order and each is answered with a message, as are the
@@ -18,6 +19,9 @@ import { Forwarder } from "./forwarder.ts";
 import { type Command } from "./forwarder_protocol.ts";
 import { INJECTORS, systemInterfaces } from "./interfaces.ts";
 import { type WorkerInit } from "./worker_data_path.ts";
+
+/** The forwarder's housekeeping (stuck writes) runs this often. */
+const TICK_MS = 1000;
 
 const decoder = new TextDecoder();
 
@@ -49,16 +53,16 @@ async function run(init: WorkerInit): Promise<void> {
   };
   const fromLink = (link: number, handler: number, frame: Uint8Array) =>
     forwarder.fromLink(link, handler, frame);
-  self.postMessage({ event: "ready" });
-  while (!stopping) {
-    // At least once a second: the housekeeping (stuck writes) runs on time.
-    await poller.readable(init.doorbell, 1000);
-    forwarder.tick();
+  poller.onReadable(init.doorbell, () => {
     drainPipe(init.doorbell);
     // Commands first: a frame for a handler is sent after the command that attached it.
     commands.drain(runCommand);
     fromMain.drain(fromLink);
-  }
+    // Stopped: nothing is watched any more, and the loop ends.
+    if (stopping) poller.onReadable(init.doorbell, null);
+  });
+  self.postMessage({ event: "ready" });
+  await poller.runBlocking(TICK_MS, () => forwarder.tick());
   self.close();
 }
 

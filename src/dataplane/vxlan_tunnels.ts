@@ -108,7 +108,7 @@ export class VxlanPort {
     private readonly log: Logger,
   ) {
     this.#socket = UdpSocket.open({ address, port });
-    this.#readLoop();
+    poller.onReadable(this.#socket.fd, this.#onReadable);
   }
 
   get tunnels(): number {
@@ -146,7 +146,7 @@ export class VxlanPort {
     encodeVxlan(tx.data, at + VXLAN_HEADER_LENGTH, vni);
     if (!this.#flushing) {
       this.#flushing = true;
-      queueMicrotask(() => this.#flush());
+      poller.defer(() => this.#flush());
     }
     return true;
   }
@@ -162,21 +162,21 @@ export class VxlanPort {
     this.#socket.tx.clear();
   }
 
-  async #readLoop(): Promise<void> {
+  /** Datagram batches one readiness takes at most: what is left wakes the poll again. */
+  #onReadable = (): void => {
     const rx = this.#socket.rx;
     try {
-      while (this.#open) {
+      for (let round = 0; round < 8 && this.#open; round++) {
         const n = rx.receive();
-        if (n === 0) {
-          if (!await poller.readable(this.#socket.fd)) return;
-          continue;
-        }
+        if (n === 0) return;
         for (let i = 0; i < n; i++) this.#dispatch(rx.data, rx.offset[i], rx.length[i], i);
       }
     } catch (e) {
+      // Not a datagram's fault (those are counted): the socket is broken, stop reading it.
       if (this.#open) this.log.error("VXLAN receive failed", { error: messageOf(e) });
+      poller.onReadable(this.#socket.fd, null);
     }
-  }
+  };
 
   #dispatch(data: Uint8Array, at: number, length: number, i: number): void {
     const vni = decodeVxlan(data, at, length);

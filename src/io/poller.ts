@@ -2,12 +2,17 @@
  * The data path's one wait: a single `poll` over every file descriptor a thread serves. Each
  * thread that waits on fds has its own (a module instance per isolate), in one of two modes:
  *
- * - **blocking**, on the data-path worker (src/dataplane/data_path_worker.ts): the worker's
+ * - **blocking**, on the data-path worker (src/dataplane/forwarder_worker.ts): the worker's
  *   thread itself blocks in a synchronous `poll` over its captures, its links' sockets and its
- *   doorbell, and does the work when it wakes: one thread wake-up per hop, as in a C loop, and
- *   no CPU while idle. Nothing of the runtime's is touched: the worker never waits on anything
- *   but these fds (its commands come through a doorbell, not `postMessage`), and between polls
- *   it yields one macrotask, so its timers and promise continuations run.
+ *   doorbell (`runBlocking`), and does the work when it wakes: one thread wake-up per hop, as in
+ *   a C loop, and no CPU while idle. The hot path is callbacks (`onReadable`, `onWritable`,
+ *   `defer`), called by the loop itself on the thread that woke: a promise per readiness made
+ *   every continuation wait for a turn of the runtime's loop, and the worker fell behind (a
+ *   Proxy's worker saturated at 11 kpps of 64-byte frames). Nothing of the runtime's is
+ *   touched: the worker never waits on anything but these fds (its commands come through a
+ *   doorbell, not `postMessage`). Promise waits still work there (a closing link's last
+ *   message): after a round that resolved one, and at least every YIELD_EVERY_MS, the loop
+ *   yields one macrotask, so continuations and timers run.
  * - **pool**, on the main thread (the control plane: listeners and handshakes of plain links):
  *   an epoll set of its own, waited on by a nonblocking FFI `epoll_wait` on a helper thread of
  *   Deno's blocking pool, so the main thread stays free for the runtime's own work. A waiter is
@@ -18,11 +23,12 @@
  * With one poll per capture, a server with a hundred handlers held a hundred threads, the pool
  * ran dry, and everything else that needs it (the handshake's WebCrypto) queued behind it.
  *
- *   1. `readable(fd)` / `writable(fd)` register a waiter.
- *   2. One poll runs over [wake pipe (pool mode), every waiting fd] until one is ready or the
- *      earliest deadline passes.
- *   3. Ready and timed-out waiters are resolved; their owners drain synchronously and wait again
- *      before the next poll (the macrotask between polls lets every continuation run first).
+ *   1. `onReadable(fd, fn)` / `onWritable(fd, fn)` watch an fd until told otherwise (null);
+ *      `readable(fd)` / `writable(fd)` register a one-time waiter (a promise).
+ *   2. One poll runs over [wake pipe (pool mode), every watched and waiting fd] until one is
+ *      ready or the earliest deadline passes.
+ *   3. Ready watches' callbacks run at once; then what they deferred (`defer`: a link's write
+ *      after a burst of captured frames); ready and timed-out waiters are resolved.
  *
  * An fd that is part of a helper's poll in flight must not be closed: `whenIdle` defers that
  * until the poll has returned.
@@ -52,6 +58,14 @@ import { structs } from "../../ffi/layout.ts";
  * worker ~0.015% of a CPU.
  */
 const MAX_BLOCK_MS = 1000;
+/**
+ * Blocking mode: the loop yields a macrotask at least this often while busy, so that the
+ * thread's promise continuations and timers are not starved by a stream of ready fds. An idle
+ * thread's timers run at its tick (`runBlocking`), at most MAX_BLOCK_MS late.
+ */
+const YIELD_EVERY_MS = 1000;
+const POLLERR = 0x008;
+const POLLHUP = 0x010;
 /** The longest poll timeout (ms) poll(2) takes. */
 const MAX_POLL_MS = 0x7fffffff;
 const EINTR = 4;
@@ -65,6 +79,12 @@ interface Waiter {
   resolve: (ready: boolean) => void;
   reject: (error: Error) => void;
   deadline: number;
+}
+
+/** What a watched fd's owner wants to hear of: each callback runs until it is set to null. */
+interface Watch {
+  readable: (() => void) | null;
+  writable: (() => void) | null;
 }
 
 /** Waiters are keyed by fd for readable, by -fd-1 for writable: a socket may wait for both. */
@@ -113,6 +133,14 @@ class Poller {
   #inFlightDeadline = Infinity;
   /** Pool mode: an `epoll_wait` is in flight on a helper thread. */
   #inFlight = false;
+  /** Watched fds and their callbacks (blocking mode: polled by the loop itself). */
+  readonly #watches = new Map<number, Watch>();
+  /** Blocking mode: the watches changed since the poll set was built. */
+  #watchesChanged = true;
+  /** Blocking mode: the fds of the watches, in the poll set's order. */
+  #watched: number[] = [];
+  /** Work to do once the ready callbacks have run (blocking mode; pool mode: a microtask). */
+  #deferred: (() => void)[] = [];
 
   /**
    * Makes this thread's waits block in poll on this very thread (the data-path worker, which
@@ -137,6 +165,56 @@ class Poller {
     return this.#wait(writeKey(fd), MAX_POLL_MS);
   }
 
+  /**
+   * Calls `fn` on this thread whenever `fd` is readable (or in error), until set to null. The
+   * owner reads what there is, up to a bound: the poll is level-triggered, and what is left
+   * wakes it again. `fn` must not throw (its owner handles its own errors).
+   */
+  onReadable(fd: number, fn: (() => void) | null): void {
+    this.#watch(fd, "readable", fn);
+  }
+
+  /** Calls `fn` whenever `fd` is writable (or in error), until set to null. */
+  onWritable(fd: number, fn: (() => void) | null): void {
+    this.#watch(fd, "writable", fn);
+  }
+
+  /**
+   * Runs `fn` once the ready callbacks of this round have run, before the next poll: one socket
+   * write carries the frames a burst queued. Pool mode: a microtask.
+   */
+  defer(fn: () => void): void {
+    if (this.#blocking) this.#deferred.push(fn);
+    else queueMicrotask(fn);
+  }
+
+  #watch(fd: number, way: "readable" | "writable", fn: (() => void) | null): void {
+    let watch = this.#watches.get(fd);
+    if (!watch) {
+      if (!fn) return;
+      this.#watches.set(fd, watch = { readable: null, writable: null });
+    }
+    if (watch[way] === fn) return;
+    watch[way] = fn;
+    if (!watch.readable && !watch.writable) this.#watches.delete(fd);
+    this.#watchesChanged = true;
+    if (this.#blocking) return;
+    if (fn) this.#pump(fd, way, fn);
+    else this.#endWait(way === "readable" ? fd : writeKey(fd));
+  }
+
+  /** Pool mode: a watch is a chain of one-time waits, each calling `fn` while it is current. */
+  #pump(fd: number, way: "readable" | "writable", fn: () => void): void {
+    const current = () => this.#watches.get(fd)?.[way] === fn;
+    (async () => {
+      while (current()) {
+        const ready = way === "readable" ? await this.readable(fd) : await this.writable(fd);
+        if (!ready || !current()) return;
+        fn();
+      }
+    })().catch(() => {/* the wait failed: #fail told every waiter, this one included */});
+  }
+
   /** A new wait on a key ends the one before it (resolved false): one waiter per fd and way. */
   #wait(key: number, timeoutMs: number): Promise<boolean> {
     const { promise, resolve, reject } = Promise.withResolvers<boolean>();
@@ -156,16 +234,26 @@ class Poller {
       }
       if (this.#inFlight && deadline < this.#inFlightDeadline) this.#wakePipe().wake();
     }
-    if (!this.#running) {
-      // Not from here: a blocking poll would block the caller before it even has its promise.
+    if (!this.#running && !this.#blocking) {
+      // Not from here: the caller gets its promise before the loop's first turn.
       this.#running = true;
       queueMicrotask(() => this.#loop().catch((e) => this.#fail(e)));
     }
     return promise;
   }
 
-  /** Ends the pending waits on `fd` (resolving them false). */
+  /** Pool mode: ends the one-time wait on `key` (resolved false), as `cancel` does. */
+  #endWait(key: number): void {
+    const waiter = this.#waiters.get(key);
+    if (!waiter) return;
+    this.#waiters.delete(key);
+    waiter.resolve(false);
+    if (this.#waiters.size === 0 && this.#inFlight) this.#wakePipe().wake();
+  }
+
+  /** Ends the pending waits and the watches on `fd` (waits resolve false). */
   cancel(fd: number): void {
+    if (this.#watches.delete(fd)) this.#watchesChanged = true;
     let had = false;
     for (const key of [fd, writeKey(fd)]) {
       const waiter = this.#waiters.get(key);
@@ -252,8 +340,7 @@ class Poller {
 
   async #loop(): Promise<void> {
     try {
-      if (this.#blocking) await this.#blockingLoop(this.#blocking);
-      else await this.#poolLoop();
+      await this.#poolLoop();
     } finally {
       this.#running = false;
     }
@@ -285,44 +372,128 @@ class Poller {
   }
 
   /**
-   * Blocking mode: poll(2) on this thread over every waiting fd. It blocks only after a round
-   * that woke nobody: a waiter it woke may take more than one turn to drain and wait again (its
-   * continuation can be queued behind this loop's own), and a fd it has not waited on yet must
+   * Blocking mode: the thread's loop, until nothing is watched or waited for. poll(2) over
+   * every watched and waiting fd; the ready watches' callbacks run at once, then what they
+   * deferred, then the ready waiters are resolved. `tick` runs every `tickMs` (housekeeping).
+   *
+   * After a round that resolved a waiter, the next poll only looks (timeout 0): the waiter's
+   * owner may take more than one turn to drain and wait again, and a fd not waited on yet must
    * not be left out of a poll that sleeps (measured: reads parked up to the 200 ms of a TCP
-   * retransmission). After a busy round the poll only looks (timeout 0), and the next turn comes.
+   * retransmission). Rejects if a callback throws: the thread's owner says why.
    */
-  async #blockingLoop(yielder: MacrotaskYield): Promise<void> {
-    let woke = 0;
-    while (this.#waiters.size > 0) {
-      const keys = [...this.#waiters.keys()];
-      const n = keys.length;
-      if (n * POLLFD_SIZE > this.#fds.length) {
-        this.#fds = new Uint8Array(new ArrayBuffer((n + 64) * POLLFD_SIZE));
+  async runBlocking(tickMs: number, tick: () => void): Promise<void> {
+    const yielder = this.#blocking;
+    if (!yielder) throw new Error("runBlocking: call blockThisThread first");
+    if (this.#running) throw new Error("runBlocking: the loop runs already");
+    this.#running = true;
+    try {
+      let lastYield = performance.now();
+      let nextTick = lastYield + tickMs;
+      let woke = 0;
+      while (this.#waiters.size > 0 || this.#watches.size > 0) {
+        this.#runDeferred();
+        const n = this.#buildPollSet();
+        const now = performance.now();
+        const until = Math.min(nextTick, this.#timeout().deadline);
+        const timeout = woke > 0 ? 0 : Math.max(0, Math.min(Math.ceil(until - now), MAX_BLOCK_MS));
+        if (libc().poll_sync(this.#fds, BigInt(n), timeout) < 0) {
+          const { errno, text } = lastErrno();
+          if (errno !== EINTR) throw new Error(`poll: ${text}`);
+        }
+        woke = this.#dispatch(n);
+        this.#runDeferred();
+        const after = performance.now();
+        woke += this.#expire(after);
+        let ticked = false;
+        if (after >= nextTick) {
+          tick();
+          nextTick = after + tickMs;
+          ticked = true;
+        }
+        // A poll that slept counts as a yield: the thread was not busy. Yielding right after
+        // an idle wake-up cost each hop of an idle round trip ~100 µs more (bench/hops.ts).
+        if (timeout > 0) lastYield = after;
+        if (woke > 0 || ticked || after - lastYield >= YIELD_EVERY_MS) {
+          // Promise continuations (a resolved waiter's owner) and timers run here.
+          await yielder.next();
+          lastYield = performance.now();
+        }
       }
-      const view = new DataView(this.#fds.buffer);
-      for (let i = 0; i < n; i++) {
-        const at = i * POLLFD_SIZE;
-        view.setInt32(at + FD_AT, keys[i] >= 0 ? keys[i] : -keys[i] - 1, true);
-        view.setInt16(at + EVENTS_AT, keys[i] >= 0 ? POLLIN : POLLOUT, true);
-        view.setInt16(at + REVENTS_AT, 0, true);
-      }
-      const timeout = woke > 0 ? 0 : Math.min(this.#timeout().timeout, MAX_BLOCK_MS);
-      if (libc().poll_sync(this.#fds, BigInt(n), timeout) < 0) {
-        const { errno, text } = lastErrno();
-        if (errno !== EINTR) throw new Error(`poll: ${text}`);
-      }
-      woke = 0;
-      for (let i = 0; i < n; i++) {
-        const waiter = this.#waiters.get(keys[i]);
-        if (!waiter || view.getInt16(i * POLLFD_SIZE + REVENTS_AT, true) === 0) continue;
-        this.#waiters.delete(keys[i]);
-        waiter.resolve(true);
-        woke++;
-      }
-      woke += this.#expire(performance.now());
-      // Let the owners of ready fds do their work and wait again before the next poll.
-      await yielder.next();
+    } finally {
+      this.#running = false;
     }
+  }
+
+  #runDeferred(): void {
+    // What a deferred function defers runs in this same pass.
+    for (let i = 0; i < this.#deferred.length; i++) this.#deferred[i]();
+    this.#deferred.length = 0;
+  }
+
+  /**
+   * Fills the pollfd array: the watches (rebuilt only when they changed), then the one-time
+   * waiters. Returns the number of entries.
+   */
+  #buildPollSet(): number {
+    if (this.#watchesChanged) {
+      this.#watched = [...this.#watches.keys()];
+    }
+    const watched = this.#watched;
+    const n = watched.length + this.#waiters.size;
+    if (n * POLLFD_SIZE > this.#fds.length) {
+      this.#fds = new Uint8Array(new ArrayBuffer((n + 64) * POLLFD_SIZE));
+      this.#watchesChanged = true;
+    }
+    const view = new DataView(this.#fds.buffer);
+    if (this.#watchesChanged) {
+      this.#watchesChanged = false;
+      for (let i = 0; i < watched.length; i++) {
+        const watch = this.#watches.get(watched[i])!;
+        const at = i * POLLFD_SIZE;
+        view.setInt32(at + FD_AT, watched[i], true);
+        view.setInt16(
+          at + EVENTS_AT,
+          (watch.readable ? POLLIN : 0) | (watch.writable ? POLLOUT : 0),
+          true,
+        );
+      }
+    }
+    let i = watched.length;
+    for (const key of this.#waiters.keys()) {
+      const at = i++ * POLLFD_SIZE;
+      view.setInt32(at + FD_AT, key >= 0 ? key : -key - 1, true);
+      view.setInt16(at + EVENTS_AT, key >= 0 ? POLLIN : POLLOUT, true);
+    }
+    return n;
+  }
+
+  /** Runs the ready watches' callbacks and resolves the ready waiters; returns how many of those. */
+  #dispatch(n: number): number {
+    const view = new DataView(this.#fds.buffer);
+    const watched = this.#watched;
+    const m = watched.length;
+    for (let i = 0; i < m; i++) {
+      const revents = view.getInt16(i * POLLFD_SIZE + REVENTS_AT, true);
+      if (revents === 0) continue;
+      const fd = watched[i];
+      const failed = (revents & (POLLERR | POLLHUP)) !== 0;
+      // Looked up at each call: an earlier callback may have ended this watch.
+      if (failed || (revents & POLLIN) !== 0) this.#watches.get(fd)?.readable?.();
+      if (failed || (revents & POLLOUT) !== 0) this.#watches.get(fd)?.writable?.();
+    }
+    let woke = 0;
+    for (let i = m; i < n; i++) {
+      const at = i * POLLFD_SIZE;
+      if (view.getInt16(at + REVENTS_AT, true) === 0) continue;
+      const fd = view.getInt32(at + FD_AT, true);
+      const key = (view.getInt16(at + EVENTS_AT, true) & POLLIN) !== 0 ? fd : writeKey(fd);
+      const waiter = this.#waiters.get(key);
+      if (!waiter) continue;
+      this.#waiters.delete(key);
+      waiter.resolve(true);
+      woke++;
+    }
+    return woke;
   }
 
   /** Pool mode: epoll_wait on a helper thread over the epoll set. */

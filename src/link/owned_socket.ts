@@ -2,7 +2,7 @@
  * A plain link's socket as the data path owns it (issue 17): after the handshake on the main
  * thread, the fd goes to the data-path worker, which reads and writes it on the thread that
  * woke for it, in the same poll as the captures. One wake-up per hop, whether a frame leaves or
- * arrives.
+ * arrives, and no promise on the way: the poller calls `#onReadable` and `#flush` itself.
  *
  * Frames are the worker's own business: a FRAME message goes straight to the forwarder, and
  * frames for the peer queue here, in the link's fair queue (send_queue.ts). Everything else on
@@ -14,6 +14,7 @@
 import { messageOf } from "../errors.ts";
 import { SendQueue } from "./send_queue.ts";
 import { SocketStream } from "./socket_stream.ts";
+import { poller } from "../io/poller.ts";
 import { withTimeout, writeAll } from "./stream.ts";
 import {
   encodeMessage,
@@ -25,6 +26,11 @@ import {
 } from "./wire.ts";
 
 const DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024;
+/**
+ * Reads one readiness takes at most (each up to the reader's 256 KB buffer): the poll is
+ * level-triggered, so what is left wakes it again, after the other fds had their turn.
+ */
+const READS_PER_WAKE = 8;
 
 export interface OwnedSocketEvents {
   /** A FRAME for `handler`; `frame` is lent for the call. */
@@ -43,6 +49,13 @@ export class OwnedSocket {
   readonly #reader: MessageReader;
   readonly #queue: SendQueue;
   #stallMs: number;
+  /** What is left of the chunk being written (a view of the queue's batch), or null. */
+  #pending: Uint8Array | null = null;
+  /** A flush is deferred to the end of this round, or waits for the socket to be writable. */
+  #flushScheduled = false;
+  #waitingWritable = false;
+  /** When the write in progress started (0: none), to tell a stuck peer. */
+  #writeStarted = 0;
 
   constructor(
     readonly number: number,
@@ -56,12 +69,15 @@ export class OwnedSocket {
     this.#reader = new MessageReader(this.#stream, MAX_MESSAGE, 256 * 1024);
     this.#reader.preload(buffered);
     this.#stallMs = stallMs;
-    this.#queue = new SendQueue(this.#stream, {
+    this.#queue = new SendQueue(null, {
       maxBytes: DEFAULT_QUEUE_BYTES,
       onDrop: (handler, reason) => events.sendDropped(handler, reason),
       onWriteError: (e) => this.close(`write failed: ${messageOf(e)}`),
+      onPending: () => this.#scheduleFlush(),
     });
-    this.#readLoop();
+    poller.onReadable(fd, this.#onReadable);
+    // What came with the handshake is handed out once the forwarder has registered this link.
+    if (buffered.length > 0) poller.defer(() => this.#dispatch());
   }
 
   /** Queues one frame for `handler` (FrameLink); false if it had to be dropped. */
@@ -84,7 +100,7 @@ export class OwnedSocket {
 
   /** Closes the link if one write has been stuck too long: the other end does not read. */
   checkStall(now: number): void {
-    const writing = this.#queue.writeStarted;
+    const writing = this.#writeStarted;
     if (writing && now - writing > this.#stallMs) {
       this.close(`the other end does not read (a write stuck for ${now - writing} ms)`);
     }
@@ -95,45 +111,100 @@ export class OwnedSocket {
     if (!this.isOpen) return;
     this.isOpen = false;
     this.#queue.stop();
+    poller.cancel(this.#stream.fd);
     const finish = () => this.#stream.close();
     if (notify) {
-      const bytes = encodeMessage(MessageType.Error, new TextEncoder().encode(notify));
+      // After the rest of a message half written, or the peer would read garbage.
+      const error = encodeMessage(MessageType.Error, new TextEncoder().encode(notify));
+      const rest = this.#pending ?? new Uint8Array(0);
+      const bytes = new Uint8Array(rest.length + error.length);
+      bytes.set(rest);
+      bytes.set(error, rest.length);
       withTimeout(writeAll(this.#stream, bytes), 500, () => "")
         .catch(() => {}).finally(finish);
     } else finish();
     this.events.closed(reason);
   }
 
-  async #readLoop(): Promise<void> {
+  #scheduleFlush(): void {
+    if (this.#flushScheduled || this.#waitingWritable || !this.isOpen) return;
+    this.#flushScheduled = true;
+    poller.defer(this.#flush);
+  }
+
+  /** Writes what waits until it is all written or the kernel's buffer is full. */
+  #flush = (): void => {
+    this.#flushScheduled = false;
+    if (this.#waitingWritable) {
+      this.#waitingWritable = false;
+      poller.onWritable(this.#stream.fd, null);
+    }
     try {
-      for (;;) {
-        for (let m = this.#reader.next(); m !== null; m = this.#reader.next()) {
-          const p = m.payload;
-          if (m.type !== MessageType.Frame) {
-            this.events.message(m.type, p.slice());
-            continue;
-          }
-          if (p.length < 4 || p.length > MAX_FRAME + 4) {
-            throw new ProtocolError(`frame message of ${p.length} bytes`);
-          }
-          const handler = ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
-          this.events.frame(handler, p.subarray(4));
-          if (!this.isOpen) return;
+      while (this.isOpen) {
+        let chunk = this.#pending;
+        if (!chunk) {
+          chunk = this.#queue.next();
+          if (!chunk) break;
+          this.#writeStarted = Date.now();
         }
-        if (!this.isOpen) return;
-        if (!await this.#reader.read()) {
+        const n = this.#stream.tryWrite(chunk);
+        if (n < chunk.length) {
+          this.#pending = chunk.subarray(n);
+          this.#waitingWritable = true;
+          poller.onWritable(this.#stream.fd, this.#flush);
+          return;
+        }
+        this.#pending = null;
+        this.#writeStarted = 0;
+      }
+    } catch (e) {
+      this.close(`write failed: ${messageOf(e)}`);
+    }
+  };
+
+  #onReadable = (): void => {
+    try {
+      for (let i = 0; i < READS_PER_WAKE && this.isOpen; i++) {
+        const n = this.#reader.readWith((p) => this.#stream.tryRead(p));
+        if (n === null) {
           this.close("the other end closed the connection");
           return;
         }
+        if (n === 0) return;
+        this.#dispatch();
       }
     } catch (e) {
-      if (!this.isOpen) return;
-      const reason = messageOf(e);
-      if (e instanceof ProtocolError) {
-        this.close(`protocol error: ${reason}`, `protocol error: ${reason}`);
-      } else {
-        this.close(`read failed: ${reason}`);
+      this.#failed(e);
+    }
+  };
+
+  /** Hands out every complete message buffered. */
+  #dispatch(): void {
+    try {
+      for (let m = this.#reader.next(); m !== null && this.isOpen; m = this.#reader.next()) {
+        const p = m.payload;
+        if (m.type !== MessageType.Frame) {
+          this.events.message(m.type, p.slice());
+          continue;
+        }
+        if (p.length < 4 || p.length > MAX_FRAME + 4) {
+          throw new ProtocolError(`frame message of ${p.length} bytes`);
+        }
+        const handler = ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
+        this.events.frame(handler, p.subarray(4));
       }
+    } catch (e) {
+      this.#failed(e);
+    }
+  }
+
+  #failed(e: unknown): void {
+    if (!this.isOpen) return;
+    const reason = messageOf(e);
+    if (e instanceof ProtocolError) {
+      this.close(`protocol error: ${reason}`, `protocol error: ${reason}`);
+    } else {
+      this.close(`read failed: ${reason}`);
     }
   }
 }

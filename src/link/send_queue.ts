@@ -8,7 +8,7 @@
  *      bound plus CONTROL_SLACK_BYTES; past that `pushControl` refuses, and the Link hangs up
  *      on an end that does not read.
  *   2. `pushFrame` hands the frame to the flow queue, which copies it into its block storage.
- *   3. The writer loop, started once per burst (after the synchronous capture drain returns),
+ *   3. The writer, started once per burst (after the synchronous capture drain returns),
  *      builds one batch of up to BATCH_BYTES (the control messages, then frames in the flow
  *      queue's order) in one reused buffer and writes it: one socket write still carries a
  *      burst. A frame waits in the flow queue, not in a batch, while the previous write is in
@@ -37,13 +37,19 @@ interface SendQueueOptions {
   /** Told of a frame dropped after it was queued: the storage was full, or it waited too long. */
   onDrop: (handler: number, reason: "full" | "aqm") => void;
   onWriteError: (e: unknown) => void;
+  /**
+   * An owner that writes for itself, synchronously (owned_socket.ts on the data-path worker):
+   * told when something waits, it takes `next()` chunks until null. Without it, the queue
+   * writes to its Writer with a loop of its own.
+   */
+  onPending?: () => void;
   /** CoDel's target and interval, in ms (flow_queue.ts). */
   targetMs?: number;
   intervalMs?: number;
 }
 
 export class SendQueue {
-  #out: Writer;
+  #out: Writer | null;
   #options: SendQueueOptions;
   #control: Uint8Array[] = [];
   #controlBytes = 0;
@@ -55,7 +61,7 @@ export class SendQueue {
   /** When the write in progress started (0: none), to tell a stuck peer. */
   writeStarted = 0;
 
-  constructor(out: Writer, options: SendQueueOptions) {
+  constructor(out: Writer | null, options: SendQueueOptions) {
     this.#out = out;
     this.#options = options;
   }
@@ -100,6 +106,7 @@ export class SendQueue {
   }
 
   #scheduleWrite(): void {
+    if (this.#options.onPending) return this.#options.onPending();
     if (this.#writing) return;
     this.#writing = true;
     // Start after the current synchronous burst (a capture drain) so one write carries it all.
@@ -109,8 +116,9 @@ export class SendQueue {
   /**
    * The next thing to write: a batch of control messages and frames, or one control message
    * too big for a batch (or on a link that carries no frames), or null when nothing waits.
+   * A batch is a view of a buffer the next call reuses: write it all before asking again.
    */
-  #next(): Uint8Array | null {
+  next(): Uint8Array | null {
     const frames = this.#frames;
     if (!frames || frames.frames === 0) {
       // No frames: control messages as they are, no batch buffer needed.
@@ -144,10 +152,10 @@ export class SendQueue {
   async #writeLoop(): Promise<void> {
     try {
       while (!this.#stopped) {
-        const chunk = this.#next();
+        const chunk = this.next();
         if (!chunk) break;
         this.writeStarted = Date.now();
-        await writeAll(this.#out, chunk);
+        await writeAll(this.#out!, chunk);
         this.writeStarted = 0;
       }
     } catch (e) {

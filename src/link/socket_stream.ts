@@ -33,6 +33,36 @@ export class SocketStream implements Stream {
 
   constructor(readonly fd: number) {}
 
+  /**
+   * One recv(2), for an owner that waits in the poller's callbacks (owned_socket.ts): the bytes
+   * read, 0 when none are ready, null at end of stream. Throws on an error.
+   */
+  tryRead(p: Uint8Array): number | null {
+    for (;;) {
+      if (!this.#open) throw new Deno.errors.BadResource("the link's socket is closed");
+      const n = Number(libc().recv(this.fd, p, BigInt(p.length), 0));
+      if (n > 0) return n;
+      if (n === 0) return p.length === 0 ? 0 : null;
+      const { errno, text } = lastErrno();
+      if (errno === EINTR) continue;
+      if (errno === EAGAIN) return 0;
+      throw new Error(`recv: ${text}`);
+    }
+  }
+
+  /** One send(2): the bytes the kernel took, 0 when its buffer is full. Throws on an error. */
+  tryWrite(p: Uint8Array): number {
+    for (;;) {
+      if (!this.#open) throw new Deno.errors.BadResource("the link's socket is closed");
+      const n = Number(libc().send(this.fd, p, BigInt(p.length), MSG_NOSIGNAL));
+      if (n >= 0) return n;
+      const { errno, text } = lastErrno();
+      if (errno === EINTR) continue;
+      if (errno === EAGAIN) return 0;
+      throw new Error(`send: ${text}`);
+    }
+  }
+
   async read(p: Uint8Array): Promise<number | null> {
     for (;;) {
       if (!this.#open) throw new Deno.errors.BadResource("the link's socket is closed");

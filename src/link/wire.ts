@@ -195,6 +195,23 @@ export class MessageReader {
   }
 
   /**
+   * Reads more bytes with a synchronous `read` (a nonblocking socket's recv): the bytes read, 0
+   * when none were ready, null at end of stream. Invalidates views as `read()` does.
+   */
+  readWith(read: (p: Uint8Array) => number | null): number | null {
+    if (this.#start > 0) {
+      this.#buf.copyWithin(0, this.#start, this.#end);
+      this.#end -= this.#start;
+      this.#start = 0;
+    }
+    const n = read(this.#buf.subarray(this.#end));
+    if (n === null) return null;
+    this.#end += n;
+    this.bytesRead += n;
+    return n;
+  }
+
+  /**
    * Hands over what is buffered and not read yet (the first bytes after the handshake), for a
    * reader on another thread to start from (`preload`); this reader is empty afterwards.
    */

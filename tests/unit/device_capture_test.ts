@@ -22,10 +22,10 @@ class FakeRaw implements RawCapture {
     this.failWith = error;
     this.#wake?.();
   }
-  wait(): Promise<boolean> {
-    if (this.closed) return Promise.resolve(false);
-    if (this.queue.length || this.failWith) return Promise.resolve(true);
-    return new Promise((resolve) => this.#wake = () => resolve(!this.closed));
+  /** As the poller does: a callback while frames (or a failure) wait, on a later turn. */
+  watch(onReady: (() => void) | null): void {
+    this.#wake = onReady && (() => queueMicrotask(() => !this.closed && this.#wake && onReady()));
+    if (this.queue.length || this.failWith) this.#wake?.();
   }
   drain(onFrame: (f: Uint8Array, n: number) => void): number {
     if (this.failWith) throw this.failWith;
@@ -41,7 +41,7 @@ class FakeRaw implements RawCapture {
   }
   close(): void {
     this.closed = true;
-    this.#wake?.();
+    this.#wake = null;
   }
 }
 
