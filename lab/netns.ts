@@ -902,6 +902,8 @@ export interface HandlerInfo {
   };
   toPeer: { frames: number; bytes: number; drops: number };
   fromPeer: { frames: number; bytes: number; drops: number };
+  /** Frames through a link socket the data-path worker owns, each way. */
+  dataPathSocket: { out: number; in: number };
 }
 
 /**

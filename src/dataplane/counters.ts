@@ -30,6 +30,12 @@ export const Counter = {
   /** Counted by the main thread: frames its send queue dropped (full, or AQM). */
   mainDropLink: 16,
   mainDropAqm: 17,
+  /**
+   * Frames this handler sent and received through a link socket the data-path worker owns
+   * (owned_socket.ts): proof that a plain link's frames never touched the main thread.
+   */
+  ownSocketOut: 18,
+  ownSocketIn: 19,
 } as const;
 
 /** Float64 elements per handler. */
@@ -123,6 +129,8 @@ export interface CounterSnapshot {
   dropReasons: DropCounters;
   switched: { frames: number; bytes: number };
   macConflicts: number;
+  /** Frames carried by a link socket of the data-path worker's own, each way (see Counter). */
+  dataPathSocket: { out: number; in: number };
 }
 
 export function readCounters(table: Float64Array, slot: number): CounterSnapshot {
@@ -150,5 +158,6 @@ export function readCounters(table: Float64Array, slot: number): CounterSnapshot
     },
     switched: { frames: c(Counter.switchedFrames), bytes: c(Counter.switchedBytes) },
     macConflicts: c(Counter.macConflicts),
+    dataPathSocket: { out: c(Counter.ownSocketOut), in: c(Counter.ownSocketIn) },
   };
 }

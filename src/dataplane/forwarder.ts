@@ -16,7 +16,7 @@
  */
 import { ErrorCode, isErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type Logger } from "../log.ts";
-import { HandlerCounters } from "./counters.ts";
+import { Counter, HandlerCounters } from "./counters.ts";
 import { Fabric } from "./fabric.ts";
 import {
   type Command,
@@ -171,7 +171,11 @@ export class Forwarder {
       case "adopt": {
         const { link: number, remote, fd, buffered, stallMs } = command;
         const socket = new OwnedSocket(number, remote, fd, fromBase64(buffered), stallMs, {
-          frame: (handler, frame) => this.fromLink(number, handler, frame),
+          frame: (handler, frame) => {
+            this.#handlers.get(handler)?.counters.add(Counter.ownSocketIn);
+            this.fromLink(number, handler, frame);
+          },
+          queued: (handler) => this.#handlers.get(handler)?.counters.add(Counter.ownSocketOut),
           message: (type, payload) => this.emit({ event: "message", link: number, type, payload }),
           closed: (reason) => {
             this.#sockets.delete(number);

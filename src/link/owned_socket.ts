@@ -35,6 +35,8 @@ const READS_PER_WAKE = 8;
 export interface OwnedSocketEvents {
   /** A FRAME for `handler`; `frame` is lent for the call. */
   frame(handler: number, frame: Uint8Array): void;
+  /** A frame of `handler`'s was queued for the peer. */
+  queued(handler: number): void;
   /** Any other message, for the main thread's Link. */
   message(type: number, payload: Uint8Array): void;
   /** The socket is closed (once), and why. */
@@ -82,7 +84,11 @@ export class OwnedSocket {
 
   /** Queues one frame for `handler` (FrameLink); false if it had to be dropped. */
   sendFrame(handler: number, frame: Uint8Array): boolean {
-    return this.isOpen && frame.length <= MAX_FRAME && this.#queue.pushFrame(handler, frame);
+    if (!this.isOpen || frame.length > MAX_FRAME || !this.#queue.pushFrame(handler, frame)) {
+      return false;
+    }
+    this.events.queued(handler);
+    return true;
   }
 
   /** Queues a message of the main thread's; a peer that lets too much pile up is cut off. */

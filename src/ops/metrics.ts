@@ -127,6 +127,11 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
       "counter",
       "Frames seen on the interface from one of the handler's MACs: a duplicate MAC or a loop.",
     ),
+    ownSocket: new Family(
+      "vnet_handler_data_path_socket_frames_total",
+      "counter",
+      "Frames carried by a link socket the data-path thread owns (plain links), by direction.",
+    ),
   };
   for (const h of handlers) {
     const l = { id: h.id, role: h.role, device: h.device };
@@ -145,6 +150,10 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     f.kernelDrops.add(l, h.capture.dropped);
     f.ifDrops.add(l, h.capture.ifDropped);
     f.conflicts.add(l, h.macConflicts);
+    if (h.dataPathSocket) {
+      f.ownSocket.add({ ...l, direction: "to_peer" }, h.dataPathSocket.out);
+      f.ownSocket.add({ ...l, direction: "from_peer" }, h.dataPathSocket.in);
+    }
   }
   // A Host's path table is listed in each of its handlers: one series per MAC.
   const pathFrames = new Family(

@@ -188,6 +188,20 @@ for (const { tls, injector } of variants) {
         const want = tls ? "runtime" : "data path";
         assert(p.link.socket === want, `proxy link.socket ${p.link.socket}, want ${want}`);
         assert(h.link.socket === want, `host link.socket ${h.link.socket}, want ${want}`);
+        // Counted frame by frame where it happens: a plain link's frames all went through the
+        // worker's own socket, a TLS link's none (they cross to the main thread's TLS stream).
+        for (const [role, end] of [["proxy", p], ["host", h]] as const) {
+          const { out, in: got } = end.dataPathSocket;
+          if (tls) {
+            assert(out === 0 && got === 0, `${role}: TLS frames through a worker socket?`);
+          } else {
+            assert(
+              out >= end.toPeer.frames - end.toPeer.drops && got >= end.fromPeer.frames,
+              `${role}: ${out} out / ${got} in through the worker's socket, of ` +
+                `${end.toPeer.frames} / ${end.fromPeer.frames}`,
+            );
+          }
+        }
       });
 
       await step("IPv6 link-local ping does NOT work without --multicast", async () => {

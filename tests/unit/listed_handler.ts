@@ -18,6 +18,7 @@ export function listedHandler(over: Partial<ListedHandler> = {}): ListedHandler 
     capture: { received: 13, dropped: 4, ifDropped: 5 },
     macConflicts: 0,
     switched: { frames: 0, bytes: 0 },
+    dataPathSocket: { out: 0, in: 0 },
     paths: [],
     dialled: "out",
     reconnects: 2,

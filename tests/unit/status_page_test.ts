@@ -31,6 +31,7 @@ function handler(id: string, role: "proxy" | "host", bytes: number): ListedHandl
     capture: { received: bytes / 1000, dropped: 0, ifDropped: 0 },
     macConflicts: 0,
     switched: { frames: 0, bytes: 0 },
+    dataPathSocket: { out: 0, in: 0 },
     paths: [],
     dialled: "out",
     reconnects: 1,
