@@ -3,8 +3,8 @@
  * VMs send and injects what the LAN sends them; on the Proxy it does the reverse. Its two
  * directions are the whole data path:
  *
- *   to the peer:   (device capture loop) → Capture → Handler.#forward → Link.sendFrame
- *   from the peer: Link reader → Handler.receive → prepareForWire → Injector.inject
+ *   to the peer:   (device capture drain) → Capture → Handler.#forward → Link.sendFrame
+ *   from the peer: Link reader → Handler.receive → (GRO) → prepareForWire → Injector.inject
  *
  * Both paths ask the server's switch fabric (fabric.ts) first: a frame from the peer may be
  * for another handler of the same device, and a Host's captured frame may have a direct path
@@ -27,6 +27,8 @@ import { type Logger } from "../log.ts";
 import { type Fabric, type FabricPort, LoopGuard, type Path, Verdict } from "./fabric.ts";
 import { isBroadcastFrame, MacSet } from "./mac.ts";
 import { type GsoEmit, prepareForWire } from "./offload.ts";
+import { TcpCoalescer } from "./gro.ts";
+import { poller } from "../io/poller.ts";
 
 /** What both ends agree on; `id` is 8 hex digits, also the number frames are tagged with. */
 export interface HandlerSpec {
@@ -111,6 +113,8 @@ export class Handler implements FabricPort {
       this.#injectGso = i.injectGso
         ? (frame, gso) => i.injectGso!(frame, gso) || this.#injectFailed(frame, i)
         : undefined;
+      // Merging only pays where the injector takes super-frames whole.
+      this.#gro = i.injectGso ? new TcpCoalescer((frame) => this.#putNow(frame)) : null;
     });
     this.#dev.open(tolerant);
     if (this.#dev.degraded === null) {
@@ -197,8 +201,30 @@ export class Handler implements FabricPort {
     this.conflicts.seen(frame);
   };
 
-  /** Makes `frame` fit for the interface (offload.ts) and injects it. */
+  /**
+   * Injects `frame`, merged with the TCP segments of its flow that come with it in this burst
+   * (gro.ts) where the injector takes super-frames: one `send` for many. What is merged goes
+   * out at the end of the burst (the poller's `defer`), never later.
+   */
   #put(frame: Uint8Array): void {
+    const gro = this.#gro;
+    if (gro && gro.add(frame)) {
+      if (!this.#groPending) {
+        this.#groPending = true;
+        poller.defer(this.#flushGro);
+      }
+      return;
+    }
+    this.#putNow(frame);
+  }
+
+  #flushGro = (): void => {
+    this.#groPending = false;
+    if (this.#open) this.#gro?.flush();
+  };
+
+  /** Makes `frame` fit for the interface (offload.ts) and injects it. */
+  #putNow(frame: Uint8Array): void {
     const injector = this.#dev.injector;
     if (!injector) this.#dropIn(Counter.dropInject);
     else if (prepareForWire(frame, injector.mtu, this.#inject, this.#injectGso) < 0) {
@@ -232,6 +258,9 @@ export class Handler implements FabricPort {
 
   /** Set when the injector takes super-frames whole (GSO): no segmentation in JavaScript. */
   #injectGso: GsoEmit | undefined;
+  /** The userspace GRO, where the injector takes super-frames; a flush is deferred. */
+  #gro: TcpCoalescer | null = null;
+  #groPending = false;
 
   /**
    * A captured frame:
