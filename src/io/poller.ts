@@ -413,8 +413,13 @@ class Poller {
         // A poll that slept counts as a yield: the thread was not busy. Yielding right after
         // an idle wake-up cost each hop of an idle round trip ~100 µs more (bench/hops.ts).
         if (timeout > 0) lastYield = after;
-        if (woke > 0 || ticked || after - lastYield >= YIELD_EVERY_MS) {
-          // Promise continuations (a resolved waiter's owner) and timers run here.
+        if (ticked) {
+          // The thread's timers (a degraded device's retry) run here, once a tick: a message's
+          // turn of the event loop can come before the timers' and leave them starved.
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          lastYield = performance.now();
+        } else if (woke > 0 || after - lastYield >= YIELD_EVERY_MS) {
+          // Promise continuations (a resolved waiter's owner) run here.
           await yielder.next();
           lastYield = performance.now();
         }
