@@ -48,6 +48,8 @@ export interface Accepted {
   local: string;
   /** The subject of a dialling server's certificate (TLS peers), for logs. */
   cert: string;
+  /** The handshake's secret of this connection (auth.ts). */
+  secret: Uint8Array;
 }
 
 interface AcceptorOptions {
@@ -264,7 +266,7 @@ export class Acceptor {
     const tls = this.#options.tls;
     const timeoutMs = this.#options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     const reader = new MessageReader(conn);
-    let kind: ConnectionKind, cert = "";
+    let kind: ConnectionKind, cert = "", secret: Uint8Array;
     try {
       if (tls) {
         await withTimeout(
@@ -280,6 +282,7 @@ export class Acceptor {
         timeoutMs,
       });
       kind = done.kind;
+      secret = done.secret;
       if (kind !== "control" && kind !== "peer") {
         throw new VnetError(`unexpected kind ${kind}`, { code: ErrorCode.Protocol });
       }
@@ -297,7 +300,7 @@ export class Acceptor {
       return;
     }
     if (this.#closed) return closeQuietly(conn);
-    this.#options.onAccepted({ conn, reader, kind, remote, local, cert });
+    this.#options.onAccepted({ conn, reader, kind, remote, local, cert, secret });
   }
 
   /** Reads the dialler's certificate proof; on a bad one, tells it why and throws. */

@@ -128,6 +128,8 @@ interface Handshake {
   /** This side's and the other side's nonces: fresh, shared, bound to this connection. */
   own: Uint8Array;
   peer: Uint8Array;
+  /** Secret bytes of this connection's own (see `connectionSecret`). */
+  secret: Uint8Array;
 }
 
 /**
@@ -204,6 +206,28 @@ export async function handshake(
     // Authenticated: from now on the peer may send full-size frames and long answers.
     reader.maxMessage = MAX_MESSAGE;
     reader.reserve(1 << 20);
-    return { kind: hello.kind, own, peer: hello.nonce };
+    const secret = await connectionSecret(options.key, options.side, own, hello.nonce);
+    return { kind: hello.kind, own, peer: hello.nonce, secret };
   }
+}
+
+/**
+ * Secret bytes bound to this one connection, for keys agreed over it later (the UDP transport's:
+ * link/udp/keys.ts): HMAC-SHA256(shared secret, "vnet/connection-secret v1" dialer-nonce
+ * acceptor-nonce). Only the two ends that proved the secret can compute it, and no other
+ * connection has the same. The label keeps it apart from the proofs, which are public.
+ */
+async function connectionSecret(
+  key: CryptoKey,
+  side: "dialer" | "acceptor",
+  own: Uint8Array,
+  peer: Uint8Array,
+): Promise<Uint8Array> {
+  const label = new TextEncoder().encode("vnet/connection-secret v1 ");
+  const [dialer, acceptor] = side === "dialer" ? [own, peer] : [peer, own];
+  const data = new Uint8Array(label.length + dialer.length + acceptor.length);
+  data.set(label);
+  data.set(dialer, label.length);
+  data.set(acceptor, label.length + dialer.length);
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, data));
 }

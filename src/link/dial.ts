@@ -78,12 +78,14 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
     throw new VnetError(`cannot connect to ${where}: ${why}`, { code, cause: e });
   }
   const reader = new MessageReader(conn);
+  let secret: Uint8Array;
   try {
     const done = await handshake(conn, reader, {
       key: options.key,
       side: "dialer",
       kind: options.kind,
     });
+    secret = done.secret;
     if (options.tlsCa && options.identity && options.kind === "peer") {
       const proof = await makeProof(options.identity, done.own, done.peer);
       await writeAll(conn, encodeMessage(MessageType.CertProof, proof));
@@ -106,6 +108,8 @@ export async function dial(addr: HostPort, options: DialOptions): Promise<Link> 
     events: options.events,
     keepaliveMs: options.keepaliveMs,
     socketOwner: options.socketOwner,
+    role: "dialer",
+    secret,
   });
 }
 
@@ -130,6 +134,7 @@ async function dialSsh(addr: HostPort, ssh: SshOptions, options: DialOptions): P
   }
   return new Link(stream, reader, {
     remote: where,
+    viaSsh: true,
     tls: false,
     log: options.log,
     events: options.events,

@@ -97,6 +97,12 @@ interface LinkOptions {
   maxQueuedBytes?: number;
   /** Hands a plain link's socket to the data path (peer links of a server). */
   socketOwner?: SocketOwner;
+  /** Which end of the connection this is: the one that dialled, or accepted. */
+  role?: "dialer" | "acceptor";
+  /** The link goes through `ssh -W`. */
+  viaSsh?: boolean;
+  /** The handshake's secret of this connection (auth.ts), for keys agreed over it later. */
+  secret?: Uint8Array;
 }
 
 interface LinkStats {
@@ -132,6 +138,11 @@ export class Link {
   };
   /** Round-trip time of the last keepalive, in ms. */
   rttMs: number | null = null;
+  readonly role: "dialer" | "acceptor";
+  /** Through `ssh -W`: only SSH gets through to the peer. */
+  readonly viaSsh: boolean;
+  /** The handshake's secret of this connection, if it ran one here (auth.ts). */
+  readonly secret: Uint8Array | null;
 
   #conn: Stream;
   #reader: MessageReader;
@@ -169,6 +180,9 @@ export class Link {
     this.remote = options.remote;
     this.local = options.local ?? "";
     this.tls = options.tls;
+    this.role = options.role ?? "dialer";
+    this.viaSsh = options.viaSsh ?? false;
+    this.secret = options.secret ?? null;
     this.#events = options.events;
     this.#log = options.log.with({ link: this.number, remote: options.remote });
     const owner = conn instanceof SocketStream ? options.socketOwner ?? null : null;
