@@ -899,6 +899,9 @@ export interface HandlerInfo {
     reconnects: number;
     tls: boolean;
     socket: string | null;
+    /** What carries the handler's frames now, and the link's UDP path if they take it. */
+    transport?: "tcp" | "udp";
+    udp?: { state: string; mtu: number; datagramsOut: number; datagramsIn: number } | null;
   };
   toPeer: { frames: number; bytes: number; drops: number };
   fromPeer: { frames: number; bytes: number; drops: number };

@@ -6,6 +6,7 @@ import { type Link } from "../link/link.ts";
 import { dial } from "../link/dial.ts";
 import { log, visible, visibleJson } from "../log.ts";
 import { parseMac } from "../dataplane/mac.ts";
+import { TRANSPORTS } from "../dataplane/handler.ts";
 import { parseGateway } from "../link/ssh.ts";
 import { type ListedHandler } from "../control/rpc.ts";
 import { isUnresolvable } from "../control/client_requests.ts";
@@ -28,7 +29,8 @@ vnet client [create]: set up a handler between a Proxy and a Host
 
 Usage:
   vnet client [create] --proxy ADDR:PORT --proxy-dev DEV --host ADDR:PORT --host-dev DEV \\
-              --mac MAC [--mac MAC ...] [--multicast] [--via proxy|host] --secret-file FILE
+              --mac MAC [--mac MAC ...] [--multicast] [--via proxy|host]
+              [--transport auto|udp|tcp] --secret-file FILE
 
 The client contacts one server (--via, default proxy); that server opens its end and dials
 the other one, which opens the other end. So the side behind NAT should be the one the client
@@ -44,6 +46,11 @@ Options for create:
   --mac MAC             a VM's MAC address; repeat for several VMs on one handler
   --multicast           also carry multicast to the VMs (IPv6 neighbour discovery needs it)
   --via proxy|host      which server to contact; it dials the other (default proxy)
+  --transport auto|udp|tcp
+                        how the handler's frames cross the WAN (default: the contacted
+                        server's --transport, itself auto by default): auto, by UDP while it
+                        gets through and by the link when it does not; udp, the same, but
+                        refused if the servers have no UDP path; tcp, always by the link
   --proxy-peer ADDR:PORT, --host-peer ADDR:PORT
                         where the contacted server reaches the other one, when that differs
                         from the address this client uses (e.g. a NAT or a private address)
@@ -217,6 +224,7 @@ export const CLIENT_FLAGS = {
     mac: { type: "string", multiple: true },
     multicast: { type: "boolean" },
     via: { type: "string", default: "proxy" },
+    transport: { type: "string" },
     "proxy-peer": { type: "string" },
     "host-peer": { type: "string" },
     ...sshOptions,
@@ -367,6 +375,10 @@ async function create(args: string[]): Promise<number> {
   }
   const via = values.via;
   if (via !== "proxy" && via !== "host") throw new VnetError(`bad --via '${via}': proxy or host`);
+  const transport = values.transport;
+  if (transport !== undefined && !(TRANSPORTS as readonly string[]).includes(transport)) {
+    throw new VnetError(`bad --transport '${transport}': ${TRANSPORTS.join(", ")}`);
+  }
   // The contacted server dials the other; an explicit peer address overrides the client's.
   const peerFlag = via === "proxy" ? values["host-peer"] : values["proxy-peer"];
   const peer = peerFlag
@@ -381,6 +393,7 @@ async function create(args: string[]): Promise<number> {
     macs,
     multicast: values.multicast === true,
     peer,
+    transport,
     ssh: sshRequest(values),
     // The server's own limit ends first, so that its reason arrives before --timeout does.
     timeoutMs: Math.max(1_000, timeoutMs(values) - Math.min(1_000, timeoutMs(values) / 10)),
@@ -603,8 +616,14 @@ export function handlerTable(
   wide = false,
 ): string {
   if (handlers.length === 0) return "no handlers";
+  // The UDP path, when the handler's frames take it: up (and its MTU), or down (by the link).
+  const udpText = (h: ListedHandler) => {
+    const udp = h.link.udp;
+    if (!udp) return "";
+    return udp.state === "up" ? ` udp mtu ${udp.mtu}` : " udp down (by the link)";
+  };
   const linkText = (h: ListedHandler) =>
-    h.link.state + (h.link.tls ? "+tls" : "") +
+    h.link.state + (h.link.tls ? "+tls" : "") + udpText(h) +
     (h.reconnects ? ` (${h.reconnects} reconnects)` : "");
   if (!wide) {
     const rows = [[

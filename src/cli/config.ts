@@ -21,6 +21,7 @@ import { metricsHostName } from "../ops/metrics.ts";
 import { STATE_VERSION } from "../control/state.ts";
 import { type MacRange, parseMacRanges } from "../control/mac_policy.ts";
 import { DEFAULT_INJECTOR, type InjectorKind, INJECTORS } from "../dataplane/interfaces.ts";
+import { type Transport, TRANSPORTS } from "../dataplane/handler.ts";
 
 /** One flag of `vnet server`: its parser option, its config key and its help come from here. */
 interface ServerFlag {
@@ -103,6 +104,24 @@ export const SERVER_FLAGS = [
     help: "what writes frames onto interfaces: packet, a packet socket that hands TCP " +
       "super-frames to the kernel whole, as GSO, ~4x faster (Linux only); libnet, " +
       "libnet_adv_write_link, portable; or pcap, pcap_inject",
+  },
+  {
+    name: "transport",
+    type: "string",
+    value: "NAME",
+    default: "auto",
+    help: "how the frames of handlers created through this server cross the WAN, unless the " +
+      "client says: auto, by UDP while it gets through and by the link (TCP, TLS) when it " +
+      "does not; udp, the same, but a handler is refused if the servers have no UDP path; " +
+      "tcp, always by the link",
+  },
+  {
+    name: "udp-port",
+    type: "number",
+    value: "PORT",
+    range: { valid: (n) => Number.isInteger(n) && n >= 0 && n <= 65535, expect: "a UDP port" },
+    help: "UDP port of the links' UDP paths, on the --listen address (default: the --listen " +
+      "port); 0 turns UDP off: every frame goes by the links",
   },
   {
     name: "vxlan-port",
@@ -332,6 +351,10 @@ interface ServerConfig {
   captureBufferMiB: number;
   /** The UDP port of VXLAN tunnels. */
   vxlanPort: number;
+  /** The UDP port of the links' UDP paths (0: off; absent: the --listen port). */
+  udpPort?: number;
+  /** How handlers created here cross, unless the client says. */
+  transport: Transport;
   /** Open a Proxy end for a MAC already live on the LAN (else refused). */
   allowLiveMac: boolean;
   /** The only MAC ranges handlers may carry (--allow-mac); empty: any. */
@@ -400,6 +423,17 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
   const keepalive = number("keepalive");
   const captureBuffer = number("capture-buffer");
   const vxlanPort = number("vxlan-port");
+  let udpPort: number | undefined;
+  if (str("udp-port") !== undefined) {
+    udpPort = Number(s["udp-port"]);
+    if (!FLAG.get("udp-port")!.range!.valid(udpPort)) {
+      problems.push(`bad --udp-port '${s["udp-port"]}': a UDP port, or 0 for none`);
+    }
+  }
+  const transport = str("transport") ?? DEFAULTS.transport;
+  if (!(TRANSPORTS as readonly string[]).includes(transport)) {
+    problems.push(`bad --transport '${transport}': ${TRANSPORTS.join(", ")}`);
+  }
   const before = problems.length;
   const maxHandshakes = number("max-handshakes");
   const maxPerAddress = number("max-handshakes-per-address");
@@ -442,6 +476,8 @@ export function resolveSettings(s: Settings): { config?: ServerConfig; problems:
       state: str("state"),
       captureBufferMiB: captureBuffer,
       vxlanPort,
+      udpPort,
+      transport: transport as Transport,
       allowLiveMac: s["allow-live-mac"] === true,
       allowMacs,
       direct: s["no-direct"] !== true,

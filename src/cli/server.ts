@@ -145,6 +145,8 @@ export async function serverCommand(args: string[]): Promise<number> {
     allowMacs: config.allowMacs,
     direct: config.direct,
     vxlanPort: config.vxlanPort,
+    udpPort: config.udpPort,
+    transport: config.transport,
   });
   let metrics: MetricsServer | null = null;
   if (config.metrics) {

@@ -66,6 +66,7 @@ async function createHandler(
   // Answer within the client's own timeout, so that it hears why, not just "no answer".
   const budget = req.timeoutMs ?? 20_000;
   const dialMs = Math.max(1_000, Math.min(DIAL_TIMEOUT_MS, budget - 2_000));
+  const transport = req.transport ?? ctx.transport;
   const spec = {
     id,
     role: ownRole,
@@ -73,6 +74,7 @@ async function createHandler(
     macs: req.macs,
     multicast: req.multicast,
     peer: formatHostPort(dialTo),
+    transport,
   };
   const peer = ctx.peers.get(dialTo, req.ssh);
   const attach: AttachRequest = {
@@ -82,6 +84,7 @@ async function createHandler(
     macs: req.macs,
     multicast: req.multicast,
     peer: formatHostPort(own.addr),
+    transport,
     origin: ctx.id,
     bind: randomKey(),
   };
@@ -105,6 +108,14 @@ async function createHandler(
       );
     }
     if (ownRole === "host") ctx.checkDeviceNotCarryingLink(own.dev, link);
+    if (transport === "udp" && !ctx.udp.has(link)) {
+      throw new VnetError(
+        `--transport udp: the ${ownRole} and ${otherRole} servers have no UDP path (UDP off ` +
+          "on one of them, a link through ssh, or an older VNET; the log says which): use " +
+          "--transport auto to fall back to the link",
+        { code: ErrorCode.Refused },
+      );
+    }
     let answer: ResultOf<"attach">;
     try {
       answer = await call(link, "attach", attach, Math.max(1_000, budget - dialMs - 1_000));
@@ -225,6 +236,7 @@ export async function migrate(
     macs: handler.spec.macs,
     multicast: handler.spec.multicast,
     peer: entry.dial?.attach.peer ?? ctx.address,
+    transport: handler.spec.transport,
     origin: ctx.id,
     bind: entry.bind,
   };

@@ -57,6 +57,10 @@ export async function servePeer(
     case "unroute":
       ctx.direct.unroute(rpc.parseUnroute(body).mac, link);
       return {};
+    case "udp":
+      return await ctx.udp.answer(link, body);
+    case "udpRekey":
+      return await ctx.udp.answerRekey(link, body);
     default:
       throw new VnetError(`unknown peer request '${op.slice(0, 40)}'`);
   }

@@ -9,7 +9,8 @@
 import { type HostPort } from "../addr.ts";
 import { ErrorCode, VnetError } from "../errors.ts";
 import { type Role } from "../dataplane/ports.ts";
-import { type HandlerSpec } from "../dataplane/handler.ts";
+import { type HandlerSpec, type Transport, TRANSPORTS } from "../dataplane/handler.ts";
+import { type UdpOffer } from "./udp_transport.ts";
 import { type HandlerInfo } from "../dataplane/data_path.ts";
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { BROADCAST, parseMac } from "../dataplane/mac.ts";
@@ -34,6 +35,8 @@ export interface CreateRequest {
   ssh?: SshOptions;
   /** The client's own timeout: the answer comes within it. */
   timeoutMs?: number;
+  /** How the handler's frames cross; the server's default (`--transport`) when absent. */
+  transport?: Transport;
 }
 
 export interface MigrateRequest {
@@ -121,6 +124,8 @@ interface Operations {
   route: [RouteRequest, Record<never, never>];
   direct: [DirectRequest, Record<never, never>];
   unroute: [{ mac: string }, Record<never, never>];
+  udp: [UdpOffer, UdpOffer];
+  udpRekey: [{ epoch: number; public: string }, { public: string }];
 }
 type Operation = keyof Operations;
 type RequestOf<O extends Operation> = Operations[O][0];
@@ -292,7 +297,16 @@ export function parseCreate(body: Body): CreateRequest {
     peer: body.peer === undefined || body.peer === null ? undefined : hostPort(body.peer, "peer"),
     ssh: ssh(body.ssh),
     timeoutMs: int(body.timeoutMs, "timeoutMs", 1_000, 600_000, 20_000),
+    transport: transport(body.transport),
   };
+}
+
+function transport(value: unknown): Transport | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "string" && (TRANSPORTS as readonly string[]).includes(value)) {
+    return value as Transport;
+  }
+  throw invalid(`bad 'transport' '${printable(String(value))}': one of ${TRANSPORTS.join(", ")}`);
 }
 
 export function parseVxlan(body: Body): VxlanRequest {
@@ -326,6 +340,7 @@ export function parseAttach(body: Body): AttachRequest {
     macs: checkMacs(body.macs),
     multicast: body.multicast === true,
     peer: displayAddress(str(body, "peer")),
+    transport: transport(body.transport),
     origin: key(body, "origin"),
     bind: key(body, "bind"),
   };

@@ -37,6 +37,8 @@ import { Registry } from "./registry.ts";
 import * as rpc from "./rpc.ts";
 import { type ServerContext } from "./server_context.ts";
 import { StateFile } from "./state.ts";
+import { UdpTransport } from "./udp_transport.ts";
+import { type Transport } from "../dataplane/handler.ts";
 
 interface ServerOptions {
   listen: HostPort;
@@ -66,6 +68,10 @@ interface ServerOptions {
   direct?: boolean;
   /** The UDP port of VXLAN tunnels (vxlan_tunnels.ts); 4789 by default. */
   vxlanPort?: number;
+  /** The UDP port of the links' UDP paths (udp_transport.ts); the listen port by default, 0: off. */
+  udpPort?: number;
+  /** How the handlers created here cross, unless the client says; `auto` by default. */
+  transport?: Transport;
 }
 
 /** A control link that sends no request for this long is closed. */
@@ -77,6 +83,9 @@ export class Server implements ServerContext {
   readonly peers: Peers;
   readonly events = new EventLog();
   readonly direct: DirectPaths;
+  /** Made by `start`, once the UDP socket is open (or UDP is off). */
+  udp: UdpTransport;
+  readonly transport: Transport;
   readonly allowLiveMac: boolean;
   readonly allowMacs: readonly MacRange[];
   id = rpc.randomKey();
@@ -99,6 +108,8 @@ export class Server implements ServerContext {
     const forwarder = options.forwarder ??
       ((hooks: ForwarderHooks) => new InProcessForwarder(options.ports!, hooks, this.log));
     this.registry = new Registry(new DataPath(forwarder, this.log));
+    this.transport = options.transport ?? "auto";
+    this.udp = new UdpTransport(this.registry.dataPath, this.log, 0);
     this.peers = new Peers({
       dial: (peer, timeoutMs) => this.#dial(peer, timeoutMs),
       reconnected: (peer, link) => this.#reattach(peer, link),
@@ -131,6 +142,20 @@ export class Server implements ServerContext {
   /** Restores saved handlers, binds the socket (throws a VnetError if it cannot), accepts. */
   async start(): Promise<void> {
     await this.#acceptor.start();
+    const udpPort = this.#options.udpPort ?? this.#options.listen.port;
+    if (udpPort !== 0) {
+      const { hostname } = this.#options.listen;
+      try {
+        const bound = await this.registry.dataPath.udpListen(hostname, udpPort);
+        this.udp = new UdpTransport(this.registry.dataPath, this.log, bound);
+      } catch (e) {
+        throw new VnetError(
+          `cannot open UDP port ${udpPort} on ${hostname}: ${messageOf(e)}; give another with ` +
+            "--udp-port, or --udp-port 0 to carry every frame over the links",
+          { code: ErrorCode.System, cause: e },
+        );
+      }
+    }
     const restored = await this.#state.restore(this.id, this.vxlanBind);
     if (restored) {
       this.id = restored.serverId;
@@ -169,6 +194,8 @@ export class Server implements ServerContext {
       keepaliveMs: a.kind === "peer" ? this.#options.keepaliveMs : 0,
       idleTimeoutMs: a.kind === "control" ? CONTROL_IDLE_MS : 0,
       socketOwner: a.kind === "peer" ? this.registry.dataPath.socketOwner : undefined,
+      role: "acceptor",
+      secret: a.secret,
     });
     if (links.size >= max) {
       link.close("too many connections", `server busy: ${max} ${a.kind} connections already`);
@@ -222,6 +249,7 @@ export class Server implements ServerContext {
       if (peer.link === link) peer.scheduleReconnect();
     }
     this.registry.dataPath.removeLink(link);
+    this.udp.forget(link);
   }
 
   async remove(id: string): Promise<void> {
@@ -261,8 +289,11 @@ export class Server implements ServerContext {
     }));
   }
 
-  #dial(peer: Peer, timeoutMs: number): Promise<Link> {
-    return this.#dialLink(peer.addr, peer.ssh, timeoutMs, this.#options.keepaliveMs);
+  async #dial(peer: Peer, timeoutMs: number): Promise<Link> {
+    const link = await this.#dialLink(peer.addr, peer.ssh, timeoutMs, this.#options.keepaliveMs);
+    // Before the handlers attach: they find the link's UDP path there (or none).
+    await this.udp.offer(link);
+    return link;
   }
 
   async #dialLink(

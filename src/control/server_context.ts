@@ -8,6 +8,8 @@ import { type MacRange } from "./mac_policy.ts";
 import { type Peer, type Peers } from "./peers.ts";
 import { type Registry } from "./registry.ts";
 import { type ListedHandler } from "./rpc.ts";
+import { type UdpTransport } from "./udp_transport.ts";
+import { type Transport } from "../dataplane/handler.ts";
 
 export interface ServerContext {
   /** This server's id (32 hex digits), sent with every attach as `origin`. */
@@ -19,6 +21,10 @@ export interface ServerContext {
   readonly events: EventLog;
   /** Direct Host↔Host paths (direct.ts). */
   readonly direct: DirectPaths;
+  /** The links' UDP paths (udp_transport.ts). */
+  readonly udp: UdpTransport;
+  /** How the handlers created here cross, unless the client says (`--transport`). */
+  readonly transport: Transport;
   readonly log: Logger;
   /** `--allow-live-mac`: carry a MAC already live on the LAN (logged at WARN). */
   readonly allowLiveMac: boolean;

@@ -32,9 +32,12 @@ import {
   type ForwarderEvent,
   type States,
   toBase64,
+  type UdpPathAgreed,
+  type WireKeys,
 } from "./forwarder_protocol.ts";
 import { handlerNumber, type HandlerSpec, type HandlerState } from "./handler.ts";
 import { type Interfaces } from "./ports.ts";
+import { type UdpPathState } from "./udp_peers.ts";
 
 /** How the main thread reaches the forwarder. */
 export interface ForwarderPort {
@@ -98,7 +101,7 @@ export class InProcessForwarder implements ForwarderPort {
 }
 
 /** What `list` shows of a handler. */
-export interface HandlerInfo extends HandlerSpec, HandlerState, CounterSnapshot {
+export interface HandlerInfo extends HandlerSpec, Omit<HandlerState, "udp">, CounterSnapshot {
   /** up: forwarding; down: no link to the peer; degraded: the interface is gone. */
   state: "up" | "down" | "degraded" | "closed";
   link: {
@@ -108,6 +111,10 @@ export interface HandlerInfo extends HandlerSpec, HandlerState, CounterSnapshot 
     rttMs: number | null;
     /** Who carries the link's frames (Link.socket). */
     socket: "data path" | "runtime" | null;
+    /** What carries this handler's frames now: the link's stream, or its UDP path. */
+    transport: "tcp" | "udp";
+    /** The link's UDP path, when this handler's frames take it while it works. */
+    udp: UdpPathState | null;
   };
 }
 
@@ -141,7 +148,8 @@ export class HandlerRef {
   /** Binds the handler to a link (a new one after a reconnect); it starts capturing. */
   attach(link: Link): void {
     this.#link = link;
-    this.path.send({ op: "attach", handler: this.number, link: link.number });
+    const udp = (this.spec.transport ?? "tcp") !== "tcp";
+    this.path.send({ op: "attach", handler: this.number, link: link.number, udp });
   }
 
   /** Forgets a link that went down; captured frames are dropped until the next attach. */
@@ -195,6 +203,8 @@ export class HandlerRef {
           tls: false,
           rttMs: null,
           socket: "data path",
+          transport: "udp",
+          udp: null,
         }
         : {
           state: link?.isOpen ? "up" : "down",
@@ -202,6 +212,8 @@ export class HandlerRef {
           tls: link?.tls ?? false,
           rttMs: link?.rttMs ?? null,
           socket: link?.socket ?? null,
+          transport: state?.udp?.state === "up" ? "udp" : "tcp",
+          udp: state?.udp ?? null,
         },
       ...this.counters(),
       capture: state?.capture ?? { received: 0, dropped: 0, ifDropped: 0 },
@@ -410,6 +422,26 @@ export class DataPath {
     return this.#nextTunnel++;
   }
 
+  /** Opens the server's UDP socket for its links' UDP paths; the port it is bound to. */
+  async udpListen(bind: string, port: number): Promise<number> {
+    return await this.call({ op: "udpListen", bind, port }) as number;
+  }
+
+  /** Gives `link` the UDP path the two servers agreed; false if the forwarder has none. */
+  async udpOpen(link: Link, path: UdpPathAgreed): Promise<boolean> {
+    return await this.call({ op: "udpOpen", link: link.number, ...path }) as boolean;
+  }
+
+  /** The next epoch's keys of `link`'s sealed UDP path. */
+  async udpRekey(link: Link, keys: WireKeys, peerHasKeys: boolean): Promise<boolean> {
+    return await this.call({ op: "udpRekey", link: link.number, keys, peerHasKeys }) as boolean;
+  }
+
+  /** Every UDP path's state, by link number. */
+  async udpStates(): Promise<Record<number, UdpPathState>> {
+    return await this.call({ op: "udpState" }) as Record<number, UdpPathState>;
+  }
+
   /** A peer link: its frames cross between it and the forwarder from now on. */
   addLink(link: Link): void {
     this.#links.set(link.number, link);
@@ -471,6 +503,17 @@ export class DataPath {
         return this.#links.get(event.link)?.receive(event.type, event.payload);
       case "closed":
         return this.#links.get(event.link)?.close(event.reason);
+      case "udp": {
+        const link = this.#links.get(event.link);
+        if (!link) return;
+        // Both are news to an operator: frames changed paths.
+        const what = event.up ? "UDP path up: frames go by UDP" : "UDP path down: frames go by TCP";
+        (event.up ? this.log.info : this.log.warn).call(this.log, what, {
+          remote: link.remote,
+          why: event.why,
+        });
+        return;
+      }
     }
   }
 }

@@ -24,7 +24,10 @@ import {
   type ForwarderEvent,
   fromBase64,
   type States,
+  type WireKeys,
 } from "./forwarder_protocol.ts";
+import { type SessionKeys } from "../link/udp/keys.ts";
+import { type UdpPathState, UdpPeerPort } from "./udp_peers.ts";
 import { OwnedSocket } from "../link/owned_socket.ts";
 import { VxlanPort, VxlanTunnel } from "./vxlan_tunnels.ts";
 import { Handler } from "./handler.ts";
@@ -40,9 +43,14 @@ export type FrameOut = (link: number, handler: number, frame: Uint8Array) => boo
 /** A link whose stream another thread owns: its frames are handed to `out`. */
 class ForwardedLink implements FrameLink {
   isOpen = true;
+  /** The link's UDP path, which takes some handlers' frames first (as OwnedSocket's). */
+  bypass: ((handler: number, frame: Uint8Array) => boolean | null) | null = null;
   constructor(readonly number: number, readonly remote: string, private readonly out: FrameOut) {}
   sendFrame(handler: number, frame: Uint8Array): boolean {
-    return this.isOpen && this.out(this.number, handler, frame);
+    if (!this.isOpen) return false;
+    const bypassed = this.bypass?.(handler, frame);
+    if (bypassed !== undefined && bypassed !== null) return bypassed;
+    return this.out(this.number, handler, frame);
   }
 }
 
@@ -52,6 +60,8 @@ export class Forwarder {
   readonly #links = new Map<number, ForwardedLink | OwnedSocket | VxlanTunnel>();
   /** The VXLAN socket, opened with the first tunnel. */
   #vxlan: VxlanPort | null = null;
+  /** The UDP socket of the links' UDP paths (udp_peers.ts), opened by `udpListen`. */
+  #udp: UdpPeerPort | null = null;
   /** Plain links whose sockets this thread owns. */
   readonly #sockets = new Map<number, OwnedSocket>();
   /** Direct links, and the handlers whose frames they may carry in. */
@@ -110,12 +120,21 @@ export class Forwarder {
       }
       case "attach": {
         const link = this.#links.get(command.link);
-        if (link) this.#handlers.get(command.handler)?.attach(link);
-        return null;
+        const handler = this.#handlers.get(command.handler);
+        if (!link || !handler) return false;
+        handler.attach(link);
+        // Whether its frames go by UDP: the link must have a path that can take them.
+        const udp = this.#udp?.get(command.link);
+        if (!command.udp || !udp) {
+          udp?.drop(command.handler);
+          return false;
+        }
+        return udp.carry(command.handler);
       }
       case "detach": {
         const link = this.#links.get(command.link);
         if (link) this.#handlers.get(command.handler)?.detach(link);
+        this.#udp?.get(command.link)?.drop(command.handler);
         return null;
       }
       case "link":
@@ -124,6 +143,7 @@ export class Forwarder {
         }
         return null;
       case "unlink": {
+        this.#udp?.closeLink(command.link);
         const link = this.#links.get(command.link);
         if (link instanceof OwnedSocket) link.close("the link closed");
         else if (link) link.isOpen = false;
@@ -165,7 +185,11 @@ export class Forwarder {
         }));
       case "state": {
         const states: States = {};
-        for (const [number, handler] of this.#handlers) states[number] = handler.state();
+        for (const [number, handler] of this.#handlers) {
+          const path = handler.link && this.#udp?.get(handler.link.number);
+          const udp = path && path.carries(number) ? path.state() : null;
+          states[number] = { ...handler.state(), udp };
+        }
         return states;
       }
       case "adopt": {
@@ -212,7 +236,46 @@ export class Forwarder {
         this.#links.delete(command.link);
         return null;
       }
+      case "udpListen": {
+        this.#udp ??= new UdpPeerPort(command.bind, command.port, {
+          deliver: (link, handler, frame) => this.fromLink(link, handler, frame),
+          changed: (link, up, why) => this.emit({ event: "udp", link, up, why }),
+        }, this.log);
+        return this.#udp.port;
+      }
+      case "udpOpen": {
+        const link = this.#links.get(command.link);
+        if (!this.#udp || !(link instanceof OwnedSocket || link instanceof ForwardedLink)) {
+          return false;
+        }
+        const { host, port, keys, localId, peerId, token, peerToken } = command;
+        const path = this.#udp.open(command.link, {
+          host,
+          port,
+          keys: keys && keysOf(keys),
+          localId,
+          peerId,
+          token,
+          peerToken,
+        }, performance.now());
+        link.bypass = path.bypass;
+        return true;
+      }
+      case "udpRekey": {
+        const session = this.#udp?.get(command.link)?.session;
+        if (!session) return false;
+        session.rekey(keysOf(command.keys), performance.now(), {
+          peerHasKeys: command.peerHasKeys,
+        });
+        return true;
+      }
+      case "udpState": {
+        const states: Record<number, UdpPathState> = {};
+        for (const path of this.#udp?.links() ?? []) states[path.number] = path.state();
+        return states;
+      }
       case "stop":
+        this.#udp?.close();
         this.#vxlan?.close();
         for (const handler of this.#handlers.values()) handler.close();
         this.#handlers.clear();
@@ -224,6 +287,7 @@ export class Forwarder {
   /** Housekeeping, at least once a second: a socket whose writes are stuck is closed. */
   tick(now = Date.now()): void {
     for (const socket of this.#sockets.values()) socket.checkStall(now);
+    this.#udp?.tick(performance.now());
   }
 
   /** Runs a command for a caller on another thread: the reply, or the error as words and code. */
@@ -235,6 +299,15 @@ export class Forwarder {
       return { event: "reply", id, ok: false, error: messageOf(e), code };
     }
   }
+}
+
+function keysOf(keys: WireKeys): SessionKeys {
+  return {
+    aead: keys.aead,
+    epoch: keys.epoch,
+    send: fromBase64(keys.send),
+    receive: fromBase64(keys.receive),
+  };
 }
 
 function macText(frame: Uint8Array, at: number): string {

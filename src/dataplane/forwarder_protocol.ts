@@ -5,12 +5,14 @@
  * frame rings (src/io/frame_ring.ts) or, on a plain link, never leave the worker.
  */
 import { type HandlerSpec, type HandlerState } from "./handler.ts";
+import { type AeadName } from "../link/udp/aead.ts";
 
 export type Command =
   /** Opens a handler's end; `slot` is its place in the counter table (counters.ts). */
   | { op: "open"; spec: HandlerSpec; slot: number; tolerant: boolean }
   | { op: "close"; handler: number }
-  | { op: "attach"; handler: number; link: number }
+  /** `udp`: the handler's frames go by the link's UDP path where there is one (udp_peers.ts). */
+  | { op: "attach"; handler: number; link: number; udp?: boolean }
   | { op: "detach"; handler: number; link: number }
   /** A peer link whose frames the main thread carries (TLS, ssh). */
   | { op: "link"; link: number; remote: string }
@@ -47,9 +49,40 @@ export type Command =
     vni: number;
   }
   | { op: "unvxlan"; link: number }
+  /** Opens the server's UDP socket for its links; answers the port it is bound to. */
+  | { op: "udpListen"; bind: string; port: number }
+  /** The UDP path of a link, as the two servers agreed it (udp_peers.ts). */
+  | ({ op: "udpOpen"; link: number } & UdpPathAgreed)
+  /** The next epoch's keys of a link's sealed UDP path. */
+  | { op: "udpRekey"; link: number; keys: WireKeys; peerHasKeys: boolean }
+  /** Every UDP path's state, by link. */
+  | { op: "udpState" }
   | { op: "stop" };
 
 /** A path the fabric forgot: learned over link `via` (null: no link), direct over `link`. */
+/** A link's UDP path as the two servers agreed it over the link (udp_peers.ts's UdpPathSpec). */
+export interface UdpPathAgreed {
+  /** The peer's address, and the UDP port it announced. */
+  host: string;
+  port: number;
+  /** The first epoch's keys (a sealed path), or null (plain VXLAN). */
+  keys: WireKeys | null;
+  /** Session ids (sealed): ours, which the peer writes, and the peer's. */
+  localId: number;
+  peerId: number;
+  /** Keepalive tokens (plain): ours, and the peer's. */
+  token: number;
+  peerToken: number;
+}
+
+/** An epoch's keys as a command carries them (base64). */
+export interface WireKeys {
+  aead: AeadName;
+  epoch: number;
+  send: string;
+  receive: string;
+}
+
 export interface Forgotten {
   via: number | null;
   mac: string;
@@ -67,6 +100,8 @@ export type ForwarderEvent =
   | { event: "message"; link: number; type: number; payload: Uint8Array }
   /** An adopted socket closed, and why. */
   | { event: "closed"; link: number; reason: string }
+  /** A link's UDP path went up or down. */
+  | { event: "udp"; link: number; up: boolean; why: string }
   | { event: "reply"; id: number; ok: true; value: unknown }
   | { event: "reply"; id: number; ok: false; error: string; code?: string };
 

@@ -28,7 +28,16 @@ import { type Fabric, type FabricPort, LoopGuard, type Path, Verdict } from "./f
 import { isBroadcastFrame, MacSet } from "./mac.ts";
 import { type GsoEmit, prepareForWire } from "./offload.ts";
 import { TcpCoalescer } from "./gro.ts";
+import { type UdpPathState } from "./udp_peers.ts";
 import { poller } from "../io/poller.ts";
+
+/**
+ * How a handler's frames cross the WAN (issue 18): `tcp`, in the link's stream; `udp`, by the
+ * link's UDP path while it works (the stream when it does not), and the handler is refused if
+ * the servers cannot agree on one; `auto`, the same without the refusal.
+ */
+export type Transport = "tcp" | "udp" | "auto";
+export const TRANSPORTS: readonly Transport[] = ["tcp", "udp", "auto"];
 
 /** What both ends agree on; `id` is 8 hex digits, also the number frames are tagged with. */
 export interface HandlerSpec {
@@ -40,6 +49,8 @@ export interface HandlerSpec {
   multicast: boolean;
   /** The other server, `ADDR:PORT`, for display. */
   peer: string;
+  /** How its frames cross; `tcp` when absent (handlers made before there was a choice). */
+  transport?: Transport;
 }
 
 /** How this end reaches a remote MAC (fabric.ts), as `list` shows it. */
@@ -65,6 +76,8 @@ export interface HandlerState {
    * every handler on that link), and how: direct to another Host, or through the Proxy.
    */
   paths: PathInfo[];
+  /** The UDP path its frames take while it works (udp_peers.ts), or null: the link's stream. */
+  udp: UdpPathState | null;
 }
 
 export function handlerNumber(id: string): number {
@@ -336,6 +349,7 @@ export class Handler implements FabricPort {
           viaDirect: { ...p.viaDirect },
         };
       }),
+      udp: null,
     };
   }
 

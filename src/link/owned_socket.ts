@@ -82,8 +82,16 @@ export class OwnedSocket {
     if (buffered.length > 0) poller.defer(() => this.#dispatch());
   }
 
+  /**
+   * A second path for some handlers' frames (the UDP transport): it sends the frame (true or
+   * false), or answers null and the frame goes by this socket.
+   */
+  bypass: ((handler: number, frame: Uint8Array) => boolean | null) | null = null;
+
   /** Queues one frame for `handler` (FrameLink); false if it had to be dropped. */
   sendFrame(handler: number, frame: Uint8Array): boolean {
+    const bypassed = this.bypass?.(handler, frame);
+    if (bypassed !== undefined && bypassed !== null) return this.isOpen && bypassed;
     if (!this.isOpen || frame.length > MAX_FRAME || !this.#queue.pushFrame(handler, frame)) {
       return false;
     }

@@ -127,6 +127,31 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
       "counter",
       "Frames seen on the interface from one of the handler's MACs: a duplicate MAC or a loop.",
     ),
+    udpUp: new Family(
+      "vnet_handler_udp_path_up",
+      "gauge",
+      "1 while the handler's frames go by the link's UDP path, 0 while they fall back to the link.",
+    ),
+    udpMtu: new Family(
+      "vnet_handler_udp_path_mtu_bytes",
+      "gauge",
+      "The largest inner IP packet one datagram of the UDP path carries.",
+    ),
+    udpDatagrams: new Family(
+      "vnet_handler_udp_path_datagrams_total",
+      "counter",
+      "Datagrams of the link's UDP path (every handler on the link), by direction.",
+    ),
+    udpFallback: new Family(
+      "vnet_handler_udp_path_fallback_frames_total",
+      "counter",
+      "Frames sent by the link's stream because the UDP path was down.",
+    ),
+    udpRefused: new Family(
+      "vnet_handler_udp_path_refused_total",
+      "counter",
+      "Datagrams refused on the UDP path: forged, replayed, malformed.",
+    ),
     ownSocket: new Family(
       "vnet_handler_data_path_socket_frames_total",
       "counter",
@@ -150,6 +175,15 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     f.kernelDrops.add(l, h.capture.dropped);
     f.ifDrops.add(l, h.capture.ifDropped);
     f.conflicts.add(l, h.macConflicts);
+    const udp = h.link.udp;
+    if (udp) {
+      f.udpUp.add(l, udp.state === "up" ? 1 : 0);
+      f.udpMtu.add(l, udp.mtu);
+      f.udpDatagrams.add({ ...l, direction: "to_peer" }, udp.datagramsOut);
+      f.udpDatagrams.add({ ...l, direction: "from_peer" }, udp.datagramsIn);
+      f.udpFallback.add(l, udp.fallbackFrames);
+      f.udpRefused.add(l, udp.refused);
+    }
     if (h.dataPathSocket) {
       f.ownSocket.add({ ...l, direction: "to_peer" }, h.dataPathSocket.out);
       f.ownSocket.add({ ...l, direction: "from_peer" }, h.dataPathSocket.in);

@@ -253,7 +253,9 @@ function renderRows(handlers) {
       td("Role", h.role),
       td("Device", h.device, "mono"),
       td("Peer", h.peer, "mono"),
-      td("Link", state + (h.link.tls ? " +tls" : "") + (h.reconnects ? " (" + h.reconnects + " reconnects)" : "") +
+      td("Link", state + (h.link.tls ? " +tls" : "") +
+        (h.link.udp ? (h.link.udp.state === "up" ? " udp mtu " + h.link.udp.mtu : " udp down (by the link)") : "") +
+        (h.reconnects ? " (" + h.reconnects + " reconnects)" : "") +
         (h.degraded ? ": " + h.degraded : ""), state === "up" ? "up" : state === "degraded" ? "degraded" : "down"),
       td("RTT", h.link.rttMs == null ? "-" : h.link.rttMs.toFixed(2) + " ms", "num"),
       td("MACs", h.macs.join(" ") + (h.multicast ? " +multicast" : ""), "mono"),

@@ -189,16 +189,19 @@ for (const { tls, injector } of variants) {
         assert(p.link.socket === want, `proxy link.socket ${p.link.socket}, want ${want}`);
         assert(h.link.socket === want, `host link.socket ${h.link.socket}, want ${want}`);
         // Counted frame by frame where it happens: a plain link's frames all went through the
-        // worker's own socket, a TLS link's none (they cross to the main thread's TLS stream).
+        // worker's own sockets (the link's, or its UDP path's: the default transport is auto),
+        // a TLS link's none through the link (they cross to the main thread's TLS stream).
         for (const [role, end] of [["proxy", p], ["host", h]] as const) {
           const { out, in: got } = end.dataPathSocket;
+          const udpOut = end.link.udp?.datagramsOut ?? 0, udpIn = end.link.udp?.datagramsIn ?? 0;
           if (tls) {
             assert(out === 0 && got === 0, `${role}: TLS frames through a worker socket?`);
           } else {
             assert(
-              out >= end.toPeer.frames - end.toPeer.drops && got >= end.fromPeer.frames,
-              `${role}: ${out} out / ${got} in through the worker's socket, of ` +
-                `${end.toPeer.frames} / ${end.fromPeer.frames}`,
+              out + udpOut >= end.toPeer.frames - end.toPeer.drops &&
+                got + udpIn >= end.fromPeer.frames,
+              `${role}: ${out}+${udpOut} out / ${got}+${udpIn} in through the worker's ` +
+                `sockets, of ${end.toPeer.frames} / ${end.fromPeer.frames}`,
             );
           }
         }

@@ -67,7 +67,15 @@ Deno.test("metrics: link down, unknown RTT, degraded; label values escaped", () 
     [listedHandler({
       device: 'we"ird\\dev',
       state: "degraded",
-      link: { state: "down", remote: null, tls: false, rttMs: null, socket: null },
+      link: {
+        state: "down",
+        remote: null,
+        tls: false,
+        rttMs: null,
+        socket: null,
+        transport: "tcp",
+        udp: null,
+      },
     })],
     PROCESS,
   );

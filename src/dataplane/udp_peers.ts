@@ -1,0 +1,538 @@
+/**
+ * The UDP transport between two VNET servers (issue 18): a second path for the frames of a
+ * link's handlers, beside the link's TCP, TLS or ssh stream, which stays for the control plane
+ * and as the fallback. Over a lossy WAN, UDP spares the VMs' flows TCP's head-of-line blocking:
+ * one lost datagram holds up nothing behind it.
+ *
+ * One UDP socket per server (the listen address and port, `--udp-port`), owned by the data-path
+ * worker and waited for in its poll. Per link, a `UdpPeerLink` that the link's frame end
+ * (OwnedSocket, ForwardedLink) hands a frame to first (`bypass`); it takes the frame when its
+ * handler goes by UDP and the path works, and otherwise leaves it to the stream.
+ *
+ * Datagrams:
+ *   - plain (the link is plain TCP): VXLAN (RFC 7348), 8 bytes of header and the Ethernet frame,
+ *     the VNI the handler number's low 24 bits. VNI 0 carries VNET's keepalive:
+ *     "VNKA", the link's token (u32, agreed over the link), flags (u8), zeros to 14 bytes.
+ *     A datagram is taken only from the link's peer address; a keepalive with the token from the
+ *     peer's IP address and another port moves the port (NAT rebinding).
+ *   - sealed (TLS or ssh links): link/udp/session.ts's 16-byte header, then, sealed, the
+ *     handler number (u32) and the frame; handler 0xffffffff is the keepalive, with flags (u8).
+ *     An authenticated datagram from a new address moves the peer there (roaming).
+ *   Keepalive flags: bit 0, "I have heard you lately".
+ *
+ * Is the path usable? Each side sends a keepalive every KEEPALIVE_MS; a side sends frames by
+ * UDP while it has heard the peer within DOWN_AFTER_MS and the peer's last keepalive says it
+ * hears us. So a path blocked either way moves the frames to the stream within ~4 s, and they
+ * come back once both ways work again. The side behind NAT opens the mapping with its first
+ * keepalive, and the keepalives hold it.
+ *
+ * MTU: the inner IP MTU is the path's (the kernel's route and PMTU cache, `IP_MTU`) less the
+ * outer headers; as for VXLAN tunnels (vxlan_tunnels.ts), TCP's MSS is clamped both ways,
+ * super-frames are cut to the path, IPv4 without DF is fragmented, and what is left is answered
+ * with ICMP "too big" toward the sender. DF is set on every datagram; a datagram the kernel
+ * refuses as too big (EMSGSIZE, after ICMP lowered the path's MTU) makes the link read the MTU
+ * again.
+ */
+import { messageOf } from "../errors.ts";
+import { DatagramStatus, type UdpAddress, UdpSocket } from "../io/udp_socket.ts";
+import { poller } from "../io/poller.ts";
+import { type Logger } from "../log.ts";
+import { type SessionKeys } from "../link/udp/keys.ts";
+import {
+  HEADER_BYTES,
+  OVERHEAD_BYTES,
+  SEALED_DATAGRAM_TYPE,
+  UdpCryptoSession,
+} from "../link/udp/session.ts";
+import { clampMss, TokenBucket, TOO_BIG_REPLY_MAX, tooBigReply } from "./mtu.ts";
+import { Dropped, prepareForWire } from "./offload.ts";
+import { decodeVxlan, encodeVxlan, VXLAN_HEADER_LENGTH } from "./vxlan.ts";
+
+/** A keepalive goes out this often on every UDP path. */
+const KEEPALIVE_MS = 1000;
+/** Nothing heard for this long: the path is down, frames go by the stream. */
+const DOWN_AFTER_MS = 3000;
+/** Plain: the VNI of keepalives; a handler whose VNI would be 0 goes by the stream. */
+const KEEPALIVE_VNI = 0;
+/** Sealed: the handler number of keepalives. */
+const KEEPALIVE_HANDLER = 0xffffffff;
+const KEEPALIVE_MAGIC = [0x56, 0x4e, 0x4b, 0x41]; // "VNKA"
+const HEARS_YOU = 1;
+/** Ethernet, IPv4 and UDP around every datagram (IPv6: 20 more). */
+const OUTER_IPV4 = 20 + 8;
+const OUTER_IPV6 = 40 + 8;
+const ETHERNET = 14;
+const HANDLER_BYTES = 4;
+/** ICMP "too big" answers per second and link. */
+const TOO_BIG_PER_SECOND = 100;
+/** The path MTU assumed until the kernel says otherwise. */
+const DEFAULT_PATH_MTU = 1500;
+
+/** Where a UDP path hands what it received. */
+export interface UdpSink {
+  /** A frame for `handler` from the link numbered `link` (or a too-big answer for it). */
+  deliver(link: number, handler: number, frame: Uint8Array): void;
+  /** The path went up or down (frames moved to or from the stream). */
+  changed(link: number, up: boolean, why: string): void;
+}
+
+/** What `open` needs of a link's UDP path, as the two servers agreed it over the link. */
+export interface UdpPathSpec {
+  /** The peer's address, and its UDP port as it announced it. */
+  host: string;
+  port: number;
+  /** Sealed with the keys when given; plain VXLAN otherwise. */
+  keys: SessionKeys | null;
+  /** Our session id (sealed) and the peer's; our keepalive token (plain) and the peer's. */
+  localId: number;
+  peerId: number;
+  token: number;
+  peerToken: number;
+}
+
+/** What `list` shows of a link's UDP path. */
+export interface UdpPathState {
+  state: "up" | "down";
+  sealed: boolean;
+  peer: string;
+  /** The inner IP MTU: the largest IP packet a datagram carries. */
+  mtu: number;
+  datagramsOut: number;
+  datagramsIn: number;
+  /** Frames sent by the stream because the path was down. */
+  fallbackFrames: number;
+  /** Datagrams refused: forged, replayed, malformed, from a stranger. */
+  refused: number;
+  tooBig: number;
+  /** Times the path went down. */
+  downs: number;
+}
+
+/** One link's UDP path. */
+export class UdpPeerLink {
+  isOpen = true;
+  peer: UdpAddress;
+  readonly session: UdpCryptoSession | null;
+  readonly stats = { datagramsOut: 0, datagramsIn: 0, fallbackFrames: 0, tooBig: 0, downs: 0 };
+  /** Datagrams of ours the peer refused are not seen here; ours refused from others are. */
+  refused = 0;
+  mtu = DEFAULT_PATH_MTU - OUTER_IPV4 - ETHERNET - VXLAN_HEADER_LENGTH;
+  /** Handlers whose frames go by UDP, by VNI (plain); and the set of them. */
+  readonly #byVni = new Map<number, number>();
+  readonly #handlers = new Set<number>();
+  #heardAt = -Infinity;
+  #peerHearsUs = false;
+  #up = false;
+  #lastKeepalive = -Infinity;
+  readonly #tooBig = new TokenBucket(TOO_BIG_PER_SECOND, TOO_BIG_PER_SECOND);
+  readonly #reply = new Uint8Array(TOO_BIG_REPLY_MAX);
+  /** The handler of the frame being sent (prepareForWire's emit has no room for it). */
+  #sending = 0;
+
+  constructor(
+    readonly number: number,
+    readonly spec: UdpPathSpec,
+    private readonly port: UdpPeerPort,
+    now: number,
+  ) {
+    this.peer = port.socket.peer(spec.host, spec.port);
+    this.session = spec.keys
+      ? new UdpCryptoSession({
+        keys: spec.keys,
+        localId: spec.localId,
+        peerId: spec.peerId,
+        now,
+      })
+      : null;
+    this.readMtu();
+  }
+
+  get up(): boolean {
+    return this.#up;
+  }
+
+  /**
+   * Takes `handler`'s frames from now on, where it can (plain: its VNI must be free and not
+   * 0); false if they stay on the stream.
+   */
+  carry(handler: number): boolean {
+    if (!this.session) {
+      const vni = handler & 0xffffff;
+      const holder = this.#byVni.get(vni);
+      if (vni === KEEPALIVE_VNI || (holder !== undefined && holder !== handler)) return false;
+      this.#byVni.set(vni, handler);
+    }
+    this.#handlers.add(handler);
+    return true;
+  }
+
+  /** Whether `handler`'s frames go by this path (while it is up). */
+  carries(handler: number): boolean {
+    return this.#handlers.has(handler);
+  }
+
+  /** `handler`'s frames go by the stream again. */
+  drop(handler: number): void {
+    this.#handlers.delete(handler);
+    if (!this.session && this.#byVni.get(handler & 0xffffff) === handler) {
+      this.#byVni.delete(handler & 0xffffff);
+    }
+  }
+
+  /** Whether `handler`'s frames go by UDP (the link's bypass): null leaves it to the stream. */
+  bypass = (handler: number, frame: Uint8Array): boolean | null => {
+    if (!this.#handlers.has(handler)) return null;
+    if (!this.#up) {
+      this.stats.fallbackFrames++;
+      return null;
+    }
+    this.#sending = handler;
+    clampMss(frame, this.mtu - 40);
+    const sent = prepareForWire(frame, this.mtu, this.#emit);
+    if (sent === Dropped.oversize) {
+      // IPv4 with DF, IPv6: tell the sender the path's MTU, as a router would.
+      const n = this.#tooBig.take() ? tooBigReply(frame, this.mtu, this.#reply) : 0;
+      if (n > 0) {
+        this.stats.tooBig++;
+        this.port.sink.deliver(this.number, handler, this.#reply.subarray(0, n));
+      }
+      return false;
+    }
+    return sent > 0;
+  };
+
+  #emit = (frame: Uint8Array): void => {
+    if (this.port.sendFrame(this, this.#sending, frame)) this.stats.datagramsOut++;
+  };
+
+  /** A frame that came by UDP for `handler`: clamped, and handed on. */
+  receive(handler: number, frame: Uint8Array): void {
+    this.stats.datagramsIn++;
+    clampMss(frame, this.mtu - 40);
+    this.port.sink.deliver(this.number, handler, frame);
+  }
+
+  /** The VNI's handler (plain), or -1. */
+  handlerOfVni(vni: number): number {
+    return this.#byVni.get(vni) ?? -1;
+  }
+
+  /** A keepalive from the peer: it hears us (or not). */
+  heard(now: number, hearsUs: boolean): void {
+    const before = this.#heardAt;
+    this.#heardAt = now;
+    this.#peerHearsUs = hearsUs;
+    // The first word from the peer in a while: answer at once, so that it knows we hear it.
+    if (now - before >= DOWN_AFTER_MS) this.#keepalive(now);
+    this.#judge(now);
+  }
+
+  /** Any valid datagram from the peer. */
+  alive(now: number): void {
+    this.#heardAt = now;
+  }
+
+  /** Every second or so: keepalives, whether the path is up, the session's keys, the MTU. */
+  tick(now: number): void {
+    if (now - this.#lastKeepalive >= KEEPALIVE_MS) this.#keepalive(now);
+    this.#judge(now);
+    this.session?.tick(now);
+  }
+
+  /** Reads the path's MTU again (after an EMSGSIZE, and when the path comes up). */
+  readMtu(): void {
+    let path = DEFAULT_PATH_MTU;
+    try {
+      path = this.port.socket.pathMtu(this.peer);
+    } catch {
+      // No route yet: keep the default; the next datagram finds out.
+    }
+    const outer = this.peer.ipv4 ? OUTER_IPV4 : OUTER_IPV6;
+    const inner = this.session ? OVERHEAD_BYTES + HANDLER_BYTES : VXLAN_HEADER_LENGTH;
+    this.mtu = Math.max(576, path - outer - inner - ETHERNET);
+  }
+
+  state(): UdpPathState {
+    const c = this.session?.counters;
+    return {
+      state: this.#up ? "up" : "down",
+      sealed: this.session !== null,
+      peer: this.peer.toString(),
+      mtu: this.mtu,
+      datagramsOut: this.stats.datagramsOut,
+      datagramsIn: this.stats.datagramsIn,
+      fallbackFrames: this.stats.fallbackFrames,
+      refused: this.refused +
+        (c ? c.short + c.malformed + c.unknownEpoch + c.tooOld + c.replayed + c.forged : 0),
+      tooBig: this.stats.tooBig,
+      downs: this.stats.downs,
+    };
+  }
+
+  close(): void {
+    if (!this.isOpen) return;
+    this.isOpen = false;
+    this.#up = false;
+    this.session?.close();
+  }
+
+  #keepalive(now: number): void {
+    this.#lastKeepalive = now;
+    const hears = now - this.#heardAt < DOWN_AFTER_MS ? HEARS_YOU : 0;
+    this.port.sendKeepalive(this, hears);
+  }
+
+  #judge(now: number): void {
+    const up = this.isOpen && this.#peerHearsUs && now - this.#heardAt < DOWN_AFTER_MS;
+    if (up === this.#up) return;
+    this.#up = up;
+    if (up) this.readMtu();
+    else this.stats.downs++;
+    this.port.sink.changed(
+      this.number,
+      up,
+      up
+        ? `both ways work (inner MTU ${this.mtu})`
+        : now - this.#heardAt >= DOWN_AFTER_MS
+        ? `nothing heard for ${DOWN_AFTER_MS} ms`
+        : "the peer does not hear us",
+    );
+  }
+}
+
+/** The server's UDP socket for its links, and their paths. */
+export class UdpPeerPort {
+  readonly socket: UdpSocket;
+  /** Datagrams from no link's peer, or for no handler. */
+  strangers = 0;
+  readonly #links = new Map<number, UdpPeerLink>();
+  /** Sealed: links by our session id. */
+  readonly #byId = new Map<number, UdpPeerLink>();
+  #flushing = false;
+  #open = true;
+  readonly #keepalive = new Uint8Array(64);
+
+  constructor(
+    address: string,
+    port: number,
+    readonly sink: UdpSink,
+    private readonly log: Logger,
+  ) {
+    this.socket = UdpSocket.open({
+      address,
+      port,
+      gso: true,
+      gro: true,
+      // 16 GRO buffers of up to 64 datagrams a read: 1 MiB of ours, not 4 (a Proxy with 100
+      // handlers must stay under 150 MiB). The kernel's buffers absorb bursts meanwhile.
+      receiveMessages: 16,
+      receiveBufferBytes: 4 << 20,
+      sendBufferBytes: 1 << 20,
+    });
+    poller.onReadable(this.socket.fd, this.#onReadable);
+  }
+
+  get port(): number {
+    return this.socket.port;
+  }
+
+  open(number: number, spec: UdpPathSpec, now: number): UdpPeerLink {
+    this.closeLink(number);
+    const link = new UdpPeerLink(number, spec, this, now);
+    this.#links.set(number, link);
+    if (link.session) this.#byId.set(spec.localId, link);
+    link.tick(now);
+    return link;
+  }
+
+  get(number: number): UdpPeerLink | undefined {
+    return this.#links.get(number);
+  }
+
+  links(): IterableIterator<UdpPeerLink> {
+    return this.#links.values();
+  }
+
+  closeLink(number: number): void {
+    const link = this.#links.get(number);
+    if (!link) return;
+    link.close();
+    this.#links.delete(number);
+    if (link.session && this.#byId.get(link.spec.localId) === link) {
+      this.#byId.delete(link.spec.localId);
+    }
+  }
+
+  tick(now: number): void {
+    for (const link of this.#links.values()) link.tick(now);
+  }
+
+  /** Queues one frame of `handler` to the link's peer; the batch goes out after the burst. */
+  sendFrame(link: UdpPeerLink, handler: number, frame: Uint8Array): boolean {
+    const session = link.session;
+    const size = session
+      ? OVERHEAD_BYTES + HANDLER_BYTES + frame.length
+      : VXLAN_HEADER_LENGTH + frame.length;
+    const at = this.#reserve(link.peer, size);
+    if (at < 0) return false;
+    const data = this.socket.tx.data;
+    if (session) {
+      const body = at + HEADER_BYTES;
+      data[body] = handler >>> 24;
+      data[body + 1] = handler >>> 16;
+      data[body + 2] = handler >>> 8;
+      data[body + 3] = handler;
+      data.set(frame, body + HANDLER_BYTES);
+      const plaintext = data.subarray(body, body + HANDLER_BYTES + frame.length);
+      if (session.seal(plaintext, data.subarray(at, at + size)) < 0) {
+        // The send key is spent and no new one came: the datagram is not sent.
+        this.socket.tx.count--;
+        this.socket.tx.bytes = at;
+        return false;
+      }
+    } else {
+      data.set(frame, at + VXLAN_HEADER_LENGTH);
+      encodeVxlan(data, at + VXLAN_HEADER_LENGTH, handler & 0xffffff);
+    }
+    return true;
+  }
+
+  sendKeepalive(link: UdpPeerLink, flags: number): void {
+    const k = this.#keepalive;
+    let n: number;
+    if (link.session) {
+      const body = k.subarray(HEADER_BYTES);
+      body.set([0xff, 0xff, 0xff, 0xff, flags]);
+      n = link.session.seal(body.subarray(0, 5), k);
+      if (n < 0) return;
+    } else {
+      k.set([...KEEPALIVE_MAGIC, 0, 0, 0, 0, flags], VXLAN_HEADER_LENGTH);
+      new DataView(k.buffer).setUint32(VXLAN_HEADER_LENGTH + 4, link.spec.token);
+      encodeVxlan(k, VXLAN_HEADER_LENGTH, KEEPALIVE_VNI);
+      // Padded to an Ethernet header's 14 bytes: the least a VXLAN datagram carries.
+      k.fill(0, VXLAN_HEADER_LENGTH + 9, VXLAN_HEADER_LENGTH + ETHERNET);
+      n = VXLAN_HEADER_LENGTH + ETHERNET;
+    }
+    const at = this.#reserve(link.peer, n);
+    if (at >= 0) this.socket.tx.data.set(k.subarray(0, n), at);
+  }
+
+  close(): void {
+    if (!this.#open) return;
+    this.#open = false;
+    for (const number of [...this.#links.keys()]) this.closeLink(number);
+    poller.cancel(this.socket.fd);
+    this.socket.close();
+  }
+
+  #reserve(peer: UdpAddress, size: number): number {
+    const tx = this.socket.tx;
+    let at = tx.reserve(peer, size);
+    if (at < 0) {
+      this.#flush();
+      at = tx.reserve(peer, size);
+      if (at < 0) return -1;
+    }
+    if (!this.#flushing) {
+      this.#flushing = true;
+      poller.defer(this.#flush);
+    }
+    return at;
+  }
+
+  #flush = (): void => {
+    this.#flushing = false;
+    if (!this.#open) return;
+    const tx = this.socket.tx;
+    try {
+      tx.flush();
+    } catch (e) {
+      this.log.warn("UDP send failed", { error: messageOf(e) });
+    }
+    // A datagram the path refused as too big: its link reads the MTU again.
+    for (let i = 0; i < tx.count; i++) {
+      if (tx.status[i] !== DatagramStatus.TooBig) continue;
+      for (const link of this.#links.values()) {
+        if (link.peer === tx.peerOf(i)) link.readMtu();
+      }
+    }
+    // What the kernel did not take now (a full buffer) is dropped: UDP is lossy anyway.
+    tx.clear();
+  };
+
+  #onReadable = (): void => {
+    const rx = this.socket.rx;
+    const now = performance.now();
+    try {
+      for (let round = 0; round < 8 && this.#open; round++) {
+        const n = rx.receive();
+        if (n === 0) return;
+        for (let i = 0; i < n; i++) this.#dispatch(rx.data, rx.offset[i], rx.length[i], i, now);
+      }
+    } catch (e) {
+      // Not a datagram's fault (those are counted): the socket is broken, stop reading it.
+      if (this.#open) this.log.error("UDP receive failed", { error: messageOf(e) });
+      poller.onReadable(this.socket.fd, null);
+    }
+  };
+
+  #dispatch(data: Uint8Array, at: number, length: number, i: number, now: number): void {
+    if (length >= OVERHEAD_BYTES && data[at] === SEALED_DATAGRAM_TYPE) {
+      const id = ((data[at + 4] << 24) | (data[at + 5] << 16) | (data[at + 6] << 8) |
+        data[at + 7]) >>> 0;
+      const link = this.#byId.get(id);
+      const plain = link?.session?.open(data.subarray(at, at + length));
+      if (!link || !plain) {
+        if (!link) this.strangers++;
+        return;
+      }
+      // Authentic: the peer is where it sent from (roaming, a NAT's new mapping).
+      const rx = this.socket.rx;
+      if (!rx.sourceMatches(i, link.peer)) link.peer = rx.source(i);
+      if (plain.length < HANDLER_BYTES) return;
+      const handler = ((plain[0] << 24) | (plain[1] << 16) | (plain[2] << 8) | plain[3]) >>> 0;
+      if (handler === KEEPALIVE_HANDLER) {
+        link.heard(now, plain.length > 4 && (plain[4] & HEARS_YOU) !== 0);
+        return;
+      }
+      link.alive(now);
+      link.receive(handler, plain.subarray(HANDLER_BYTES));
+      return;
+    }
+    const vni = decodeVxlan(data, at, length);
+    if (vni < 0) {
+      this.strangers++;
+      return;
+    }
+    const rx = this.socket.rx;
+    if (vni === KEEPALIVE_VNI) {
+      const k = at + VXLAN_HEADER_LENGTH;
+      if (length < VXLAN_HEADER_LENGTH + 9) return void this.strangers++;
+      for (let j = 0; j < 4; j++) {
+        if (data[k + j] !== KEEPALIVE_MAGIC[j]) return void this.strangers++;
+      }
+      const token = ((data[k + 4] << 24) | (data[k + 5] << 16) | (data[k + 6] << 8) |
+        data[k + 7]) >>> 0;
+      for (const link of this.#links.values()) {
+        if (link.session || link.spec.peerToken !== token) continue;
+        if (!rx.sourceHostMatches(i, link.peer)) continue;
+        // The peer's port as its NAT maps it now.
+        if (!rx.sourceMatches(i, link.peer)) link.peer = rx.source(i);
+        link.heard(now, (data[k + 8] & HEARS_YOU) !== 0);
+        return;
+      }
+      this.strangers++;
+      return;
+    }
+    for (const link of this.#links.values()) {
+      if (link.session || !rx.sourceMatches(i, link.peer)) continue;
+      const handler = link.handlerOfVni(vni);
+      if (handler < 0) continue;
+      if (length < VXLAN_HEADER_LENGTH + ETHERNET) break;
+      link.alive(now);
+      link.receive(handler, data.subarray(at + VXLAN_HEADER_LENGTH, at + length));
+      return;
+    }
+    this.strangers++;
+  }
+}

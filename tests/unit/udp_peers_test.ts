@@ -1,0 +1,236 @@
+/**
+ * The links' UDP paths (src/dataplane/udp_peers.ts) between two ports on 127.0.0.1: the
+ * keepalives bring a path up, frames cross it plain (VXLAN) and sealed, and what a stranger or
+ * a forger sends is counted and never handed on.
+ */
+import { assert, assertEquals } from "./assert.ts";
+import { type UdpPathSpec, UdpPeerPort } from "../../src/dataplane/udp_peers.ts";
+import { deriveSessionKeys, EphemeralKeyPair } from "../../src/link/udp/keys.ts";
+import { UdpSocket } from "../../src/io/udp_socket.ts";
+import { Logger } from "../../src/log.ts";
+
+const LINK = 7;
+const HANDLER = 0x0a0b0c0d;
+
+interface End {
+  port: UdpPeerPort;
+  delivered: { link: number; handler: number; frame: Uint8Array }[];
+  changes: boolean[];
+}
+
+function end(): End {
+  const e: End = { port: null!, delivered: [], changes: [] };
+  e.port = new UdpPeerPort("127.0.0.1", 0, {
+    deliver: (link, handler, frame) => e.delivered.push({ link, handler, frame: frame.slice() }),
+    changed: (_link, up) => e.changes.push(up),
+  }, new Logger());
+  return e;
+}
+
+/** Two ends with a path between them, plain or sealed (keys as the link would agree them). */
+function pair(sealed: boolean): { a: End; b: End } {
+  const a = end(), b = end();
+  let keysA = null, keysB = null;
+  if (sealed) {
+    const linkSecret = crypto.getRandomValues(new Uint8Array(32));
+    const ea = new EphemeralKeyPair(), eb = new EphemeralKeyPair();
+    const pa = ea.publicKey.slice(), pb = eb.publicKey.slice();
+    const aead = "chacha20poly1305";
+    keysA = deriveSessionKeys({
+      role: "dialer",
+      aead,
+      epoch: 0,
+      linkSecret,
+      ephemeral: ea,
+      peerPublic: pb,
+    });
+    keysB = deriveSessionKeys({
+      role: "acceptor",
+      aead,
+      epoch: 0,
+      linkSecret,
+      ephemeral: eb,
+      peerPublic: pa,
+    });
+  }
+  const spec = (keys: typeof keysA, port: number, mine: number, theirs: number): UdpPathSpec => ({
+    host: "127.0.0.1",
+    port,
+    keys,
+    localId: mine,
+    peerId: theirs,
+    token: mine,
+    peerToken: theirs,
+  });
+  const now = performance.now();
+  a.port.open(LINK, spec(keysA, b.port.port, 111, 222), now).carry(HANDLER);
+  b.port.open(LINK, spec(keysB, a.port.port, 222, 111), now).carry(HANDLER);
+  return { a, b };
+}
+
+/** Runs the poller's turns until `done` holds (the ports' reads and deferred sends). */
+async function until(what: string, done: () => boolean): Promise<void> {
+  const deadline = performance.now() + 5000;
+  while (!done()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function frame(n: number, length = 100): Uint8Array {
+  const f = new Uint8Array(length);
+  f.set([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x88, 0xb5]);
+  for (let i = 14; i < length; i++) f[i] = (n + i) & 0xff;
+  return f;
+}
+
+function close(...ends: End[]): void {
+  for (const e of ends) e.port.close();
+}
+
+for (const sealed of [false, true]) {
+  const kind = sealed ? "sealed" : "plain VXLAN";
+  Deno.test(`udp path (${kind}): keepalives bring it up, frames cross both ways`, async () => {
+    const { a, b } = pair(sealed);
+    try {
+      await until("both ends up", () => a.port.get(LINK)!.up && b.port.get(LINK)!.up);
+      assertEquals(a.changes, [true]);
+      for (let n = 0; n < 20; n++) {
+        assertEquals(a.port.get(LINK)!.bypass(HANDLER, frame(n)), true);
+      }
+      assertEquals(b.port.get(LINK)!.bypass(HANDLER, frame(99)), true);
+      await until(
+        "20 frames at b, 1 at a",
+        () => b.delivered.length === 20 && a.delivered.length === 1,
+      );
+      for (let n = 0; n < 20; n++) {
+        assertEquals(b.delivered[n], { link: LINK, handler: HANDLER, frame: frame(n) });
+      }
+      // A handler the path does not carry stays on the link's stream.
+      assertEquals(a.port.get(LINK)!.bypass(HANDLER + 1, frame(0)), null);
+      assertEquals(a.port.get(LINK)!.state().sealed, sealed);
+    } finally {
+      close(a, b);
+    }
+  });
+
+  Deno.test(`udp path (${kind}): strangers, forgeries and replays are counted, never handed on`, async () => {
+    const { a, b } = pair(sealed);
+    const stranger = UdpSocket.open({ address: "127.0.0.1", port: 0 });
+    try {
+      await until("both ends up", () => a.port.get(LINK)!.up && b.port.get(LINK)!.up);
+      // Catch what a sends b: a real datagram to replay and tamper with.
+      const spy = UdpSocket.open({ address: "127.0.0.1", port: 0 });
+      const realPeer = a.port.get(LINK)!.peer;
+      a.port.get(LINK)!.peer = a.port.socket.peer("127.0.0.1", spy.port);
+      a.port.get(LINK)!.bypass(HANDLER, frame(1));
+      await until("the spy to catch a datagram", () => spy.rx.receive() > 0);
+      const caught = spy.rx.data.slice(spy.rx.offset[0], spy.rx.offset[0] + spy.rx.length[0]);
+      spy.close();
+      a.port.get(LINK)!.peer = realPeer;
+      const to = stranger.peer("127.0.0.1", b.port.port);
+      const hostile: Uint8Array[] = [
+        crypto.getRandomValues(new Uint8Array(200)),
+        new Uint8Array(0),
+        caught.subarray(0, 20),
+      ];
+      for (let i = 0; i < 50; i++) {
+        const flipped = caught.slice();
+        flipped[Math.floor(Math.random() * flipped.length)] ^= 1 << (i % 8);
+        hostile.push(flipped);
+      }
+      for (const d of hostile) stranger.sendTo(to, d);
+      // The caught datagram from a stranger's address: sealed, it is genuine (once); plain, it
+      // comes from the wrong address.
+      stranger.sendTo(to, caught);
+      stranger.sendTo(to, caught);
+      const before = b.port.get(LINK)!.state().refused + b.port.strangers;
+      await until(
+        "b to count them",
+        () => b.port.get(LINK)!.state().refused + b.port.strangers >= before + hostile.length,
+      );
+      const genuine = b.delivered.filter((d) => d.frame.length === 100);
+      assert(genuine.length <= 1, `${genuine.length} datagrams handed on`);
+      if (genuine.length === 1) assertEquals(genuine[0].frame, frame(1));
+      // Whatever a stranger sent, the path still works.
+      await until("b still up", () => b.port.get(LINK)!.up);
+    } finally {
+      stranger.close();
+      close(a, b);
+    }
+  });
+}
+
+Deno.test("udp path: silence takes it down, and frames go back to the link's stream", async () => {
+  const { a, b } = pair(true);
+  try {
+    await until("both ends up", () => a.port.get(LINK)!.up && b.port.get(LINK)!.up);
+    b.port.close();
+    // Four seconds on a's clock without a word from b.
+    a.port.get(LINK)!.tick(performance.now() + 4000);
+    assertEquals(a.port.get(LINK)!.up, false);
+    assertEquals(a.changes, [true, false]);
+    assertEquals(a.port.get(LINK)!.bypass(HANDLER, frame(0)), null);
+    assertEquals(a.port.get(LINK)!.state().fallbackFrames, 1);
+  } finally {
+    close(a, b);
+  }
+});
+
+Deno.test("udp path (sealed): a new epoch's keys, installed as the link agrees them", async () => {
+  const a = end(), b = end();
+  const linkSecret = crypto.getRandomValues(new Uint8Array(32));
+  const aead = "chacha20poly1305";
+  const keys = (epoch: number) => {
+    const ea = new EphemeralKeyPair(), eb = new EphemeralKeyPair();
+    const pa = ea.publicKey.slice(), pb = eb.publicKey.slice();
+    return {
+      a: deriveSessionKeys({
+        role: "dialer",
+        aead,
+        epoch,
+        linkSecret,
+        ephemeral: ea,
+        peerPublic: pb,
+      }),
+      b: deriveSessionKeys({
+        role: "acceptor",
+        aead,
+        epoch,
+        linkSecret,
+        ephemeral: eb,
+        peerPublic: pa,
+      }),
+    };
+  };
+  const first = keys(0);
+  const now = performance.now();
+  const spec = (k: typeof first.a, port: number, mine: number, theirs: number) => ({
+    host: "127.0.0.1",
+    port,
+    keys: k,
+    localId: mine,
+    peerId: theirs,
+    token: 0,
+    peerToken: 0,
+  });
+  a.port.open(LINK, spec(first.a, b.port.port, 1, 2), now).carry(HANDLER);
+  b.port.open(LINK, spec(first.b, a.port.port, 2, 1), now).carry(HANDLER);
+  try {
+    await until("both ends up", () => a.port.get(LINK)!.up && b.port.get(LINK)!.up);
+    const next = keys(1);
+    // The acceptor answers first: it opens with the new keys at once, seals with the old ones.
+    b.port.get(LINK)!.session!.rekey(next.b, performance.now(), { peerHasKeys: false });
+    a.port.get(LINK)!.session!.rekey(next.a, performance.now(), { peerHasKeys: true });
+    assertEquals(a.port.get(LINK)!.session!.epoch, 1);
+    a.port.get(LINK)!.bypass(HANDLER, frame(1));
+    await until("b to get the frame", () => b.delivered.length === 1);
+    // Seen under the new epoch, b seals with it too.
+    assertEquals(b.port.get(LINK)!.session!.epoch, 1);
+    b.port.get(LINK)!.bypass(HANDLER, frame(2));
+    await until("a to get the answer", () => a.delivered.length === 1);
+    assertEquals(a.delivered[0].frame, frame(2));
+  } finally {
+    close(a, b);
+  }
+});
