@@ -10,13 +10,18 @@
  *                    vmif0, so frames take the very same veths and WAN switch as the tunnels, but
  *                    are forwarded by Linux bridges instead of a userspace tunnel. --rate shapes
  *                    it like the others. No tunnel processes, so no CPU figure.
- *   vnet             vnet servers on proxy and host, one handler lan0 <-> vmif0, plain TCP,
- *                    default injector (the GSO packet socket on Linux).
- *   vnet-tls         the same with --tls-cert/--tls-key/--tls-ca (certificates from `vnet cert`).
+ *   vnet             vnet servers on proxy and host, one handler lan0 <-> vmif0, plain TCP link,
+ *                    default injector (the GSO packet socket on Linux), default transport (auto:
+ *                    frames by the link's UDP path, plain VXLAN).
+ *   vnet-tcp         the same with --transport tcp: frames by the link itself.
+ *   vnet-tls         with --tls-cert/--tls-key/--tls-ca (certificates from `vnet cert`): frames
+ *                    by a sealed UDP path (AES-256-GCM).
+ *   vnet-tls-tcp     the same with --transport tcp: frames by the TLS link.
  *   vnet-libnet      `vnet` with --injector libnet: what the GSO injector buys.
  *   openvpn-tcp      OpenVPN 2.6 p2p over TCP, TAP: tap0 bridged with lan0 in the proxy and with
  *                    vmif0 in the host; no TLS, no cipher, no auth (plaintext, like `vnet`).
  *   openvpn-tcp-tls  the same with TLS (the same ECDSA P-256 certificates) and AES-256-GCM.
+ *   openvpn-udp-tls  OpenVPN over UDP with TLS and AES-256-GCM.
  *
  * Every configuration is measured twice per run (--offloads both, the default): with the veths'
  * offloads on (as Linux sets them: GSO super-frames of up to 64 KB cross whole), and with them off
@@ -56,10 +61,13 @@ import { percentile, pingTimes } from "../lab/ping.ts";
 export const CONFIGS = [
   "direct",
   "vnet",
+  "vnet-tcp",
   "vnet-tls",
+  "vnet-tls-tcp",
   "vnet-libnet",
   "openvpn-tcp",
   "openvpn-tcp-tls",
+  "openvpn-udp-tls",
 ] as const;
 export type Config = typeof CONFIGS[number];
 
@@ -292,7 +300,7 @@ async function startVnet(
   };
 }
 
-async function startOpenvpn(topo: Topology, tls: boolean): Promise<Active> {
+async function startOpenvpn(topo: Topology, tls: boolean, udp = false): Promise<Active> {
   const { proxy, host } = topo.ns;
   const procs: Proc[] = [];
   const stop = async () => {
@@ -310,7 +318,8 @@ async function startOpenvpn(topo: Topology, tls: boolean): Promise<Active> {
     }
     // Stock OpenVPN, tuned only as a careful admin would for a TAP bridge: TCP_NODELAY (vnet sets
     // it too), no DCO (it has no TAP support anyway), the tap devices made and bridged above.
-    const common = ["--dev", "tap0", "--dev-type", "tap", "--disable-dco", "--tcp-nodelay"];
+    const common = ["--dev", "tap0", "--dev-type", "tap", "--disable-dco"];
+    if (!udp) common.push("--tcp-nodelay");
     common.push("--verb", "3", "--ping", "5", "--ping-exit", "60");
     let crypto: (role: "proxy" | "host") => string[];
     if (tls) {
@@ -338,7 +347,7 @@ async function startOpenvpn(topo: Topology, tls: boolean): Promise<Active> {
       "openvpn",
       ...common,
       "--proto",
-      "tcp-server",
+      udp ? "udp" : "tcp-server",
       "--local",
       WAN.proxy,
       "--lport",
@@ -348,14 +357,14 @@ async function startOpenvpn(topo: Topology, tls: boolean): Promise<Active> {
     procs.push(server);
     topo.procs.push(server);
     await server.waitForLine(
-      /TCPv4_SERVER link local \(bound\)|Listening for incoming TCP/,
+      /TCPv4_SERVER link local \(bound\)|Listening for incoming TCP|UDPv4 link local/,
       15_000,
     );
     const client = spawn(host, [
       "openvpn",
       ...common,
       "--proto",
-      "tcp-client",
+      udp ? "udp" : "tcp-client",
       "--remote",
       WAN.proxy,
       OVPN_PORT,
@@ -385,14 +394,20 @@ export function start(topo: Topology, c: Config): Promise<Active> {
       return startDirect(topo);
     case "vnet":
       return startVnet(topo, false);
+    case "vnet-tcp":
+      return startVnet(topo, false, ["--transport", "tcp"]);
     case "vnet-tls":
       return startVnet(topo, true);
+    case "vnet-tls-tcp":
+      return startVnet(topo, true, ["--transport", "tcp"]);
     case "vnet-libnet":
       return startVnet(topo, false, ["--injector", "libnet"]);
     case "openvpn-tcp":
       return startOpenvpn(topo, false);
     case "openvpn-tcp-tls":
       return startOpenvpn(topo, true);
+    case "openvpn-udp-tls":
+      return startOpenvpn(topo, true, true);
   }
 }
 
@@ -692,16 +707,21 @@ function medians(records: RunRecord[], configs: readonly Config[]): Medians {
 const RATIOS: [string, Config, Config][] = [
   ["vnet/ovpn", "vnet", "openvpn-tcp"],
   ["tls/ovpntls", "vnet-tls", "openvpn-tcp-tls"],
+  ["udp/tcp", "vnet", "vnet-tcp"],
+  ["tls/ovpnudp", "vnet-tls", "openvpn-udp-tls"],
   ["vnet/direct", "vnet", "direct"],
 ];
 
 const SHORT: Record<Config, string> = {
   "direct": "direct",
   "vnet": "vnet",
+  "vnet-tcp": "vnet-tcp",
   "vnet-tls": "vnet-tls",
+  "vnet-tls-tcp": "tls-tcp",
   "vnet-libnet": "vnet-libnet",
   "openvpn-tcp": "ovpn-tcp",
   "openvpn-tcp-tls": "ovpn-tls",
+  "openvpn-udp-tls": "ovpn-udp",
 };
 
 function table(m: Medians, configs: readonly Config[]): string {

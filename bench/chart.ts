@@ -9,12 +9,13 @@ export type Medians = Record<string, Record<string, number | null>>;
 const COLORS: Record<string, string> = {
   "direct": "#9e9e9e",
   "vnet": "#1f77b4",
+  "vnet-tcp": "#17becf",
   "vnet-tls": "#0b3d91",
-  "vnet-pool": "#17becf",
-  "vnet-tls-pool": "#0e6e78",
+  "vnet-tls-tcp": "#0e6e78",
   "vnet-libnet": "#7fb3e0",
   "openvpn-tcp": "#ff9f40",
   "openvpn-tcp-tls": "#c75000",
+  "openvpn-udp-tls": "#8c564b",
 };
 
 const PANELS: [metric: string, title: string, better: "higher" | "lower"][] = [

@@ -8,8 +8,11 @@
  *                            [--vnet-args "ARGS"] [--out FILE]
  *
  * Configurations:
- *   vnet         vnet servers on Proxy and Host, one handler lan0 <-> vmif0, plain TCP link
- *   vnet-tls     the same over TLS
+ *   vnet         vnet servers on Proxy and Host, one handler lan0 <-> vmif0, plain TCP link,
+ *                the default transport (auto: frames by the link's UDP path, plain VXLAN)
+ *   vnet-tcp     the same with --transport tcp: frames by the link itself
+ *   vnet-tls     over TLS (auto: frames by a sealed UDP path)
+ *   vnet-tls-tcp over TLS with --transport tcp
  *   openvpn-udp  OpenVPN 2.6 p2p TAP over UDP, stock (no cipher, like `vnet`), tap0 bridged
  *                with lan0 in the Proxy and with vmif0 in the Host
  *
@@ -36,7 +39,7 @@ import { installWan } from "../lab/delay_line.ts";
 import { percentile, pingTimes } from "../lab/ping.ts";
 import { pickConfigs, start } from "./bench.ts";
 
-const CONFIGS = ["vnet", "vnet-tls", "openvpn-udp"] as const;
+const CONFIGS = ["vnet", "vnet-tcp", "vnet-tls", "vnet-tls-tcp", "openvpn-udp"] as const;
 type WanConfig = typeof CONFIGS[number];
 
 const VM_IP = "10.77.0.60";
@@ -180,12 +183,15 @@ let certDir: string | undefined;
 
 async function startConfig(topo: Topology, c: WanConfig, o: Options): Promise<Active> {
   if (c === "openvpn-udp") return await startOpenvpnUdp(topo);
-  if (o.vnetArgs.length === 0) return await start(topo, c);
+  const tcp = c.endsWith("-tcp");
+  const tls = c.startsWith("vnet-tls");
+  if (o.vnetArgs.length === 0 && !tcp) return await start(topo, c as "vnet" | "vnet-tls");
   // bench.ts's start() takes no extra server arguments: start the servers here.
   certDir ??= await topo.makeCerts();
-  topo.tlsDir = c === "vnet-tls" ? certDir : undefined;
+  topo.tlsDir = tls ? certDir : undefined;
+  const extraArgs = [...o.vnetArgs, ...(tcp ? ["--transport", "tcp"] : [])];
   try {
-    await topo.startServers({ tls: c === "vnet-tls", logLevel: "info", extraArgs: o.vnetArgs });
+    await topo.startServers({ tls, logLevel: "info", extraArgs });
     await topo.createHandler();
   } catch (e) {
     await topo.stopServers();
