@@ -157,6 +157,26 @@ export const LIBNET: LibrarySpec = {
     "Debian/Ubuntu: apt-get install libnet1; Fedora: dnf install libnet; macOS: brew install libnet",
 };
 
+/** libsodium: the encrypted UDP transport's AEADs, X25519 and HMAC (ffi/sodium.ts). */
+export const LIBSODIUM: LibrarySpec = {
+  name: "libsodium",
+  envVar: "VNET_LIBSODIUM",
+  candidates: {
+    linux: ["libsodium.so.23", "libsodium.so.26", "libsodium.so"],
+    darwin: [
+      "libsodium.26.dylib",
+      "libsodium.23.dylib",
+      "libsodium.dylib",
+      "/opt/homebrew/opt/libsodium/lib/libsodium.dylib",
+      "/usr/local/opt/libsodium/lib/libsodium.dylib",
+    ],
+    windows: ["libsodium.dll"],
+    default: ["libsodium.so.23", "libsodium.so.26", "libsodium.so"],
+  },
+  install:
+    "Debian/Ubuntu: apt-get install libsodium23; Fedora: dnf install libsodium; macOS: brew install libsodium",
+};
+
 export const LIBC: LibrarySpec = {
   name: "libc",
   candidates: {

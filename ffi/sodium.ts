@@ -16,26 +16,7 @@
  * (`*_statebytes()`), and no field is ever read, so they have no entry in ffi/layout.ts.
  */
 import { LibraryError } from "./errors.ts";
-import { lazyLibrary, type LibrarySpec } from "./load.ts";
-
-export const LIBSODIUM: LibrarySpec = {
-  name: "libsodium",
-  envVar: "VNET_LIBSODIUM",
-  candidates: {
-    linux: ["libsodium.so.23", "libsodium.so.26", "libsodium.so"],
-    darwin: [
-      "libsodium.26.dylib",
-      "libsodium.23.dylib",
-      "libsodium.dylib",
-      "/opt/homebrew/opt/libsodium/lib/libsodium.dylib",
-      "/usr/local/opt/libsodium/lib/libsodium.dylib",
-    ],
-    windows: ["libsodium.dll"],
-    default: ["libsodium.so.23", "libsodium.so.26", "libsodium.so"],
-  },
-  install:
-    "Debian/Ubuntu: apt-get install libsodium23; Fedora: dnf install libsodium; macOS: brew install libsodium",
-};
+import { lazyLibrary, LIBSODIUM } from "./load.ts";
 
 const symbols = {
   // int sodium_init(void);

@@ -33,7 +33,7 @@
  * Everything here is pure: no allocation, no clock but the token bucket's.
  */
 
-import { internetChecksum } from "./offload.ts";
+import { fold, internetChecksum } from "./offload.ts";
 import {
   ETHERTYPE_IPV4,
   ETHERTYPE_IPV6,
@@ -147,12 +147,6 @@ function replaceWord(f: Uint8Array, ck: number, m: number, m1: number): void {
 
 function swap16(v: number): number {
   return ((v & 0xff) << 8) | (v >>> 8);
-}
-
-/** Folds a sum of 16-bit words to 16 bits with end-around carry. */
-function fold(sum: number): number {
-  while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
-  return sum;
 }
 
 // ---------------------------------------------------------------------------------------------

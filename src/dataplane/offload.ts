@@ -13,6 +13,7 @@
  */
 
 import { type GsoFrame } from "./ports.ts";
+import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, etherTypeAt, networkOffset } from "./headers.ts";
 
 /**
  * What `prepareForWire` returns for a frame it dropped: negative, so that any result above 0 is
@@ -26,11 +27,6 @@ export const Dropped = {
 } as const;
 export type DropReason = keyof typeof Dropped;
 
-const ETH_HLEN = 14;
-const ETH_P_IPV4 = 0x0800;
-const ETH_P_IPV6 = 0x86dd;
-const ETH_P_8021Q = 0x8100;
-const ETH_P_8021AD = 0x88a8;
 const IPPROTO_TCP = 6;
 const IPPROTO_UDP = 17;
 const IPV6_HOPOPTS = 0;
@@ -82,7 +78,7 @@ function sumBytes(dv: DataView<ArrayBufferLike>, start: number, end: number): nu
 }
 
 /** Folds a non-negative sum of 16-bit words to 0..0xffff with end-around carry. */
-function fold(sum: number): number {
+export function fold(sum: number): number {
   return sum === 0 ? 0 : ((sum - 1) % 65535) + 1;
 }
 
@@ -208,19 +204,13 @@ export function prepareForWire(
   emit: (frame: Uint8Array) => void,
   gso?: GsoEmit,
 ): number {
-  const len = frame.length;
-  if (len < ETH_HLEN) return Dropped.malformed;
-  let l3 = ETH_HLEN;
-  let type = (frame[12] << 8) | frame[13];
-  if (type === ETH_P_8021Q || type === ETH_P_8021AD) {
-    if (len < l3 + 4) return Dropped.malformed;
-    type = (frame[16] << 8) | frame[17];
-    l3 += 4;
-  }
-  if (type === ETH_P_IPV4) return ipv4(frame, l3, mtu, emit, gso);
-  if (type === ETH_P_IPV6) return ipv6(frame, l3, mtu, emit, gso);
+  const l3 = networkOffset(frame);
+  if (l3 === 0) return Dropped.malformed;
+  const type = etherTypeAt(frame, l3);
+  if (type === ETHERTYPE_IPV4) return ipv4(frame, l3, mtu, emit, gso);
+  if (type === ETHERTYPE_IPV6) return ipv6(frame, l3, mtu, emit, gso);
   // Anything else (ARP, 802.3/LLC, 0x88b5, a second VLAN tag, ...) goes out untouched.
-  if (len - l3 > mtu) return Dropped.oversize;
+  if (frame.length - l3 > mtu) return Dropped.oversize;
   emit(frame);
   return 1;
 }

@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { candidatesFor } from "../../ffi/load.ts";
-import { LIBSODIUM, sodium, sodiumVersion } from "../../ffi/sodium.ts";
+import { sodium, sodiumVersion } from "../../ffi/sodium.ts";
+import { candidatesFor, LIBSODIUM } from "../../ffi/load.ts";
 
 const root = new URL("../../", import.meta.url);
 
