@@ -149,6 +149,8 @@ export class Link {
   #events: LinkEvents;
   #log: Logger;
   #open = true;
+  /** Why the link closed: what a request made afterwards is told. */
+  #closedBecause: string | null = null;
 
   /** What waits to be written (send_queue.ts). */
   #queue: SendQueue;
@@ -250,7 +252,12 @@ export class Link {
   ): Promise<Record<string, unknown>> {
     if (!this.#open) {
       return Promise.reject(
-        new VnetError(`link to ${this.remote} is down`, { code: ErrorCode.Unreachable }),
+        new VnetError(
+          this.#closedBecause === null
+            ? `link to ${this.remote} is down`
+            : `link to ${this.remote} closed: ${this.#closedBecause}`,
+          { code: ErrorCode.Unreachable },
+        ),
       );
     }
     const id = this.#nextRequest++;
@@ -276,6 +283,7 @@ export class Link {
   close(reason: string, notifyPeer?: string): void {
     if (!this.#open) return;
     this.#open = false;
+    this.#closedBecause = reason;
     this.#queue.stop();
     clearInterval(this.#watchdog);
     for (const [, p] of this.#pending) {
