@@ -240,6 +240,10 @@ export class Forwarder {
         this.#udp ??= new UdpPeerPort(command.bind, command.port, {
           deliver: (link, handler, frame) => this.fromLink(link, handler, frame),
           changed: (link, up, why) => this.emit({ event: "udp", link, up, why }),
+          cut: (handler, extra) => {
+            const counters = this.#handlers.get(handler)?.counters;
+            if (counters) counters.toPeer.frames += extra;
+          },
         }, this.log);
         return this.#udp.port;
       }

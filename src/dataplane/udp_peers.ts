@@ -74,6 +74,11 @@ export interface UdpSink {
   deliver(link: number, handler: number, frame: Uint8Array): void;
   /** The path went up or down (frames moved to or from the stream). */
   changed(link: number, up: boolean, why: string): void;
+  /**
+   * A frame of `handler`'s was cut into `extra` + 1 to fit the path: the sender counts what
+   * the peer will receive, so that one end's frames out are the other's frames in.
+   */
+  cut(handler: number, extra: number): void;
 }
 
 /** What `open` needs of a link's UDP path, as the two servers agreed it over the link. */
@@ -198,6 +203,7 @@ export class UdpPeerLink {
       }
       return false;
     }
+    if (sent > 1) this.port.sink.cut(handler, sent - 1);
     return sent > 0;
   };
 

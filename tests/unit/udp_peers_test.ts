@@ -23,6 +23,7 @@ function end(): End {
   e.port = new UdpPeerPort("127.0.0.1", 0, {
     deliver: (link, handler, frame) => e.delivered.push({ link, handler, frame: frame.slice() }),
     changed: (_link, up) => e.changes.push(up),
+    cut: () => {},
   }, new Logger());
   return e;
 }
