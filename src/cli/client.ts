@@ -620,7 +620,8 @@ export function handlerTable(
   const udpText = (h: ListedHandler) => {
     const udp = h.link.udp;
     if (!udp) return "";
-    return udp.state === "up" ? ` udp mtu ${udp.mtu}` : " udp down (by the link)";
+    const loss = udp.lossPercent ? ` loss ${udp.lossPercent}%` : "";
+    return udp.state === "up" ? ` udp mtu ${udp.mtu}${loss}` : " udp down (by the link)";
   };
   const linkText = (h: ListedHandler) =>
     h.link.state + (h.link.tls ? "+tls" : "") + udpText(h) +

@@ -12,13 +12,16 @@
  * Datagrams:
  *   - plain (the link is plain TCP): VXLAN (RFC 7348), 8 bytes of header and the Ethernet frame,
  *     the VNI the handler number's low 24 bits. VNI 0 carries VNET's keepalive:
- *     "VNKA", the link's token (u32, agreed over the link), flags (u8), zeros to 14 bytes.
+ *     "VNKA", the link's token (u32, agreed over the link), flags (u8), a sequence number
+ *     (u32), a zero: 14 bytes.
  *     A datagram is taken only from the link's peer address; a keepalive with the token from the
  *     peer's IP address and another port moves the port (NAT rebinding).
  *   - sealed (TLS or ssh links): link/udp/session.ts's 16-byte header, then, sealed, the
- *     handler number (u32) and the frame; handler 0xffffffff is the keepalive, with flags (u8).
+ *     handler number (u32) and the frame; handler 0xffffffff is the keepalive, with flags (u8)
+ *     and a sequence number (u32).
  *     An authenticated datagram from a new address moves the peer there (roaming).
- *   Keepalive flags: bit 0, "I have heard you lately".
+ *   Keepalive flags: bit 0, "I have heard you lately". The gaps in the sequence numbers give the
+ *   path's loss (`list`).
  *
  * Is the path usable? Each side sends a keepalive every KEEPALIVE_MS; a side sends frames by
  * UDP while it has heard the peer within DOWN_AFTER_MS and the peer's last keepalive says it
@@ -63,6 +66,8 @@ const OUTER_IPV4 = 20 + 8;
 const OUTER_IPV6 = 40 + 8;
 const ETHERNET = 14;
 const HANDLER_BYTES = 4;
+/** Keepalives one loss figure is made of. */
+const LOSS_WINDOW = 30;
 /** ICMP "too big" answers per second and link. */
 const TOO_BIG_PER_SECOND = 100;
 /** The path MTU assumed until the kernel says otherwise. */
@@ -111,6 +116,8 @@ export interface UdpPathState {
   tooBig: number;
   /** Times the path went down. */
   downs: number;
+  /** Keepalives from the peer lost on the way over the last 30 s, in percent; null: not yet. */
+  lossPercent: number | null;
 }
 
 /** One link's UDP path. */
@@ -129,6 +136,11 @@ export class UdpPeerLink {
   #peerHearsUs = false;
   #up = false;
   #lastKeepalive = -Infinity;
+  #keepalivesSent = 0;
+  #lastSeq = -1;
+  #window = { expected: 0, received: 0 };
+  /** Keepalives lost on the way here over the last window, in percent (null: not known yet). */
+  lossPercent: number | null = null;
   readonly #tooBig = new TokenBucket(TOO_BIG_PER_SECOND, TOO_BIG_PER_SECOND);
   readonly #reply = new Uint8Array(TOO_BIG_REPLY_MAX);
   /** The handler of the frame being sent (prepareForWire's emit has no room for it). */
@@ -223,8 +235,9 @@ export class UdpPeerLink {
     return this.#byVni.get(vni) ?? -1;
   }
 
-  /** A keepalive from the peer: it hears us (or not). */
-  heard(now: number, hearsUs: boolean): void {
+  /** A keepalive from the peer (its `seq`-th): it hears us (or not). */
+  heard(now: number, hearsUs: boolean, seq: number): void {
+    this.#countLoss(seq);
     const before = this.#heardAt;
     this.#heardAt = now;
     this.#peerHearsUs = hearsUs;
@@ -272,6 +285,7 @@ export class UdpPeerLink {
         (c ? c.short + c.malformed + c.unknownEpoch + c.tooOld + c.replayed + c.forged : 0),
       tooBig: this.stats.tooBig,
       downs: this.stats.downs,
+      lossPercent: this.lossPercent,
     };
   }
 
@@ -285,7 +299,24 @@ export class UdpPeerLink {
   #keepalive(now: number): void {
     this.#lastKeepalive = now;
     const hears = now - this.#heardAt < DOWN_AFTER_MS ? HEARS_YOU : 0;
-    this.port.sendKeepalive(this, hears);
+    this.port.sendKeepalive(this, hears, this.#keepalivesSent++);
+  }
+
+  /**
+   * The path's loss, from the gaps in the peer's keepalive numbers over windows of
+   * LOSS_WINDOW: a datagram in the same queues as the frames, once a second.
+   */
+  #countLoss(seq: number): void {
+    const last = this.#lastSeq;
+    this.#lastSeq = Math.max(last, seq);
+    if (last < 0 || seq <= last) return; // the first, or one that came late: no gap to count
+    this.#window.expected += seq - last;
+    this.#window.received += 1;
+    if (this.#window.expected >= LOSS_WINDOW) {
+      const { expected, received } = this.#window;
+      this.lossPercent = Math.round(1000 * (1 - received / expected)) / 10;
+      this.#window = { expected: 0, received: 0 };
+    }
   }
 
   #judge(now: number): void {
@@ -403,20 +434,24 @@ export class UdpPeerPort {
     return true;
   }
 
-  sendKeepalive(link: UdpPeerLink, flags: number): void {
+  sendKeepalive(link: UdpPeerLink, flags: number, seq: number): void {
     const k = this.#keepalive;
+    const view = new DataView(k.buffer);
     let n: number;
     if (link.session) {
       const body = k.subarray(HEADER_BYTES);
       body.set([0xff, 0xff, 0xff, 0xff, flags]);
-      n = link.session.seal(body.subarray(0, 5), k);
+      view.setUint32(HEADER_BYTES + 5, seq);
+      n = link.session.seal(body.subarray(0, 9), k);
       if (n < 0) return;
     } else {
       k.set([...KEEPALIVE_MAGIC, 0, 0, 0, 0, flags], VXLAN_HEADER_LENGTH);
-      new DataView(k.buffer).setUint32(VXLAN_HEADER_LENGTH + 4, link.spec.token);
+      view.setUint32(VXLAN_HEADER_LENGTH + 4, link.spec.token);
       encodeVxlan(k, VXLAN_HEADER_LENGTH, KEEPALIVE_VNI);
-      // Padded to an Ethernet header's 14 bytes: the least a VXLAN datagram carries.
-      k.fill(0, VXLAN_HEADER_LENGTH + 9, VXLAN_HEADER_LENGTH + ETHERNET);
+      // The sequence number, then zeros to an Ethernet header's 14 bytes: the least a VXLAN
+      // datagram carries.
+      view.setUint32(VXLAN_HEADER_LENGTH + 9, seq);
+      k[VXLAN_HEADER_LENGTH + 13] = 0;
       n = VXLAN_HEADER_LENGTH + ETHERNET;
     }
     const at = this.#reserve(link.peer, n);
@@ -498,7 +533,9 @@ export class UdpPeerPort {
       if (plain.length < HANDLER_BYTES) return;
       const handler = ((plain[0] << 24) | (plain[1] << 16) | (plain[2] << 8) | plain[3]) >>> 0;
       if (handler === KEEPALIVE_HANDLER) {
-        link.heard(now, plain.length > 4 && (plain[4] & HEARS_YOU) !== 0);
+        if (plain.length < 9) return;
+        const seq = ((plain[5] << 24) | (plain[6] << 16) | (plain[7] << 8) | plain[8]) >>> 0;
+        link.heard(now, (plain[4] & HEARS_YOU) !== 0, seq);
         return;
       }
       link.alive(now);
@@ -524,7 +561,9 @@ export class UdpPeerPort {
         if (!rx.sourceHostMatches(i, link.peer)) continue;
         // The peer's port as its NAT maps it now.
         if (!rx.sourceMatches(i, link.peer)) link.peer = rx.source(i);
-        link.heard(now, (data[k + 8] & HEARS_YOU) !== 0);
+        const seq = ((data[k + 9] << 24) | (data[k + 10] << 16) | (data[k + 11] << 8) |
+          data[k + 12]) >>> 0;
+        link.heard(now, (data[k + 8] & HEARS_YOU) !== 0, seq);
         return;
       }
       this.strangers++;

@@ -147,6 +147,11 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
       "counter",
       "Frames sent by the link's stream because the UDP path was down.",
     ),
+    udpLoss: new Family(
+      "vnet_handler_udp_path_loss_ratio",
+      "gauge",
+      "Share of the peer's keepalives lost on the UDP path over the last 30 s.",
+    ),
     udpRefused: new Family(
       "vnet_handler_udp_path_refused_total",
       "counter",
@@ -183,6 +188,7 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
       f.udpDatagrams.add({ ...l, direction: "from_peer" }, udp.datagramsIn);
       f.udpFallback.add(l, udp.fallbackFrames);
       f.udpRefused.add(l, udp.refused);
+      if (udp.lossPercent !== null) f.udpLoss.add(l, udp.lossPercent / 100);
     }
     if (h.dataPathSocket) {
       f.ownSocket.add({ ...l, direction: "to_peer" }, h.dataPathSocket.out);

@@ -235,3 +235,20 @@ Deno.test("udp path (sealed): a new epoch's keys, installed as the link agrees t
     close(a, b);
   }
 });
+
+Deno.test("udp path: the gaps in the peer's keepalive numbers give the path's loss", () => {
+  const { a, b } = pair(false);
+  try {
+    const link = a.port.get(LINK)!;
+    assertEquals(link.state().lossPercent, null);
+    // 31 keepalives numbered 0..30 of which 3 never came: a 30-keepalive window, 10% lost.
+    const now = performance.now();
+    for (let seq = 0; seq <= 30; seq++) if (seq % 10 !== 5) link.heard(now, true, seq);
+    assertEquals(link.state().lossPercent, 10);
+    // One that comes late is not a gap.
+    link.heard(now, true, 7);
+    assertEquals(link.state().lossPercent, 10);
+  } finally {
+    close(a, b);
+  }
+});
