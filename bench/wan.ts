@@ -183,13 +183,12 @@ let certDir: string | undefined;
 
 async function startConfig(topo: Topology, c: WanConfig, o: Options): Promise<Active> {
   if (c === "openvpn-udp") return await startOpenvpnUdp(topo);
-  const tcp = c.endsWith("-tcp");
-  const tls = c.startsWith("vnet-tls");
-  if (o.vnetArgs.length === 0 && !tcp) return await start(topo, c as "vnet" | "vnet-tls");
+  if (o.vnetArgs.length === 0) return await start(topo, c);
   // bench.ts's start() takes no extra server arguments: start the servers here.
+  const tls = c.startsWith("vnet-tls");
   certDir ??= await topo.makeCerts();
   topo.tlsDir = tls ? certDir : undefined;
-  const extraArgs = [...o.vnetArgs, ...(tcp ? ["--transport", "tcp"] : [])];
+  const extraArgs = [...o.vnetArgs, ...(c.endsWith("-tcp") ? ["--transport", "tcp"] : [])];
   try {
     await topo.startServers({ tls, logLevel: "info", extraArgs });
     await topo.createHandler();
