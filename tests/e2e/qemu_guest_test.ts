@@ -3,7 +3,8 @@
  * in the Host namespace, offloads at QEMU's defaults, booting a Debian cloud kernel and busybox
  * (lab/qemu.ts builds the image from Debian packages, once per machine, before any namespace is
  * entered). The tap has no path to the LAN but VNET, so the guest's DHCP lease from the LAN's
- * dnsmasq, both pings and both TCP transfers cross the handler.
+ * dnsmasq, both pings and both TCP transfers cross the handler. The servers use TLS, so the
+ * guest's frames take the link's sealed UDP path (issue 18: AES-256-GCM datagrams).
  *
  *   flock /tmp/vnet-ns.lock deno test -A tests/e2e/qemu_guest_test.ts
  *   VNET_GUEST_ACCEL=kvm|tcg ...   # skip the KVM probe (lab/qemu.ts)
@@ -67,7 +68,7 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
     );
     const otherSite = topo.vms[0];
     await topo.moveVm(otherSite, "host2");
-    await topo.startServers();
+    await topo.startServers({ tls: true });
     const guestVm: Vm = {
       ns: topo.ns.host,
       mac: GUEST_MAC,
@@ -210,10 +211,18 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
       assert(h, `the host lists no handler for ${GUEST_MAC}`);
       assert(h.device === TAP, `host handler device ${h.device}, expected ${TAP}`);
       assert(h.toPeer.frames > 0 && h.fromPeer.frames > 0, `host counters: ${JSON.stringify(h)}`);
+      const udp = h.link.udp;
       console.log(
         `    host handler: to peer ${h.toPeer.frames} frames / ${h.toPeer.bytes} B, from peer ` +
           `${h.fromPeer.frames} frames / ${h.fromPeer.bytes} B, drops ${h.toPeer.drops}/` +
-          `${h.fromPeer.drops}`,
+          `${h.fromPeer.drops}; sealed UDP path ${JSON.stringify(udp)}`,
+      );
+      // By the sealed UDP path, not the TLS link: its datagrams carried most of the frames (the
+      // first ones may go by the link, before the path is up).
+      assert(udp && udp.state === "up" && (udp as { sealed?: boolean }).sealed, "no sealed path");
+      assert(
+        udp.datagramsOut > h.toPeer.frames / 2 && udp.datagramsIn > h.fromPeer.frames / 2,
+        `frames by the link, not the sealed path: ${JSON.stringify(udp)}`,
       );
     });
 
