@@ -33,7 +33,7 @@
  * Everything here is pure: no allocation, no clock but the token bucket's.
  */
 
-import { fold, internetChecksum } from "./offload.ts";
+import { Dropped, fold, internetChecksum, prepareForWire } from "./offload.ts";
 import {
   ETHERTYPE_IPV4,
   ETHERTYPE_IPV6,
@@ -349,5 +349,43 @@ export class TokenBucket {
     if (this.#tokens < 1) return false;
     this.#tokens--;
     return true;
+  }
+}
+
+/** ICMP "too big" answers a path sends per second at most (a sender that ignores them). */
+const TOO_BIG_PER_SECOND = 100;
+
+/**
+ * Puts frames on a UDP path of inner MTU `mtu` (a VXLAN tunnel, a link's UDP path), the three
+ * ways above: TCP's MSS clamped, the frame cut to fit (offload.ts), and what cannot be cut
+ * answered with ICMP "too big" toward its sender, at most TOO_BIG_PER_SECOND a second.
+ */
+export class PathFit {
+  /** "Too big" answers sent. */
+  tooBig = 0;
+  readonly #bucket = new TokenBucket(TOO_BIG_PER_SECOND, TOO_BIG_PER_SECOND);
+  readonly #reply = new Uint8Array(TOO_BIG_REPLY_MAX);
+
+  /**
+   * Emits `frame` as frames of at most `mtu` IP bytes; `answer` gets the "too big" reply for one
+   * it cannot cut (lent for the call). Returns the frames emitted: 0 if none was.
+   */
+  send(
+    frame: Uint8Array,
+    mtu: number,
+    emit: (frame: Uint8Array) => void,
+    answer: (reply: Uint8Array) => void,
+  ): number {
+    clampMss(frame, mtu - 40);
+    const sent = prepareForWire(frame, mtu, emit);
+    if (sent === Dropped.oversize) {
+      // IPv4 with DF, IPv6: tell the sender the MTU, as a router would (a reply only where due).
+      const n = this.#bucket.take() ? tooBigReply(frame, mtu, this.#reply) : 0;
+      if (n > 0) {
+        this.tooBig++;
+        answer(this.#reply.subarray(0, n));
+      }
+    }
+    return Math.max(0, sent);
   }
 }

@@ -47,8 +47,7 @@ import {
   SEALED_DATAGRAM_TYPE,
   UdpCryptoSession,
 } from "../link/udp/session.ts";
-import { clampMss, TokenBucket, TOO_BIG_REPLY_MAX, tooBigReply } from "./mtu.ts";
-import { Dropped, prepareForWire } from "./offload.ts";
+import { clampMss, PathFit } from "./mtu.ts";
 import { decodeVxlan, encodeVxlan, VXLAN_HEADER_LENGTH } from "./vxlan.ts";
 
 /** A keepalive goes out this often on every UDP path. */
@@ -68,8 +67,6 @@ const ETHERNET = 14;
 const HANDLER_BYTES = 4;
 /** Keepalives one loss figure is made of. */
 const LOSS_WINDOW = 30;
-/** ICMP "too big" answers per second and link. */
-const TOO_BIG_PER_SECOND = 100;
 /** The path MTU assumed until the kernel says otherwise. */
 const DEFAULT_PATH_MTU = 1500;
 
@@ -141,8 +138,7 @@ export class UdpPeerLink {
   #window = { expected: 0, received: 0 };
   /** Keepalives lost on the way here over the last window, in percent (null: not known yet). */
   lossPercent: number | null = null;
-  readonly #tooBig = new TokenBucket(TOO_BIG_PER_SECOND, TOO_BIG_PER_SECOND);
-  readonly #reply = new Uint8Array(TOO_BIG_REPLY_MAX);
+  readonly #fit = new PathFit();
   /** The handler of the frame being sent (prepareForWire's emit has no room for it). */
   #sending = 0;
 
@@ -204,17 +200,10 @@ export class UdpPeerLink {
       return null;
     }
     this.#sending = handler;
-    clampMss(frame, this.mtu - 40);
-    const sent = prepareForWire(frame, this.mtu, this.#emit);
-    if (sent === Dropped.oversize) {
-      // IPv4 with DF, IPv6: tell the sender the path's MTU, as a router would.
-      const n = this.#tooBig.take() ? tooBigReply(frame, this.mtu, this.#reply) : 0;
-      if (n > 0) {
-        this.stats.tooBig++;
-        this.port.sink.deliver(this.number, handler, this.#reply.subarray(0, n));
-      }
-      return false;
-    }
+    const sent = this.#fit.send(frame, this.mtu, this.#emit, (reply) => {
+      this.stats.tooBig++;
+      this.port.sink.deliver(this.number, handler, reply);
+    });
     if (sent > 1) this.port.sink.cut(handler, sent - 1);
     return sent > 0;
   };

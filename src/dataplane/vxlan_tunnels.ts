@@ -28,15 +28,12 @@ import { type UdpAddress, UdpSocket } from "../io/udp_socket.ts";
 import { poller } from "../io/poller.ts";
 import { type Logger } from "../log.ts";
 import { messageOf } from "../errors.ts";
-import { clampMss, TokenBucket, TOO_BIG_REPLY_MAX, tooBigReply } from "./mtu.ts";
-import { Dropped, prepareForWire } from "./offload.ts";
+import { clampMss, PathFit } from "./mtu.ts";
 import { type FrameLink } from "./ports.ts";
 import { decodeVxlan, encodeVxlan, VXLAN_HEADER_LENGTH, VXLAN_OVERHEAD_IPV4 } from "./vxlan.ts";
 
 /** The underlay MTU assumed for a tunnel's path (Ethernet). */
 const PATH_MTU = 1500;
-/** ICMP "too big" answers per second, per tunnel (a sender that ignores them is not flooded). */
-const TOO_BIG_PER_SECOND = 100;
 
 /** What a tunnel hands back to the forwarder. */
 interface TunnelSink {
@@ -51,8 +48,7 @@ export class VxlanTunnel implements FrameLink {
   /** The inner IP MTU: what fits in one datagram on the path. */
   readonly mtu = PATH_MTU - VXLAN_OVERHEAD_IPV4;
   readonly stats = { datagramsOut: 0, datagramsIn: 0, tooBig: 0 };
-  readonly #tooBig = new TokenBucket(TOO_BIG_PER_SECOND, TOO_BIG_PER_SECOND);
-  readonly #reply = new Uint8Array(TOO_BIG_REPLY_MAX);
+  readonly #fit = new PathFit();
 
   constructor(
     readonly number: number,
@@ -66,17 +62,10 @@ export class VxlanTunnel implements FrameLink {
 
   sendFrame(handler: number, frame: Uint8Array): boolean {
     if (!this.isOpen) return false;
-    clampMss(frame, this.mtu - 40);
-    const sent = prepareForWire(frame, this.mtu, this.#send);
-    if (sent === Dropped.oversize) {
-      // IPv4 with DF, IPv6: tell the sender the MTU (a reply only where one is due).
-      const n = this.#tooBig.take() ? tooBigReply(frame, this.mtu, this.#reply) : 0;
-      if (n > 0) {
-        this.stats.tooBig++;
-        this.port.sink.deliver(this.number, handler, this.#reply.subarray(0, n));
-      }
-      return false;
-    }
+    const sent = this.#fit.send(frame, this.mtu, this.#send, (reply) => {
+      this.stats.tooBig++;
+      this.port.sink.deliver(this.number, handler, reply);
+    });
     return sent > 0;
   }
 

@@ -9,6 +9,8 @@
  *
  *   1. `read()` calls recv(2); only when it would block does it wait for the poller.
  *   2. `write()` calls send(2); only when the kernel's buffer is full does it wait.
+ *   `tryRead()` / `tryWrite()` are the one system call each without the wait, for an owner the
+ *   poller calls back itself (owned_socket.ts, on the data-path worker).
  *   3. `close()` closes the fd, once no poll on a helper thread watches it.
  *
  * TLS links stay Deno.TlsConn: the record layer is the runtime's (rustls), and so is the socket.
@@ -65,13 +67,8 @@ export class SocketStream implements Stream {
 
   async read(p: Uint8Array): Promise<number | null> {
     for (;;) {
-      if (!this.#open) throw new Deno.errors.BadResource("the link's socket is closed");
-      const n = Number(libc().recv(this.fd, p, BigInt(p.length), 0));
-      if (n > 0) return n;
-      if (n === 0) return p.length === 0 ? 0 : null;
-      const { errno, text } = lastErrno();
-      if (errno === EINTR) continue;
-      if (errno !== EAGAIN) throw new Error(`recv: ${text}`);
+      const n = this.tryRead(p);
+      if (n !== 0 || p.length === 0) return n;
       await poller.readable(this.fd);
     }
   }
@@ -85,11 +82,8 @@ export class SocketStream implements Stream {
         await this.#full;
         continue;
       }
-      const n = Number(libc().send(this.fd, p, BigInt(p.length), MSG_NOSIGNAL));
-      if (n >= 0) return n;
-      const { errno, text } = lastErrno();
-      if (errno === EINTR) continue;
-      if (errno !== EAGAIN) throw new Error(`send: ${text}`);
+      const n = this.tryWrite(p);
+      if (n > 0 || p.length === 0) return n;
       this.#full = poller.writable(this.fd);
       try {
         await this.#full;
