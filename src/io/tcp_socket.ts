@@ -35,6 +35,13 @@ const EAGAIN = 11;
 const EINPROGRESS = 115;
 /** What Deno.listen asks for (`ss -ltn` shows it); the kernel caps it at net.core.somaxconn. */
 const BACKLOG = 511;
+/**
+ * Connections `accept()` hands out in a row before it lets the thread's other work run (one
+ * timer's turn of the event loop). A connection waiting in the kernel makes accept return
+ * without one, so under a flood the acceptor ran in promise continuations only, and the
+ * handshakes in progress, a real client's among them, never got the loop's turn.
+ */
+const ACCEPTS_PER_TURN = 32;
 
 /** errno → its name and the Deno error class Deno gives it (Error where Deno has none). */
 const ERRNOS: Record<number, [string, new (message: string) => Error]> = {
@@ -247,6 +254,8 @@ export class TcpListener {
   #open = true;
   /** The wait for a connection, while one is pending. */
   #waiting: Promise<boolean> | null = null;
+  /** Connections accepted since the event loop last had a turn. */
+  #inARow = 0;
   readonly #sockaddr = new Uint8Array(SOCKADDR_SIZE);
   readonly #socklen = new Uint8Array(4);
 
@@ -267,12 +276,21 @@ export class TcpListener {
         await this.#waiting;
         continue;
       }
+      if (this.#inARow >= ACCEPTS_PER_TURN) {
+        this.#inARow = 0;
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        continue;
+      }
       new DataView(this.#socklen.buffer).setUint32(0, SOCKADDR_SIZE, true);
       const fd = lib.accept4(this.fd, this.#sockaddr, this.#socklen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd >= 0) return connection(fd, hostPortOf(this.#sockaddr));
+      if (fd >= 0) {
+        this.#inARow++;
+        return connection(fd, hostPortOf(this.#sockaddr));
+      }
       const { errno, text } = lastErrno();
       if (errno === EINTR) continue;
       if (errno !== EAGAIN) throw osError(errno, text);
+      this.#inARow = 0;
       this.#waiting = poller.readable(this.fd);
       try {
         await this.#waiting;

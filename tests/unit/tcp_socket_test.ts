@@ -444,3 +444,27 @@ Deno.test({
     assertEquals(r.accepted, r.dialled);
   },
 });
+
+Deno.test({
+  name: "accept: a queue of waiting connections does not keep the thread's other work waiting",
+  ignore: notLinux,
+  async fn() {
+    const listener = await listenTcp("127.0.0.1", 0);
+    const n = 80;
+    const dialled = await Promise.all(
+      Array.from({ length: n }, () => connectTcp("127.0.0.1", listener.addr.port, 5000)),
+    );
+    // All 80 wait in the kernel: each accept() returns at once, without a turn of the loop.
+    let timerAt = -1, accepted = 0;
+    setTimeout(() => timerAt = accepted, 0);
+    const fds: number[] = [];
+    for (let i = 0; i < n; i++) {
+      fds.push((await listener.accept()).fd);
+      accepted++;
+    }
+    for (const fd of [...fds, ...dialled.map((c) => c.fd)]) closeSocket(fd);
+    listener.close();
+    // A flood kept in the accept queue must not starve timers and handshakes.
+    assert(timerAt >= 0 && timerAt < n, `the timer ran after ${timerAt} of ${n} accepts`);
+  },
+});
