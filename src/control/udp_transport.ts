@@ -23,7 +23,7 @@ import { type Logger } from "../log.ts";
 import { type AeadName, agreeAead, supportedAeads } from "../link/udp/aead.ts";
 import { deriveSessionKeys, EphemeralKeyPair, type SessionKeys } from "../link/udp/keys.ts";
 import { type DataPath } from "../dataplane/data_path.ts";
-import { fromBase64, toBase64, type WireKeys } from "../dataplane/forwarder_protocol.ts";
+import { fromBase64, toBase64, toWireKeys } from "../dataplane/forwarder_protocol.ts";
 
 /** A new epoch this often (the session refuses keys older than 3 minutes). */
 const REKEY_MS = 90_000;
@@ -136,7 +136,7 @@ export class UdpTransport {
     const ephemeral = new EphemeralKeyPair();
     try {
       const keys = this.#derive(link, "acceptor", agreed.aead, epoch, ephemeral, peerPublic);
-      await this.dataPath.udpRekey(link, wireKeys(keys), false);
+      await this.dataPath.udpRekey(link, toWireKeys(keys), false);
       agreed.epoch = epoch;
       return { public: toBase64(ephemeral.publicKey) };
     } finally {
@@ -167,7 +167,7 @@ export class UdpTransport {
     const opened = await this.dataPath.udpOpen(link, {
       host,
       port: theirs.port,
-      keys: keys && wireKeys(keys),
+      keys: keys && toWireKeys(keys),
       localId: mine.id,
       peerId: theirs.id,
       token: mine.token,
@@ -194,7 +194,7 @@ export class UdpTransport {
       });
       if (typeof answer.public !== "string") throw refused("no public key in the answer");
       const keys = this.#derive(link, "dialer", agreed.aead, epoch, ephemeral, answer.public);
-      await this.dataPath.udpRekey(link, wireKeys(keys), true);
+      await this.dataPath.udpRekey(link, toWireKeys(keys), true);
       agreed.epoch = epoch;
     } catch (e) {
       // The old keys hold for 3 minutes; the next try comes before that.
@@ -261,15 +261,6 @@ async function peerAddress(link: Link): Promise<string> {
   const [first] = await Deno.resolveDns(hostname, "A");
   if (!first) throw new VnetError(`${hostname} has no IPv4 address`);
   return first;
-}
-
-function wireKeys(keys: SessionKeys): WireKeys {
-  return {
-    aead: keys.aead,
-    epoch: keys.epoch,
-    send: toBase64(keys.send),
-    receive: toBase64(keys.receive),
-  };
 }
 
 function randomId(): number {

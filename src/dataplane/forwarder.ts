@@ -23,10 +23,9 @@ import {
   type Forgotten,
   type ForwarderEvent,
   fromBase64,
+  fromWireKeys,
   type States,
-  type WireKeys,
 } from "./forwarder_protocol.ts";
-import { type SessionKeys } from "../link/udp/keys.ts";
 import { type UdpPathState, UdpPeerPort } from "./udp_peers.ts";
 import { OwnedSocket } from "../link/owned_socket.ts";
 import { VxlanPort, VxlanTunnel } from "./vxlan_tunnels.ts";
@@ -256,7 +255,7 @@ export class Forwarder {
         const path = this.#udp.open(command.link, {
           host,
           port,
-          keys: keys && keysOf(keys),
+          keys: keys && fromWireKeys(keys),
           localId,
           peerId,
           token,
@@ -268,7 +267,7 @@ export class Forwarder {
       case "udpRekey": {
         const session = this.#udp?.get(command.link)?.session;
         if (!session) return false;
-        session.rekey(keysOf(command.keys), performance.now(), {
+        session.rekey(fromWireKeys(command.keys), performance.now(), {
           peerHasKeys: command.peerHasKeys,
         });
         return true;
@@ -303,15 +302,6 @@ export class Forwarder {
       return { event: "reply", id, ok: false, error: messageOf(e), code };
     }
   }
-}
-
-function keysOf(keys: WireKeys): SessionKeys {
-  return {
-    aead: keys.aead,
-    epoch: keys.epoch,
-    send: fromBase64(keys.send),
-    receive: fromBase64(keys.receive),
-  };
 }
 
 function macText(frame: Uint8Array, at: number): string {

@@ -6,6 +6,7 @@
  */
 import { type HandlerSpec, type HandlerState } from "./handler.ts";
 import { type AeadName } from "../link/udp/aead.ts";
+import { type SessionKeys } from "../link/udp/keys.ts";
 
 export type Command =
   /** Opens a handler's end; `slot` is its place in the counter table (counters.ts). */
@@ -116,4 +117,24 @@ export function toBase64(bytes: Uint8Array): string {
 
 export function fromBase64(text: string): Uint8Array {
   return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
+/** An epoch's keys as a command carries them. */
+export function toWireKeys(keys: SessionKeys): WireKeys {
+  return {
+    aead: keys.aead,
+    epoch: keys.epoch,
+    send: toBase64(keys.send),
+    receive: toBase64(keys.receive),
+  };
+}
+
+/** The keys a command carried. */
+export function fromWireKeys(keys: WireKeys): SessionKeys {
+  return {
+    aead: keys.aead,
+    epoch: keys.epoch,
+    send: fromBase64(keys.send),
+    receive: fromBase64(keys.receive),
+  };
 }

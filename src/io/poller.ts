@@ -120,6 +120,8 @@ class Poller {
   #running = false;
   /** struct pollfd[]: off-heap and untouched while a poll runs on another thread. */
   #fds = new Uint8Array(new ArrayBuffer(64 * POLLFD_SIZE));
+  /** A view of #fds, made with it: the loop reads and writes it every round. */
+  #fdsView = new DataView(this.#fds.buffer);
   /** Set on the data-path worker: this thread blocks in its own poll (see the top). */
   #blocking: MacrotaskYield | null = null;
   /** Helper polls that failed in a row (see #loop). */
@@ -447,9 +449,10 @@ class Poller {
     const n = watched.length + this.#waiters.size;
     if (n * POLLFD_SIZE > this.#fds.length) {
       this.#fds = new Uint8Array(new ArrayBuffer((n + 64) * POLLFD_SIZE));
+      this.#fdsView = new DataView(this.#fds.buffer);
       this.#watchesChanged = true;
     }
-    const view = new DataView(this.#fds.buffer);
+    const view = this.#fdsView;
     if (this.#watchesChanged) {
       this.#watchesChanged = false;
       for (let i = 0; i < watched.length; i++) {
@@ -474,7 +477,7 @@ class Poller {
 
   /** Runs the ready watches' callbacks and resolves the ready waiters; returns how many of those. */
   #dispatch(n: number): number {
-    const view = new DataView(this.#fds.buffer);
+    const view = this.#fdsView;
     const watched = this.#watched;
     const m = watched.length;
     for (let i = 0; i < m; i++) {

@@ -3,6 +3,7 @@
  * on real loopback TCP connections, and the data path's poller that serves it (src/io/poller.ts).
  * The far end is a Deno.Conn: the runtime's own TCP, a second opinion on every byte.
  */
+import { evalJson, isOpen } from "./fds.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { SocketStream } from "../../src/link/socket_stream.ts";
 import { connectTcp } from "../../src/io/tcp_socket.ts";
@@ -14,16 +15,6 @@ async function pair(hostname: string): Promise<{ far: Deno.Conn; own: SocketStre
   const [far, near] = await Promise.all([listener.accept(), connectTcp(hostname, port, 5000)]);
   listener.close();
   return { far, own: new SocketStream(near.fd) };
-}
-
-/** Whether `fd` is open in this process. */
-function isOpen(fd: number): boolean {
-  try {
-    Deno.readLinkSync(`/proc/self/fd/${fd}`);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
@@ -126,17 +117,7 @@ Deno.test({
       console.log(JSON.stringify({ got, ticksWhileFull }));
       own.close(); far.close(); listener.close();
     `;
-    const root = new URL("../..", import.meta.url).pathname;
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", "--ext=ts", script],
-      cwd: root,
-      stdout: "piped",
-      stderr: "piped",
-      signal: AbortSignal.timeout(30_000),
-    }).output();
-    const text = new TextDecoder().decode(out.stdout).trim();
-    assert(out.code === 0, `exit ${out.code}: ${new TextDecoder().decode(out.stderr)}`);
-    const r = JSON.parse(text);
+    const r = await evalJson<{ got: number; ticksWhileFull: number }>(script, 30_000);
     assertEquals(r.got, 16 * 1024 * 1024);
     assert(r.ticksWhileFull >= 5, `timers ran ${r.ticksWhileFull} times in 200 ms of full buffers`);
   },

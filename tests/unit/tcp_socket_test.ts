@@ -3,6 +3,7 @@
  * and connecting, checked against Deno's own TCP (its addresses, its errors' classes and words),
  * and the dial errors users read (src/link/dial.ts).
  */
+import { evalJson, isOpen } from "./fds.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import {
   closeSocket,
@@ -101,15 +102,6 @@ function sockets(): number {
     } catch { /* closed while we looked */ }
   }
   return n;
-}
-
-function isOpen(fd: number): boolean {
-  try {
-    Deno.readLinkSync(`/proc/self/fd/${fd}`);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 Deno.test({
@@ -430,16 +422,7 @@ Deno.test({
       for (const c of [...dialled, ...accepted]) closeSocket(c.fd);
       listener.close();
     `;
-    const root = new URL("../..", import.meta.url).pathname;
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", "--ext=ts", script],
-      cwd: root,
-      stdout: "piped",
-      stderr: "piped",
-      signal: AbortSignal.timeout(20_000),
-    }).output();
-    assert(out.code === 0, `exit ${out.code}: ${new TextDecoder().decode(out.stderr)}`);
-    const r = JSON.parse(new TextDecoder().decode(out.stdout));
+    const r = await evalJson<{ accepted: number[]; dialled: number[] }>(script, 20_000);
     assertEquals(r.accepted.length, 2);
     assertEquals(r.accepted, r.dialled);
   },
