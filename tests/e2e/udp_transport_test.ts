@@ -258,7 +258,7 @@ e2e("udp transport: hostile datagrams at a sealed path are counted, none injecte
 
     await step("10 s of replays, bit flips, truncations and random bytes", async () => {
       // Genuine datagrams to copy from: what the Host sends the Proxy, caught on the WAN.
-      const pcap = `/tmp/${topo.name}-udp.pcap`;
+      const pcap = `${topo.dir}/udp.pcap`; // removed with the topology
       const dump = spawn(topo.ns.host!, [
         "tcpdump",
         "-i",
