@@ -616,12 +616,15 @@ export function handlerTable(
   wide = false,
 ): string {
   if (handlers.length === 0) return "no handlers";
-  // The UDP path, when the handler's frames take it: up (and its MTU), or down (by the link).
+  // The UDP path, when the handler's frames take it: up (its MTU, the loss the peer sees of
+  // ours), or down or lossy (frames by the link).
   const udpText = (h: ListedHandler) => {
     const udp = h.link.udp;
     if (!udp) return "";
-    const loss = udp.lossPercent ? ` loss ${udp.lossPercent}%` : "";
-    return udp.state === "up" ? ` udp mtu ${udp.mtu}${loss}` : " udp down (by the link)";
+    const loss = udp.peerLossPercent ? ` loss ${udp.peerLossPercent}%` : "";
+    return udp.state === "up"
+      ? ` udp mtu ${udp.mtu}${loss}`
+      : ` udp ${udp.state}${loss} (by the link)`;
   };
   const linkText = (h: ListedHandler) =>
     h.link.state + (h.link.tls ? "+tls" : "") + udpText(h) +

@@ -13,21 +13,31 @@
  *   - plain (the link is plain TCP): VXLAN (RFC 7348), 8 bytes of header and the Ethernet frame,
  *     the VNI the handler number's low 24 bits. VNI 0 carries VNET's keepalive:
  *     "VNKA", the link's token (u32, agreed over the link), flags (u8), a sequence number
- *     (u32), a zero: 14 bytes.
+ *     (u32), the loss it sees (u8): 14 bytes.
  *     A datagram is taken only from the link's peer address; a keepalive with the token from the
  *     peer's IP address and another port moves the port (NAT rebinding).
  *   - sealed (TLS or ssh links): link/udp/session.ts's 16-byte header, then, sealed, the
- *     handler number (u32) and the frame; handler 0xffffffff is the keepalive, with flags (u8)
- *     and a sequence number (u32).
+ *     handler number (u32) and the frame; handler 0xffffffff is the keepalive, with flags (u8),
+ *     a sequence number (u32) and the loss it sees (u8).
  *     An authenticated datagram from a new address moves the peer there (roaming).
  *   Keepalive flags: bit 0, "I have heard you lately". The gaps in the sequence numbers give the
- *   path's loss (`list`).
+ *   loss of the peer's datagrams here, over its last LOSS_WINDOW keepalives; each keepalive
+ *   reports it back (a percentage, NO_LOSS_FIGURE while not known), so each side knows the loss
+ *   of what it sends.
  *
- * Is the path usable? Each side sends a keepalive every KEEPALIVE_MS; a side sends frames by
- * UDP while it has heard the peer within DOWN_AFTER_MS and the peer's last keepalive says it
- * hears us. So a path blocked either way moves the frames to the stream within ~4 s, and they
- * come back once both ways work again. The side behind NAT opens the mapping with its first
- * keepalive, and the keepalives hold it.
+ * Is the path usable? Each side sends a keepalive every KEEPALIVE_MS, and every
+ * BUSY_KEEPALIVE_MS while it has frames for the path; a side sends frames by UDP while it has
+ * heard the peer within DOWN_AFTER_MS, the peer's last keepalive says it hears us, and the loss
+ * it reports is not far worse than a working path's. So a path blocked either way moves the
+ * frames to the stream within ~4 s, one that loses LOSSY_PERCENT of what we send within ~4 s of
+ * traffic, and they come back once both ways work again. The side behind NAT opens the mapping
+ * with its first keepalive, and the keepalives hold it.
+ *
+ * "Far worse" is a fixed bar, not the link's own loss: the kernel knows a TCP link's
+ * retransmissions, but a TLS link's socket is the runtime's and cannot be asked. A quarter of
+ * the datagrams lost is what a UDP policer or a congested UDP queue does, and what no path that
+ * carries TCP usefully does; below it, UDP serves the VMs' flows better than a stream whose one
+ * lost segment holds up every flow behind it.
  *
  * MTU: the inner IP MTU is the path's (the kernel's route and PMTU cache, `IP_MTU`) less the
  * outer headers; as for VXLAN tunnels (vxlan_tunnels.ts), TCP's MSS is clamped both ways,
@@ -52,6 +62,8 @@ import { decodeVxlan, encodeVxlan, VXLAN_HEADER_LENGTH } from "./vxlan.ts";
 
 /** A keepalive goes out this often on every UDP path. */
 const KEEPALIVE_MS = 1000;
+/** ... and this often while the path has frames to carry: the loss is known within seconds. */
+const BUSY_KEEPALIVE_MS = 200;
 /** Nothing heard for this long: the path is down, frames go by the stream. */
 const DOWN_AFTER_MS = 3000;
 /** Plain: the VNI of keepalives; a handler whose VNI would be 0 goes by the stream. */
@@ -65,8 +77,17 @@ const OUTER_IPV4 = 20 + 8;
 const OUTER_IPV6 = 40 + 8;
 const ETHERNET = 14;
 const HANDLER_BYTES = 4;
-/** Keepalives one loss figure is made of. */
-const LOSS_WINDOW = 30;
+/** The peer's last keepalives one loss figure is made of (4 s of a busy path). */
+const LOSS_WINDOW = 20;
+/** Fewer keepalives than this in the window give no figure yet. */
+const LOSS_MIN_SAMPLES = 10;
+/** The loss byte of a keepalive that has no figure to give. */
+const NO_LOSS_FIGURE = 255;
+/** The peer loses this much of what we send: frames go by the stream... */
+const LOSSY_PERCENT = 25;
+/** ... until it loses no more than this, and at least this long after. */
+const CLEAR_PERCENT = 5;
+const LOSSY_HOLD_MS = 5000;
 /** The path MTU assumed until the kernel says otherwise. */
 const DEFAULT_PATH_MTU = 1500;
 
@@ -99,7 +120,8 @@ export interface UdpPathSpec {
 
 /** What `list` shows of a link's UDP path. */
 export interface UdpPathState {
-  state: "up" | "down";
+  /** lossy: both ways work, but the peer loses too much of what we send; frames by the link. */
+  state: "up" | "down" | "lossy";
   sealed: boolean;
   peer: string;
   /** The inner IP MTU: the largest IP packet a datagram carries. */
@@ -113,8 +135,10 @@ export interface UdpPathState {
   tooBig: number;
   /** Times the path went down. */
   downs: number;
-  /** Keepalives from the peer lost on the way over the last 30 s, in percent; null: not yet. */
+  /** The peer's last 20 keepalives: the share lost on the way here, in percent; null: not yet. */
   lossPercent: number | null;
+  /** What the peer says of ours, likewise. */
+  peerLossPercent: number | null;
 }
 
 /** One link's UDP path. */
@@ -134,10 +158,18 @@ export class UdpPeerLink {
   #up = false;
   #lastKeepalive = -Infinity;
   #keepalivesSent = 0;
+  /** The peer's keepalives by sequence number, the last LOSS_WINDOW of them: 1 if it came. */
+  readonly #arrived = new Uint8Array(LOSS_WINDOW);
+  #firstSeq = -1;
   #lastSeq = -1;
-  #window = { expected: 0, received: 0 };
-  /** Keepalives lost on the way here over the last window, in percent (null: not known yet). */
+  /** Keepalives lost on the way here over the window, in percent (null: not known yet). */
   lossPercent: number | null = null;
+  /** What the peer reports of ours (null: not known yet). */
+  peerLossPercent: number | null = null;
+  #lossy = false;
+  #lossySince = -Infinity;
+  /** Frames came for the path since the port last looked (it then keeps the keepalives busy). */
+  busy = false;
   readonly #fit = new PathFit();
   /** The handler of the frame being sent (prepareForWire's emit has no room for it). */
   #sending = 0;
@@ -195,6 +227,10 @@ export class UdpPeerLink {
   /** Whether `handler`'s frames go by UDP (the link's bypass): null leaves it to the stream. */
   bypass = (handler: number, frame: Uint8Array): boolean | null => {
     if (!this.#handlers.has(handler)) return null;
+    if (!this.busy) {
+      this.busy = true;
+      this.port.busy(this);
+    }
     if (!this.#up) {
       this.stats.fallbackFrames++;
       return null;
@@ -224,12 +260,18 @@ export class UdpPeerLink {
     return this.#byVni.get(vni) ?? -1;
   }
 
-  /** A keepalive from the peer (its `seq`-th): it hears us (or not). */
-  heard(now: number, hearsUs: boolean, seq: number): void {
-    this.#countLoss(seq);
+  /**
+   * A keepalive from the peer (its `seq`-th): it hears us (or not), and loses `peerLoss`
+   * percent of ours (NO_LOSS_FIGURE: it cannot tell yet).
+   */
+  heard(now: number, hearsUs: boolean, seq: number, peerLoss = NO_LOSS_FIGURE): void {
     const before = this.#heardAt;
+    // After a silence, the keepalives lost in it say nothing of the path as it is now.
+    if (now - before >= DOWN_AFTER_MS) this.#resetLoss();
+    this.#countLoss(seq);
     this.#heardAt = now;
     this.#peerHearsUs = hearsUs;
+    this.peerLossPercent = peerLoss <= 100 ? peerLoss : null;
     // The first word from the peer in a while: answer at once, so that it knows we hear it.
     if (now - before >= DOWN_AFTER_MS) this.#keepalive(now);
     this.#judge(now);
@@ -245,6 +287,13 @@ export class UdpPeerLink {
     if (now - this.#lastKeepalive >= KEEPALIVE_MS) this.#keepalive(now);
     this.#judge(now);
     this.session?.tick(now);
+  }
+
+  /** After a burst that had frames for the path: a keepalive if a busy path's is due. */
+  busyTick(now: number): void {
+    this.busy = false;
+    if (now - this.#lastKeepalive >= BUSY_KEEPALIVE_MS) this.#keepalive(now);
+    this.#judge(now);
   }
 
   /** Reads the path's MTU again (after an EMSGSIZE, and when the path comes up). */
@@ -263,7 +312,9 @@ export class UdpPeerLink {
   state(): UdpPathState {
     const c = this.session?.counters;
     return {
-      state: this.#up ? "up" : "down",
+      state: this.#up ? "up" : this.#lossy && this.#heardRecently(performance.now())
+        ? "lossy"
+        : "down",
       sealed: this.session !== null,
       peer: this.peer.toString(),
       mtu: this.mtu,
@@ -275,6 +326,7 @@ export class UdpPeerLink {
       tooBig: this.stats.tooBig,
       downs: this.stats.downs,
       lossPercent: this.lossPercent,
+      peerLossPercent: this.peerLossPercent,
     };
   }
 
@@ -287,29 +339,64 @@ export class UdpPeerLink {
 
   #keepalive(now: number): void {
     this.#lastKeepalive = now;
-    const hears = now - this.#heardAt < DOWN_AFTER_MS ? HEARS_YOU : 0;
-    this.port.sendKeepalive(this, hears, this.#keepalivesSent++);
+    const hears = this.#heardRecently(now) ? HEARS_YOU : 0;
+    const loss = this.lossPercent === null ? NO_LOSS_FIGURE : Math.round(this.lossPercent);
+    this.port.sendKeepalive(this, hears, this.#keepalivesSent++, loss);
+  }
+
+  #heardRecently(now: number): boolean {
+    return now - this.#heardAt < DOWN_AFTER_MS;
   }
 
   /**
-   * The path's loss, from the gaps in the peer's keepalive numbers over windows of
-   * LOSS_WINDOW: a datagram in the same queues as the frames, once a second.
+   * The path's loss, from the gaps in the peer's keepalive numbers over its last LOSS_WINDOW: a
+   * datagram in the same queues as the frames. One that comes late, within the window, counts.
    */
   #countLoss(seq: number): void {
-    const last = this.#lastSeq;
-    this.#lastSeq = Math.max(last, seq);
-    if (last < 0 || seq <= last) return; // the first, or one that came late: no gap to count
-    this.#window.expected += seq - last;
-    this.#window.received += 1;
-    if (this.#window.expected >= LOSS_WINDOW) {
-      const { expected, received } = this.#window;
-      this.lossPercent = Math.round(1000 * (1 - received / expected)) / 10;
-      this.#window = { expected: 0, received: 0 };
+    if (this.#firstSeq < 0 || seq > this.#lastSeq + 0x7fffffff) {
+      // The first, or a peer that started counting again (a new link or a restart).
+      this.#resetLoss();
+      this.#firstSeq = this.#lastSeq = seq;
+      this.#arrived[seq % LOSS_WINDOW] = 1;
+    } else if (seq > this.#lastSeq) {
+      // Those skipped are lost until they come.
+      for (let s = Math.max(this.#lastSeq + 1, seq - LOSS_WINDOW + 1); s < seq; s++) {
+        this.#arrived[s % LOSS_WINDOW] = 0;
+      }
+      this.#arrived[seq % LOSS_WINDOW] = 1;
+      this.#lastSeq = seq;
+    } else if (seq > this.#lastSeq - LOSS_WINDOW && seq >= this.#firstSeq) {
+      this.#arrived[seq % LOSS_WINDOW] = 1;
+    } else {
+      return; // older than the window: the figure is not about it any more
     }
+    const samples = Math.min(LOSS_WINDOW, this.#lastSeq - this.#firstSeq + 1);
+    if (samples < LOSS_MIN_SAMPLES) return;
+    let arrived = 0;
+    for (let s = this.#lastSeq - samples + 1; s <= this.#lastSeq; s++) {
+      arrived += this.#arrived[s % LOSS_WINDOW];
+    }
+    this.lossPercent = Math.round(100 * (1 - arrived / samples));
+  }
+
+  #resetLoss(): void {
+    this.#arrived.fill(0);
+    this.#firstSeq = this.#lastSeq = -1;
+    this.lossPercent = null;
   }
 
   #judge(now: number): void {
-    const up = this.isOpen && this.#peerHearsUs && now - this.#heardAt < DOWN_AFTER_MS;
+    const peerLoss = this.peerLossPercent;
+    if (!this.#lossy && peerLoss !== null && peerLoss >= LOSSY_PERCENT) {
+      this.#lossy = true;
+      this.#lossySince = now;
+    } else if (
+      this.#lossy && (peerLoss === null || peerLoss <= CLEAR_PERCENT) &&
+      now - this.#lossySince >= LOSSY_HOLD_MS
+    ) {
+      this.#lossy = false;
+    }
+    const up = this.isOpen && this.#peerHearsUs && this.#heardRecently(now) && !this.#lossy;
     if (up === this.#up) return;
     this.#up = up;
     if (up) this.readMtu();
@@ -319,9 +406,12 @@ export class UdpPeerLink {
       up,
       up
         ? `both ways work (inner MTU ${this.mtu})`
-        : now - this.#heardAt >= DOWN_AFTER_MS
+        : !this.#heardRecently(now)
         ? `nothing heard for ${DOWN_AFTER_MS} ms`
-        : "the peer does not hear us",
+        : !this.#peerHearsUs
+        ? "the peer does not hear us"
+        : `the peer lost ${peerLoss}% of our last keepalives (the link carries the frames ` +
+          `until it is ${CLEAR_PERCENT}% or less)`,
     );
   }
 }
@@ -337,6 +427,9 @@ export class UdpPeerPort {
   #flushing = false;
   #open = true;
   readonly #keepalive = new Uint8Array(64);
+  /** Links that had frames in this burst: their busy keepalives are looked at as it ends. */
+  #busy: UdpPeerLink[] = [];
+  #busyLooking: UdpPeerLink[] = [];
 
   constructor(
     address: string,
@@ -423,7 +516,16 @@ export class UdpPeerPort {
     return true;
   }
 
-  sendKeepalive(link: UdpPeerLink, flags: number, seq: number): void {
+  /** `link` has frames in this burst: a busy path's keepalive goes with them if it is due. */
+  busy(link: UdpPeerLink): void {
+    this.#busy.push(link);
+    if (!this.#flushing) {
+      this.#flushing = true;
+      poller.defer(this.#flush);
+    }
+  }
+
+  sendKeepalive(link: UdpPeerLink, flags: number, seq: number, loss: number): void {
     const k = this.#keepalive;
     const view = new DataView(k.buffer);
     let n: number;
@@ -431,16 +533,17 @@ export class UdpPeerPort {
       const body = k.subarray(HEADER_BYTES);
       body.set([0xff, 0xff, 0xff, 0xff, flags]);
       view.setUint32(HEADER_BYTES + 5, seq);
-      n = link.session.seal(body.subarray(0, 9), k);
+      body[9] = loss;
+      n = link.session.seal(body.subarray(0, 10), k);
       if (n < 0) return;
     } else {
       k.set([...KEEPALIVE_MAGIC, 0, 0, 0, 0, flags], VXLAN_HEADER_LENGTH);
       view.setUint32(VXLAN_HEADER_LENGTH + 4, link.spec.token);
       encodeVxlan(k, VXLAN_HEADER_LENGTH, KEEPALIVE_VNI);
-      // The sequence number, then zeros to an Ethernet header's 14 bytes: the least a VXLAN
-      // datagram carries.
+      // The sequence number and the loss byte fill an Ethernet header's 14 bytes: the least a
+      // VXLAN datagram carries.
       view.setUint32(VXLAN_HEADER_LENGTH + 9, seq);
-      k[VXLAN_HEADER_LENGTH + 13] = 0;
+      k[VXLAN_HEADER_LENGTH + 13] = loss;
       n = VXLAN_HEADER_LENGTH + ETHERNET;
     }
     const at = this.#reserve(link.peer, n);
@@ -473,6 +576,15 @@ export class UdpPeerPort {
   #flush = (): void => {
     this.#flushing = false;
     if (!this.#open) return;
+    if (this.#busy.length > 0) {
+      // Swapped, not copied: a keepalive that fills the batch flushes it from in here.
+      const looking = this.#busy;
+      this.#busy = this.#busyLooking;
+      this.#busyLooking = looking;
+      const now = performance.now();
+      for (const link of looking) if (link.isOpen) link.busyTick(now);
+      looking.length = 0;
+    }
     const tx = this.socket.tx;
     try {
       tx.flush();
@@ -524,7 +636,9 @@ export class UdpPeerPort {
       if (handler === KEEPALIVE_HANDLER) {
         if (plain.length < 9) return;
         const seq = ((plain[5] << 24) | (plain[6] << 16) | (plain[7] << 8) | plain[8]) >>> 0;
-        link.heard(now, (plain[4] & HEARS_YOU) !== 0, seq);
+        // An older VNET's keepalive has no loss byte.
+        const loss = plain.length >= 10 ? plain[9] : NO_LOSS_FIGURE;
+        link.heard(now, (plain[4] & HEARS_YOU) !== 0, seq, loss);
         return;
       }
       link.alive(now);
@@ -539,7 +653,7 @@ export class UdpPeerPort {
     const rx = this.socket.rx;
     if (vni === KEEPALIVE_VNI) {
       const k = at + VXLAN_HEADER_LENGTH;
-      if (length < VXLAN_HEADER_LENGTH + 9) return void this.strangers++;
+      if (length < VXLAN_HEADER_LENGTH + 13) return void this.strangers++;
       for (let j = 0; j < 4; j++) {
         if (data[k + j] !== KEEPALIVE_MAGIC[j]) return void this.strangers++;
       }
@@ -552,7 +666,9 @@ export class UdpPeerPort {
         if (!rx.sourceMatches(i, link.peer)) link.peer = rx.source(i);
         const seq = ((data[k + 9] << 24) | (data[k + 10] << 16) | (data[k + 11] << 8) |
           data[k + 12]) >>> 0;
-        link.heard(now, (data[k + 8] & HEARS_YOU) !== 0, seq);
+        // An older VNET sent a zero there: "no loss", which it never judged by.
+        const loss = length >= VXLAN_HEADER_LENGTH + ETHERNET ? data[k + 13] : NO_LOSS_FIGURE;
+        link.heard(now, (data[k + 8] & HEARS_YOU) !== 0, seq, loss);
         return;
       }
       this.strangers++;

@@ -150,7 +150,12 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     udpLoss: new Family(
       "vnet_handler_udp_path_loss_ratio",
       "gauge",
-      "Share of the peer's keepalives lost on the UDP path over the last 30 s.",
+      "Share of the peer's last 20 keepalives lost on the UDP path on the way here.",
+    ),
+    udpPeerLoss: new Family(
+      "vnet_handler_udp_path_peer_loss_ratio",
+      "gauge",
+      "Share of our last 20 keepalives the peer says it lost (25% or more: frames by the link).",
     ),
     udpRefused: new Family(
       "vnet_handler_udp_path_refused_total",
@@ -189,6 +194,7 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
       f.udpFallback.add(l, udp.fallbackFrames);
       f.udpRefused.add(l, udp.refused);
       if (udp.lossPercent !== null) f.udpLoss.add(l, udp.lossPercent / 100);
+      if (udp.peerLossPercent !== null) f.udpPeerLoss.add(l, udp.peerLossPercent / 100);
     }
     if (h.dataPathSocket) {
       f.ownSocket.add({ ...l, direction: "to_peer" }, h.dataPathSocket.out);

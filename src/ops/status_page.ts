@@ -254,7 +254,7 @@ function renderRows(handlers) {
       td("Device", h.device, "mono"),
       td("Peer", h.peer, "mono"),
       td("Link", state + (h.link.tls ? " +tls" : "") +
-        (h.link.udp ? (h.link.udp.state === "up" ? " udp mtu " + h.link.udp.mtu + (h.link.udp.lossPercent ? " loss " + h.link.udp.lossPercent + "%" : "") : " udp down (by the link)") : "") +
+        (h.link.udp ? (h.link.udp.state === "up" ? " udp mtu " + h.link.udp.mtu : " udp " + h.link.udp.state) + (h.link.udp.peerLossPercent ? " loss " + h.link.udp.peerLossPercent + "%" : "") + (h.link.udp.state === "up" ? "" : " (by the link)") : "") +
         (h.reconnects ? " (" + h.reconnects + " reconnects)" : "") +
         (h.degraded ? ": " + h.degraded : ""), state === "up" ? "up" : state === "degraded" ? "degraded" : "down"),
       td("RTT", h.link.rttMs == null ? "-" : h.link.rttMs.toFixed(2) + " ms", "num"),

@@ -3,6 +3,8 @@
  *   - plain links get a plain VXLAN path, TLS links a sealed one; frames take it both ways;
  *   - UDP blocked mid-stream: frames move to the link within 5 s, the ping carries on, and
  *     they come back to UDP once it gets through again;
+ *   - UDP losing 40% of one end's datagrams (sealed): that end's frames move to the link within
+ *     5 s of traffic, and back once the loss ends;
  *   - a WAN path of MTU 1400 under a VM of MTU 1500: iperf3 runs, a 16 MiB transfer arrives
  *     intact, 1472-byte UDP gets through, and `ping -M do -s 1472` hears "fragmentation
  *     needed";
@@ -34,13 +36,14 @@ const VM_IP = "10.77.0.60";
 const PORT = 7000;
 
 interface UdpState {
-  state: "up" | "down";
+  state: "up" | "down" | "lossy";
   sealed: boolean;
   mtu: number;
   datagramsOut: number;
   datagramsIn: number;
   fallbackFrames: number;
   refused: number;
+  peerLossPercent: number | null;
 }
 
 /** The one handler of `role`'s server, with its link's UDP path. */
@@ -68,14 +71,22 @@ async function setup(topo: Topology, tls: boolean, transport = "udp"): Promise<v
   );
 }
 
-/** Waits until both ends' UDP path is `state`; returns how long that took, in ms. */
-async function pathIs(topo: Topology, state: "up" | "down", withinMs: number): Promise<number> {
+/**
+ * Waits until the UDP path is `state` at the given ends (both by default); returns how long
+ * that took, in ms.
+ */
+async function pathIs(
+  topo: Topology,
+  state: UdpState["state"],
+  withinMs: number,
+  ends: ("proxy" | "host")[] = ["proxy", "host"],
+): Promise<number> {
   const started = performance.now();
   await waitFor(
-    `both ends' UDP path ${state}`,
+    `the UDP path ${state} at ${ends.join(" and ")}`,
     async () => {
-      const [p, h] = [await only(topo, "proxy"), await only(topo, "host")];
-      return p.link.udp?.state === state && h.link.udp?.state === state ? true : undefined;
+      for (const end of ends) if ((await only(topo, end)).link.udp?.state !== state) return;
+      return true;
     },
     withinMs,
     100,
@@ -95,6 +106,28 @@ async function blockUdp(ns: string, on: boolean): Promise<void> {
       chain out { type filter hook output priority 0; udp sport ${PORT} drop; }
     }`,
   });
+}
+
+/** nft rules in `ns` that drop `percent`% of the datagrams it sends from the VNET port. */
+async function loseUdp(ns: string, percent: number | null): Promise<void> {
+  if (percent === null) {
+    await tryRun(ns, ["nft", "delete", "table", "inet", "vnt_udp_loss"]);
+    return;
+  }
+  await run(ns, ["nft", "-f", "-"], {
+    stdin: `table inet vnt_udp_loss {
+      chain out {
+        type filter hook output priority 0;
+        udp sport ${PORT} numgen random mod 100 < ${percent} drop;
+      }
+    }`,
+  });
+}
+
+/** The ping's summary line, and its loss in percent. */
+function pingSummary(lines: string[]): { summary: string; loss: number } {
+  const summary = lines.find((l) => /packets transmitted/.test(l))?.trim() ?? "";
+  return { summary, loss: Number(/([\d.]+)% packet loss/.exec(summary)?.[1] ?? "100") };
 }
 
 for (const tls of [false, true]) {
@@ -153,16 +186,57 @@ for (const tls of [false, true]) {
         }
         const upMs = await pathIs(topo, "up", 10_000);
         await ping.exited;
-        const summary = ping.lines.find((l) => /packets transmitted/.test(l)) ?? "";
-        const loss = Number(/([\d.]+)% packet loss/.exec(summary)?.[1] ?? "100");
+        const { summary, loss } = pingSummary(ping.lines);
         const fallback = (await only(topo, "proxy")).link.udp!.fallbackFrames;
         console.log(
           `    down noticed in ${downMs} ms, up again ${upMs} ms after the unblock; ` +
-            `ping: ${summary.trim()}; ${fallback} frames by the link meanwhile`,
+            `ping: ${summary}; ${fallback} frames by the link meanwhile`,
         );
         assert(downMs <= 5_000, `frames moved to the link after ${downMs} ms`);
         assert(loss < 50, `ping lost ${loss}% across the block`);
         assert(fallback > 0, "no frame went by the link while UDP was blocked");
+      });
+
+      // Sealed only: the plain keepalives' loss byte is proven in tests/unit/udp_peers_test.ts,
+      // and the judging is the same code.
+      if (!tls) return;
+      await step("UDP losing 40% of the Host's: its frames go by the link within 5 s", async () => {
+        const ping = spawn(topo.ns.client, ["ping", "-n", "-i", "0.1", "-w", "20", VM_IP]);
+        topo.procs.push(ping);
+        await ping.waitForLine(/bytes from/, 5_000);
+        const before = (await only(topo, "host")).link.udp!.fallbackFrames;
+        await loseUdp(topo.ns.host!, 40);
+        let lossyMs: number, peerLoss: number | null;
+        try {
+          // Only the Host's datagrams are lost: the Proxy's path stays up.
+          lossyMs = await pathIs(topo, "lossy", 8_000, ["host"]);
+          peerLoss = (await only(topo, "host")).link.udp!.peerLossPercent;
+          assert((await only(topo, "proxy")).link.udp!.state === "up", "the Proxy's path left");
+          const mark = ping.lines.length;
+          await waitFor(
+            "replies by the link",
+            () =>
+              Promise.resolve(
+                ping.lines.slice(mark).some((l) => /bytes from/.test(l)) || undefined,
+              ),
+            5_000,
+            100,
+          );
+        } finally {
+          await loseUdp(topo.ns.host!, null);
+        }
+        const upMs = await pathIs(topo, "up", 15_000);
+        await ping.exited;
+        const { summary, loss } = pingSummary(ping.lines);
+        const fallback = (await only(topo, "host")).link.udp!.fallbackFrames - before;
+        console.log(
+          `    lossy in ${lossyMs} ms (the Proxy lost ${peerLoss}% of the Host's), up again ` +
+            `${upMs} ms after; ping: ${summary}; ${fallback} frames by the link meanwhile`,
+        );
+        assert(lossyMs <= 5_000, `frames moved to the link after ${lossyMs} ms`);
+        assert(peerLoss !== null && peerLoss >= 25, `the Proxy saw ${peerLoss}% lost`);
+        assert(loss < 25, `ping lost ${loss}% across the loss`);
+        assert(fallback > 0, "no frame went by the link while UDP was lossy");
       });
     });
   });

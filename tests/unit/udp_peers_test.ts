@@ -236,18 +236,91 @@ Deno.test("udp path (sealed): a new epoch's keys, installed as the link agrees t
   }
 });
 
-Deno.test("udp path: the gaps in the peer's keepalive numbers give the path's loss", () => {
+Deno.test("udp path: the gaps in the peer's last 20 keepalive numbers give the path's loss", () => {
   const { a, b } = pair(false);
   try {
     const link = a.port.get(LINK)!;
     assertEquals(link.state().lossPercent, null);
-    // 31 keepalives numbered 0..30 of which 3 never came: a 30-keepalive window, 10% lost.
     const now = performance.now();
-    for (let seq = 0; seq <= 30; seq++) if (seq % 10 !== 5) link.heard(now, true, seq);
+    // Fewer than 10 keepalives give no figure yet.
+    for (let seq = 0; seq < 9; seq++) link.heard(now, true, seq);
+    assertEquals(link.state().lossPercent, null);
+    // 0..30 of which 5, 15 and 25 never came: the last 20 (11..30) miss two, 10%.
+    for (let seq = 9; seq <= 30; seq++) if (seq % 10 !== 5) link.heard(now, true, seq);
     assertEquals(link.state().lossPercent, 10);
-    // One that comes late is not a gap.
-    link.heard(now, true, 7);
-    assertEquals(link.state().lossPercent, 10);
+    // One that comes late within the window is not lost; one older than the window is ignored.
+    link.heard(now, true, 25);
+    assertEquals(link.state().lossPercent, 5);
+    link.heard(now, true, 5);
+    assertEquals(link.state().lossPercent, 5);
+    // A silence starts the figure afresh: what was lost in it says nothing of the path now.
+    link.heard(now + 4000, true, 60);
+    assertEquals(link.state().lossPercent, null);
+  } finally {
+    close(a, b);
+  }
+});
+
+Deno.test("udp path: a peer that loses a quarter of ours sends the frames to the link, and back", () => {
+  const { a, b } = pair(true);
+  try {
+    const link = a.port.get(LINK)!;
+    const t0 = performance.now();
+    let seq = 0;
+    const hear = (at: number, peerLoss: number) => link.heard(t0 + at, true, seq++, peerLoss);
+    hear(0, 255);
+    assertEquals(link.up, true);
+    assertEquals(link.bypass(HANDLER, frame(0)), true);
+    // The peer says it lost 24% of ours: still up. 25%: lossy, the frames go by the stream.
+    hear(200, 24);
+    assertEquals(link.up, true);
+    hear(400, 40);
+    assertEquals(link.up, false);
+    assertEquals(link.state().state, "lossy");
+    assertEquals(link.state().peerLossPercent, 40);
+    assertEquals(link.bypass(HANDLER, frame(1)), null);
+    assertEquals(link.state().fallbackFrames, 1);
+    assertEquals(a.changes.at(-1), false);
+    // Clean again at once, but the path stays on the stream for 5 s: no flapping.
+    hear(600, 0);
+    hear(4000, 0);
+    assertEquals(link.state().state, "lossy");
+    // 10% is better, but not clean: still the stream.
+    hear(5400, 10);
+    assertEquals(link.state().state, "lossy");
+    hear(5600, 5);
+    assertEquals(link.state().state, "up");
+    assertEquals(link.bypass(HANDLER, frame(2)), true);
+    assertEquals(a.changes.at(-1), true);
+    assertEquals(link.state().downs, 1);
+  } finally {
+    close(a, b);
+  }
+});
+
+Deno.test("udp path: keepalives report the loss both ways, and a busy path's come faster", async () => {
+  const { a, b } = pair(false);
+  try {
+    const la = a.port.get(LINK)!, lb = b.port.get(LINK)!;
+    await until("both ends up", () => la.up && lb.up);
+    // Frames keep a's path busy: its keepalives go every 200 ms, not every second, so b has
+    // a loss figure of a's (10 keepalives) within ~2 s, and tells a in its own keepalives.
+    const started = performance.now();
+    let n = 0;
+    const frames = setInterval(() => la.bypass(HANDLER, frame(n++)), 20);
+    // b has nothing to send: its keepalives go at the worker's tick, once a second.
+    const ticks = setInterval(() => b.port.tick(performance.now()), 250);
+    try {
+      await until("b's figure of a's loss, reported back", () => la.peerLossPercent !== null);
+    } finally {
+      clearInterval(frames);
+      clearInterval(ticks);
+    }
+    const tookMs = performance.now() - started;
+    assert(tookMs < 4000, `a's loss known after ${tookMs.toFixed(0)} ms`);
+    assertEquals(lb.lossPercent, 0);
+    assertEquals(la.peerLossPercent, 0);
+    assertEquals(la.state().state, "up");
   } finally {
     close(a, b);
   }
