@@ -312,7 +312,9 @@ export class UdpPeerLink {
   state(): UdpPathState {
     const c = this.session?.counters;
     return {
-      state: this.#up ? "up" : this.#lossy && this.#heardRecently(performance.now())
+      state: this.#up
+        ? "up"
+        : this.#lossy && this.#heardRecently(performance.now())
         ? "lossy"
         : "down",
       sealed: this.session !== null,
