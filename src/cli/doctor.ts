@@ -1,7 +1,10 @@
 /** `vnet doctor`: checks this machine, and the path to a peer, for what a bridge needs. */
+import dgram from "node:dgram";
+import { lookup } from "node:dns/promises";
+import { isIPv6 } from "node:net";
 import { WorkerForwarder } from "../dataplane/worker_data_path.ts";
 import { DEFAULT_INJECTOR } from "../dataplane/interfaces.ts";
-import { formatHostPort, parseHostPort } from "../addr.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "../addr.ts";
 import { VnetError } from "../errors.ts";
 import { pcapLibVersion } from "../../ffi/libpcap.ts";
 import { PcapCapture } from "../dataplane/pcap_capture.ts";
@@ -43,7 +46,9 @@ Checks:
   --secret-file   the secret file is private (mode 0600) and usable; or VNET_SECRET
   --peer A:P      TCP reachability and its time; the handshake with the secret ("wrong
                   secret" said as such); with --tls-ca the peer's certificate: your CA,
-                  its name, expiry, clock skew; the peer's version
+                  its name, expiry, clock skew; the peer's version; whether UDP gets
+                  to its UDP port and back; what carries its handlers' frames (UDP or
+                  TCP, the UDP path's MTU and loss)
   --peer-dev DEV  the peer's device's MTU against the first --dev's
 
 Options:
@@ -156,6 +161,7 @@ const systemProbes: Probes = {
     }
   },
   tlsCertificate: fetchCertificate,
+  udpEcho,
   async dialControl(addr, secret, tlsCa, timeoutMs) {
     // --timeout bounds the handshake too (dial's own limit for it is longer).
     const link = await within(
@@ -179,3 +185,40 @@ const systemProbes: Probes = {
     };
   },
 };
+
+/** Probes sent, one each this often, until one comes back or the time is up. */
+const UDP_PROBE_EVERY_MS = 250;
+
+/** Probes.udpEcho: `datagram` to `addr` from a socket of its own, until it comes back. */
+async function udpEcho(
+  addr: HostPort,
+  datagram: Uint8Array,
+  timeoutMs: number,
+): Promise<number | null> {
+  const { address } = await lookup(addr.hostname);
+  const socket = dgram.createSocket(isIPv6(address) ? "udp6" : "udp4");
+  const t0 = performance.now();
+  let sender: ReturnType<typeof setInterval> | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await new Promise<number | null>((resolve) => {
+      socket.on("message", (msg, from) => {
+        const same = from.address === address && from.port === addr.port &&
+          msg.length === datagram.length && msg.every((b, i) => b === datagram[i]);
+        if (same) resolve(performance.now() - t0);
+      });
+      // A send that fails (no route) is the same answer as silence, with its reason unheard.
+      socket.on("error", () => resolve(null));
+      const send = () => socket.send(datagram, addr.port, address, () => {});
+      socket.bind(0, () => {
+        send();
+        sender = setInterval(send, UDP_PROBE_EVERY_MS);
+      });
+      timer = setTimeout(() => resolve(null), timeoutMs);
+    });
+  } finally {
+    clearInterval(sender);
+    clearTimeout(timer);
+    socket.close();
+  }
+}

@@ -29,6 +29,8 @@ export function serveClient(ctx: ServerContext, op: string, body: Body): Promise
       return Promise.resolve({ devices: ctx.devices() });
     case "version":
       return Promise.resolve({ version: VERSION, commit: COMMIT, time: Date.now() });
+    case "udpProbe":
+      return ctx.udp.probe();
     default:
       return Promise.reject(new VnetError(`unknown request '${op.slice(0, 40)}'`));
   }

@@ -118,6 +118,8 @@ interface Operations {
   list: [Record<never, never>, { handlers: ListedHandler[] }];
   devices: [Record<never, never>, { devices: DeviceInfo[] }];
   version: [Record<never, never>, { version: string; commit: string; time: number }];
+  /** For `vnet doctor`: the UDP port, and a token its probe datagram is answered for; port 0: off. */
+  udpProbe: [Record<never, never>, { port: number; token: number }];
   attach: [AttachRequest, { warnings?: string[] }];
   detach: [DetachRequest, Record<never, never>];
   sync: [SyncRequest, { closed: string[] }];

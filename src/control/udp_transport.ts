@@ -57,6 +57,21 @@ export class UdpTransport {
     readonly port: number,
   ) {}
 
+  /**
+   * For `vnet doctor --peer`: a token whose probe datagram the UDP port sends back once, within
+   * 10 s; port 0 when this server has no UDP port.
+   */
+  async probe(): Promise<{ port: number; token: number }> {
+    if (this.port === 0) return { port: 0, token: 0 };
+    const token = crypto.getRandomValues(new Uint32Array(1))[0];
+    if (!await this.dataPath.udpProbe(token)) {
+      throw new VnetError("too many UDP probes at once; try again in 10 s", {
+        code: ErrorCode.Refused,
+      });
+    }
+    return { port: this.port, token };
+  }
+
   /** Whether `link` has a UDP path agreed. */
   has(link: Link): boolean {
     return this.#agreed.has(link);

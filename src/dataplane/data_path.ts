@@ -437,6 +437,11 @@ export class DataPath {
     return await this.call({ op: "udpRekey", link: link.number, keys, peerHasKeys }) as boolean;
   }
 
+  /** A probe datagram with `token` is to be sent back once; false if it cannot be. */
+  async udpProbe(token: number): Promise<boolean> {
+    return await this.call({ op: "udpProbe", token }) as boolean;
+  }
+
   /** Every UDP path's state, by link number. */
   async udpStates(): Promise<Record<number, UdpPathState>> {
     return await this.call({ op: "udpState" }) as Record<number, UdpPathState>;

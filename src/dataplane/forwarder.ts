@@ -272,6 +272,8 @@ export class Forwarder {
         });
         return true;
       }
+      case "udpProbe":
+        return this.#udp?.expectProbe(command.token, performance.now()) ?? false;
       case "udpState": {
         const states: Record<number, UdpPathState> = {};
         for (const path of this.#udp?.links() ?? []) states[path.number] = path.state();

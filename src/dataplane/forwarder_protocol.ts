@@ -58,6 +58,8 @@ export type Command =
   | { op: "udpRekey"; link: number; keys: WireKeys; peerHasKeys: boolean }
   /** Every UDP path's state, by link. */
   | { op: "udpState" }
+  /** A probe with this token is to be sent back (udp_peers.ts); answers false if it cannot. */
+  | { op: "udpProbe"; token: number }
   | { op: "stop" };
 
 /** A path the fabric forgot: learned over link `via` (null: no link), direct over `link`. */

@@ -20,6 +20,10 @@
  *     handler number (u32) and the frame; handler 0xffffffff is the keepalive, with flags (u8),
  *     a sequence number (u32) and the loss it sees (u8).
  *     An authenticated datagram from a new address moves the peer there (roaming).
+ *   A probe (`vnet doctor --peer`): VNI 0, "VNPR", a token (u32) the server gave the doctor over
+ *   an authenticated control link, zeros to 14 bytes. The server sends it back as it came, once
+ *   per token: the doctor learns that UDP gets through both ways, and no stranger gets an answer
+ *   (nor one larger than what it sent).
  *   Keepalive flags: bit 0, "I have heard you lately". The gaps in the sequence numbers give the
  *   loss of the peer's datagrams here, over its last LOSS_WINDOW keepalives; each keepalive
  *   reports it back (a percentage, NO_LOSS_FIGURE while not known), so each side knows the loss
@@ -71,6 +75,10 @@ const KEEPALIVE_VNI = 0;
 /** Sealed: the handler number of keepalives. */
 const KEEPALIVE_HANDLER = 0xffffffff;
 const KEEPALIVE_MAGIC = [0x56, 0x4e, 0x4b, 0x41]; // "VNKA"
+const PROBE_MAGIC = [0x56, 0x4e, 0x50, 0x52]; // "VNPR"
+/** Probe tokens a server keeps at once, and how long each is good for. */
+const MAX_PROBES = 16;
+const PROBE_TTL_MS = 10_000;
 const HEARS_YOU = 1;
 /** Ethernet, IPv4 and UDP around every datagram (IPv6: 20 more). */
 const OUTER_IPV4 = 20 + 8;
@@ -418,11 +426,24 @@ export class UdpPeerLink {
   }
 }
 
+/** The probe datagram `vnet doctor` sends with the token a server gave it. */
+export function probeDatagram(token: number): Uint8Array {
+  const d = new Uint8Array(VXLAN_HEADER_LENGTH + ETHERNET);
+  encodeVxlan(d, VXLAN_HEADER_LENGTH, KEEPALIVE_VNI);
+  d.set(PROBE_MAGIC, VXLAN_HEADER_LENGTH);
+  new DataView(d.buffer).setUint32(VXLAN_HEADER_LENGTH + 4, token);
+  return d;
+}
+
 /** The server's UDP socket for its links, and their paths. */
 export class UdpPeerPort {
   readonly socket: UdpSocket;
   /** Datagrams from no link's peer, or for no handler. */
   strangers = 0;
+  /** Probes sent back. */
+  probesAnswered = 0;
+  /** Probe tokens given out, with when each expires. */
+  readonly #probes = new Map<number, number>();
   readonly #links = new Map<number, UdpPeerLink>();
   /** Sealed: links by our session id. */
   readonly #byId = new Map<number, UdpPeerLink>();
@@ -515,6 +536,17 @@ export class UdpPeerPort {
       data.set(frame, at + VXLAN_HEADER_LENGTH);
       encodeVxlan(data, at + VXLAN_HEADER_LENGTH, handler & 0xffffff);
     }
+    return true;
+  }
+
+  /**
+   * A probe with `token` is to be sent back, once, within PROBE_TTL_MS; false if too many are
+   * waiting already.
+   */
+  expectProbe(token: number, now: number): boolean {
+    for (const [t, expires] of this.#probes) if (expires <= now) this.#probes.delete(t);
+    if (this.#probes.size >= MAX_PROBES) return false;
+    this.#probes.set(token >>> 0, now + PROBE_TTL_MS);
     return true;
   }
 
@@ -656,6 +688,9 @@ export class UdpPeerPort {
     if (vni === KEEPALIVE_VNI) {
       const k = at + VXLAN_HEADER_LENGTH;
       if (length < VXLAN_HEADER_LENGTH + 13) return void this.strangers++;
+      if (PROBE_MAGIC.every((b, j) => data[k + j] === b)) {
+        return this.#answerProbe(data, at, length, i, now);
+      }
       for (let j = 0; j < 4; j++) {
         if (data[k + j] !== KEEPALIVE_MAGIC[j]) return void this.strangers++;
       }
@@ -686,5 +721,18 @@ export class UdpPeerPort {
       return;
     }
     this.strangers++;
+  }
+
+  #answerProbe(data: Uint8Array, at: number, length: number, i: number, now: number): void {
+    const k = at + VXLAN_HEADER_LENGTH;
+    const token = ((data[k + 4] << 24) | (data[k + 5] << 16) | (data[k + 6] << 8) |
+      data[k + 7]) >>> 0;
+    const expires = this.#probes.get(token);
+    if (expires === undefined || expires <= now) return void this.strangers++;
+    this.#probes.delete(token);
+    const out = this.#reserve(this.socket.rx.source(i), length);
+    if (out < 0) return;
+    this.socket.tx.data.set(data.subarray(at, at + length), out);
+    this.probesAnswered++;
   }
 }

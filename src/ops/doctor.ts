@@ -9,6 +9,7 @@ import * as x509 from "@peculiar/x509";
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { codeOf, ErrorCode, messageOf } from "../errors.ts";
 import { visible } from "../log.ts";
+import { probeDatagram } from "../dataplane/udp_peers.ts";
 import { candidatesFor, LIBNET, LIBPCAP, type LibrarySpec } from "../../ffi/load.ts";
 import { checkPrivateFile, loadSecret, SECRET_ENV } from "../link/secret.ts";
 import {
@@ -71,6 +72,11 @@ export interface Probes {
   tcpConnect(addr: HostPort, timeoutMs: number): Promise<number>;
   /** TLS handshake without verification; the leaf certificate. Throws if not TLS. */
   tlsCertificate(addr: HostPort, timeoutMs: number): Promise<PeerCertificate>;
+  /**
+   * Sends `datagram` to `addr` over UDP (a few times, in case one is lost) and waits for it to
+   * come back; the round trip in ms, or null if nothing came within `timeoutMs`.
+   */
+  udpEcho(addr: HostPort, datagram: Uint8Array, timeoutMs: number): Promise<number | null>;
   /** The vnet handshake as a control client; throws a VnetError whose code says why. */
   dialControl(
     addr: HostPort,
@@ -352,6 +358,8 @@ async function checkPeer(
       `${where} proved it holds the same secret${opts.tlsCa ? ", over verified TLS" : ""}`,
     );
     await checkVersion(session, where, opts, timeoutMs, add);
+    await checkUdp(session, peer, probes, timeoutMs, add);
+    await checkPeerLinks(session, where, timeoutMs, add);
     if (opts.peerDev) await checkPeerMtu(session, where, opts, local, add);
   } finally {
     session.close();
@@ -476,6 +484,105 @@ async function checkTls(
 function sanNames(cert: x509.X509Certificate): string[] {
   const ext = cert.getExtension(x509.SubjectAlternativeNameExtension);
   return ext?.names.items.map((n) => n.value) ?? [];
+}
+
+/**
+ * Whether UDP gets through to the peer's UDP port and back: the links' UDP paths need it, and a
+ * firewall that lets the TCP port through often drops UDP. The peer gives a token over the
+ * authenticated session and sends back, once, the probe that carries it.
+ */
+async function checkUdp(
+  session: PeerSession,
+  peer: HostPort,
+  probes: Probes,
+  timeoutMs: number,
+  add: Add,
+): Promise<void> {
+  const where = formatHostPort(peer);
+  let reply: Record<string, unknown>;
+  try {
+    reply = await withTimeout(session.request("udpProbe"), timeoutMs);
+  } catch (e) {
+    add(
+      "INFO",
+      "peer udp",
+      `${where} cannot be asked about UDP (${visible(messageOf(e))}): a vnet older than this ` +
+        "one; its links carry every frame over TCP",
+    );
+    return;
+  }
+  const port = Number(reply.port), token = Number(reply.token);
+  if (!Number.isInteger(port) || port < 0 || port > 65535 || !Number.isInteger(token)) {
+    add("WARN", "peer udp", `${where} answered the UDP question with nonsense`);
+    return;
+  }
+  if (port === 0) {
+    add(
+      "INFO",
+      "peer udp",
+      `${where} has UDP off (--udp-port 0): its links carry every frame over TCP`,
+    );
+    return;
+  }
+  const udp = formatHostPort({ hostname: peer.hostname, port });
+  const ms = await probes.udpEcho(
+    { hostname: peer.hostname, port },
+    probeDatagram(token),
+    timeoutMs,
+  );
+  if (ms === null) {
+    add(
+      "WARN",
+      "peer udp",
+      `no answer from UDP ${udp} in ${timeoutMs / 1000} s: something on the way drops UDP. ` +
+        `Links to it will carry frames over TCP, slower under loss; let UDP port ${port} through ` +
+        "both ways (or give the servers --transport tcp to stop trying)",
+    );
+    return;
+  }
+  add(
+    "PASS",
+    "peer udp",
+    `UDP ${udp} answered in ${ms.toFixed(1)} ms: links to it can carry frames over UDP`,
+  );
+}
+
+/** Lines shown of the peer's links at most; the rest are counted. */
+const MAX_PEER_LINKS = 10;
+
+/** What carries each of the peer's handlers' frames now: the transport, its MTU and loss. */
+async function checkPeerLinks(
+  session: PeerSession,
+  where: string,
+  timeoutMs: number,
+  add: Add,
+): Promise<void> {
+  let handlers: unknown;
+  try {
+    handlers = (await withTimeout(session.request("list"), timeoutMs)).handlers;
+  } catch {
+    return; // an older peer, or a slow one: the checks above said what matters
+  }
+  if (!Array.isArray(handlers) || handlers.length === 0) return;
+  const lines = handlers.slice(0, MAX_PEER_LINKS).map((h) => describeLink(h));
+  const more = handlers.length > MAX_PEER_LINKS
+    ? `; and ${handlers.length - MAX_PEER_LINKS} more`
+    : "";
+  add("INFO", "peer links", `${where}'s handlers: ${lines.join("; ")}${more}`);
+}
+
+/** One handler of a peer's `list`, as "ID to PEER: udp sealed, MTU 1450, loss 0%/2%". */
+function describeLink(h: Record<string, unknown>): string {
+  const link = (h.link ?? {}) as Record<string, unknown>;
+  const udp = link.udp as Record<string, unknown> | null | undefined;
+  const pct = (v: unknown) => typeof v === "number" ? `${v}%` : "?";
+  let how = `${visible(String(link.transport ?? "tcp"))} (link ${visible(String(link.state))})`;
+  if (udp) {
+    how = `${visible(String(link.transport))}: UDP path ${visible(String(udp.state))}` +
+      `${udp.sealed ? " sealed" : " plain"}, MTU ${Number(udp.mtu)}, loss here ` +
+      `${pct(udp.lossPercent)} there ${pct(udp.peerLossPercent)}`;
+  }
+  return `${visible(String(h.id))} to ${visible(String(h.peer))} ${how}`;
 }
 
 async function checkVersion(

@@ -1,8 +1,8 @@
 /**
  * `vnet doctor` against real servers (TLS) in namespaces: the all-pass case, then each thing it
  * must catch: a missing device, a device that is down, an MTU mismatch between the Proxy's and
- * the Host's devices, a world-readable secret, an unreachable peer, a wrong secret, a peer of
- * another CA. Each is checked by its exit status and the line that says what is wrong.
+ * the Host's devices, a world-readable secret, UDP dropped on the way, an unreachable peer, a
+ * wrong secret, a peer of another CA. Each is checked by its exit status and the line that says what is wrong.
  *
  *   flock /tmp/vnet-ns.lock deno test -A tests/e2e/doctor_test.ts
  */
@@ -83,6 +83,7 @@ e2e("doctor: all pass, and each broken set-up named", async (t) => {
       expect(r, "peer tls", "PASS", /from your CA, valid until/);
       expect(r, "peer handshake", "PASS", /same secret, over verified TLS/);
       expect(r, "peer version", "PASS", /runs vnet /);
+      expect(r, "peer udp", "PASS", /^UDP 10\.78\.0\.2:7000 answered in [\d.]+ ms/);
       expect(r, "peer mtu", "PASS", /both have MTU 1500/);
       const human = await topo.vnet(["doctor", ...base]);
       assert(human.code === 0 && /^PASS {2}privileges: /m.test(human.stdout), human.stdout);
@@ -138,6 +139,21 @@ e2e("doctor: all pass, and each broken set-up named", async (t) => {
       ]);
       assert(r.code === 1, `exit ${r.code}\n${r.text}`);
       expect(r, "secret", "FAIL", /0644 .*too open; run chmod 600 /);
+    });
+
+    await step("UDP dropped on the way to the peer: WARN naming the port, exit 2", async () => {
+      await run(topo.ns.host, ["nft", "-f", "-"], {
+        stdin: `table inet vnt_doctor_udp {
+          chain in { type filter hook input priority 0; udp dport 7000 drop; }
+        }`,
+      });
+      try {
+        const r = await doctor(topo, [...base, "--timeout", "2"]);
+        assert(r.code === 2, `exit ${r.code}\n${r.text}`);
+        expect(r, "peer udp", "WARN", /no answer from UDP .*:7000 in 2 s: .*let UDP port 7000/);
+      } finally {
+        await tryRun(topo.ns.host, ["nft", "delete", "table", "inet", "vnt_doctor_udp"]);
+      }
     });
 
     await step("an unreachable peer: refused, and silent", async () => {

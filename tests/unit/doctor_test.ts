@@ -25,6 +25,7 @@ import {
   wifiCanBridge,
 } from "../../src/ops/sysinfo.ts";
 import { ErrorCode, VnetError } from "../../src/errors.ts";
+import { probeDatagram } from "../../src/dataplane/udp_peers.ts";
 
 /** A fake /proc and /sys under one temp dir. */
 class FakeRoot {
@@ -93,6 +94,7 @@ function probes(over: Partial<Probes> = {}): Probes {
     offloads: () => Promise.resolve(["tso", "gso", "gro"]),
     tcpConnect: () => Promise.resolve(0.4),
     tlsCertificate: () => Promise.reject(new Error("not used")),
+    udpEcho: () => Promise.resolve(null),
     dialControl: () => Promise.resolve(session({})),
     ...over,
   };
@@ -373,6 +375,103 @@ Deno.test("doctor: the peer: refused, wrong secret, version, MTU mismatch", asyn
       probes({ dialControl: () => Promise.resolve(peer) }),
     );
     assertMatch(find(checks, "peer mtu").message, /has no device nope \(it has vmif0\)/);
+  } finally {
+    Deno.env.delete("VNET_SECRET");
+    root.cleanup();
+  }
+});
+
+Deno.test("doctor: UDP to the peer answered, dropped or off; its links' transports", async () => {
+  const root = new FakeRoot().status(0, ALL_CAPS);
+  Deno.env.set(
+    "VNET_SECRET",
+    btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
+  );
+  const base = {
+    devs: [],
+    peer: { hostname: "10.78.0.2", port: 7000 },
+    version: "0.1.0",
+    procRoot: root.proc,
+    sysRoot: root.sys,
+    envSecret: "x",
+  };
+  const version = { version: "0.1.0", commit: "abc", time: Date.now() };
+  const handler = (id: string, udp: Record<string, unknown> | null) => ({
+    id,
+    peer: "10.78.0.1:7000",
+    link: { state: "up", transport: udp?.state === "up" ? "udp" : "tcp", udp },
+  });
+  try {
+    // The probe sent is the one the peer gave the token for, to its UDP port.
+    const sent: { port: number; datagram: Uint8Array }[] = [];
+    let checks = await runDoctor(
+      base,
+      probes({
+        dialControl: () =>
+          Promise.resolve(session({
+            version,
+            udpProbe: { port: 7001, token: 0xdeadbeef },
+            list: {
+              handlers: [
+                handler("h1", {
+                  state: "up",
+                  sealed: true,
+                  mtu: 1402,
+                  lossPercent: 0,
+                  peerLossPercent: 2,
+                }),
+                handler("h2\x1b[2J", null),
+              ],
+            },
+          })),
+        udpEcho: (addr, datagram) => {
+          sent.push({ port: addr.port, datagram: datagram.slice() });
+          return Promise.resolve(0.4);
+        },
+      }),
+    );
+    assertEquals(sent.length, 1);
+    assertEquals(sent[0].port, 7001);
+    assertEquals(sent[0].datagram, probeDatagram(0xdeadbeef));
+    const udp = find(checks, "peer udp");
+    assertEquals(udp.status, "PASS");
+    assertMatch(udp.message, /^UDP 10\.78\.0\.2:7001 answered in 0\.4 ms/);
+    const links = find(checks, "peer links").message;
+    assertMatch(links, /h1 to 10\.78\.0\.1:7000 udp: UDP path up sealed, MTU 1402, loss here 0%/);
+    assertMatch(links, /there 2%/);
+    // A peer's words are escaped: its handler ids reach this terminal.
+    assert(!links.includes("\x1b"), links);
+    assertMatch(links, /h2\\x1b\[2J to 10\.78\.0\.1:7000 tcp \(link up\)/);
+
+    // Nothing came back: WARN, with the port to open; exit 2.
+    checks = await runDoctor(
+      base,
+      probes({
+        dialControl: () =>
+          Promise.resolve(session({ version, udpProbe: { port: 7001, token: 1 } })),
+      }),
+    );
+    assertEquals(find(checks, "peer udp").status, "WARN");
+    assertMatch(find(checks, "peer udp").message, /no answer from UDP 10\.78\.0\.2:7001 in 5 s/);
+    assertMatch(find(checks, "peer udp").message, /let UDP port 7001 through both ways/);
+    assertEquals(exitCode(checks), 2);
+
+    // UDP off there, or a peer too old to be asked: said, not a warning.
+    checks = await runDoctor(
+      base,
+      probes({
+        dialControl: () => Promise.resolve(session({ version, udpProbe: { port: 0, token: 0 } })),
+      }),
+    );
+    assertEquals(find(checks, "peer udp").status, "INFO");
+    assertMatch(find(checks, "peer udp").message, /has UDP off \(--udp-port 0\)/);
+    checks = await runDoctor(
+      base,
+      probes({ dialControl: () => Promise.resolve(session({ version })) }),
+    );
+    assertEquals(find(checks, "peer udp").status, "INFO");
+    assertMatch(find(checks, "peer udp").message, /a vnet older than this one/);
+    assert(!checks.some((c) => c.name === "peer links"), "no links line without a list");
   } finally {
     Deno.env.delete("VNET_SECRET");
     root.cleanup();

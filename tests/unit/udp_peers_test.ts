@@ -4,7 +4,7 @@
  * a forger sends is counted and never handed on.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { type UdpPathSpec, UdpPeerPort } from "../../src/dataplane/udp_peers.ts";
+import { probeDatagram, type UdpPathSpec, UdpPeerPort } from "../../src/dataplane/udp_peers.ts";
 import { deriveSessionKeys, EphemeralKeyPair } from "../../src/link/udp/keys.ts";
 import { UdpSocket } from "../../src/io/udp_socket.ts";
 import { Logger } from "../../src/log.ts";
@@ -323,5 +323,44 @@ Deno.test("udp path: keepalives report the loss both ways, and a busy path's com
     assertEquals(la.state().state, "up");
   } finally {
     close(a, b);
+  }
+});
+
+Deno.test("udp port: a doctor's probe comes back once, for a token given out; others never", async () => {
+  const e = end();
+  const doctor = UdpSocket.open({ address: "127.0.0.1", port: 0 });
+  try {
+    const to = doctor.peer("127.0.0.1", e.port.port);
+    const heard = async (what: string, expect: Uint8Array | null) => {
+      const strangers = e.port.strangers, answered = e.port.probesAnswered;
+      // Either answered or counted: then look whether anything came back.
+      await until(what, () => e.port.strangers + e.port.probesAnswered > strangers + answered);
+      const n = doctor.rx.receive();
+      if (expect === null) return assertEquals(n, 0, `${what}: answered`);
+      assertEquals(n, 1, `${what}: no answer`);
+      const got = doctor.rx.data.slice(
+        doctor.rx.offset[0],
+        doctor.rx.offset[0] + doctor.rx.length[0],
+      );
+      assertEquals(got, expect);
+    };
+    // A token never given out: no answer.
+    doctor.sendTo(to, probeDatagram(42));
+    await heard("an unknown token", null);
+    // Given out: the probe comes back as it went, once.
+    assert(e.port.expectProbe(42, performance.now()));
+    doctor.sendTo(to, probeDatagram(42));
+    await heard("a token given out", probeDatagram(42));
+    doctor.sendTo(to, probeDatagram(42));
+    await heard("the same token again", null);
+    // An expired token: no answer. At most 16 wait at once.
+    assert(e.port.expectProbe(43, performance.now() - 20_000));
+    doctor.sendTo(to, probeDatagram(43));
+    await heard("an expired token", null);
+    for (let t = 100; t < 116; t++) assert(e.port.expectProbe(t, performance.now()));
+    assertEquals(e.port.expectProbe(116, performance.now()), false);
+  } finally {
+    doctor.close();
+    close(e);
   }
 });
