@@ -11,6 +11,8 @@ DENO_VERSION=2.9.6
 APT_PACKAGES=(libpcap0.8 libnet1 iproute2 iputils-ping iperf3 dnsmasq-base udhcpc nftables
   openssh-server openssh-client ethtool tcpdump python3 util-linux chromium prometheus
   qemu-system-x86 zsh
+  # tests/e2e/nat_test.ts makes a NAT forget its UDP mappings
+  conntrack
   # the encrypted UDP transport's AEADs, X25519 and HMAC (ffi/sodium.ts)
   libsodium23
   # tests/unit/layout_test.ts compiles the FFI struct layouts against the C headers, for x86_64

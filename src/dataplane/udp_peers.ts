@@ -68,6 +68,11 @@ import { decodeVxlan, encodeVxlan, VXLAN_HEADER_LENGTH } from "./vxlan.ts";
 const KEEPALIVE_MS = 1000;
 /** ... and this often while the path has frames to carry: the loss is known within seconds. */
 const BUSY_KEEPALIVE_MS = 200;
+/**
+ * A keepalive is due this much early: the ticks that send them come once a second, and one a
+ * hair less than KEEPALIVE_MS after the last would otherwise wait for the next, 2 s in all.
+ */
+const DUE_SLACK_MS = 100;
 /** Nothing heard for this long: the path is down, frames go by the stream. */
 const DOWN_AFTER_MS = 3000;
 /** Plain: the VNI of keepalives; a handler whose VNI would be 0 goes by the stream. */
@@ -89,6 +94,12 @@ const HANDLER_BYTES = 4;
 const LOSS_WINDOW = 20;
 /** Fewer keepalives than this in the window give no figure yet. */
 const LOSS_MIN_SAMPLES = 10;
+/**
+ * This many keepalives missing in a row is an outage (a NAT that forgot its mapping, a link
+ * that flapped), not loss: the figure starts afresh after it. Random loss of 40% makes such a
+ * run once in ~100 keepalives; an outage is what the silence test (DOWN_AFTER_MS) is for.
+ */
+const OUTAGE_RUN = 5;
 /** The loss byte of a keepalive that has no figure to give. */
 const NO_LOSS_FIGURE = 255;
 /** The peer loses this much of what we send: frames go by the stream... */
@@ -292,7 +303,7 @@ export class UdpPeerLink {
 
   /** Every second or so: keepalives, whether the path is up, the session's keys, the MTU. */
   tick(now: number): void {
-    if (now - this.#lastKeepalive >= KEEPALIVE_MS) this.#keepalive(now);
+    if (now - this.#lastKeepalive >= KEEPALIVE_MS - DUE_SLACK_MS) this.#keepalive(now);
     this.#judge(now);
     this.session?.tick(now);
   }
@@ -363,8 +374,11 @@ export class UdpPeerLink {
    * datagram in the same queues as the frames. One that comes late, within the window, counts.
    */
   #countLoss(seq: number): void {
-    if (this.#firstSeq < 0 || seq > this.#lastSeq + 0x7fffffff) {
-      // The first, or a peer that started counting again (a new link or a restart).
+    if (
+      this.#firstSeq < 0 || seq > this.#lastSeq + 0x7fffffff || seq - this.#lastSeq > OUTAGE_RUN
+    ) {
+      // The first, a peer that started counting again (a new link or a restart), or the first
+      // after an outage.
       this.#resetLoss();
       this.#firstSeq = this.#lastSeq = seq;
       this.#arrived[seq % LOSS_WINDOW] = 1;

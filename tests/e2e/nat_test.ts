@@ -6,7 +6,17 @@
  *
  *   deno test -A tests/e2e/nat_test.ts
  */
-import { LAN, spawn, Topology, WAN } from "../../lab/netns.ts";
+import {
+  type HandlerInfo,
+  LAN,
+  run,
+  spawn,
+  Topology,
+  tryRun,
+  vnetCommand,
+  waitFor,
+  WAN,
+} from "../../lab/netns.ts";
 import {
   assert,
   assertCleanFailure,
@@ -167,3 +177,151 @@ e2e("nat: Host behind masquerading NAT, client uses --via host", async (t) => {
     });
   });
 });
+
+/** The NAT as above, but letting UDP to the Proxy's port 443 out too: the link's UDP path. */
+async function udpNatSite(): Promise<Site> {
+  const site = new Site(await Topology.create({ vms: 1 }));
+  try {
+    await natHost(site, { egressPorts: [443], udpEgressPorts: [443] });
+  } catch (e) {
+    await site.cleanup();
+    throw e;
+  }
+  return site;
+}
+
+/** The UDP path of the one handler in `ns`'s server at `server`. */
+async function udpPathAt(topo: Topology, ns: string, server: string, extra: string[]) {
+  const [h] = await listAt(topo, ns, server, extra) as (HandlerInfo & {
+    link: { udp: { state: string; peer: string; datagramsIn: number } | null };
+  })[];
+  assert(h, `${server} lists no handler`);
+  return h.link.udp;
+}
+
+for (const tls of [false, true]) {
+  e2e(
+    `nat: the NAT forgets the Host's UDP mapping mid-ping, the path follows (tls=${tls})`,
+    async (t) => {
+      await withEnv(udpNatSite, 120_000, async (site) => {
+        const { topo } = site;
+        const step = stepper(t, () => topo.serverLogs());
+        const router = `${topo.name}-router`;
+        const vmIp = "10.77.0.60";
+        const hostAddr = `${NAT.host}:7000`;
+        const proxy443 = `${WAN.proxy}:443`;
+        const dirOf = { proxy: "proxy", host: "host-nat" };
+        const tlsArgs = (role: "proxy" | "host") =>
+          tls
+            ? [
+              "--tls-cert",
+              `${topo.tlsDir}/${dirOf[role]}/cert.pem`,
+              "--tls-key",
+              `${topo.tlsDir}/${dirOf[role]}/key.pem`,
+              "--tls-ca",
+              `${topo.tlsDir}/ca.pem`,
+            ]
+            : [];
+        if (tls) {
+          // The Host's server is reached at its private address: its certificate names that.
+          const dir = await topo.makeCerts();
+          const r = await tryRun(null, [
+            ...vnetCommand(),
+            ...["cert", "issue", "--ca", dir, "--name", "host", "--san", NAT.host],
+            ...["--out", `${dir}/host-nat`],
+          ]);
+          assert(r.code === 0, `vnet cert issue: ${r.stderr}`);
+        }
+        const clientTls = topo.clientTlsArgs();
+        await startServerAt(topo, "proxy", "0.0.0.0:443", tlsArgs("proxy"));
+        await startServerAt(topo, "host", hostAddr, tlsArgs("host"));
+        await run(topo.vms[0].ns, ["ip", "addr", "add", `${vmIp}/${LAN.prefix}`, "dev", "eth0"]);
+        const atProxy = () => udpPathAt(topo, topo.ns.proxy, proxy443, clientTls);
+        const atHost = () => udpPathAt(topo, topo.ns.host, hostAddr, clientTls);
+
+        await step(
+          "--via host, --transport udp: a UDP path through the NAT, both ends up",
+          async () => {
+            const r = await topo.vnet(
+              createArgs(topo, proxy443, hostAddr, [
+                "--via",
+                "host",
+                "--transport",
+                "udp",
+                ...clientTls,
+              ]),
+              { ns: topo.ns.host },
+            );
+            assert(r.code === 0, `create failed: ${r.stderr}`);
+            await waitFor(
+              "both ends' UDP path up",
+              async () =>
+                (await atProxy())?.state === "up" && (await atHost())?.state === "up" || undefined,
+              10_000,
+              100,
+            );
+          },
+        );
+
+        await step(
+          "the mapping forgotten and remade on another port: the ping carries on",
+          async () => {
+            const ping = spawn(topo.ns.client, ["ping", "-n", "-i", "0.1", "-w", "8", vmIp]);
+            topo.procs.push(ping);
+            await ping.waitForLine(/bytes from/, 10_000);
+            const before = (await atProxy())!;
+            assert(before.peer === `${NAT.routerWan}:7000`, `the Proxy sends to ${before.peer}`);
+            // The NAT now maps new UDP flows to other ports, then forgets every UDP mapping it has:
+            // what a NAT does when its UDP timeout expires, or when it restarts.
+            await run(router, ["nft", "flush", "chain", "inet", "vnet_nat", "postrouting"]);
+            await run(router, [
+              "nft",
+              "add rule inet vnet_nat postrouting oifname wan0 meta l4proto udp masquerade to " +
+              ":40000-40999",
+            ]);
+            await run(router, [
+              "nft",
+              "add rule inet vnet_nat postrouting oifname wan0 masquerade",
+            ]);
+            await run(router, ["conntrack", "-D", "-p", "udp"]);
+            const forgot = performance.now();
+            await waitFor(
+              "the Proxy to send to the new mapping",
+              async () => {
+                const p = await atProxy();
+                const port = Number(p?.peer.split(":").at(-1));
+                return p?.state === "up" && port >= 40000 && port <= 40999 ? p : undefined;
+              },
+              10_000,
+              100,
+            );
+            const followedMs = Math.round(performance.now() - forgot);
+            const after = (await atProxy())!;
+            // Frames, not only keepalives, come in by UDP from the new mapping.
+            await waitFor(
+              "frames by UDP from the new mapping",
+              async () =>
+                ((await atProxy())?.datagramsIn ?? 0) > after.datagramsIn + 20 || undefined,
+              5_000,
+              100,
+            );
+            await ping.exited;
+            const summary = ping.lines.find((l) => /packets transmitted/.test(l))?.trim() ?? "";
+            assert(summary, `ping printed no summary: ${ping.lines.join("\n")}`);
+            console.log(
+              `    the Proxy followed ${before.peer} -> ${after.peer} in ${followedMs} ms; ` +
+                `ping: ${summary}`,
+            );
+            assert(followedMs <= 3_000, `the path followed after ${followedMs} ms`);
+            // What is lost is what the Proxy sent to the forgotten mapping before the Host's next
+            // datagram (a keepalive each second) showed it the new one.
+            const lost = Number(/(\d+) packets transmitted/.exec(summary)?.[1] ?? 0) -
+              Number(/(\d+) received/.exec(summary)?.[1] ?? 0);
+            assert(lost <= 15, `${lost} pings lost across the remapping`);
+            assert((await atHost())?.state === "up", "the Host's path is not up");
+          },
+        );
+      });
+    },
+  );
+}

@@ -253,6 +253,14 @@ Deno.test("udp path: the gaps in the peer's last 20 keepalive numbers give the p
     assertEquals(link.state().lossPercent, 5);
     link.heard(now, true, 5);
     assertEquals(link.state().lossPercent, 5);
+    // Five missing in a row is an outage, not loss: the figure starts afresh after it.
+    link.heard(now, true, 36);
+    assertEquals(link.state().lossPercent, null);
+    for (let seq = 37; seq <= 45; seq++) link.heard(now, true, seq);
+    assertEquals(link.state().lossPercent, 0);
+    // Four in a row is loss.
+    link.heard(now, true, 50);
+    assertEquals(link.state().lossPercent, 27); // 4 of the last 15 (36..50)
     // A silence starts the figure afresh: what was lost in it says nothing of the path now.
     link.heard(now + 4000, true, 60);
     assertEquals(link.state().lossPercent, null);
