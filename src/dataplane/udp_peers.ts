@@ -75,6 +75,16 @@ const BUSY_KEEPALIVE_MS = 200;
 const DUE_SLACK_MS = 100;
 /** Nothing heard for this long: the path is down, frames go by the stream. */
 const DOWN_AFTER_MS = 3000;
+/**
+ * An end whose path carried no frame either way for IDLE_AFTER_MS says so in its keepalives
+ * (flag IDLE). While both ends are idle, each sends a keepalive every IDLE_KEEPALIVE_MS only, and
+ * waits three of those before it calls the path down: a NAT's UDP mapping lasts 30 s or more,
+ * and ten idle links cost a Proxy ten wake-ups a second less. The first frame ends it: that end
+ * tells the peer at once, both keep the 1 s pace again, and a peer that does not answer within
+ * DOWN_AFTER_MS of that frame is down, as before.
+ */
+const IDLE_AFTER_MS = 10_000;
+const IDLE_KEEPALIVE_MS = 10_000;
 /** Plain: the VNI of keepalives; a handler whose VNI would be 0 goes by the stream. */
 const KEEPALIVE_VNI = 0;
 /** Sealed: the handler number of keepalives. */
@@ -84,7 +94,9 @@ const PROBE_MAGIC = [0x56, 0x4e, 0x50, 0x52]; // "VNPR"
 /** Probe tokens a server keeps at once, and how long each is good for. */
 const MAX_PROBES = 16;
 const PROBE_TTL_MS = 10_000;
+/** Keepalive flags. */
 const HEARS_YOU = 1;
+const IDLE = 2;
 /** Ethernet, IPv4 and UDP around every datagram (IPv6: 20 more). */
 const OUTER_IPV4 = 20 + 8;
 const OUTER_IPV6 = 40 + 8;
@@ -165,7 +177,14 @@ export class UdpPeerLink {
   isOpen = true;
   peer: UdpAddress;
   readonly session: UdpCryptoSession | null;
-  readonly stats = { datagramsOut: 0, datagramsIn: 0, fallbackFrames: 0, tooBig: 0, downs: 0 };
+  readonly stats = {
+    datagramsOut: 0,
+    datagramsIn: 0,
+    fallbackFrames: 0,
+    tooBig: 0,
+    downs: 0,
+    keepalivesOut: 0,
+  };
   /** Datagrams of ours the peer refused are not seen here; ours refused from others are. */
   refused = 0;
   mtu = DEFAULT_PATH_MTU - OUTER_IPV4 - ETHERNET - VXLAN_HEADER_LENGTH;
@@ -174,6 +193,11 @@ export class UdpPeerLink {
   readonly #handlers = new Set<number>();
   #heardAt = -Infinity;
   #peerHearsUs = false;
+  /** The peer's last keepalive said it is idle (keepalives every IDLE_KEEPALIVE_MS). */
+  #peerIdle = false;
+  /** The last frame either way; and when the path left idleness last. */
+  #lastFrameAt: number;
+  #activeSince = -Infinity;
   #up = false;
   #lastKeepalive = -Infinity;
   #keepalivesSent = 0;
@@ -200,6 +224,8 @@ export class UdpPeerLink {
     now: number,
   ) {
     this.peer = port.socket.peer(spec.host, spec.port);
+    // A new path is busy until proven idle: it comes up at the pace of a busy one.
+    this.#lastFrameAt = now;
     this.session = spec.keys
       ? new UdpCryptoSession({
         keys: spec.keys,
@@ -280,30 +306,35 @@ export class UdpPeerLink {
   }
 
   /**
-   * A keepalive from the peer (its `seq`-th): it hears us (or not), and loses `peerLoss`
-   * percent of ours (NO_LOSS_FIGURE: it cannot tell yet).
+   * A keepalive from the peer (its `seq`-th) with its flags: it hears us (or not), is idle (or
+   * not), and loses `peerLoss` percent of ours (NO_LOSS_FIGURE: it cannot tell yet).
    */
-  heard(now: number, hearsUs: boolean, seq: number, peerLoss = NO_LOSS_FIGURE): void {
-    const before = this.#heardAt;
+  heard(now: number, flags: number, seq: number, peerLoss = NO_LOSS_FIGURE): void {
+    const wasSilent = !this.#heardRecently(now);
+    const peerWoke = this.#peerIdle && (flags & IDLE) === 0;
     // After a silence, the keepalives lost in it say nothing of the path as it is now.
-    if (now - before >= DOWN_AFTER_MS) this.#resetLoss();
+    if (wasSilent) this.#resetLoss();
     this.#countLoss(seq);
     this.#heardAt = now;
-    this.#peerHearsUs = hearsUs;
+    this.#peerHearsUs = (flags & HEARS_YOU) !== 0;
+    this.#peerIdle = (flags & IDLE) !== 0;
     this.peerLossPercent = peerLoss <= 100 ? peerLoss : null;
-    // The first word from the peer in a while: answer at once, so that it knows we hear it.
-    if (now - before >= DOWN_AFTER_MS) this.#keepalive(now);
+    // The first word from the peer in a while, or since it woke: answer at once, so that it
+    // knows we hear it.
+    if (wasSilent || peerWoke) this.#keepalive(now);
     this.#judge(now);
   }
 
-  /** Any valid datagram from the peer. */
+  /** A frame from the peer. */
   alive(now: number): void {
     this.#heardAt = now;
+    this.#active(now);
   }
 
   /** Every second or so: keepalives, whether the path is up, the session's keys, the MTU. */
   tick(now: number): void {
-    if (now - this.#lastKeepalive >= KEEPALIVE_MS - DUE_SLACK_MS) this.#keepalive(now);
+    const every = this.#idle(now) && this.#peerIdle ? IDLE_KEEPALIVE_MS : KEEPALIVE_MS;
+    if (now - this.#lastKeepalive >= every - DUE_SLACK_MS) this.#keepalive(now);
     this.#judge(now);
     this.session?.tick(now);
   }
@@ -311,8 +342,23 @@ export class UdpPeerLink {
   /** After a burst that had frames for the path: a keepalive if a busy path's is due. */
   busyTick(now: number): void {
     this.busy = false;
+    this.#active(now);
     if (now - this.#lastKeepalive >= BUSY_KEEPALIVE_MS) this.#keepalive(now);
     this.#judge(now);
+  }
+
+  /** Whether no frame crossed the path either way for IDLE_AFTER_MS. */
+  #idle(now: number): boolean {
+    return now - this.#lastFrameAt >= IDLE_AFTER_MS;
+  }
+
+  /** A frame crossed: an idle path wakes, and tells the peer at once. */
+  #active(now: number): void {
+    const wasIdle = this.#idle(now);
+    this.#lastFrameAt = now;
+    if (!wasIdle) return;
+    this.#activeSince = now;
+    this.#keepalive(now);
   }
 
   /** Reads the path's MTU again (after an EMSGSIZE, and when the path comes up). */
@@ -360,13 +406,21 @@ export class UdpPeerLink {
 
   #keepalive(now: number): void {
     this.#lastKeepalive = now;
-    const hears = this.#heardRecently(now) ? HEARS_YOU : 0;
+    this.stats.keepalivesOut++;
+    const flags = (this.#heardRecently(now) ? HEARS_YOU : 0) | (this.#idle(now) ? IDLE : 0);
     const loss = this.lossPercent === null ? NO_LOSS_FIGURE : Math.round(this.lossPercent);
-    this.port.sendKeepalive(this, hears, this.#keepalivesSent++, loss);
+    this.port.sendKeepalive(this, flags, this.#keepalivesSent++, loss);
   }
 
+  /**
+   * Whether the peer was heard within the silence it may keep: three of its keepalives. A path
+   * that just woke gives an idle peer DOWN_AFTER_MS from then to answer.
+   */
   #heardRecently(now: number): boolean {
-    return now - this.#heardAt < DOWN_AFTER_MS;
+    if (!this.#idle(now)) {
+      return now - Math.max(this.#heardAt, this.#activeSince) < DOWN_AFTER_MS;
+    }
+    return now - this.#heardAt < (this.#peerIdle ? 3 * IDLE_KEEPALIVE_MS : DOWN_AFTER_MS);
   }
 
   /**
@@ -431,7 +485,7 @@ export class UdpPeerLink {
       up
         ? `both ways work (inner MTU ${this.mtu})`
         : !this.#heardRecently(now)
-        ? `nothing heard for ${DOWN_AFTER_MS} ms`
+        ? `nothing heard for ${Math.round(now - this.#heardAt)} ms`
         : !this.#peerHearsUs
         ? "the peer does not hear us"
         : `the peer lost ${peerLoss}% of our last keepalives (the link carries the frames ` +
@@ -686,7 +740,7 @@ export class UdpPeerPort {
         const seq = ((plain[5] << 24) | (plain[6] << 16) | (plain[7] << 8) | plain[8]) >>> 0;
         // An older VNET's keepalive has no loss byte.
         const loss = plain.length >= 10 ? plain[9] : NO_LOSS_FIGURE;
-        link.heard(now, (plain[4] & HEARS_YOU) !== 0, seq, loss);
+        link.heard(now, plain[4], seq, loss);
         return;
       }
       link.alive(now);
@@ -719,7 +773,7 @@ export class UdpPeerPort {
           data[k + 12]) >>> 0;
         // An older VNET sent a zero there: "no loss", which it never judged by.
         const loss = length >= VXLAN_HEADER_LENGTH + ETHERNET ? data[k + 13] : NO_LOSS_FIGURE;
-        link.heard(now, (data[k + 8] & HEARS_YOU) !== 0, seq, loss);
+        link.heard(now, data[k + 8], seq, loss);
         return;
       }
       this.strangers++;

@@ -243,26 +243,26 @@ Deno.test("udp path: the gaps in the peer's last 20 keepalive numbers give the p
     assertEquals(link.state().lossPercent, null);
     const now = performance.now();
     // Fewer than 10 keepalives give no figure yet.
-    for (let seq = 0; seq < 9; seq++) link.heard(now, true, seq);
+    for (let seq = 0; seq < 9; seq++) link.heard(now, 1, seq);
     assertEquals(link.state().lossPercent, null);
     // 0..30 of which 5, 15 and 25 never came: the last 20 (11..30) miss two, 10%.
-    for (let seq = 9; seq <= 30; seq++) if (seq % 10 !== 5) link.heard(now, true, seq);
+    for (let seq = 9; seq <= 30; seq++) if (seq % 10 !== 5) link.heard(now, 1, seq);
     assertEquals(link.state().lossPercent, 10);
     // One that comes late within the window is not lost; one older than the window is ignored.
-    link.heard(now, true, 25);
+    link.heard(now, 1, 25);
     assertEquals(link.state().lossPercent, 5);
-    link.heard(now, true, 5);
+    link.heard(now, 1, 5);
     assertEquals(link.state().lossPercent, 5);
     // Five missing in a row is an outage, not loss: the figure starts afresh after it.
-    link.heard(now, true, 36);
+    link.heard(now, 1, 36);
     assertEquals(link.state().lossPercent, null);
-    for (let seq = 37; seq <= 45; seq++) link.heard(now, true, seq);
+    for (let seq = 37; seq <= 45; seq++) link.heard(now, 1, seq);
     assertEquals(link.state().lossPercent, 0);
     // Four in a row is loss.
-    link.heard(now, true, 50);
+    link.heard(now, 1, 50);
     assertEquals(link.state().lossPercent, 27); // 4 of the last 15 (36..50)
     // A silence starts the figure afresh: what was lost in it says nothing of the path now.
-    link.heard(now + 4000, true, 60);
+    link.heard(now + 4000, 1, 60);
     assertEquals(link.state().lossPercent, null);
   } finally {
     close(a, b);
@@ -275,7 +275,7 @@ Deno.test("udp path: a peer that loses a quarter of ours sends the frames to the
     const link = a.port.get(LINK)!;
     const t0 = performance.now();
     let seq = 0;
-    const hear = (at: number, peerLoss: number) => link.heard(t0 + at, true, seq++, peerLoss);
+    const hear = (at: number, peerLoss: number) => link.heard(t0 + at, 1, seq++, peerLoss);
     hear(0, 255);
     assertEquals(link.up, true);
     assertEquals(link.bypass(HANDLER, frame(0)), true);
@@ -370,5 +370,59 @@ Deno.test("udp port: a doctor's probe comes back once, for a token given out; ot
   } finally {
     doctor.close();
     close(e);
+  }
+});
+
+Deno.test("udp path: idle both ways, a keepalive each 10 s and 30 s of patience; a frame wakes it", () => {
+  const { a, b } = pair(false);
+  try {
+    const link = a.port.get(LINK)!;
+    const t0 = performance.now();
+    const HEARS_YOU = 1, IDLE = 2;
+    let seq = 0;
+    link.heard(t0, HEARS_YOU, seq++);
+    assertEquals(link.up, true);
+    const sent = () => link.stats.keepalivesOut;
+    // Busy or not yet idle: one a second.
+    let before = sent();
+    for (let s = 1; s <= 9; s++) {
+      link.heard(t0 + s * 1000 - 500, HEARS_YOU, seq++);
+      link.tick(t0 + s * 1000);
+    }
+    assertEquals(sent() - before, 9);
+    assertEquals(link.up, true);
+    // 10 s without a frame: idle, but the peer is not (yet): still one a second.
+    link.heard(t0 + 9500, HEARS_YOU, seq++);
+    before = sent();
+    link.tick(t0 + 10_000);
+    link.tick(t0 + 11_000);
+    assertEquals(sent() - before, 2);
+    // The peer says it is idle too: one every 10 s.
+    link.heard(t0 + 11_500, HEARS_YOU | IDLE, seq++);
+    before = sent();
+    for (let s = 12; s <= 20; s++) link.tick(t0 + s * 1000);
+    assertEquals(sent() - before, 0);
+    link.tick(t0 + 21_000);
+    assertEquals(sent() - before, 1);
+    // An idle peer may keep quiet for 30 s: up at 29 s of silence, down after 30.
+    link.tick(t0 + 11_500 + 29_000);
+    assertEquals(link.up, true);
+    link.tick(t0 + 11_500 + 30_500);
+    assertEquals(link.up, false);
+    link.heard(t0 + 42_500, HEARS_YOU | IDLE, seq++);
+    assertEquals(link.up, true);
+    // A frame from the peer wakes the path: a keepalive at once, then one a second, and the
+    // peer gets 3 s to be heard from again.
+    before = sent();
+    link.alive(t0 + 43_000);
+    assertEquals(sent() - before, 1);
+    link.tick(t0 + 44_000);
+    assertEquals(sent() - before, 2);
+    link.tick(t0 + 45_900);
+    assertEquals(link.up, true);
+    link.tick(t0 + 46_100);
+    assertEquals(link.up, false);
+  } finally {
+    close(a, b);
   }
 });
