@@ -576,8 +576,8 @@ export class Sites {
     const t = Sites.blockTable(b);
     await run(a.ns, ["nft", "-f", "-"], {
       stdin: `table inet ${t} {
-  chain input { type filter hook input priority 0; ip saddr ${b.wanIp} meta l4proto tcp drop; }
-  chain output { type filter hook output priority 0; ip daddr ${b.wanIp} meta l4proto tcp drop; }
+  chain input { type filter hook input priority 0; ip saddr ${b.wanIp} meta l4proto { tcp, udp } drop; }
+  chain output { type filter hook output priority 0; ip daddr ${b.wanIp} meta l4proto { tcp, udp } drop; }
 }
 `,
     });
@@ -742,6 +742,9 @@ export interface PathInfo {
   peer: string | null;
   frames: number;
   bytes: number;
+  /** A direct path's: what carries it now, and its UDP path's state. */
+  transport?: "udp" | "tcp" | null;
+  udp?: { state: string; datagramsOut: number; datagramsIn: number } | null;
 }
 
 /** One entry of `vnet client list --json`. */

@@ -68,7 +68,7 @@ const DIRECT_KEEPALIVE_MS = 1_000;
 const WARN_EVERY_MS = 1_000;
 
 interface DirectHooks {
-  /** Opens a peer link to another Host. */
+  /** Opens a peer link to another Host, and agrees its UDP path where it can. */
   dial(addr: HostPort, keepaliveMs: number, timeoutMs: number): Promise<Link>;
 }
 
@@ -313,8 +313,17 @@ export class DirectPaths {
     }
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
-    this.registry.dataPath.send({ op: "allow", link: link.number, handler: local.number });
-    this.log.info("direct path up", { mac, via: peer, handler: local.spec.id });
+    const path = this.registry.dataPath;
+    path.send({ op: "allow", link: link.number, handler: local.number });
+    // Frames take the direct link's UDP path too while it works both ways, as on a Proxy link.
+    if ((local.spec.transport ?? "tcp") === "tcp") {
+      this.log.info("direct path up", { mac, via: peer, handler: local.spec.id, udp: "no" });
+      return;
+    }
+    path.udpCarry(link, [local.number, number]).then(
+      (udp) => this.log.info("direct path up", { mac, via: peer, handler: local.spec.id, udp }),
+      (e) => this.log.warn("direct path up, not by UDP", { mac, via: peer, error: messageOf(e) }),
+    );
   }
 
   /** Logs a refused offer (rate-limited per link) and returns the error to answer with. */

@@ -116,8 +116,12 @@ export class Server implements ServerContext {
     }, this.log);
     this.#state = new StateFile(options.statePath, this.registry, this.peers, this.log);
     this.direct = new DirectPaths(this.registry, options.direct ?? true, {
-      dial: (addr, keepaliveMs, timeoutMs) =>
-        this.#dialLink(addr, undefined, timeoutMs, keepaliveMs),
+      dial: async (addr, keepaliveMs, timeoutMs) => {
+        const link = await this.#dialLink(addr, undefined, timeoutMs, keepaliveMs);
+        // Before the token is presented: both ends find the path there when they install.
+        await this.udp.offer(link);
+        return link;
+      },
     }, this.log);
     this.#acceptor = new Acceptor({
       listen: options.listen,

@@ -432,6 +432,14 @@ export class DataPath {
     return await this.call({ op: "udpOpen", link: link.number, ...path }) as boolean;
   }
 
+  /**
+   * `link`'s UDP path carries `handlers`' frames too (a direct link: ours in, the far Host's
+   * out); false if it has none or cannot take them all.
+   */
+  async udpCarry(link: Link, handlers: number[]): Promise<boolean> {
+    return await this.call({ op: "udpCarry", link: link.number, handlers }) as boolean;
+  }
+
   /** The next epoch's keys of `link`'s sealed UDP path. */
   async udpRekey(link: Link, keys: WireKeys, peerHasKeys: boolean): Promise<boolean> {
     return await this.call({ op: "udpRekey", link: link.number, keys, peerHasKeys }) as boolean;

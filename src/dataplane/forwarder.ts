@@ -187,7 +187,7 @@ export class Forwarder {
         for (const [number, handler] of this.#handlers) {
           const path = handler.link && this.#udp?.get(handler.link.number);
           const udp = path && path.carries(number) ? path.state() : null;
-          states[number] = { ...handler.state(), udp };
+          states[number] = { ...handler.state(this.#directUdp), udp };
         }
         return states;
       }
@@ -264,6 +264,13 @@ export class Forwarder {
         link.bypass = path.bypass;
         return true;
       }
+      case "udpCarry": {
+        const path = this.#udp?.get(command.link);
+        if (!path) return false;
+        if (command.handlers.every((h) => path.carry(h))) return true;
+        for (const h of command.handlers) path.drop(h);
+        return false;
+      }
       case "udpRekey": {
         const session = this.#udp?.get(command.link)?.session;
         if (!session) return false;
@@ -288,6 +295,12 @@ export class Forwarder {
         return null;
     }
   }
+
+  /** The UDP path of direct link `link` while it carries `handler`'s frames (`list`). */
+  #directUdp = (link: FrameLink, handler: number): UdpPathState | null => {
+    const path = this.#udp?.get(link.number);
+    return path?.carries(handler) ? path.state() : null;
+  };
 
   /** Housekeeping, at least once a second: a socket whose writes are stuck is closed. */
   tick(now = Date.now()): void {

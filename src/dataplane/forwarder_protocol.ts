@@ -54,6 +54,12 @@ export type Command =
   | { op: "udpListen"; bind: string; port: number }
   /** The UDP path of a link, as the two servers agreed it (udp_peers.ts). */
   | ({ op: "udpOpen"; link: number } & UdpPathAgreed)
+  /**
+   * A direct link's UDP path carries these handlers' frames (control/direct.ts): the far Host's,
+   * which we send, and ours, which come in (a plain path maps them by VNI). False if it cannot
+   * take them all: they stay on the link's stream.
+   */
+  | { op: "udpCarry"; link: number; handlers: number[] }
   /** The next epoch's keys of a link's sealed UDP path. */
   | { op: "udpRekey"; link: number; keys: WireKeys; peerHasKeys: boolean }
   /** Every UDP path's state, by link. */

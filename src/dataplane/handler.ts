@@ -64,6 +64,10 @@ interface PathInfo {
   bytes: number;
   viaProxy: { frames: number; bytes: number };
   viaDirect: { frames: number; bytes: number };
+  /** What carries the direct path's frames now: the direct link's UDP path or its stream. */
+  transport: "udp" | "tcp" | null;
+  /** The direct link's UDP path, when it carries this MAC's frames while it works. */
+  udp: UdpPathState | null;
 }
 
 /** What only the data path knows of a handler, beside its counters (counters.ts). */
@@ -330,8 +334,11 @@ export class Handler implements FabricPort {
     this.#dropOut(reason === "aqm" ? Counter.dropAqm : Counter.dropLink);
   }
 
-  /** What `list` shows beside the counters (the rest is the control plane's). */
-  state(): HandlerState {
+  /**
+   * What `list` shows beside the counters (the rest is the control plane's); `udpOf` gives the
+   * UDP path of a direct link that carries frames tagged for a far handler.
+   */
+  state(udpOf?: (link: FrameLink, handler: number) => UdpPathState | null): HandlerState {
     const link = this.#link;
     return {
       degraded: this.degraded,
@@ -339,6 +346,7 @@ export class Handler implements FabricPort {
       // The table of this handler's Proxy link: its VMs reach a MAC by the same path.
       paths: this.spec.role === "proxy" || !link ? [] : this.#fabric.paths(link).map((p) => {
         const direct = p.direct?.link.isOpen ? p.direct : null;
+        const udp = direct && udpOf ? udpOf(direct.link, direct.number) : null;
         return {
           mac: p.mac,
           via: direct ? "direct" as const : "proxy" as const,
@@ -347,6 +355,8 @@ export class Handler implements FabricPort {
           bytes: p.viaProxy.bytes + p.viaDirect.bytes,
           viaProxy: { ...p.viaProxy },
           viaDirect: { ...p.viaDirect },
+          transport: direct ? (udp?.state === "up" ? "udp" as const : "tcp" as const) : null,
+          udp,
         };
       }),
       udp: null,

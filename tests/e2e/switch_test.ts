@@ -164,12 +164,21 @@ e2e("switch: 2 Hosts × 2 VMs: ping matrix, direct path, IPv6 link-local, VLAN",
       assert(switched > 0, `the Proxy switched ${switched} frames during the matrix`);
     });
 
-    await part("(b) iperf3 VM1→VM3 goes direct between the Hosts", async () => {
+    await part("(b) iperf3 VM1→VM3 goes direct between the Hosts, by UDP", async () => {
       const before = await sites.list("proxy");
+      const out0 = (await pathTo(sites, vm1, vm3))?.udp?.datagramsOut ?? 0;
+      const in0 = (await pathTo(sites, vm3, vm1))?.udp?.datagramsIn ?? 0;
       const mbps = await sites.iperf(ep(vm1), ep(vm3), 3);
       throughput.direct = mbps;
       const path = await pathTo(sites, vm1, vm3);
+      const back = await pathTo(sites, vm3, vm1);
       const after = await sites.list("proxy");
+      // The direct link's UDP path: datagrams out of h1 and into h2 grow with the VMs' traffic.
+      const out = (path?.udp?.datagramsOut ?? 0) - out0, into = (back?.udp?.datagramsIn ?? 0) - in0;
+      console.log(`    direct UDP path: ${out} datagrams out of h1, ${into} into h2`);
+      assert(path?.transport === "udp", `VM1→VM3 does not go by UDP: ${str(path)}`);
+      assert(back?.transport === "udp", `VM3→VM1 does not go by UDP: ${str(back)}`);
+      assert(out > 10_000 && into > 10_000, `direct UDP datagrams: ${out} out, ${into} in`);
       const viaProxy = of(after, vm1)!.fromPeer.bytes - of(before, vm1)!.fromPeer.bytes;
       console.log(
         `    iperf3 VM1→VM3: direct ${mbps.toFixed(0)} Mbit/s, through the Proxy ` +
