@@ -6,14 +6,29 @@
  *      (fabric.ts): VMs behind two Hosts are talking.
  *   2. It tells both Hosts, over the links their handlers are attached to, with one fresh
  *      token (`route`): the sender's Host is to dial, the other to expect it.
- *   3. The sender's Host dials the other Host's server (same secret, same TLS rules) and
- *      presents the token (`direct`); the other Host checks it against what its Proxy said.
+ *   3. The sender's Host dials the other Host's server (same secret, same TLS rules), agrees
+ *      the direct link's UDP path on it (udp_transport.ts), and presents the token (`direct`);
+ *      the other Host checks it against what its Proxy said.
  *   4. Each installs a route for the far VM's MAC over that link (fabric.ts), and lets frames
- *      for its own handler in from it. VM↔VM unicast now goes direct; everything else, and
- *      anything while no direct link is up, goes through the Proxy as before.
+ *      for its own handler in from it; the link's UDP path carries them while it works both
+ *      ways, the link otherwise. VM↔VM unicast now goes direct; everything else, and anything
+ *      while no direct path is up, goes through the Proxy as before.
  *   5. A direct link that fails (keepalive of 1 s, so within ~3 s) takes its routes with it:
  *      traffic falls back to the Proxy. Routes idle for ROUTE_AGE_MS are forgotten; a VM that
  *      moves is unrouted by the Proxy and learned again from its next frame.
+ *
+ * Hosts behind NAT cannot dial each other; the Proxy is their rendezvous (as in tinc and
+ * ZeroTier). When it hears both Hosts by UDP, its `route` also gives each the other's UDP
+ * endpoint as its NAT maps it (learned from that Host's keepalives) and one fresh pair secret
+ * (rpc.ts's Rendezvous). Both Hosts then punch at once, beside the dial: a UDP path with no
+ * link (udp_peers.ts's PunchedLink) to that endpoint, from the server's one UDP socket, whose
+ * keepalives open each NAT for the other's. Its keys and ids come from the pair secret and the
+ * token (link/udp/keys.ts's derivePunched); the secret is ephemeral and crossed only the links.
+ * The route goes over it, but the fabric sends by it only while it works both ways, and through
+ * the Proxy otherwise (within ~4 s of silence), so nothing is sent twice and nothing waits for
+ * the control plane. A path that does not come up within PUNCH_MS, stays down PUNCH_DOWN_MS, or
+ * (sealed, it cannot rekey) reaches PUNCHED_LIFETIME_MS is closed; the Proxy, switching the
+ * pair's frames again, offers a new one. A direct link that comes up replaces it.
  *
  * Frames take exactly one path at a time, so nothing is delivered twice. `--no-direct` on the
  * Proxy stops the announcements, on a Host refuses them.
@@ -27,19 +42,25 @@
  *   - the route steers only the handlers on that Proxy link (fabric.ts keeps paths per link),
  *     never the server's other VMs;
  *   - a Proxy names only the server of a live handler whose traffic it has just switched;
- *   - offers in flight, tokens kept and dials are bounded per link and per server (below);
+ *   - a rendezvous is an IP address (never a name), neither loopback nor multicast, and the
+ *     punched path's route is bound by the same rules as a dialled one;
+ *   - offers in flight, tokens kept, dials and punched paths are bounded per link and per
+ *     server (below);
  *   - a refused offer is logged at WARN with the peer and the MAC (at most once a second per
  *     link, with the count of those not logged).
  */
-import { type HostPort, parseHostPort } from "../addr.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "../addr.ts";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
-import { type HandlerRef } from "../dataplane/data_path.ts";
+import { type HandlerRef, type RouteLink } from "../dataplane/data_path.ts";
+import { fromBase64, toBase64, toWireKeys } from "../dataplane/forwarder_protocol.ts";
+import { type AeadName } from "../link/udp/aead.ts";
+import { derivePunched } from "../link/udp/keys.ts";
 import { mac48, macBytes } from "../dataplane/mac.ts";
 import { handlerNumber } from "../dataplane/handler.ts";
 import { type Link } from "../link/link.ts";
 import { type Logger } from "../log.ts";
 import { type Registry } from "./registry.ts";
-import { call, type DirectRequest, randomKey, type RouteRequest } from "./rpc.ts";
+import { call, type DirectRequest, randomKey, type Rendezvous, type RouteRequest } from "./rpc.ts";
 
 /** A pair announced again only after this long (a route ages out, or a Host restarted). */
 const ANNOUNCE_EVERY_MS = 30_000;
@@ -66,10 +87,44 @@ const SWEEP_MS = 30_000;
 const DIRECT_KEEPALIVE_MS = 1_000;
 /** Refused offers are logged at most this often per link (a flood must not flood the log). */
 const WARN_EVERY_MS = 1_000;
+/** A punched path that has not worked both ways within this is given up: the Proxy carries. */
+const PUNCH_MS = 10_000;
+/** A punched path down this long is given up (a NAT mapping outlives a short outage). */
+const PUNCH_DOWN_MS = 30_000;
+/**
+ * A sealed punched path cannot rekey (it has no link to exchange over), and its keys are refused
+ * after 3 minutes: it is dropped before, and the Proxy, switching the pair's frames again, offers
+ * a new one with a new secret.
+ */
+const PUNCHED_LIFETIME_MS = 150_000;
+/** Host: punched paths for one Proxy link, and in all. */
+const MAX_PUNCHES_PER_LINK = 8;
+const MAX_PUNCHED = 64;
+const PUNCH_CHECK_MS = 1_000;
+/** The AEAD two Hosts whose Proxy links agreed different ones share: every libsodium runs it. */
+const COMMON_AEAD: AeadName = "chacha20poly1305";
+const encoder = new TextEncoder();
 
 interface DirectHooks {
   /** Opens a peer link to another Host, and agrees its UDP path where it can. */
   dial(addr: HostPort, keepaliveMs: number, timeoutMs: number): Promise<Link>;
+  /** The AEAD of a link's sealed UDP path (null: plain or none): a Proxy's rendezvous. */
+  aeadOf(link: Link): AeadName | null;
+}
+
+/** A Host's UDP path punched to another Host, for one remote MAC of one Proxy link. */
+interface Punch {
+  via: Link;
+  mac: string;
+  /** The forwarder's link for it: a tunnel number, shown as `udp ADDR:PORT`. */
+  ref: RouteLink;
+  sealed: boolean;
+  startedAt: number;
+  /** Whether it works both ways now; since when it does not (null: it never did). */
+  up: boolean;
+  downAt: number | null;
+  /** Whether the route to `mac` goes over it (installed once the forwarder opened it). */
+  routed: boolean;
 }
 
 interface Expected {
@@ -97,6 +152,11 @@ export class DirectPaths {
   /** Host: direct links we dialled, by address; dials in flight per Proxy link. */
   readonly #dialled = new Map<string, Promise<Link>>();
   readonly #dialsOn = new Map<Link, number>();
+  /** Host: UDP paths punched to other Hosts, by `via-number/mac`; by their link number. */
+  readonly #punches = new Map<string, Punch>();
+  readonly #punchKeys = new Map<number, string>();
+  readonly #punchesOn = new Map<Link, number>();
+  #punchTimer: ReturnType<typeof setInterval> | undefined;
   /** When a refusal was last logged for a link, and how many were not logged since. */
   readonly #warned = new WeakMap<Link, { at: number; quiet: number }>();
   readonly #sweep: ReturnType<typeof setInterval>;
@@ -111,6 +171,7 @@ export class DirectPaths {
       const a = registry.byNumber(from), b = registry.byNumber(to);
       if (a && b) this.#switched(a, b, src, dst);
     };
+    registry.dataPath.onPunched = (link, up, why) => this.#punchedChanged(link, up, why);
     this.#sweep = setInterval(
       () =>
         this.#ageRoutes().catch((e) =>
@@ -146,8 +207,14 @@ export class DirectPaths {
     if (!his) this.#announced.set(lo, his = new Map());
     his.set(hi, now);
     const token = randomKey();
-    const tell = (h: HandlerRef, mac: string, far: HandlerRef, dial: boolean) => {
-      const link = h.link!;
+    const tell = (
+      h: HandlerRef,
+      link: Link,
+      mac: string,
+      far: HandlerRef,
+      dial: boolean,
+      udp: Rendezvous | undefined,
+    ) => {
       let told = this.#told.get(mac);
       if (!told) this.#told.set(mac, told = new Set());
       told.add(link);
@@ -158,9 +225,8 @@ export class DirectPaths {
         remote: far.spec.id,
         token,
         dial,
+        ...(udp ? { udp } : {}),
       };
-      this.#announcing.set(link, (this.#announcing.get(link) ?? 0) + 1);
-      this.#announcingTotal++;
       call(link, "route", req, ANNOUNCE_TIMEOUT_MS)
         .catch((e) =>
           this.log.debug("direct path not taken", { handler: h.spec.id, mac, error: messageOf(e) })
@@ -172,9 +238,43 @@ export class DirectPaths {
           else this.#announcing.delete(link);
         });
     };
-    // The far end first, so that it expects the token before the dialler presents it.
-    tell(b, src, a, false);
-    tell(a, dst, b, true);
+    // Both slots are taken now: the bounds hold while the rendezvous is looked up.
+    const la = a.link!, lb = b.link!;
+    for (const link of [la, lb]) {
+      this.#announcing.set(link, (this.#announcing.get(link) ?? 0) + 1);
+      this.#announcingTotal++;
+    }
+    this.#rendezvous(la, lb).catch(() => null).then((udp) => {
+      // The far end first, so that it expects the token before the dialler presents it.
+      tell(b, lb, src, a, false, udp?.forB);
+      tell(a, la, dst, b, true, udp?.forA);
+    });
+  }
+
+  /**
+   * Where each of two Hosts can punch a UDP path to the other: the other's UDP endpoint as this
+   * Proxy hears it (its NAT's mapping, learned from its keepalives), and one fresh secret for
+   * the pair, which travels only over the two links. Null unless both links' UDP paths are up
+   * and alike (both sealed or both plain).
+   */
+  async #rendezvous(a: Link, b: Link): Promise<{ forA: Rendezvous; forB: Rendezvous } | null> {
+    const states = await this.registry.dataPath.udpStates();
+    const ua = states[a.number], ub = states[b.number];
+    if (ua?.state !== "up" || ub?.state !== "up" || ua.sealed !== ub.sealed) return null;
+    const pa = parseHostPort(ua.peer, "UDP peer"), pb = parseHostPort(ub.peer, "UDP peer");
+    const secret = toBase64(crypto.getRandomValues(new Uint8Array(32)));
+    let aead: AeadName | undefined;
+    if (ua.sealed) {
+      const x = this.hooks.aeadOf(a), y = this.hooks.aeadOf(b);
+      aead = x !== null && x === y ? x : COMMON_AEAD;
+    }
+    const to = (p: HostPort): Rendezvous => ({
+      host: p.hostname,
+      port: p.port,
+      secret,
+      ...(aead ? { aead } : {}),
+    });
+    return { forA: to(pb), forB: to(pa) };
   }
 
   #busy(link: Link): boolean {
@@ -233,19 +333,25 @@ export class DirectPaths {
         until: Date.now() + TOKEN_TTL_MS,
       });
       this.#tokensOn.set(link, mine + 1);
+      if (req.udp) this.#punch(link, req, local);
       return;
     }
+    // Both Hosts punch at once, beside the dial: behind NAT the dial fails, and the far Host,
+    // which cannot know that, has started punching already.
+    if (req.udp) this.#punch(link, req, local);
     const addr = parseHostPort(req.peer, "peer");
-    if (!dialable(addr.hostname)) {
-      throw this.#refuse(link, req.mac, `'${req.peer}' is not another Host's address`);
-    }
     const key = `${addr.hostname}:${addr.port}`;
     const dials = this.#dialsOn.get(link) ?? 0;
-    if (dials >= MAX_DIALS_PER_LINK) {
-      throw this.#refuse(link, req.mac, "too many direct paths being dialled");
-    }
-    if (!this.#dialled.has(key) && this.#dialled.size >= MAX_DIRECT_LINKS) {
-      throw this.#refuse(link, req.mac, `${MAX_DIRECT_LINKS} direct links already`);
+    const cannot = !dialable(addr.hostname)
+      ? `'${req.peer}' is not another Host's address`
+      : dials >= MAX_DIALS_PER_LINK
+      ? "too many direct paths being dialled"
+      : !this.#dialled.has(key) && this.#dialled.size >= MAX_DIRECT_LINKS
+      ? `${MAX_DIRECT_LINKS} direct links already`
+      : null;
+    if (cannot !== null) {
+      if (req.udp) return;
+      throw this.#refuse(link, req.mac, cannot);
     }
     this.#dialsOn.set(link, dials + 1);
     // Answered at once: the Proxy must not wait on another Host (and a slow one must not
@@ -256,11 +362,12 @@ export class DirectPaths {
         this.#install(link, direct, req.peer, req.mac, handlerNumber(req.remote), local);
       })
       .catch((e) =>
-        this.log.info("no direct path; staying with the proxy", {
-          mac: req.mac,
-          peer: req.peer,
-          error: messageOf(e),
-        })
+        this.log.info(
+          req.udp
+            ? "no direct link; punching UDP instead"
+            : "no direct path; staying with the proxy",
+          { mac: req.mac, peer: req.peer, error: messageOf(e) },
+        )
       )
       .finally(() => {
         const n = (this.#dialsOn.get(link) ?? 1) - 1;
@@ -301,6 +408,7 @@ export class DirectPaths {
 
   /** The Proxy on `link` says `mac` moved: back through it. */
   unroute(mac: string, link: Link): void {
+    this.#unpunch(`${link.number}/${mac}`, "the proxy unrouted its MAC");
     if (this.registry.fabric.removeRoute(link, mac)) {
       this.log.info("direct path forgotten", { mac, via: link.remote });
     }
@@ -311,6 +419,8 @@ export class DirectPaths {
       this.log.info("no direct path: the MAC was forgotten meanwhile", { mac, via: peer });
       return;
     }
+    // The direct link (and its own UDP path) carries the MAC now: a punched path goes.
+    this.#unpunch(`${via.number}/${mac}`, "a direct link carries it");
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
     const path = this.registry.dataPath;
@@ -378,6 +488,9 @@ export class DirectPaths {
     }
     // A Proxy link: what was learned and offered over it goes with it.
     fabric.forgetLink(link);
+    for (const [key, p] of this.#punches) {
+      if (p.via === link) this.#unpunch(key, "its proxy link closed");
+    }
     for (const [token, e] of this.#expected) if (e.via === link) this.#dropToken(token, e);
     this.#announcing.delete(link);
     this.#dialsOn.delete(link);
@@ -412,8 +525,139 @@ export class DirectPaths {
     }
   }
 
+  // --- punched UDP paths (a Host's side) -------------------------------------------------------
+
+  /**
+   * Punches a UDP path to the other Host's endpoint that the Proxy on `via` named: both Hosts
+   * send keepalives to each other's NAT mapping at once, so each NAT sees its own Host's
+   * datagrams go out before the other's come in. The route to the MAC goes over it from the
+   * start, but the fabric sends by it only while it works both ways (PunchedLink), and through
+   * the Proxy otherwise. Refusals are logged; the Proxy carries either way.
+   */
+  #punch(via: Link, req: RouteRequest, local: HandlerRef): void {
+    const udp = req.udp!;
+    const key = `${via.number}/${req.mac}`;
+    const old = this.#punches.get(key);
+    if (old?.up) return;
+    const current = this.registry.fabric.route(via, req.mac);
+    if (current && !this.#punchKeys.has(current.number)) return; // a direct link carries it
+    const sealed = via.tls;
+    const cannot = !dialable(udp.host)
+      ? `'${udp.host}' is not another Host's address`
+      : sealed && !udp.aead
+      ? "no AEAD for a sealed path"
+      : !old && (this.#punchesOn.get(via) ?? 0) >= MAX_PUNCHES_PER_LINK
+      ? "too many punched paths on this link"
+      : !old && this.#punches.size >= MAX_PUNCHED
+      ? `${MAX_PUNCHED} punched paths already`
+      : null;
+    if (cannot !== null) return void this.#refuse(via, req.mac, cannot);
+    if (old) this.#unpunch(key, "a new rendezvous replaces it");
+    const derived = derivePunched({
+      role: req.dial ? "dialer" : "acceptor",
+      aead: sealed ? udp.aead! : null,
+      pairSecret: fromBase64(udp.secret),
+      token: encoder.encode(req.token),
+    });
+    const path = this.registry.dataPath;
+    const number = path.newTunnelNumber();
+    const endpoint = formatHostPort({ hostname: udp.host, port: udp.port });
+    const punch: Punch = {
+      via,
+      mac: req.mac,
+      ref: { number, remote: `udp ${endpoint}` },
+      sealed,
+      startedAt: Date.now(),
+      up: false,
+      downAt: null,
+      routed: false,
+    };
+    this.#punches.set(key, punch);
+    this.#punchKeys.set(number, key);
+    this.#punchesOn.set(via, (this.#punchesOn.get(via) ?? 0) + 1);
+    this.#punchTimer ??= setInterval(() => this.#checkPunches(), PUNCH_CHECK_MS);
+    const remote = handlerNumber(req.remote);
+    path.udpPunch({
+      link: number,
+      remote: punch.ref.remote,
+      host: udp.host,
+      port: udp.port,
+      keys: derived.keys && toWireKeys(derived.keys),
+      localId: derived.localId,
+      peerId: derived.peerId,
+      token: derived.localId,
+      peerToken: derived.peerId,
+      allow: local.number,
+      carry: [local.number, remote],
+    }).then((opened) => {
+      if (this.#punches.get(key) !== punch) return;
+      if (!opened) return this.#unpunch(key, "this server has no UDP socket");
+      if (!this.registry.fabric.addRoute(via, req.mac, punch.ref, req.peer, remote)) {
+        return this.#unpunch(key, "the MAC was forgotten meanwhile");
+      }
+      punch.routed = true;
+      path.send({ op: "allow", link: number, handler: local.number });
+      this.log.info("punching a direct UDP path", {
+        mac: req.mac,
+        to: endpoint,
+        sealed: sealed ? udp.aead : "no (plain VXLAN)",
+        handler: local.spec.id,
+      });
+    }, (e) => {
+      this.#unpunch(key, `the data path refused it: ${messageOf(e)}`);
+    });
+  }
+
+  /** A punched path (the forwarder's link `number`) went up or down. */
+  #punchedChanged(number: number, up: boolean, why: string): void {
+    const key = this.#punchKeys.get(number);
+    const punch = key === undefined ? undefined : this.#punches.get(key);
+    if (!punch) return;
+    punch.up = up;
+    punch.downAt = up ? null : Date.now();
+    const fields = { mac: punch.mac, to: punch.ref.remote, why };
+    if (up) this.log.info("direct UDP path up: frames go direct", fields);
+    else this.log.warn("direct UDP path down: frames go through the proxy", fields);
+  }
+
+  /** Gives up punched paths that did not come up, stay down, are too old, or lost their route. */
+  #checkPunches(): void {
+    const now = Date.now();
+    for (const [key, p] of this.#punches) {
+      const why = !p.up && p.downAt === null && now - p.startedAt >= PUNCH_MS
+        ? `no answer within ${PUNCH_MS} ms; staying with the proxy`
+        : !p.up && p.downAt !== null && now - p.downAt >= PUNCH_DOWN_MS
+        ? `down for ${PUNCH_DOWN_MS} ms; staying with the proxy`
+        : p.sealed && now - p.startedAt >= PUNCHED_LIFETIME_MS
+        ? "its keys are spent; the proxy offers a new one"
+        : p.routed && this.registry.fabric.route(p.via, p.mac) !== p.ref
+        ? "its route went"
+        : null;
+      if (why !== null) this.#unpunch(key, why);
+    }
+  }
+
+  /** Closes the punched path `key`, if there is one; its route falls back to the Proxy. */
+  #unpunch(key: string, why: string): void {
+    const p = this.#punches.get(key);
+    if (!p) return;
+    this.#punches.delete(key);
+    this.#punchKeys.delete(p.ref.number);
+    const n = (this.#punchesOn.get(p.via) ?? 1) - 1;
+    if (n > 0) this.#punchesOn.set(p.via, n);
+    else this.#punchesOn.delete(p.via);
+    this.registry.fabric.removeRoutesOver(p.ref);
+    this.registry.dataPath.send({ op: "unpunch", link: p.ref.number });
+    this.log.info("punched UDP path closed", { mac: p.mac, to: p.ref.remote, why });
+    if (this.#punches.size === 0) {
+      clearInterval(this.#punchTimer);
+      this.#punchTimer = undefined;
+    }
+  }
+
   close(): void {
     clearInterval(this.#sweep);
+    clearInterval(this.#punchTimer);
     for (const dialling of this.#dialled.values()) {
       dialling.then((link) => link.close("server shutting down"), () => {});
     }

@@ -15,6 +15,8 @@ import { type HandlerInfo } from "../dataplane/data_path.ts";
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { BROADCAST, parseMac } from "../dataplane/mac.ts";
 import { type Link } from "../link/link.ts";
+import { type AeadName, supportedAeads } from "../link/udp/aead.ts";
+import { fromBase64 } from "../dataplane/forwarder_protocol.ts";
 import { parseGateway, type SshOptions } from "../link/ssh.ts";
 
 interface Endpoint {
@@ -85,6 +87,20 @@ export interface RouteRequest {
   token: string;
   /** This Host dials the other; else it expects the other to dial it. */
   dial: boolean;
+  /** Where to punch a UDP path to the other Host, when the Proxy hears both by UDP. */
+  udp?: Rendezvous;
+}
+
+/**
+ * The rendezvous of a punched UDP path (control/direct.ts): the other Host's UDP endpoint as the
+ * Proxy sees it (its NAT's mapping), the pair's fresh secret (32 bytes, base64), and on a sealed
+ * path the AEAD both run.
+ */
+export interface Rendezvous {
+  host: string;
+  port: number;
+  secret: string;
+  aead?: AeadName;
 }
 
 /** A Host presents the Proxy's token on a direct link it dialled. */
@@ -372,6 +388,36 @@ export function parseRoute(body: Body): RouteRequest {
     remote: handlerId(body, "remote"),
     token: key(body, "token"),
     dial: body.dial === true,
+    ...(body.udp === undefined ? {} : { udp: rendezvous(body.udp) }),
+  };
+}
+
+/** A rendezvous: an IP literal (never a name to resolve), a port, 32 bytes, a known AEAD. */
+function rendezvous(v: unknown): Rendezvous {
+  const o = v as Body;
+  if (typeof o !== "object" || o === null) throw invalid("bad 'udp': an object");
+  const host = str(o, "host", 45);
+  const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(host);
+  if (v4 ? v4.slice(1).some((n) => Number(n) > 255) : !/^[0-9a-f:.]+$/i.test(host)) {
+    throw invalid(`bad 'udp.host' '${printable(host)}': an IP address`);
+  }
+  const secret = str(o, "secret", 64);
+  let bytes = 0;
+  try {
+    bytes = fromBase64(secret).length;
+  } catch {
+    // counted as 0 bytes below
+  }
+  if (bytes !== 32) throw invalid("bad 'udp.secret': 32 bytes in base64");
+  const aead = o.aead;
+  if (aead !== undefined && !(supportedAeads() as unknown[]).includes(aead)) {
+    throw invalid(`bad 'udp.aead' '${printable(String(aead))}'`);
+  }
+  return {
+    host,
+    port: int(o.port, "udp.port", 1, 65535),
+    secret,
+    ...(aead === undefined ? {} : { aead: aead as AeadName }),
   };
 }
 

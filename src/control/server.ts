@@ -122,6 +122,7 @@ export class Server implements ServerContext {
         await this.udp.offer(link);
         return link;
       },
+      aeadOf: (link) => this.udp.aeadOf(link),
     }, this.log);
     this.#acceptor = new Acceptor({
       listen: options.listen,

@@ -77,6 +77,11 @@ export class UdpTransport {
     return this.#agreed.has(link);
   }
 
+  /** The AEAD of `link`'s sealed UDP path; null: plain, or none. */
+  aeadOf(link: Link): AeadName | null {
+    return this.#agreed.get(link)?.aead ?? null;
+  }
+
   /** The dialler's side: offers a path on a new link. Never throws: the link works without. */
   async offer(link: Link): Promise<void> {
     if (!this.#possible(link)) return;

@@ -232,9 +232,12 @@ export class HandlerRef {
   }
 }
 
+/** What a direct route goes over: a link to the far Host, or a UDP path punched to it. */
+export type RouteLink = Pick<Link, "number" | "remote">;
+
 /** A direct route as the control plane installed it. */
 interface Route {
-  link: Link;
+  link: RouteLink;
   peer: string;
 }
 
@@ -262,13 +265,18 @@ export class FabricMirror {
   }
 
   /** A direct route to `mac` for the handlers on `via`; false if it was never learned there. */
-  addRoute(via: Link, mac: string, link: Link, peer: string, number: number): boolean {
+  addRoute(via: Link, mac: string, link: RouteLink, peer: string, number: number): boolean {
     if (!this.learned(via, mac)) return false;
     let routes = this.#routes.get(via.number);
     if (!routes) this.#routes.set(via.number, routes = new Map());
     routes.set(mac, { link, peer });
     this.path.send({ op: "route", via: via.number, mac, link: link.number, peer, number });
     return true;
+  }
+
+  /** What the direct route to `mac` for the handlers on `via` goes over, if there is one. */
+  route(via: Link, mac: string): RouteLink | undefined {
+    return this.#routes.get(via.number)?.get(mac)?.link;
   }
 
   /** `mac` goes through the Proxy `via` again; false if it had no direct route there. */
@@ -279,7 +287,7 @@ export class FabricMirror {
   }
 
   /** Every route over `link` falls back to the Proxy (the link closed): their MACs. */
-  removeRoutesOver(link: Link): string[] {
+  removeRoutesOver(link: RouteLink): string[] {
     const gone: string[] = [];
     for (const routes of this.#routes.values()) {
       for (const [mac, route] of routes) {
@@ -300,8 +308,8 @@ export class FabricMirror {
   }
 
   /** The links direct routes use. */
-  directLinks(): Set<Link> {
-    const links = new Set<Link>();
+  directLinks(): Set<RouteLink> {
+    const links = new Set<RouteLink>();
     for (const routes of this.#routes.values()) for (const r of routes.values()) links.add(r.link);
     return links;
   }
@@ -343,6 +351,8 @@ export class DataPath {
   readonly fabric: FabricMirror = new FabricMirror(this);
   /** Unicast switched between handlers `from` and `to` whose links differ (direct.ts). */
   onSwitched: ((from: number, to: number, src: string, dst: string) => void) | null = null;
+  /** A UDP path that belongs to no link (one punched to a Host, direct.ts) went up or down. */
+  onPunched: ((link: number, up: boolean, why: string) => void) | null = null;
   readonly #port: ForwarderPort;
   readonly #links = new Map<number, Link>();
   readonly #handlers = new Map<number, HandlerRef>();
@@ -440,6 +450,16 @@ export class DataPath {
     return await this.call({ op: "udpCarry", link: link.number, handlers }) as boolean;
   }
 
+  /**
+   * Opens a UDP path punched to another Host as the link numbered `path.link` (a tunnel
+   * number); false if the forwarder has no UDP socket.
+   */
+  async udpPunch(
+    path: { link: number; remote: string; allow: number; carry: number[] } & UdpPathAgreed,
+  ): Promise<boolean> {
+    return await this.call({ op: "udpPunch", ...path }) as boolean;
+  }
+
   /** The next epoch's keys of `link`'s sealed UDP path. */
   async udpRekey(link: Link, keys: WireKeys, peerHasKeys: boolean): Promise<boolean> {
     return await this.call({ op: "udpRekey", link: link.number, keys, peerHasKeys }) as boolean;
@@ -518,7 +538,7 @@ export class DataPath {
         return this.#links.get(event.link)?.close(event.reason);
       case "udp": {
         const link = this.#links.get(event.link);
-        if (!link) return;
+        if (!link) return this.onPunched?.(event.link, event.up, event.why);
         // Both are news to an operator: frames changed paths.
         const what = event.up ? "UDP path up: frames go by UDP" : "UDP path down: frames go by TCP";
         (event.up ? this.log.info : this.log.warn).call(this.log, what, {

@@ -26,7 +26,7 @@ import {
   fromWireKeys,
   type States,
 } from "./forwarder_protocol.ts";
-import { type UdpPathState, UdpPeerPort } from "./udp_peers.ts";
+import { PunchedLink, type UdpPathState, UdpPeerPort } from "./udp_peers.ts";
 import { OwnedSocket } from "../link/owned_socket.ts";
 import { VxlanPort, VxlanTunnel } from "./vxlan_tunnels.ts";
 import { Handler } from "./handler.ts";
@@ -56,7 +56,7 @@ class ForwardedLink implements FrameLink {
 export class Forwarder {
   readonly fabric = new Fabric();
   readonly #handlers = new Map<number, Handler>();
-  readonly #links = new Map<number, ForwardedLink | OwnedSocket | VxlanTunnel>();
+  readonly #links = new Map<number, ForwardedLink | OwnedSocket | VxlanTunnel | PunchedLink>();
   /** The VXLAN socket, opened with the first tunnel. */
   #vxlan: VxlanPort | null = null;
   /** The UDP socket of the links' UDP paths (udp_peers.ts), opened by `udpListen`. */
@@ -145,7 +145,7 @@ export class Forwarder {
         this.#udp?.closeLink(command.link);
         const link = this.#links.get(command.link);
         if (link instanceof OwnedSocket) link.close("the link closed");
-        else if (link) link.isOpen = false;
+        else if (link && !(link instanceof PunchedLink)) link.isOpen = false;
         this.#sockets.delete(command.link);
         this.#links.delete(command.link);
         this.#allowed.delete(command.link);
@@ -270,6 +270,32 @@ export class Forwarder {
         if (command.handlers.every((h) => path.carry(h))) return true;
         for (const h of command.handlers) path.drop(h);
         return false;
+      }
+      case "udpPunch": {
+        if (!this.#udp || this.#links.has(command.link)) return false;
+        const { host, port, keys, localId, peerId, token, peerToken } = command;
+        const path = this.#udp.open(command.link, {
+          host,
+          port,
+          keys: keys && fromWireKeys(keys),
+          localId,
+          peerId,
+          token,
+          peerToken,
+        }, performance.now());
+        this.#links.set(command.link, new PunchedLink(command.link, command.remote, path));
+        this.#allowed.set(command.link, new Set([command.allow]));
+        for (const h of command.carry) path.carry(h);
+        return true;
+      }
+      case "unpunch": {
+        const link = this.#links.get(command.link);
+        if (!(link instanceof PunchedLink)) return false;
+        this.fabric.removeRoutesOver(link);
+        this.#udp?.closeLink(command.link);
+        this.#links.delete(command.link);
+        this.#allowed.delete(command.link);
+        return true;
       }
       case "udpRekey": {
         const session = this.#udp?.get(command.link)?.session;

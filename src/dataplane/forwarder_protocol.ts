@@ -60,6 +60,17 @@ export type Command =
    * take them all: they stay on the link's stream.
    */
   | { op: "udpCarry"; link: number; handlers: number[] }
+  /**
+   * A UDP path punched to another Host, with no link under it (control/direct.ts): numbered
+   * `link` like a link (a tunnel number), shown as `remote`; it lets frames for `allow` in and
+   * carries `carry`'s frames. A direct route may use it while it works both ways.
+   */
+  | (
+    & { op: "udpPunch"; link: number; remote: string; allow: number; carry: number[] }
+    & UdpPathAgreed
+  )
+  /** Closes a punched path; the routes over it go back through the Proxy. */
+  | { op: "unpunch"; link: number }
   /** The next epoch's keys of a link's sealed UDP path. */
   | { op: "udpRekey"; link: number; keys: WireKeys; peerHasKeys: boolean }
   /** Every UDP path's state, by link. */

@@ -7,7 +7,9 @@
  * One UDP socket per server (the listen address and port, `--udp-port`), owned by the data-path
  * worker and waited for in its poll. Per link, a `UdpPeerLink` that the link's frame end
  * (OwnedSocket, ForwardedLink) hands a frame to first (`bypass`); it takes the frame when its
- * handler goes by UDP and the path works, and otherwise leaves it to the stream.
+ * handler goes by UDP and the path works, and otherwise leaves it to the stream. A path punched
+ * between two Hosts behind NAT (control/direct.ts) has no link: a `PunchedLink` stands for it in
+ * the fabric, open while the path works.
  *
  * Datagrams:
  *   - plain (the link is plain TCP): VXLAN (RFC 7348), 8 bytes of header and the Ethernet frame,
@@ -62,6 +64,7 @@ import {
   UdpCryptoSession,
 } from "../link/udp/session.ts";
 import { clampMss, PathFit } from "./mtu.ts";
+import { type FrameLink } from "./ports.ts";
 import { decodeVxlan, encodeVxlan, VXLAN_HEADER_LENGTH } from "./vxlan.ts";
 
 /** A keepalive goes out this often on every UDP path. */
@@ -501,6 +504,24 @@ export function probeDatagram(token: number): Uint8Array {
   d.set(PROBE_MAGIC, VXLAN_HEADER_LENGTH);
   new DataView(d.buffer).setUint32(VXLAN_HEADER_LENGTH + 4, token);
   return d;
+}
+
+/**
+ * A UDP path punched to another Host (control/direct.ts) as the fabric sees it: a direct route's
+ * link that is open while the path works both ways. While it does not, the fabric sends the
+ * route's frames through the Proxy, and takes them back as soon as it does: no control-plane
+ * round trip either way, and each frame goes one way only.
+ */
+export class PunchedLink implements FrameLink {
+  constructor(readonly number: number, readonly remote: string, readonly path: UdpPeerLink) {}
+
+  get isOpen(): boolean {
+    return this.path.isOpen && this.path.up;
+  }
+
+  sendFrame(handler: number, frame: Uint8Array): boolean {
+    return this.path.bypass(handler, frame) ?? false;
+  }
 }
 
 /** The server's UDP socket for its links, and their paths. */

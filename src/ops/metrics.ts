@@ -208,6 +208,16 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     "Frames a Host sent to a remote MAC, by path (direct to its Host, or through the proxy).",
   );
   const pathBytes = new Family("vnet_path_bytes_total", "counter", "Bytes, likewise.");
+  const pathDirect = new Family(
+    "vnet_path_direct",
+    "gauge",
+    "1 for a remote MAC a Host reaches directly now, by what carries it (udp or tcp).",
+  );
+  const pathUdp = new Family(
+    "vnet_path_direct_udp_datagrams_total",
+    "counter",
+    "Datagrams of the UDP path of a direct path (a direct link's, or one punched through NAT).",
+  );
   const seen = new Set<string>();
   for (const path of handlers.flatMap((h) => h.paths ?? [])) {
     if (seen.has(path.mac)) continue;
@@ -215,6 +225,13 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     for (const [via, c] of [["direct", path.viaDirect], ["proxy", path.viaProxy]] as const) {
       pathFrames.add({ mac: path.mac, via }, c.frames);
       pathBytes.add({ mac: path.mac, via }, c.bytes);
+    }
+    if (path.via === "direct" && path.transport) {
+      pathDirect.add({ mac: path.mac, transport: path.transport }, 1);
+    }
+    if (path.udp) {
+      pathUdp.add({ mac: path.mac, direction: "to_peer" }, path.udp.datagramsOut);
+      pathUdp.add({ mac: path.mac, direction: "from_peer" }, path.udp.datagramsIn);
     }
   }
   const handlerCount = new Family("vnet_handlers", "gauge", "Handlers this server holds.");
@@ -233,7 +250,17 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
   uptime.add({}, Math.round(process.uptimeSeconds * 1000) / 1000);
   const build = new Family("vnet_build_info", "gauge", "Version and commit of this vnet; 1.");
   build.add({ version: process.version, commit: process.commit, deno: process.deno }, 1);
-  return [...Object.values(f), pathFrames, pathBytes, handlerCount, rss, uptime, build]
+  return [
+    ...Object.values(f),
+    pathFrames,
+    pathBytes,
+    pathDirect,
+    pathUdp,
+    handlerCount,
+    rss,
+    uptime,
+    build,
+  ]
     .map((x) => x.render()).join("");
 }
 

@@ -46,7 +46,7 @@ function setup(dial: (addr: unknown) => Promise<Link> = () => new Promise(() => 
   const ports = fakeInterfaces(["eth0", "eth1"]);
   const dataPath = new DataPath((hooks) => new InProcessForwarder(ports, hooks, log), log);
   const registry = new Registry(dataPath);
-  const direct = new DirectPaths(registry, true, { dial }, log);
+  const direct = new DirectPaths(registry, true, { dial, aeadOf: () => null }, log);
   const open = async (
     id: string,
     role: "proxy" | "host",
@@ -78,6 +78,8 @@ Deno.test("direct, Proxy: at most 8 offers in flight on a link that never answer
   const a = await open("0000000a", "proxy", macs, rogue);
   await open("0000000b", "proxy", [VM2], host);
   for (const m of macs) receive(a, frame(VM2, m));
+  // Announcements go out once the rendezvous (the links' UDP paths) is looked up.
+  await new Promise((r) => setTimeout(r, 0));
   assertEquals(rogue.requests.filter((r) => r.op === "route").length, 8);
   assertEquals(host.requests.filter((r) => r.op === "route").length, 8);
   direct.close();

@@ -243,3 +243,53 @@ Deno.test("metrics: a large answer survives unread bytes from the client (linger
     await s.shutdown();
   }
 });
+
+Deno.test("metrics: a Host's direct paths, by what carries them, and their UDP datagrams", () => {
+  const udp = {
+    state: "up" as const,
+    sealed: true,
+    peer: "203.0.113.7:7000",
+    mtu: 1422,
+    datagramsOut: 40,
+    datagramsIn: 38,
+    fallbackFrames: 0,
+    refused: 0,
+    tooBig: 0,
+    downs: 0,
+    lossPercent: null,
+    peerLossPercent: null,
+  };
+  const path = (mac: string, via: "direct" | "proxy", transport: "udp" | "tcp" | null) => ({
+    mac,
+    via,
+    peer: "10.78.0.12:7000",
+    frames: 50,
+    bytes: 5000,
+    viaProxy: { frames: 10, bytes: 1000 },
+    viaDirect: { frames: 40, bytes: 4000 },
+    transport,
+    udp: transport === "udp" ? udp : null,
+  });
+  const text = renderMetrics([
+    listedHandler({
+      role: "host",
+      paths: [
+        path("02:00:00:00:00:0a", "direct", "udp"),
+        path("02:00:00:00:00:0b", "direct", "tcp"),
+        path("02:00:00:00:00:0c", "proxy", null),
+      ],
+    }),
+  ], PROCESS);
+  const lines = text.split("\n");
+  for (
+    const want of [
+      'vnet_path_direct{mac="02:00:00:00:00:0a",transport="udp"} 1',
+      'vnet_path_direct{mac="02:00:00:00:00:0b",transport="tcp"} 1',
+      'vnet_path_direct_udp_datagrams_total{mac="02:00:00:00:00:0a",direction="to_peer"} 40',
+      'vnet_path_direct_udp_datagrams_total{mac="02:00:00:00:00:0a",direction="from_peer"} 38',
+    ]
+  ) {
+    assert(lines.includes(want), `missing line: ${want}\n${text}`);
+  }
+  assert(!text.includes('vnet_path_direct{mac="02:00:00:00:00:0c"'), "a proxied path as direct");
+});

@@ -192,3 +192,62 @@ function concat(...parts: Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+const PUNCH_LABEL = encoder.encode("vnet/udp-punch v1");
+const PUNCH_IDS = encoder.encode("ids");
+/** The least pair secret accepted: the Proxy sends 32 random bytes. */
+const MIN_PAIR_SECRET_BYTES = 32;
+
+/** What one Host of a punched path derives from what the Proxy told it (see `derivePunched`). */
+export interface PunchedKeys {
+  /** Sealed paths only: this side's keys of epoch 0. */
+  keys: SessionKeys | null;
+  /** Our session id (sealed) or keepalive token (plain), and the other Host's. */
+  localId: number;
+  peerId: number;
+}
+
+/**
+ * The keys of a UDP path punched between two Hosts (control/direct.ts), which share no link to
+ * run an exchange over: the Proxy gives both the same fresh pair secret over their links (TLS,
+ * forward-secret), with the announcement's token, and tells one to be the dialer.
+ *
+ *   prk  = HKDF-Extract(salt = token, ikm = pair secret)
+ *   key  = HKDF-Expand(prk, "vnet/udp-punch v1" 0 aead 0 direction, 32)
+ *   ids  = HKDF-Expand(prk, "vnet/udp-punch v1" 0 aead 0 "ids", 8): the dialer's, the acceptor's
+ *
+ * The pair secret lives only in the two Hosts' memory and in the TLS records that carried it, so
+ * a long-term secret stolen later decrypts nothing recorded. The path cannot rekey (there is no
+ * link to exchange over): it is dropped before its keys are refused, and the Proxy offers a new
+ * one with a new secret. `aead` null: a plain path, which needs only the ids (its tokens).
+ */
+export function derivePunched(
+  x: { role: LinkRole; aead: AeadName | null; pairSecret: Uint8Array; token: Uint8Array },
+): PunchedKeys {
+  if (x.pairSecret.length < MIN_PAIR_SECRET_BYTES) {
+    throw new RangeError(`a pair secret is at least ${MIN_PAIR_SECRET_BYTES} bytes`);
+  }
+  const prk = hkdfExtract(x.token, x.pairSecret);
+  const context = concat(
+    PUNCH_LABEL,
+    Uint8Array.of(0),
+    encoder.encode(x.aead ?? "plain"),
+    Uint8Array.of(0),
+  );
+  const ids = new DataView(hkdfExpand(prk, concat(context, PUNCH_IDS), 8).slice().buffer);
+  const dialerId = ids.getUint32(0);
+  // Distinct, so that neither side mistakes its own datagrams for the other's.
+  const acceptorId = ids.getUint32(4) === dialerId ? (dialerId ^ 1) >>> 0 : ids.getUint32(4);
+  let keys: SessionKeys | null = null;
+  if (x.aead) {
+    const toAcceptor = hkdfExpand(prk, concat(context, DIALER_TO_ACCEPTOR), AEAD_KEY_BYTES);
+    const toDialer = hkdfExpand(prk, concat(context, ACCEPTOR_TO_DIALER), AEAD_KEY_BYTES);
+    keys = x.role === "dialer"
+      ? { aead: x.aead, epoch: 0, send: toAcceptor, receive: toDialer }
+      : { aead: x.aead, epoch: 0, send: toDialer, receive: toAcceptor };
+  }
+  sodium().sodium_memzero(prk, BigInt(prk.length));
+  return x.role === "dialer"
+    ? { keys, localId: dialerId, peerId: acceptorId }
+    : { keys, localId: acceptorId, peerId: dialerId };
+}
