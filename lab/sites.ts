@@ -742,9 +742,11 @@ export interface PathInfo {
   peer: string | null;
   frames: number;
   bytes: number;
+  viaProxy?: { frames: number; bytes: number };
+  viaDirect?: { frames: number; bytes: number };
   /** A direct path's: what carries it now, and its UDP path's state. */
   transport?: "udp" | "tcp" | null;
-  udp?: { state: string; datagramsOut: number; datagramsIn: number } | null;
+  udp?: { state: string; peer: string; datagramsOut: number; datagramsIn: number } | null;
 }
 
 /** One entry of `vnet client list --json`. */
