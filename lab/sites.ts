@@ -746,7 +746,13 @@ export interface PathInfo {
   viaDirect?: { frames: number; bytes: number };
   /** A direct path's: what carries it now, and its UDP path's state. */
   transport?: "udp" | "tcp" | null;
-  udp?: { state: string; peer: string; datagramsOut: number; datagramsIn: number } | null;
+  udp?: {
+    state: string;
+    sealed: boolean;
+    peer: string;
+    datagramsOut: number;
+    datagramsIn: number;
+  } | null;
 }
 
 /** One entry of `vnet client list --json`. */
