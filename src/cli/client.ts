@@ -607,7 +607,8 @@ const NARROW_WIDTH = 100;
  * then show counters). By default it fits 100 columns for addresses of up to 21 characters:
  * ID, role, device, peer, link, the first MAC, bits/s each way and the drops. `wide` shows
  * everything: keepalive RTT, every MAC, frames/bytes/drops each way, frames/s, and the DROPS
- * BY REASON and CONFLICTS columns when any handler has some. Every cell is escaped: a server
+ * BY REASON, CONFLICTS and DIRECT (a Host's direct paths, by transport) columns when any
+ * handler has some. Every cell is escaped: a server
  * (or a peer, through it) names devices and peers.
  */
 export function handlerTable(
@@ -664,6 +665,15 @@ export function handlerTable(
   // Servers from before MAC conflicts were counted send none.
   const conflicts = (h: ListedHandler) => h.macConflicts ?? 0;
   const showConflicts = handlers.some((h) => conflicts(h) > 0);
+  // A Host's remote MACs reached directly now, and how many of them by UDP.
+  const direct = (h: ListedHandler) => (h.paths ?? []).filter((p) => p.via === "direct");
+  const showDirect = handlers.some((h) => direct(h).length > 0);
+  const directText = (h: ListedHandler) => {
+    const paths = direct(h);
+    if (paths.length === 0) return "-";
+    const udp = paths.filter((p) => p.transport === "udp").length;
+    return `${paths.length} (${udp} udp, ${paths.length - udp} tcp)`;
+  };
   const rows = [[
     "ID",
     "ROLE",
@@ -676,6 +686,7 @@ export function handlerTable(
     "FROM PEER frames/bytes/drops",
     ...(showReasons ? ["DROPS BY REASON"] : []),
     ...(showConflicts ? ["CONFLICTS"] : []),
+    ...(showDirect ? ["DIRECT"] : []),
     ...(rates ? ["TO PEER rate", "FROM PEER rate"] : []),
   ]];
   for (const h of handlers) {
@@ -692,6 +703,7 @@ export function handlerTable(
       `${h.fromPeer.frames}/${h.fromPeer.bytes}/${h.fromPeer.drops}`,
       ...(showReasons ? [reasons(h).map(([k, n]) => `${k} ${n}`).join(", ") || "-"] : []),
       ...(showConflicts ? [String(conflicts(h))] : []),
+      ...(showDirect ? [directText(h)] : []),
       ...(rates ? [rateText(r?.toPeer), rateText(r?.fromPeer)] : []),
     ]);
   }

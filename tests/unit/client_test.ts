@@ -140,3 +140,37 @@ Deno.test("client devices: only interfaces that can carry a handler, unless --al
   ];
   assertEquals(devices.filter(canCarryHandler).map((d) => d.name), ["eth0"]);
 });
+
+Deno.test("client table: a Host's direct paths by transport, DIRECT only when any", () => {
+  const path = (mac: string, via: "direct" | "proxy", transport: "udp" | "tcp" | null) => ({
+    mac,
+    via,
+    peer: "10.78.0.12:7000",
+    frames: 1,
+    bytes: 100,
+    viaProxy: { frames: 0, bytes: 0 },
+    viaDirect: { frames: 1, bytes: 100 },
+    transport,
+    udp: null,
+  });
+  const proxied = listedHandler({
+    id: "00000001",
+    role: "host",
+    paths: [path("02:00:00:00:00:0c", "proxy", null)],
+  });
+  assert(!handlerTable([proxied], null, true).includes("DIRECT"));
+  const host = listedHandler({
+    id: "00000002",
+    role: "host",
+    paths: [
+      path("02:00:00:00:00:0a", "direct", "udp"),
+      path("02:00:00:00:00:0b", "direct", "tcp"),
+      path("02:00:00:00:00:0c", "proxy", null),
+    ],
+  });
+  const text = handlerTable([proxied, host], null, true);
+  const [header, first, second] = text.split("\n");
+  const column = (row: string) => row.slice(header.indexOf("DIRECT")).trim();
+  assertEquals(column(first), "-");
+  assertEquals(column(second), "2 (1 udp, 1 tcp)");
+});
