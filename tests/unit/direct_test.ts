@@ -164,3 +164,55 @@ Deno.test("direct, Host: tokens and dials are bounded per link; refusals are log
   assertThrows(() => offer(3000, true, "127.0.0.1:7000"), /not another Host's address/);
   direct.close();
 });
+
+Deno.test("direct, Host: punched paths only to an address, bounded per link", async () => {
+  const { log, direct, open, receive, registry } = setup();
+  await registry.dataPath.udpListen("127.0.0.1", 0);
+  try {
+    const proxy = link("proxy");
+    const vm = await open("0000000a", "host", [VM1], proxy);
+    const far = (i: number) => `02:5e:00:00:03:${i.toString(16).padStart(2, "0")}`;
+    for (let i = 0; i < 12; i++) receive(vm, frame(VM1, far(i)));
+    const secret = btoa(String.fromCharCode(...new Uint8Array(32).fill(9)));
+    const offer = (i: number, host: string, l = proxy) =>
+      direct.route({
+        handler: "0000000a",
+        mac: far(i),
+        peer: "10.0.0.9:7000",
+        remote: "0000000c",
+        token: (100 + i).toString(16).padStart(32, "0"),
+        dial: false,
+        udp: { host, port: 7000, secret },
+      }, l);
+    const settle = () => new Promise((r) => setTimeout(r, 10));
+    // Never to this server itself, nor to a multicast group.
+    offer(0, "127.0.0.1");
+    offer(1, "224.0.0.1");
+    await settle();
+    assertEquals(registry.fabric.route(proxy, far(0)), undefined);
+    assertEquals(registry.fabric.route(proxy, far(1)), undefined);
+    assert(
+      log.lines.some((l) => l.msg === "direct path offer refused" && l.fields.mac === far(0)),
+      "no WARN for a loopback rendezvous",
+    );
+    // 8 on one Proxy link; the route goes over each, shown as the endpoint it punches to.
+    for (let i = 2; i < 12; i++) offer(i, "192.0.2.7");
+    await settle();
+    const routed = Array.from({ length: 12 }, (_, i) => registry.fabric.route(proxy, far(i)))
+      .filter((r) => r !== undefined);
+    assertEquals(routed.length, 8);
+    for (const r of routed) assertEquals(r.remote, "udp 192.0.2.7:7000");
+    // Not up yet: the VM's frames still go through the Proxy.
+    const [state] = Object.values(await registry.dataPath.states());
+    assert(state.paths.every((p) => p.via === "proxy"), JSON.stringify(state.paths));
+    // The Proxy forgets a MAC: its punched path goes with its route.
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 8);
+    direct.unroute(far(2), proxy);
+    await settle();
+    assertEquals(registry.fabric.route(proxy, far(2)), undefined);
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 7);
+  } finally {
+    direct.close();
+    await registry.dataPath.stop();
+  }
+});
