@@ -15,18 +15,20 @@
  *   - plain (the link is plain TCP): VXLAN (RFC 7348), 8 bytes of header and the Ethernet frame,
  *     the VNI the handler number's low 24 bits. VNI 0 carries VNET's keepalive:
  *     "VNKA", the link's token (u32, agreed over the link), flags (u8), a sequence number
- *     (u32), the loss it sees (u8): 14 bytes.
+ *     (u32), the loss it sees (u8), the size of the probe it answers (u16, or 0): 16 bytes.
  *     A datagram is taken only from the link's peer address; a keepalive with the token from the
  *     peer's IP address and another port moves the port (NAT rebinding).
  *   - sealed (TLS or ssh links): link/udp/session.ts's 16-byte header, then, sealed, the
  *     handler number (u32) and the frame; handler 0xffffffff is the keepalive, with flags (u8),
- *     a sequence number (u32) and the loss it sees (u8).
+ *     a sequence number (u32), the loss it sees (u8) and the size of the probe it answers (u16).
  *     An authenticated datagram from a new address moves the peer there (roaming).
  *   A probe (`vnet doctor --peer`): VNI 0, "VNPR", a token (u32) the server gave the doctor over
  *   an authenticated control link, zeros to 14 bytes. The server sends it back as it came, once
  *   per token: the doctor learns that UDP gets through both ways, and no stranger gets an answer
  *   (nor one larger than what it sent).
- *   Keepalive flags: bit 0, "I have heard you lately". The gaps in the sequence numbers give the
+ *   Keepalive flags: bit 0, "I have heard you lately"; bit 1, "idle" (below); bit 2, "probe": a
+ *   keepalive padded to a size to find the path's MTU (path_mtu_search.ts), not counted as one,
+ *   and answered at once with a keepalive that gives its size. The gaps in the sequence numbers give the
  *   loss of the peer's datagrams here, over its last LOSS_WINDOW keepalives; each keepalive
  *   reports it back (a percentage, NO_LOSS_FIGURE while not known), so each side knows the loss
  *   of what it sends.
@@ -45,8 +47,9 @@
  * carries TCP usefully does; below it, UDP serves the VMs' flows better than a stream whose one
  * lost segment holds up every flow behind it.
  *
- * MTU: the inner IP MTU is the path's (the kernel's route and PMTU cache, `IP_MTU`) less the
- * outer headers; as for VXLAN tunnels (vxlan_tunnels.ts), TCP's MSS is clamped both ways,
+ * MTU: the inner IP MTU is the path's less the outer headers. The path's is what probes confirmed
+ * (path_mtu_search.ts: 1280 until a larger one crosses, so a hop whose ICMP is filtered is no
+ * black hole), within the kernel's figure (its route and PMTU cache, `IP_MTU`); as for VXLAN tunnels (vxlan_tunnels.ts), TCP's MSS is clamped both ways,
  * super-frames are cut to the path, IPv4 without DF is fragmented, and what is left is answered
  * with ICMP "too big" toward the sender. DF is set on every datagram; a datagram the kernel
  * refuses as too big (EMSGSIZE, after ICMP lowered the path's MTU) makes the link read the MTU
@@ -64,6 +67,7 @@ import {
   UdpCryptoSession,
 } from "../link/udp/session.ts";
 import { clampMss, PathFit } from "./mtu.ts";
+import { PathMtuSearch } from "./path_mtu_search.ts";
 import { type FrameLink } from "./ports.ts";
 import { decodeVxlan, encodeVxlan, VXLAN_HEADER_LENGTH } from "./vxlan.ts";
 
@@ -100,6 +104,10 @@ const PROBE_TTL_MS = 10_000;
 /** Keepalive flags. */
 const HEARS_YOU = 1;
 const IDLE = 2;
+const PROBE = 4;
+/** A keepalive's body: plain, after the VXLAN header; sealed, the plaintext. */
+const PLAIN_KEEPALIVE_BYTES = 16;
+const SEALED_KEEPALIVE_BYTES = 12;
 /** Ethernet, IPv4 and UDP around every datagram (IPv6: 20 more). */
 const OUTER_IPV4 = 20 + 8;
 const OUTER_IPV6 = 40 + 8;
@@ -124,6 +132,11 @@ const CLEAR_PERCENT = 5;
 const LOSSY_HOLD_MS = 5000;
 /** The path MTU assumed until the kernel says otherwise. */
 const DEFAULT_PATH_MTU = 1500;
+/**
+ * The largest path MTU used (and probed): a jumbo frame's. Loopback's 65536 would make a probe
+ * of 64 KiB; no Ethernet path between two servers carries more than this.
+ */
+const MAX_PATH_MTU = 9216;
 
 /** Where a UDP path hands what it received. */
 export interface UdpSink {
@@ -217,6 +230,10 @@ export class UdpPeerLink {
   /** Frames came for the path since the port last looked (it then keeps the keepalives busy). */
   busy = false;
   readonly #fit = new PathFit();
+  /** The path's MTU as probes confirmed it, within the kernel's. */
+  readonly #search: PathMtuSearch;
+  /** The size of a probe from the peer, answered in our next keepalive (0: none). */
+  #probeHeard = 0;
   /** The handler of the frame being sent (prepareForWire's emit has no room for it). */
   #sending = 0;
 
@@ -229,6 +246,7 @@ export class UdpPeerLink {
     this.peer = port.socket.peer(spec.host, spec.port);
     // A new path is busy until proven idle: it comes up at the pace of a busy one.
     this.#lastFrameAt = now;
+    this.#search = new PathMtuSearch(this.#kernelPathMtu());
     this.session = spec.keys
       ? new UdpCryptoSession({
         keys: spec.keys,
@@ -339,6 +357,7 @@ export class UdpPeerLink {
     const every = this.#idle(now) && this.#peerIdle ? IDLE_KEEPALIVE_MS : KEEPALIVE_MS;
     if (now - this.#lastKeepalive >= every - DUE_SLACK_MS) this.#keepalive(now);
     this.#judge(now);
+    this.#probe(now);
     this.session?.tick(now);
   }
 
@@ -348,6 +367,7 @@ export class UdpPeerLink {
     this.#active(now);
     if (now - this.#lastKeepalive >= BUSY_KEEPALIVE_MS) this.#keepalive(now);
     this.#judge(now);
+    this.#probe(now);
   }
 
   /** Whether no frame crossed the path either way for IDLE_AFTER_MS. */
@@ -364,17 +384,44 @@ export class UdpPeerLink {
     this.#keepalive(now);
   }
 
-  /** Reads the path's MTU again (after an EMSGSIZE, and when the path comes up). */
+  /** Reads the kernel's figure of the path's MTU again (after an EMSGSIZE, when it comes up). */
   readMtu(): void {
-    let path = DEFAULT_PATH_MTU;
+    this.#search.setCeiling(this.#kernelPathMtu());
+    this.#setMtu();
+  }
+
+  /** A probe of ours of `size` bytes crossed: a larger MTU, maybe. */
+  probeAnswered(size: number, now: number): void {
+    this.#search.acked(size, now);
+    this.#setMtu();
+  }
+
+  /** A probe from the peer of `size` bytes (outer): answered at once. */
+  probed(size: number, now: number): void {
+    this.#probeHeard = size;
+    this.#keepalive(now);
+  }
+
+  #kernelPathMtu(): number {
     try {
-      path = this.port.socket.pathMtu(this.peer);
+      return Math.min(MAX_PATH_MTU, this.port.socket.pathMtu(this.peer));
     } catch {
-      // No route yet: keep the default; the next datagram finds out.
+      return DEFAULT_PATH_MTU; // no route yet: the next datagram finds out
     }
+  }
+
+  /** The inner MTU from the path's: less the outer IP and UDP, VXLAN or the seal, Ethernet. */
+  #setMtu(): void {
     const outer = this.peer.ipv4 ? OUTER_IPV4 : OUTER_IPV6;
     const inner = this.session ? OVERHEAD_BYTES + HANDLER_BYTES : VXLAN_HEADER_LENGTH;
-    this.mtu = Math.max(576, path - outer - inner - ETHERNET);
+    this.mtu = Math.max(576, this.#search.mtu - outer - inner - ETHERNET);
+  }
+
+  /** A probe of the path's MTU, when the search has one due (only while the path is up). */
+  #probe(now: number): void {
+    if (!this.#up) return;
+    const size = this.#search.probe(now);
+    if (size > 0) this.port.sendKeepalive(this, PROBE, 0, NO_LOSS_FIGURE, 0, size);
   }
 
   state(): UdpPathState {
@@ -412,7 +459,8 @@ export class UdpPeerLink {
     this.stats.keepalivesOut++;
     const flags = (this.#heardRecently(now) ? HEARS_YOU : 0) | (this.#idle(now) ? IDLE : 0);
     const loss = this.lossPercent === null ? NO_LOSS_FIGURE : Math.round(this.lossPercent);
-    this.port.sendKeepalive(this, flags, this.#keepalivesSent++, loss);
+    this.port.sendKeepalive(this, flags, this.#keepalivesSent++, loss, this.#probeHeard);
+    this.#probeHeard = 0;
   }
 
   /**
@@ -482,6 +530,8 @@ export class UdpPeerLink {
     this.#up = up;
     if (up) this.readMtu();
     else this.stats.downs++;
+    // Up: the first probe goes now, so a clean path has its full MTU a round trip later.
+    if (up) this.#probe(now);
     this.port.sink.changed(
       this.number,
       up,
@@ -538,7 +588,8 @@ export class UdpPeerPort {
   readonly #byId = new Map<number, UdpPeerLink>();
   #flushing = false;
   #open = true;
-  readonly #keepalive = new Uint8Array(64);
+  /** A keepalive, or a probe (padded up to a path's MTU). */
+  readonly #keepalive = new Uint8Array(MAX_PATH_MTU);
   /** Links that had frames in this burst: their busy keepalives are looked at as it ends. */
   #busy: UdpPeerLink[] = [];
   #busyLooking: UdpPeerLink[] = [];
@@ -648,26 +699,41 @@ export class UdpPeerPort {
     }
   }
 
-  sendKeepalive(link: UdpPeerLink, flags: number, seq: number, loss: number): void {
+  /**
+   * A keepalive to the link's peer; with `probeSize`, padded so that its IP packet is that many
+   * bytes (a probe of the path's MTU).
+   */
+  sendKeepalive(
+    link: UdpPeerLink,
+    flags: number,
+    seq: number,
+    loss: number,
+    probeAck: number,
+    probeSize = 0,
+  ): void {
     const k = this.#keepalive;
     const view = new DataView(k.buffer);
+    const payload = probeSize - (link.peer.ipv4 ? OUTER_IPV4 : OUTER_IPV6);
     let n: number;
     if (link.session) {
-      const body = k.subarray(HEADER_BYTES);
+      const length = Math.max(SEALED_KEEPALIVE_BYTES, payload - OVERHEAD_BYTES);
+      const body = k.subarray(HEADER_BYTES, HEADER_BYTES + length);
       body.set([0xff, 0xff, 0xff, 0xff, flags]);
       view.setUint32(HEADER_BYTES + 5, seq);
       body[9] = loss;
-      n = link.session.seal(body.subarray(0, 10), k);
+      view.setUint16(HEADER_BYTES + 10, probeAck);
+      body.fill(0, SEALED_KEEPALIVE_BYTES);
+      n = link.session.seal(body, k);
       if (n < 0) return;
     } else {
+      n = Math.max(VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES, payload);
       k.set([...KEEPALIVE_MAGIC, 0, 0, 0, 0, flags], VXLAN_HEADER_LENGTH);
       view.setUint32(VXLAN_HEADER_LENGTH + 4, link.spec.token);
       encodeVxlan(k, VXLAN_HEADER_LENGTH, KEEPALIVE_VNI);
-      // The sequence number and the loss byte fill an Ethernet header's 14 bytes: the least a
-      // VXLAN datagram carries.
       view.setUint32(VXLAN_HEADER_LENGTH + 9, seq);
       k[VXLAN_HEADER_LENGTH + 13] = loss;
-      n = VXLAN_HEADER_LENGTH + ETHERNET;
+      view.setUint16(VXLAN_HEADER_LENGTH + 14, probeAck);
+      k.fill(0, VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES, n);
     }
     const at = this.#reserve(link.peer, n);
     if (at >= 0) this.socket.tx.data.set(k.subarray(0, n), at);
@@ -758,9 +824,14 @@ export class UdpPeerPort {
       const handler = ((plain[0] << 24) | (plain[1] << 16) | (plain[2] << 8) | plain[3]) >>> 0;
       if (handler === KEEPALIVE_HANDLER) {
         if (plain.length < 9) return;
+        if (plain[4] & PROBE) return link.probed(this.#outerSize(link, length), now);
         const seq = ((plain[5] << 24) | (plain[6] << 16) | (plain[7] << 8) | plain[8]) >>> 0;
-        // An older VNET's keepalive has no loss byte.
+        // An older VNET's keepalive has no loss byte, nor a probe's answer.
         const loss = plain.length >= 10 ? plain[9] : NO_LOSS_FIGURE;
+        if (plain.length >= SEALED_KEEPALIVE_BYTES) {
+          const answered = (plain[10] << 8) | plain[11];
+          if (answered > 0) link.probeAnswered(answered, now);
+        }
         link.heard(now, plain[4], seq, loss);
         return;
       }
@@ -790,10 +861,15 @@ export class UdpPeerPort {
         if (!rx.sourceHostMatches(i, link.peer)) continue;
         // The peer's port as its NAT maps it now.
         if (!rx.sourceMatches(i, link.peer)) link.peer = rx.source(i);
+        if (data[k + 8] & PROBE) return link.probed(this.#outerSize(link, length), now);
         const seq = ((data[k + 9] << 24) | (data[k + 10] << 16) | (data[k + 11] << 8) |
           data[k + 12]) >>> 0;
-        // An older VNET sent a zero there: "no loss", which it never judged by.
+        // An older VNET sent a zero there: "no loss", which it never judged by; and no answer.
         const loss = length >= VXLAN_HEADER_LENGTH + ETHERNET ? data[k + 13] : NO_LOSS_FIGURE;
+        if (length >= VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES) {
+          const answered = (data[k + 14] << 8) | data[k + 15];
+          if (answered > 0) link.probeAnswered(answered, now);
+        }
         link.heard(now, data[k + 8], seq, loss);
         return;
       }
@@ -810,6 +886,11 @@ export class UdpPeerPort {
       return;
     }
     this.strangers++;
+  }
+
+  /** The IP packet a datagram of `length` bytes from `link`'s peer came in. */
+  #outerSize(link: UdpPeerLink, length: number): number {
+    return length + (link.peer.ipv4 ? OUTER_IPV4 : OUTER_IPV6);
   }
 
   #answerProbe(data: Uint8Array, at: number, length: number, i: number, now: number): void {

@@ -426,3 +426,24 @@ Deno.test("udp path: idle both ways, a keepalive each 10 s and 30 s of patience;
     close(a, b);
   }
 });
+
+Deno.test("udp path: 1280 bytes until a probe of the kernel's MTU crosses, then that", async () => {
+  for (const sealed of [false, true]) {
+    const { a, b } = pair(sealed);
+    try {
+      const la = a.port.get(LINK)!;
+      // Less the outer IPv4 and UDP, the seal or VXLAN, and the frame's Ethernet header.
+      const overhead = 28 + (sealed ? 32 + 4 : 8) + 14;
+      assertEquals(la.mtu, 1280 - overhead);
+      await until("both ends up", () => la.up && b.port.get(LINK)!.up);
+      // Loopback's MTU, capped at a jumbo frame's: one probe, answered, confirms it.
+      await until(`a's MTU ${9216 - overhead}`, () => la.mtu === 9216 - overhead);
+      // A frame as large as that crosses whole.
+      const big = frame(1, la.mtu + 14);
+      assertEquals(la.bypass(HANDLER, big), true);
+      await until("b to get it", () => b.delivered.some((d) => d.frame.length === big.length));
+    } finally {
+      close(a, b);
+    }
+  }
+});
