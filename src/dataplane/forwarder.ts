@@ -328,10 +328,13 @@ export class Forwarder {
     return path?.carries(handler) ? path.state() : null;
   };
 
-  /** Housekeeping, at least once a second: a socket whose writes are stuck is closed. */
-  tick(now = Date.now()): void {
+  /**
+   * Housekeeping, at least once a second: a socket whose writes are stuck is closed. Returns
+   * the ms until the next tick when the UDP paths want it sooner.
+   */
+  tick(now = Date.now()): number | undefined {
     for (const socket of this.#sockets.values()) socket.checkStall(now);
-    this.#udp?.tick(performance.now());
+    return this.#udp?.tick(performance.now());
   }
 
   /** Runs a command for a caller on another thread: the reply, or the error as words and code. */

@@ -80,6 +80,13 @@ const BUSY_KEEPALIVE_MS = 200;
  * hair less than KEEPALIVE_MS after the last would otherwise wait for the next, 2 s in all.
  */
 const DUE_SLACK_MS = 100;
+/**
+ * The worker's tick while a path carries frames: keepalives are then due each second to within
+ * this, not to within a second. A tick that finds one a hair short of due would leave it to the
+ * next: after the last frame of a burst the gap could reach 1.9 s, and a NAT that forgot the
+ * mapping meanwhile had the peer sending into nothing that long.
+ */
+const ACTIVE_TICK_MS = 250;
 /** Nothing heard for this long: the path is down, frames go by the stream. */
 const DOWN_AFTER_MS = 3000;
 /**
@@ -370,6 +377,11 @@ export class UdpPeerLink {
     this.#probe(now);
   }
 
+  /** Whether a frame crossed the path either way within IDLE_AFTER_MS. */
+  active(now: number): boolean {
+    return !this.#idle(now);
+  }
+
   /** Whether no frame crossed the path either way for IDLE_AFTER_MS. */
   #idle(now: number): boolean {
     return now - this.#lastFrameAt >= IDLE_AFTER_MS;
@@ -645,8 +657,14 @@ export class UdpPeerPort {
     }
   }
 
-  tick(now: number): void {
-    for (const link of this.#links.values()) link.tick(now);
+  /** Every link's tick; the ms until the next when one is active (frames lately). */
+  tick(now: number): number | undefined {
+    let active = false;
+    for (const link of this.#links.values()) {
+      link.tick(now);
+      active ||= link.active(now);
+    }
+    return active ? ACTIVE_TICK_MS : undefined;
   }
 
   /** Queues one frame of `handler` to the link's peer; the batch goes out after the burst. */

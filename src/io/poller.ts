@@ -376,14 +376,15 @@ class Poller {
   /**
    * Blocking mode: the thread's loop, until nothing is watched or waited for. poll(2) over
    * every watched and waiting fd; the ready watches' callbacks run at once, then what they
-   * deferred, then the ready waiters are resolved. `tick` runs every `tickMs` (housekeeping).
+   * deferred, then the ready waiters are resolved. `tick` runs every `tickMs` (housekeeping), or
+   * sooner when it asks to: it returns the ms it wants until the next.
    *
    * After a round that resolved a waiter, the next poll only looks (timeout 0): the waiter's
    * owner may take more than one turn to drain and wait again, and a fd not waited on yet must
    * not be left out of a poll that sleeps (measured: reads parked up to the 200 ms of a TCP
    * retransmission). Rejects if a callback throws: the thread's owner says why.
    */
-  async runBlocking(tickMs: number, tick: () => void): Promise<void> {
+  async runBlocking(tickMs: number, tick: () => number | void): Promise<void> {
     const yielder = this.#blocking;
     if (!yielder) throw new Error("runBlocking: call blockThisThread first");
     if (this.#running) throw new Error("runBlocking: the loop runs already");
@@ -408,8 +409,8 @@ class Poller {
         woke += this.#expire(after);
         let ticked = false;
         if (after >= nextTick) {
-          tick();
-          nextTick = after + tickMs;
+          const wanted = tick();
+          nextTick = after + (typeof wanted === "number" ? Math.min(wanted, tickMs) : tickMs);
           ticked = true;
         }
         // A poll that slept counts as a yield: the thread was not busy. Yielding right after

@@ -447,3 +447,19 @@ Deno.test("udp path: 1280 bytes until a probe of the kernel's MTU crosses, then 
     }
   }
 });
+
+Deno.test("udp port: asks for a tick every 250 ms while a path carries frames, else none", () => {
+  const { a, b } = pair(false);
+  try {
+    const link = a.port.get(LINK)!;
+    const t0 = performance.now();
+    // A new path counts as busy: it comes up at a busy path's pace.
+    assertEquals(a.port.tick(t0), 250);
+    // Ten seconds without a frame: the worker's own second will do.
+    assertEquals(a.port.tick(t0 + 11_000), undefined);
+    link.alive(t0 + 12_000);
+    assertEquals(a.port.tick(t0 + 12_100), 250);
+  } finally {
+    close(a, b);
+  }
+});
