@@ -51,6 +51,11 @@ export class PathMtuSearch {
     this.confirmed = Math.min(BASE_PLPMTU, ceiling);
   }
 
+  /** The kernel's figure: no size above it is used or probed. */
+  get ceiling(): number {
+    return this.#ceiling;
+  }
+
   /** The size frames may use now: the confirmed one, within the kernel's ceiling. */
   get mtu(): number {
     return Math.min(this.confirmed, this.#ceiling);

@@ -23,15 +23,16 @@
  *     a sequence number (u32), the loss it sees (u8) and the size of the probe it answers (u16).
  *     An authenticated datagram from a new address moves the peer there (roaming).
  *   A probe (`vnet doctor --peer`): VNI 0, "VNPR", a token (u32) the server gave the doctor over
- *   an authenticated control link, zeros to 14 bytes. The server sends it back as it came, once
- *   per token: the doctor learns that UDP gets through both ways, and no stranger gets an answer
- *   (nor one larger than what it sent).
+ *   an authenticated control link, zeros to 14 bytes. The server sends it back as it came, up to
+ *   four copies per token (the doctor resends in case one is lost either way): the doctor learns
+ *   that UDP gets through both ways, and no stranger gets an answer (nor one larger than what it
+ *   sent).
  *   Keepalive flags: bit 0, "I have heard you lately"; bit 1, "idle" (below); bit 2, "probe": a
- *   keepalive padded to a size to find the path's MTU (path_mtu_search.ts), not counted as one,
- *   and answered at once with a keepalive that gives its size. The gaps in the sequence numbers give the
- *   loss of the peer's datagrams here, over its last LOSS_WINDOW keepalives; each keepalive
- *   reports it back (a percentage, NO_LOSS_FIGURE while not known), so each side knows the loss
- *   of what it sends.
+ *   keepalive padded to a size to find the path's MTU (path_mtu_search.ts), not counted as one, and
+ *   answered at once with a keepalive that gives its size. The gaps in the sequence numbers give
+ *   the loss of the peer's datagrams here, over its last LOSS_WINDOW keepalives; each keepalive
+ *   reports it back (a percentage, NO_LOSS_FIGURE while not known), so each side knows the loss of
+ *   what it sends.
  *
  * Is the path usable? Each side sends a keepalive every KEEPALIVE_MS, and every
  * BUSY_KEEPALIVE_MS while it has frames for the path; a side sends frames by UDP while it has
@@ -48,12 +49,13 @@
  * lost segment holds up every flow behind it.
  *
  * MTU: the inner IP MTU is the path's less the outer headers. The path's is what probes confirmed
- * (path_mtu_search.ts: 1280 until a larger one crosses, so a hop whose ICMP is filtered is no
- * black hole), within the kernel's figure (its route and PMTU cache, `IP_MTU`); as for VXLAN tunnels (vxlan_tunnels.ts), TCP's MSS is clamped both ways,
- * super-frames are cut to the path, IPv4 without DF is fragmented, and what is left is answered
- * with ICMP "too big" toward the sender. DF is set on every datagram; a datagram the kernel
- * refuses as too big (EMSGSIZE, after ICMP lowered the path's MTU) makes the link read the MTU
- * again.
+ * (path_mtu_search.ts: 1280 until a larger one crosses, so a hop whose ICMP is filtered is no black
+ * hole; a peer of an older VNET never answers, and the kernel's figure is used), within the
+ * kernel's figure (its route and PMTU cache, `IP_MTU`); as for VXLAN tunnels (vxlan_tunnels.ts),
+ * TCP's MSS is clamped both ways, super-frames are cut to the path, IPv4 without DF is fragmented,
+ * and what is left is answered with ICMP "too big" toward the sender. DF is set on every datagram;
+ * a datagram the kernel refuses as too big (EMSGSIZE, after ICMP lowered the path's MTU) makes the
+ * link read the MTU again.
  */
 import { messageOf } from "../errors.ts";
 import { DatagramStatus, type UdpAddress, UdpSocket } from "../io/udp_socket.ts";
@@ -76,8 +78,9 @@ const KEEPALIVE_MS = 1000;
 /** ... and this often while the path has frames to carry: the loss is known within seconds. */
 const BUSY_KEEPALIVE_MS = 200;
 /**
- * A keepalive is due this much early: the ticks that send them come once a second, and one a
- * hair less than KEEPALIVE_MS after the last would otherwise wait for the next, 2 s in all.
+ * A keepalive is due this much early: the ticks that send them come once a second on an idle
+ * server (every ACTIVE_TICK_MS on a busy one), and one a hair less than KEEPALIVE_MS after the
+ * last would otherwise wait for the next tick, 2 s in all.
  */
 const DUE_SLACK_MS = 100;
 /**
@@ -105,9 +108,10 @@ const KEEPALIVE_VNI = 0;
 const KEEPALIVE_HANDLER = 0xffffffff;
 const KEEPALIVE_MAGIC = [0x56, 0x4e, 0x4b, 0x41]; // "VNKA"
 const PROBE_MAGIC = [0x56, 0x4e, 0x50, 0x52]; // "VNPR"
-/** Probe tokens a server keeps at once, and how long each is good for. */
+/** Probe tokens a server keeps at once, how long each is good for, and copies sent back. */
 const MAX_PROBES = 16;
 const PROBE_TTL_MS = 10_000;
+const ECHOES_PER_PROBE = 4;
 /** Keepalive flags. */
 const HEARS_YOU = 1;
 const IDLE = 2;
@@ -124,12 +128,6 @@ const HANDLER_BYTES = 4;
 const LOSS_WINDOW = 20;
 /** Fewer keepalives than this in the window give no figure yet. */
 const LOSS_MIN_SAMPLES = 10;
-/**
- * This many keepalives missing in a row is an outage (a NAT that forgot its mapping, a link
- * that flapped), not loss: the figure starts afresh after it. Random loss of 40% makes such a
- * run once in ~100 keepalives; an outage is what the silence test (DOWN_AFTER_MS) is for.
- */
-const OUTAGE_RUN = 5;
 /** The loss byte of a keepalive that has no figure to give. */
 const NO_LOSS_FIGURE = 255;
 /** The peer loses this much of what we send: frames go by the stream... */
@@ -241,6 +239,11 @@ export class UdpPeerLink {
   readonly #search: PathMtuSearch;
   /** The size of a probe from the peer, answered in our next keepalive (0: none). */
   #probeHeard = 0;
+  /**
+   * Whether the peer's keepalives have the probe answer (null: none heard yet). An older VNET's
+   * do not: it would never answer a probe, so the path takes the kernel's figure as before.
+   */
+  #peerAnswersProbes: boolean | null = null;
   /** The handler of the frame being sent (prepareForWire's emit has no room for it). */
   #sending = 0;
 
@@ -337,7 +340,22 @@ export class UdpPeerLink {
    * A keepalive from the peer (its `seq`-th) with its flags: it hears us (or not), is idle (or
    * not), and loses `peerLoss` percent of ours (NO_LOSS_FIGURE: it cannot tell yet).
    */
-  heard(now: number, flags: number, seq: number, peerLoss = NO_LOSS_FIGURE): void {
+  heard(
+    now: number,
+    flags: number,
+    seq: number,
+    peerLoss = NO_LOSS_FIGURE,
+    /** The size of a probe of ours it answers (0: none; -1: an older VNET, which cannot). */
+    probeAnswer = 0,
+  ): void {
+    if (probeAnswer >= 0 && probeAnswer <= MAX_PATH_MTU) {
+      this.#peerAnswersProbes = true;
+      if (probeAnswer > 0) this.#search.acked(probeAnswer, now);
+      this.#setMtu();
+    } else if (probeAnswer < 0 && this.#peerAnswersProbes === null) {
+      this.#peerAnswersProbes = false;
+      this.#setMtu();
+    }
     const wasSilent = !this.#heardRecently(now);
     const peerWoke = this.#peerIdle && (flags & IDLE) === 0;
     // After a silence, the keepalives lost in it say nothing of the path as it is now.
@@ -402,12 +420,6 @@ export class UdpPeerLink {
     this.#setMtu();
   }
 
-  /** A probe of ours of `size` bytes crossed: a larger MTU, maybe. */
-  probeAnswered(size: number, now: number): void {
-    this.#search.acked(size, now);
-    this.#setMtu();
-  }
-
   /** A probe from the peer of `size` bytes (outer): answered at once. */
   probed(size: number, now: number): void {
     this.#probeHeard = size;
@@ -426,14 +438,20 @@ export class UdpPeerLink {
   #setMtu(): void {
     const outer = this.peer.ipv4 ? OUTER_IPV4 : OUTER_IPV6;
     const inner = this.session ? OVERHEAD_BYTES + HANDLER_BYTES : VXLAN_HEADER_LENGTH;
-    this.mtu = Math.max(576, this.#search.mtu - outer - inner - ETHERNET);
+    const path = this.#peerAnswersProbes === false ? this.#search.ceiling : this.#search.mtu;
+    this.mtu = Math.max(576, path - outer - inner - ETHERNET);
   }
 
-  /** A probe of the path's MTU, when the search has one due (only while the path is up). */
+  /**
+   * A probe of the path's MTU, when the search has one due: only while the path is up, and to
+   * a peer that answers probes. It says whether we hear the peer, like any keepalive.
+   */
   #probe(now: number): void {
-    if (!this.#up) return;
+    if (!this.#up || !this.#peerAnswersProbes) return;
     const size = this.#search.probe(now);
-    if (size > 0) this.port.sendKeepalive(this, PROBE, 0, NO_LOSS_FIGURE, 0, size);
+    if (size === 0) return;
+    const flags = PROBE | (this.#heardRecently(now) ? HEARS_YOU : 0);
+    this.port.sendKeepalive(this, flags, 0, NO_LOSS_FIGURE, 0, size);
   }
 
   state(): UdpPathState {
@@ -491,11 +509,11 @@ export class UdpPeerLink {
    * datagram in the same queues as the frames. One that comes late, within the window, counts.
    */
   #countLoss(seq: number): void {
-    if (
-      this.#firstSeq < 0 || seq > this.#lastSeq + 0x7fffffff || seq - this.#lastSeq > OUTAGE_RUN
-    ) {
-      // The first, a peer that started counting again (a new link or a restart), or the first
-      // after an outage.
+    // A short outage (a NAT that forgot its mapping) counts as loss, as it must: at 80% loss
+    // runs of five are common, and a figure that started afresh on each would hide the loss. A
+    // silence of DOWN_AFTER_MS starts it afresh (heard()).
+    if (this.#firstSeq < 0 || seq + LOSS_WINDOW <= this.#lastSeq) {
+      // The first, or far older than the window: a peer that started counting again.
       this.#resetLoss();
       this.#firstSeq = this.#lastSeq = seq;
       this.#arrived[seq % LOSS_WINDOW] = 1;
@@ -506,10 +524,10 @@ export class UdpPeerLink {
       }
       this.#arrived[seq % LOSS_WINDOW] = 1;
       this.#lastSeq = seq;
-    } else if (seq > this.#lastSeq - LOSS_WINDOW && seq >= this.#firstSeq) {
-      this.#arrived[seq % LOSS_WINDOW] = 1;
+    } else if (seq >= this.#firstSeq) {
+      this.#arrived[seq % LOSS_WINDOW] = 1; // late, within the window
     } else {
-      return; // older than the window: the figure is not about it any more
+      return; // from before the figure started
     }
     const samples = Math.min(LOSS_WINDOW, this.#lastSeq - this.#firstSeq + 1);
     if (samples < LOSS_MIN_SAMPLES) return;
@@ -532,7 +550,8 @@ export class UdpPeerLink {
       this.#lossy = true;
       this.#lossySince = now;
     } else if (
-      this.#lossy && (peerLoss === null || peerLoss <= CLEAR_PERCENT) &&
+      // Only a figure clears it: a peer that has none yet has not seen the loss end.
+      this.#lossy && peerLoss !== null && peerLoss <= CLEAR_PERCENT &&
       now - this.#lossySince >= LOSSY_HOLD_MS
     ) {
       this.#lossy = false;
@@ -593,8 +612,8 @@ export class UdpPeerPort {
   strangers = 0;
   /** Probes sent back. */
   probesAnswered = 0;
-  /** Probe tokens given out, with when each expires. */
-  readonly #probes = new Map<number, number>();
+  /** Probe tokens given out: when each expires, and the copies it may still have sent back. */
+  readonly #probes = new Map<number, { expires: number; echoes: number }>();
   readonly #links = new Map<number, UdpPeerLink>();
   /** Sealed: links by our session id. */
   readonly #byId = new Map<number, UdpPeerLink>();
@@ -630,7 +649,16 @@ export class UdpPeerPort {
     return this.socket.port;
   }
 
+  /**
+   * Opens link `number`'s path. Throws if a sealed path's session id is another path's: the
+   * datagrams of one would go to the other (the ids are random, or derived from what a Proxy
+   * chose, which must not be able to take over another path).
+   */
   open(number: number, spec: UdpPathSpec, now: number): UdpPeerLink {
+    const holder = spec.keys ? this.#byId.get(spec.localId) : undefined;
+    if (holder && holder.number !== number) {
+      throw new Error(`UDP session id ${spec.localId} is another path's (link ${holder.number})`);
+    }
     this.closeLink(number);
     const link = new UdpPeerLink(number, spec, this, now);
     this.#links.set(number, link);
@@ -702,9 +730,9 @@ export class UdpPeerPort {
    * waiting already.
    */
   expectProbe(token: number, now: number): boolean {
-    for (const [t, expires] of this.#probes) if (expires <= now) this.#probes.delete(t);
+    for (const [t, p] of this.#probes) if (p.expires <= now) this.#probes.delete(t);
     if (this.#probes.size >= MAX_PROBES) return false;
-    this.#probes.set(token >>> 0, now + PROBE_TTL_MS);
+    this.#probes.set(token >>> 0, { expires: now + PROBE_TTL_MS, echoes: ECHOES_PER_PROBE });
     return true;
   }
 
@@ -846,11 +874,8 @@ export class UdpPeerPort {
         const seq = ((plain[5] << 24) | (plain[6] << 16) | (plain[7] << 8) | plain[8]) >>> 0;
         // An older VNET's keepalive has no loss byte, nor a probe's answer.
         const loss = plain.length >= 10 ? plain[9] : NO_LOSS_FIGURE;
-        if (plain.length >= SEALED_KEEPALIVE_BYTES) {
-          const answered = (plain[10] << 8) | plain[11];
-          if (answered > 0) link.probeAnswered(answered, now);
-        }
-        link.heard(now, plain[4], seq, loss);
+        const answer = plain.length >= SEALED_KEEPALIVE_BYTES ? (plain[10] << 8) | plain[11] : -1;
+        link.heard(now, plain[4], seq, loss, answer);
         return;
       }
       link.alive(now);
@@ -882,13 +907,12 @@ export class UdpPeerPort {
         if (data[k + 8] & PROBE) return link.probed(this.#outerSize(link, length), now);
         const seq = ((data[k + 9] << 24) | (data[k + 10] << 16) | (data[k + 11] << 8) |
           data[k + 12]) >>> 0;
-        // An older VNET sent a zero there: "no loss", which it never judged by; and no answer.
-        const loss = length >= VXLAN_HEADER_LENGTH + ETHERNET ? data[k + 13] : NO_LOSS_FIGURE;
-        if (length >= VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES) {
-          const answered = (data[k + 14] << 8) | data[k + 15];
-          if (answered > 0) link.probeAnswered(answered, now);
-        }
-        link.heard(now, data[k + 8], seq, loss);
+        // An older VNET's keepalive is 14 bytes: its last is a zero, not a loss figure, and it
+        // has no probe's answer.
+        const current = length >= VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES;
+        const loss = current ? data[k + 13] : NO_LOSS_FIGURE;
+        const answer = current ? (data[k + 14] << 8) | data[k + 15] : -1;
+        link.heard(now, data[k + 8], seq, loss, answer);
         return;
       }
       this.strangers++;
@@ -915,9 +939,9 @@ export class UdpPeerPort {
     const k = at + VXLAN_HEADER_LENGTH;
     const token = ((data[k + 4] << 24) | (data[k + 5] << 16) | (data[k + 6] << 8) |
       data[k + 7]) >>> 0;
-    const expires = this.#probes.get(token);
-    if (expires === undefined || expires <= now) return void this.strangers++;
-    this.#probes.delete(token);
+    const probe = this.#probes.get(token);
+    if (!probe || probe.expires <= now) return void this.strangers++;
+    if (--probe.echoes === 0) this.#probes.delete(token);
     const out = this.#reserve(this.socket.rx.source(i), length);
     if (out < 0) return;
     this.socket.tx.data.set(data.subarray(at, at + length), out);

@@ -7,6 +7,7 @@ import { assert, assertEquals } from "./assert.ts";
 import { probeDatagram, type UdpPathSpec, UdpPeerPort } from "../../src/dataplane/udp_peers.ts";
 import { deriveSessionKeys, EphemeralKeyPair } from "../../src/link/udp/keys.ts";
 import { UdpSocket } from "../../src/io/udp_socket.ts";
+import { encodeVxlan } from "../../src/dataplane/vxlan.ts";
 import { Logger } from "../../src/log.ts";
 
 const LINK = 7;
@@ -248,19 +249,21 @@ Deno.test("udp path: the gaps in the peer's last 20 keepalive numbers give the p
     // 0..30 of which 5, 15 and 25 never came: the last 20 (11..30) miss two, 10%.
     for (let seq = 9; seq <= 30; seq++) if (seq % 10 !== 5) link.heard(now, 1, seq);
     assertEquals(link.state().lossPercent, 10);
-    // One that comes late within the window is not lost; one older than the window is ignored.
+    // One that comes late within the window is not lost.
     link.heard(now, 1, 25);
     assertEquals(link.state().lossPercent, 5);
-    link.heard(now, 1, 5);
-    assertEquals(link.state().lossPercent, 5);
-    // Five missing in a row is an outage, not loss: the figure starts afresh after it.
+    // Runs are loss too, however long, short of a silence: a policer makes them.
     link.heard(now, 1, 36);
-    assertEquals(link.state().lossPercent, null);
+    assertEquals(link.state().lossPercent, 25); // 31..35 of 17..36
     for (let seq = 37; seq <= 45; seq++) link.heard(now, 1, seq);
-    assertEquals(link.state().lossPercent, 0);
-    // Four in a row is loss.
+    assertEquals(link.state().lossPercent, 25); // 31..35 of 26..45
     link.heard(now, 1, 50);
-    assertEquals(link.state().lossPercent, 27); // 4 of the last 15 (36..50)
+    assertEquals(link.state().lossPercent, 45); // 31..35 and 46..49 of 31..50
+    // A number far below the window: the peer started counting again.
+    link.heard(now, 1, 2);
+    assertEquals(link.state().lossPercent, null);
+    for (let seq = 3; seq <= 12; seq++) link.heard(now, 1, seq);
+    assertEquals(link.state().lossPercent, 0);
     // A silence starts the figure afresh: what was lost in it says nothing of the path now.
     link.heard(now + 4000, 1, 60);
     assertEquals(link.state().lossPercent, null);
@@ -295,6 +298,9 @@ Deno.test("udp path: a peer that loses a quarter of ours sends the frames to the
     assertEquals(link.state().state, "lossy");
     // 10% is better, but not clean: still the stream.
     hear(5400, 10);
+    assertEquals(link.state().state, "lossy");
+    // No figure (the peer started counting afresh) is not a clean one.
+    hear(5500, 255);
     assertEquals(link.state().state, "lossy");
     hear(5600, 5);
     assertEquals(link.state().state, "up");
@@ -334,7 +340,7 @@ Deno.test("udp path: keepalives report the loss both ways, and a busy path's com
   }
 });
 
-Deno.test("udp port: a doctor's probe comes back once, for a token given out; others never", async () => {
+Deno.test("udp port: a doctor's probe comes back, four times at most, for a token given out; others never", async () => {
   const e = end();
   const doctor = UdpSocket.open({ address: "127.0.0.1", port: 0 });
   try {
@@ -355,12 +361,15 @@ Deno.test("udp port: a doctor's probe comes back once, for a token given out; ot
     // A token never given out: no answer.
     doctor.sendTo(to, probeDatagram(42));
     await heard("an unknown token", null);
-    // Given out: the probe comes back as it went, once.
+    // Given out: the probe comes back as it went, four copies at most (the doctor resends in
+    // case one is lost either way).
     assert(e.port.expectProbe(42, performance.now()));
+    for (let copy = 1; copy <= 4; copy++) {
+      doctor.sendTo(to, probeDatagram(42));
+      await heard(`copy ${copy} of a token given out`, probeDatagram(42));
+    }
     doctor.sendTo(to, probeDatagram(42));
-    await heard("a token given out", probeDatagram(42));
-    doctor.sendTo(to, probeDatagram(42));
-    await heard("the same token again", null);
+    await heard("a fifth copy", null);
     // An expired token: no answer. At most 16 wait at once.
     assert(e.port.expectProbe(43, performance.now() - 20_000));
     doctor.sendTo(to, probeDatagram(43));
@@ -459,6 +468,67 @@ Deno.test("udp port: asks for a tick every 250 ms while a path carries frames, e
     assertEquals(a.port.tick(t0 + 11_000), undefined);
     link.alive(t0 + 12_000);
     assertEquals(a.port.tick(t0 + 12_100), 250);
+  } finally {
+    close(a, b);
+  }
+});
+
+Deno.test("udp path: an older peer's 14-byte keepalives: no loss figure, no probes, the kernel's MTU", async () => {
+  const a = end();
+  const old = UdpSocket.open({ address: "127.0.0.1", port: 0 });
+  try {
+    const link = a.port.open(LINK, {
+      host: "127.0.0.1",
+      port: old.port,
+      keys: null,
+      localId: 111,
+      peerId: 222,
+      token: 111,
+      peerToken: 222,
+    }, performance.now());
+    link.carry(HANDLER);
+    assertEquals(link.mtu, 1280 - 50);
+    // What a VNET of yesterday sent: "VNKA", its token, "hears you", sequence 0, a zero.
+    const k = new Uint8Array(8 + 14);
+    encodeVxlan(k, 8, 0);
+    k.set([0x56, 0x4e, 0x4b, 0x41], 8);
+    new DataView(k.buffer).setUint32(12, 222);
+    k[16] = 1;
+    old.sendTo(old.peer("127.0.0.1", a.port.port), k);
+    await until("a to hear the old peer", () => link.up);
+    // Its zero is no loss figure, and it never answers probes: the kernel's MTU, as before.
+    assertEquals(link.state().peerLossPercent, null);
+    assertEquals(link.mtu, 9216 - 50);
+    // And none is sent to it: only keepalives, 8 + 16 bytes each.
+    link.tick(performance.now() + 1000);
+    const sizes: number[] = [];
+    await until("a's keepalives at the old peer", () => {
+      const n = old.rx.receive();
+      for (let i = 0; i < n; i++) sizes.push(old.rx.length[i]);
+      return sizes.length >= 2;
+    });
+    assert(sizes.every((s) => s === 24), `sizes ${sizes}`);
+  } finally {
+    old.close();
+    close(a);
+  }
+});
+
+Deno.test("udp port: a sealed path cannot take another's session id", () => {
+  const { a, b } = pair(true);
+  try {
+    const taken = a.port.get(LINK)!.spec;
+    let threw = "";
+    try {
+      a.port.open(LINK + 1, { ...taken }, performance.now());
+    } catch (e) {
+      threw = String(e);
+    }
+    assert(/session id 111 is another path's \(link 7\)/.test(threw), threw);
+    // The first path is untouched; reopening the same link is allowed.
+    assertEquals(a.port.get(LINK)!.isOpen, true);
+    a.port.open(LINK, { ...taken }, performance.now());
+    assertEquals(a.port.get(LINK)!.isOpen, true);
   } finally {
     close(a, b);
   }
