@@ -319,13 +319,17 @@ export class TcpListener {
 }
 
 /**
- * A connection of ours from `fd`, with Nagle off and little unsent data kept in the kernel; `remote` if known already (accept's). On a
- * failure `fd` is closed and the error thrown: a peer that reset at once has no address left.
+ * A connection of ours from `fd`, with Nagle off and little unsent data kept in the kernel;
+ * `remote` if known already (accept's). On a failure `fd` is closed and the error thrown: a peer
+ * that reset at once has no address left.
  */
 function connection(fd: number, remote: HostPort | null): TcpConnection {
   try {
     setIntOption(fd, IPPROTO_TCP, TCP_NODELAY, 1);
-    setIntOption(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES);
+    // Best effort: a kernel without it (before 3.12) only keeps the longer queue.
+    try {
+      setIntOption(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES);
+    } catch { /* ENOPROTOOPT */ }
     const lib = libc();
     return { fd, local: endOf(fd, lib.getsockname), remote: remote ?? endOf(fd, lib.getpeername) };
   } catch (e) {

@@ -503,12 +503,17 @@ async function checkUdp(
   try {
     reply = await withTimeout(session.request("udpProbe"), timeoutMs);
   } catch (e) {
-    add(
-      "INFO",
-      "peer udp",
-      `${where} cannot be asked about UDP (${visible(messageOf(e))}): a vnet older than this ` +
-        "one; its links carry every frame over TCP",
-    );
+    const said = visible(messageOf(e));
+    if (/unknown request/.test(said)) {
+      add(
+        "INFO",
+        "peer udp",
+        `${where} cannot be asked about UDP (${said}): a vnet older than this one; its links ` +
+          "carry every frame over TCP",
+      );
+    } else {
+      add("WARN", "peer udp", `${where} did not answer the UDP question: ${said}`);
+    }
     return;
   }
   const port = Number(reply.port), token = Number(reply.token);

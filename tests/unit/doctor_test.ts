@@ -472,6 +472,22 @@ Deno.test("doctor: UDP to the peer answered, dropped or off; its links' transpor
     assertEquals(find(checks, "peer udp").status, "INFO");
     assertMatch(find(checks, "peer udp").message, /a vnet older than this one/);
     assert(!checks.some((c) => c.name === "peer links"), "no links line without a list");
+    // A peer that knows the question but cannot answer it now: a WARN with its reason.
+    checks = await runDoctor(
+      base,
+      probes({
+        dialControl: () =>
+          Promise.resolve({
+            request: (op: string) =>
+              op === "version"
+                ? Promise.resolve(version)
+                : Promise.reject(new VnetError("too many UDP probes at once; try again in 10 s")),
+            close: () => {},
+          }),
+      }),
+    );
+    assertEquals(find(checks, "peer udp").status, "WARN");
+    assertMatch(find(checks, "peer udp").message, /did not answer the UDP question: too many/);
   } finally {
     Deno.env.delete("VNET_SECRET");
     root.cleanup();
