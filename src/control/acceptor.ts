@@ -152,7 +152,11 @@ export class Acceptor {
   }
 
   /** Binds the socket (throws a VnetError if it cannot) and starts accepting. */
-  async start(): Promise<void> {
+  /**
+   * Binds the listening socket: a port in use fails here, before the server restores anything.
+   * Connections wait in the kernel's backlog until `accept()`.
+   */
+  async listen(): Promise<void> {
     const { listen, tls } = this.#options;
     try {
       this.#listener = tls ? tlsListener(listen, tls) : await plainListener(listen);
@@ -162,7 +166,12 @@ export class Acceptor {
         cause: e,
       });
     }
-    this.#log.info("server listening", { addr: this.address, tls: Boolean(tls) });
+  }
+
+  /** Takes connections from now on (after `listen()`). */
+  accept(): void {
+    if (!this.#listener) throw new Error("accept() before listen()");
+    this.#log.info("server listening", { addr: this.address, tls: Boolean(this.#options.tls) });
     this.#loop(this.#listener);
   }
 

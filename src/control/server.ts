@@ -145,8 +145,13 @@ export class Server implements ServerContext {
   }
 
   /** Restores saved handlers, binds the socket (throws a VnetError if it cannot), accepts. */
+  /**
+   * Binds the port, opens UDP, restores the state file, and only then takes connections: a peer
+   * that reconnects at once (it was waiting for us) must find the restored handlers, or its
+   * `sync` closes nothing and a handler it closed while we were down stays here for good.
+   */
   async start(): Promise<void> {
-    await this.#acceptor.start();
+    await this.#acceptor.listen();
     const udpPort = this.#options.udpPort ?? this.#options.listen.port;
     if (udpPort !== 0) {
       const { hostname } = this.#options.listen;
@@ -170,6 +175,7 @@ export class Server implements ServerContext {
     }
     const grace = this.#options.orphanGraceMs ?? 120_000;
     this.#sweep = setInterval(() => closeStale(this, grace), Math.min(10_000, grace));
+    this.#acceptor.accept();
   }
 
   devices(): DeviceInfo[] {
