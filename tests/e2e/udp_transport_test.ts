@@ -16,6 +16,7 @@
 import {
   type HandlerInfo,
   LAN,
+  type Proc,
   run,
   spawn,
   type Topology,
@@ -124,6 +125,17 @@ async function loseUdp(ns: string, percent: number | null): Promise<void> {
   });
 }
 
+/** Waits for a reply `ping` prints from now on (the path just moved: by the link). */
+async function repliesFromNowOn(ping: Proc): Promise<void> {
+  const mark = ping.lines.length;
+  await waitFor(
+    "replies by the link",
+    () => Promise.resolve(ping.lines.slice(mark).some((l) => /bytes from/.test(l)) || undefined),
+    5_000,
+    100,
+  );
+}
+
 /** The ping's summary line, and how many of its requests went unanswered. */
 function pingSummary(lines: string[]): { summary: string; lost: number } {
   const summary = lines.find((l) => /packets transmitted/.test(l))?.trim() ?? "";
@@ -174,16 +186,7 @@ for (const tls of [false, true]) {
         try {
           downMs = await pathIs(topo, "down", 8_000);
           // The ping goes on over the link while UDP is blocked.
-          const mark = ping.lines.length;
-          await waitFor(
-            "replies by the link",
-            () =>
-              Promise.resolve(
-                ping.lines.slice(mark).some((l) => /bytes from/.test(l)) || undefined,
-              ),
-            5_000,
-            100,
-          );
+          await repliesFromNowOn(ping);
         } finally {
           await blockUdp(topo.ns.host!, false);
         }
@@ -217,16 +220,7 @@ for (const tls of [false, true]) {
           lossyMs = await pathIs(topo, "lossy", 8_000, ["host"]);
           peerLoss = (await only(topo, "host")).link.udp!.peerLossPercent;
           assert((await only(topo, "proxy")).link.udp!.state === "up", "the Proxy's path left");
-          const mark = ping.lines.length;
-          await waitFor(
-            "replies by the link",
-            () =>
-              Promise.resolve(
-                ping.lines.slice(mark).some((l) => /bytes from/.test(l)) || undefined,
-              ),
-            5_000,
-            100,
-          );
+          await repliesFromNowOn(ping);
         } finally {
           await loseUdp(topo.ns.host!, null);
         }
