@@ -446,13 +446,14 @@ export class DataPath {
    * `link`'s UDP path carries `handlers`' frames too (a direct link: ours in, the far Host's
    * out); false if it has none or cannot take them all.
    */
-  async udpCarry(link: Link, handlers: number[]): Promise<boolean> {
+  async udpCarry(link: Pick<Link, "number">, handlers: number[]): Promise<boolean> {
     return await this.call({ op: "udpCarry", link: link.number, handlers }) as boolean;
   }
 
   /**
    * Opens a UDP path punched to another Host as the link numbered `path.link` (a tunnel
-   * number); false if the forwarder has no UDP socket.
+   * number); false if the forwarder has no UDP socket, or the path cannot carry every handler
+   * of `carry` (plain: a VNI of 0 or one taken).
    */
   async udpPunch(
     path: { link: number; remote: string; allow: number; carry: number[] } & UdpPathAgreed,

@@ -283,9 +283,13 @@ export class Forwarder {
           token,
           peerToken,
         }, performance.now());
+        // A plain path whose handler's VNI is 0 or taken would be up and drop every frame.
+        if (!command.carry.every((h) => path.carry(h))) {
+          this.#udp.closeLink(command.link);
+          return false;
+        }
         this.#links.set(command.link, new PunchedLink(command.link, command.remote, path));
         this.#allowed.set(command.link, new Set([command.allow]));
-        for (const h of command.carry) path.carry(h);
         return true;
       }
       case "unpunch": {
