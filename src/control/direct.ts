@@ -18,17 +18,30 @@
  *      moves is unrouted by the Proxy and learned again from its next frame.
  *
  * Hosts behind NAT cannot dial each other; the Proxy is their rendezvous (as in tinc and
- * ZeroTier). When it hears both Hosts by UDP, its `route` also gives each the other's UDP
- * endpoint as its NAT maps it (learned from that Host's keepalives) and one fresh pair secret
- * (rpc.ts's Rendezvous). Both Hosts then punch at once, beside the dial: a UDP path with no
- * link (udp_peers.ts's PunchedLink) to that endpoint, from the server's one UDP socket, whose
- * keepalives open each NAT for the other's. Its keys and ids come from the pair secret and the
- * token (link/udp/keys.ts's derivePunched); the secret is ephemeral and crossed only the links.
- * The route goes over it, but the fabric sends by it only while it works both ways, and through
+ * ZeroTier). When it hears both Hosts by UDP and neither handler is `--transport tcp`, its
+ * `route` also gives each the other's UDP endpoint as its NAT maps it (learned from that Host's
+ * keepalives), a fresh secret and the token that names it (rpc.ts's Rendezvous). Both Hosts then
+ * punch at once, beside the dial: a UDP path with no link (udp_peers.ts's PunchedLink) to that
+ * endpoint, from the server's one UDP socket, whose keepalives open each NAT for the other's.
+ * Its keys and ids come from the secret and its token (link/udp/keys.ts's derivePunched); the
+ * secret is ephemeral and crossed only the links.
+ *
+ * One punched path joins two Hosts, not two VMs: the Proxy keeps one rendezvous per pair of
+ * its links (the same secret, token and dialler) for RENDEZVOUS_TTL_MS and re-sends it in every
+ * announcement between those two Hosts, whichever of their handlers and MACs it is about; each
+ * Host keys its punched paths by the rendezvous's token, and routes every MAC announced with it
+ * over the one path, which carries every handler of theirs announced with it. Were each pair of
+ * MACs given its own secret, the second pair's Host would punch a path the first Host, which
+ * already had one to it, never matched. A Host never opens a path twice from one rendezvous
+ * (the sealed keys' nonces would repeat): it remembers those it closed until the Proxy can no
+ * longer re-send them.
+ *
+ * The routes go over it, but the fabric sends by it only while it works both ways, and through
  * the Proxy otherwise (within ~4 s of silence), so nothing is sent twice and nothing waits for
- * the control plane. A path that does not come up within PUNCH_MS, stays down PUNCH_DOWN_MS, or
- * (sealed, it cannot rekey) reaches PUNCHED_LIFETIME_MS is closed; the Proxy, switching the
- * pair's frames again, offers a new one. A direct link that comes up replaces it.
+ * the control plane. A path that does not come up within PUNCH_MS, stays down PUNCH_DOWN_MS,
+ * (sealed, it cannot rekey) reaches PUNCHED_LIFETIME_MS, or carries no route once the Proxy no
+ * longer re-sends its rendezvous, is closed; the Proxy, switching the Hosts' frames again, offers
+ * a new one. A direct link that comes up takes the routes of its MACs.
  *
  * Frames take exactly one path at a time, so nothing is delivered twice. `--no-direct` on the
  * Proxy stops the announcements, on a Host refuses them.
@@ -42,8 +55,9 @@
  *   - the route steers only the handlers on that Proxy link (fabric.ts keeps paths per link),
  *     never the server's other VMs;
  *   - a Proxy names only the server of a live handler whose traffic it has just switched;
- *   - a rendezvous is an IP address (never a name), neither loopback nor multicast, and the
- *     punched path's route is bound by the same rules as a dialled one;
+ *   - a rendezvous is an IP address (never a name), neither loopback, unspecified nor
+ *     multicast, nor an IPv6 form of those (judged on the address's bytes, not its text), and
+ *     the punched path's routes are bound by the same rules as a dialled one's;
  *   - offers in flight, tokens kept, dials and punched paths are bounded per link and per
  *     server (below);
  *   - a refused offer is logged at WARN with the peer and the MAC (at most once a second per
@@ -58,6 +72,7 @@ import { derivePunched } from "../link/udp/keys.ts";
 import { mac48, macBytes } from "../dataplane/mac.ts";
 import { handlerNumber } from "../dataplane/handler.ts";
 import { type Link } from "../link/link.ts";
+import { ipBytes } from "../io/tcp_socket.ts";
 import { type Logger } from "../log.ts";
 import { type Registry } from "./registry.ts";
 import { call, type DirectRequest, randomKey, type Rendezvous, type RouteRequest } from "./rpc.ts";
@@ -93,13 +108,23 @@ const PUNCH_MS = 10_000;
 const PUNCH_DOWN_MS = 30_000;
 /**
  * A sealed punched path cannot rekey (it has no link to exchange over), and its keys are refused
- * after 3 minutes: it is dropped before, and the Proxy, switching the pair's frames again, offers
+ * after 3 minutes: it is dropped before, and the Proxy, switching the Hosts' frames again, offers
  * a new one with a new secret.
  */
 const PUNCHED_LIFETIME_MS = 150_000;
-/** Host: punched paths for one Proxy link, and in all. */
+/**
+ * Proxy: how long it re-sends one rendezvous between two Hosts, from when it made it. Less than
+ * PUNCHED_LIFETIME_MS: a Host's sealed path, started at the earliest then, is never closed for
+ * its age while the Proxy may still re-send its rendezvous. A Host keeps a closed path's token
+ * this long after it closed it, and refuses to punch with it again.
+ */
+const RENDEZVOUS_TTL_MS = 120_000;
+/** Proxy: rendezvous kept, one per pair of links (each a few dozen bytes). */
+const MAX_RENDEZVOUS = 4096;
+/** Host: punched paths for one Proxy link, and in all; tokens of closed ones per link. */
 const MAX_PUNCHES_PER_LINK = 8;
 const MAX_PUNCHED = 64;
+const MAX_SPENT_PER_LINK = 32;
 const PUNCH_CHECK_MS = 1_000;
 /** The AEAD two Hosts whose Proxy links agreed different ones share: every libsodium runs it. */
 const COMMON_AEAD: AeadName = "chacha20poly1305";
@@ -112,10 +137,11 @@ interface DirectHooks {
   aeadOf(link: Link): AeadName | null;
 }
 
-/** A Host's UDP path punched to another Host, for one remote MAC of one Proxy link. */
+/** A Host's UDP path punched to another Host, from one rendezvous of one Proxy link. */
 interface Punch {
   via: Link;
-  mac: string;
+  /** The rendezvous's token: announcements that re-send it add to this path. */
+  token: string;
   /** The forwarder's link for it: a tunnel number, shown as `udp ADDR:PORT`. */
   ref: RouteLink;
   sealed: boolean;
@@ -123,8 +149,23 @@ interface Punch {
   /** Whether it works both ways now; since when it does not (null: it never did). */
   up: boolean;
   downAt: number | null;
-  /** Whether the route to `mac` goes over it (installed once the forwarder opened it). */
-  routed: boolean;
+  /** Whether the forwarder opened it (a promise until it answered). */
+  opened: Promise<boolean>;
+  /** The remote MACs whose routes were put over it (some may have moved since). */
+  macs: Set<string>;
+  /** The handlers whose frames it carries: ours in, the far Host's out. */
+  carried: Set<number>;
+}
+
+/** Proxy: the rendezvous of two Hosts (two links), re-sent for RENDEZVOUS_TTL_MS. */
+interface Rendezvoused {
+  links: [Link, Link];
+  /** The Host that punches as the dialer, and dials: the same in every announcement. */
+  dialer: Link;
+  secret: string;
+  token: string;
+  aead: AeadName | undefined;
+  madeAt: number;
 }
 
 interface Expected {
@@ -146,16 +187,20 @@ export class DirectPaths {
   /** Proxy: announcements not answered yet, per link and in all (see MAX_ANNOUNCING). */
   readonly #announcing = new Map<Link, number>();
   #announcingTotal = 0;
+  /** Proxy: each pair of links' rendezvous, by `lower link number/higher`. */
+  readonly #rendezvoused = new Map<string, Rendezvoused>();
   /** Host: tokens the Proxy gave us to expect, and how many came over each link. */
   readonly #expected = new Map<string, Expected>();
   readonly #tokensOn = new Map<Link, number>();
   /** Host: direct links we dialled, by address; dials in flight per Proxy link. */
   readonly #dialled = new Map<string, Promise<Link>>();
   readonly #dialsOn = new Map<Link, number>();
-  /** Host: UDP paths punched to other Hosts, by `via-number/mac`; by their link number. */
+  /** Host: UDP paths punched to other Hosts, by `via-number/token`; by their link number. */
   readonly #punches = new Map<string, Punch>();
   readonly #punchKeys = new Map<number, string>();
   readonly #punchesOn = new Map<Link, number>();
+  /** Host: per Proxy link, the tokens of punched paths closed, and until when they are kept. */
+  readonly #spent = new Map<Link, Map<string, number>>();
   #punchTimer: ReturnType<typeof setInterval> | undefined;
   /** When a refusal was last logged for a link, and how many were not logged since. */
   readonly #warned = new WeakMap<Link, { at: number; quiet: number }>();
@@ -244,37 +289,65 @@ export class DirectPaths {
       this.#announcing.set(link, (this.#announcing.get(link) ?? 0) + 1);
       this.#announcingTotal++;
     }
-    this.#rendezvous(la, lb).catch(() => null).then((udp) => {
-      // The far end first, so that it expects the token before the dialler presents it.
-      tell(b, lb, src, a, false, udp?.forB);
-      tell(a, la, dst, b, true, udp?.forA);
+    // A handler that must go by TCP gets no punched path (a direct link's stream carries it).
+    const udp = byUdp(a) && byUdp(b) ? this.#rendezvous(la, lb) : Promise.resolve(null);
+    udp.catch(() => null).then((r) => {
+      // The far end first, so that it expects the token before the dialler presents it. The
+      // rendezvous's dialer dials: a Host punches in one role with each rendezvous.
+      if (!r || r.dialer === la) {
+        tell(b, lb, src, a, false, r?.forB);
+        tell(a, la, dst, b, true, r?.forA);
+      } else {
+        tell(a, la, dst, b, false, r.forA);
+        tell(b, lb, src, a, true, r.forB);
+      }
     });
   }
 
   /**
    * Where each of two Hosts can punch a UDP path to the other: the other's UDP endpoint as this
-   * Proxy hears it (its NAT's mapping, learned from its keepalives), and one fresh secret for
-   * the pair, which travels only over the two links. Null unless both links' UDP paths are up
-   * and alike (both sealed or both plain).
+   * Proxy hears it (its NAT's mapping, learned from its keepalives), and the two Hosts'
+   * rendezvous: made fresh with `a` as the dialer, or re-sent while younger than
+   * RENDEZVOUS_TTL_MS. Its secret travels only over the two links. Null unless both links' UDP
+   * paths are up and alike (both sealed or both plain).
    */
-  async #rendezvous(a: Link, b: Link): Promise<{ forA: Rendezvous; forB: Rendezvous } | null> {
+  async #rendezvous(
+    a: Link,
+    b: Link,
+  ): Promise<{ forA: Rendezvous; forB: Rendezvous; dialer: Link } | null> {
     const states = await this.registry.dataPath.udpStates();
     const ua = states[a.number], ub = states[b.number];
     if (ua?.state !== "up" || ub?.state !== "up" || ua.sealed !== ub.sealed) return null;
     const pa = parseHostPort(ua.peer, "UDP peer"), pb = parseHostPort(ub.peer, "UDP peer");
-    const secret = toBase64(crypto.getRandomValues(new Uint8Array(32)));
-    let aead: AeadName | undefined;
-    if (ua.sealed) {
-      const x = this.hooks.aeadOf(a), y = this.hooks.aeadOf(b);
-      aead = x !== null && x === y ? x : COMMON_AEAD;
+    const key = a.number < b.number ? `${a.number}/${b.number}` : `${b.number}/${a.number}`;
+    const now = Date.now();
+    let r = this.#rendezvoused.get(key);
+    if (!r || now - r.madeAt >= RENDEZVOUS_TTL_MS || !r.links.includes(a) || !r.links.includes(b)) {
+      if (!r && this.#rendezvoused.size >= MAX_RENDEZVOUS) return null;
+      let aead: AeadName | undefined;
+      if (ua.sealed) {
+        const x = this.hooks.aeadOf(a), y = this.hooks.aeadOf(b);
+        aead = x !== null && x === y ? x : COMMON_AEAD;
+      }
+      r = {
+        links: [a, b],
+        dialer: a,
+        secret: toBase64(crypto.getRandomValues(new Uint8Array(32))),
+        token: randomKey(),
+        aead,
+        madeAt: now,
+      };
+      this.#rendezvoused.set(key, r);
     }
+    const { secret, token, aead } = r;
     const to = (p: HostPort): Rendezvous => ({
       host: p.hostname,
       port: p.port,
       secret,
+      token,
       ...(aead ? { aead } : {}),
     });
-    return { forA: to(pb), forB: to(pa) };
+    return { forA: to(pb), forB: to(pa), dialer: r.dialer };
   }
 
   #busy(link: Link): boolean {
@@ -406,9 +479,11 @@ export class DirectPaths {
     );
   }
 
-  /** The Proxy on `link` says `mac` moved: back through it. */
+  /**
+   * The Proxy on `link` says `mac` moved: back through it. A punched path it went over stays for
+   * the other MACs routed over it (and is closed once it carries none).
+   */
   unroute(mac: string, link: Link): void {
-    this.#unpunch(`${link.number}/${mac}`, "the proxy unrouted its MAC");
     if (this.registry.fabric.removeRoute(link, mac)) {
       this.log.info("direct path forgotten", { mac, via: link.remote });
     }
@@ -419,14 +494,13 @@ export class DirectPaths {
       this.log.info("no direct path: the MAC was forgotten meanwhile", { mac, via: peer });
       return;
     }
-    // The direct link (and its own UDP path) carries the MAC now: a punched path goes.
-    this.#unpunch(`${via.number}/${mac}`, "a direct link carries it");
+    // The route left any punched path it was on; that path stays for its other MACs.
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
     const path = this.registry.dataPath;
     path.send({ op: "allow", link: link.number, handler: local.number });
     // Frames take the direct link's UDP path too while it works both ways, as on a Proxy link.
-    if ((local.spec.transport ?? "tcp") === "tcp") {
+    if (!byUdp(local)) {
       this.log.info("direct path up", { mac, via: peer, handler: local.spec.id, udp: "no" });
       return;
     }
@@ -491,7 +565,12 @@ export class DirectPaths {
     for (const [key, p] of this.#punches) {
       if (p.via === link) this.#unpunch(key, "its proxy link closed");
     }
+    this.#spent.delete(link);
+    this.#stopCheckingWhenIdle();
     for (const [token, e] of this.#expected) if (e.via === link) this.#dropToken(token, e);
+    for (const [key, r] of this.#rendezvoused) {
+      if (r.links.includes(link)) this.#rendezvoused.delete(key);
+    }
     this.#announcing.delete(link);
     this.#dialsOn.delete(link);
     for (const [mac, links] of this.#told) {
@@ -514,6 +593,9 @@ export class DirectPaths {
       }
       if (his.size === 0) this.#announced.delete(lo);
     }
+    for (const [key, r] of this.#rendezvoused) {
+      if (now - r.madeAt >= RENDEZVOUS_TTL_MS) this.#rendezvoused.delete(key);
+    }
     // Dialled links that carry no route any more are closed.
     const used = this.registry.fabric.directLinks();
     for (const [key, dialling] of this.#dialled) {
@@ -528,58 +610,83 @@ export class DirectPaths {
   // --- punched UDP paths (a Host's side) -------------------------------------------------------
 
   /**
-   * Punches a UDP path to the other Host's endpoint that the Proxy on `via` named: both Hosts
-   * send keepalives to each other's NAT mapping at once, so each NAT sees its own Host's
-   * datagrams go out before the other's come in. The route to the MAC goes over it from the
-   * start, but the fabric sends by it only while it works both ways (PunchedLink), and through
-   * the Proxy otherwise. Refusals are logged; the Proxy carries either way.
+   * Punches a UDP path to the other Host's endpoint that the Proxy on `via` named, or adds to
+   * the one punched with the same rendezvous: both Hosts send keepalives to each other's NAT
+   * mapping at once, so each NAT sees its own Host's datagrams go out before the other's come
+   * in. The route to the MAC goes over it from the start, but the fabric sends by it only while
+   * it works both ways (PunchedLink), and through the Proxy otherwise. Refusals are logged; the
+   * Proxy carries either way.
    */
   #punch(via: Link, req: RouteRequest, local: HandlerRef): void {
     const udp = req.udp!;
-    const key = `${via.number}/${req.mac}`;
-    const old = this.#punches.get(key);
-    if (old?.up) return;
+    const key = `${via.number}/${udp.token}`;
     const current = this.registry.fabric.route(via, req.mac);
     if (current && !this.#punchKeys.has(current.number)) return; // a direct link carries it
+    const old = this.#punches.get(key);
     const sealed = via.tls;
-    const cannot = !dialable(udp.host)
+    const cannot = !byUdp(local)
+      ? `handler ${local.spec.id} goes by TCP (--transport tcp)`
+      : !punchable(udp.host)
       ? `'${udp.host}' is not another Host's address`
       : sealed && !udp.aead
       ? "no AEAD for a sealed path"
-      : !old && (this.#punchesOn.get(via) ?? 0) >= MAX_PUNCHES_PER_LINK
+      : old
+      ? null
+      : this.#spentToken(via, udp.token)
+      ? "a path was punched with that rendezvous already"
+      : (this.#spent.get(via)?.size ?? 0) >= MAX_SPENT_PER_LINK
+      ? "too many punched paths closed on this link lately"
+      : (this.#punchesOn.get(via) ?? 0) >= MAX_PUNCHES_PER_LINK
       ? "too many punched paths on this link"
-      : !old && this.#punches.size >= MAX_PUNCHED
+      : this.#punches.size >= MAX_PUNCHED
       ? `${MAX_PUNCHED} punched paths already`
       : null;
     if (cannot !== null) return void this.#refuse(via, req.mac, cannot);
-    if (old) this.#unpunch(key, "a new rendezvous replaces it");
+    const remote = handlerNumber(req.remote);
+    const punch = old ?? this.#open(via, key, req, local, remote);
+    punch.opened.then(async (opened) => {
+      if (!opened || this.#punches.get(key) !== punch) return;
+      // A path opened for another pair of the two Hosts' handlers: it carries this one's too.
+      // Only those it does not carry yet are asked for: a refusal drops just those.
+      const more = [local.number, remote].filter((h) => !punch.carried.has(h));
+      if (more.length > 0) {
+        if (!await this.registry.dataPath.udpCarry(punch.ref, more)) {
+          return void this.#refuse(via, req.mac, "the punched path cannot carry its handlers");
+        }
+        for (const h of more) punch.carried.add(h);
+      }
+      if (this.#punches.get(key) !== punch) return;
+      this.registry.dataPath.send({ op: "allow", link: punch.ref.number, handler: local.number });
+      if (!this.registry.fabric.addRoute(via, req.mac, punch.ref, req.peer, remote)) {
+        return this.log.info("no punched path: the MAC was forgotten meanwhile", { mac: req.mac });
+      }
+      punch.macs.add(req.mac);
+      this.log.info(old ? "routed over a punched UDP path" : "punching a direct UDP path", {
+        mac: req.mac,
+        to: punch.ref.remote,
+        sealed: sealed ? udp.aead : "no (plain VXLAN)",
+        handler: local.spec.id,
+      });
+    }, (e) => this.#unpunch(key, `the data path refused it: ${messageOf(e)}`));
+  }
+
+  /** Opens the punched path `key` for the rendezvous in `req`, carrying `local` and `remote`. */
+  #open(via: Link, key: string, req: RouteRequest, local: HandlerRef, remote: number): Punch {
+    const udp = req.udp!;
+    const sealed = via.tls;
     const derived = derivePunched({
       role: req.dial ? "dialer" : "acceptor",
       aead: sealed ? udp.aead! : null,
       pairSecret: fromBase64(udp.secret),
-      token: encoder.encode(req.token),
+      token: encoder.encode(udp.token),
     });
     const path = this.registry.dataPath;
     const number = path.newTunnelNumber();
     const endpoint = formatHostPort({ hostname: udp.host, port: udp.port });
-    const punch: Punch = {
-      via,
-      mac: req.mac,
-      ref: { number, remote: `udp ${endpoint}` },
-      sealed,
-      startedAt: Date.now(),
-      up: false,
-      downAt: null,
-      routed: false,
-    };
-    this.#punches.set(key, punch);
-    this.#punchKeys.set(number, key);
-    this.#punchesOn.set(via, (this.#punchesOn.get(via) ?? 0) + 1);
-    this.#punchTimer ??= setInterval(() => this.#checkPunches(), PUNCH_CHECK_MS);
-    const remote = handlerNumber(req.remote);
-    path.udpPunch({
+    const ref = { number, remote: `udp ${endpoint}` };
+    const opened = path.udpPunch({
       link: number,
-      remote: punch.ref.remote,
+      remote: ref.remote,
       host: udp.host,
       port: udp.port,
       keys: derived.keys && toWireKeys(derived.keys),
@@ -589,23 +696,36 @@ export class DirectPaths {
       peerToken: derived.peerId,
       allow: local.number,
       carry: [local.number, remote],
-    }).then((opened) => {
-      if (this.#punches.get(key) !== punch) return;
-      if (!opened) return this.#unpunch(key, "this server has no UDP socket");
-      if (!this.registry.fabric.addRoute(via, req.mac, punch.ref, req.peer, remote)) {
-        return this.#unpunch(key, "the MAC was forgotten meanwhile");
-      }
-      punch.routed = true;
-      path.send({ op: "allow", link: number, handler: local.number });
-      this.log.info("punching a direct UDP path", {
-        mac: req.mac,
-        to: endpoint,
-        sealed: sealed ? udp.aead : "no (plain VXLAN)",
-        handler: local.spec.id,
-      });
-    }, (e) => {
-      this.#unpunch(key, `the data path refused it: ${messageOf(e)}`);
+    }).then((ok) => {
+      if (!ok) this.#unpunch(key, "no UDP socket here, or a handler's VNI is 0 or taken");
+      return ok;
     });
+    const punch: Punch = {
+      via,
+      token: udp.token,
+      ref,
+      sealed,
+      startedAt: Date.now(),
+      up: false,
+      downAt: null,
+      opened,
+      macs: new Set(),
+      carried: new Set([local.number, remote]),
+    };
+    this.#punches.set(key, punch);
+    this.#punchKeys.set(number, key);
+    this.#punchesOn.set(via, (this.#punchesOn.get(via) ?? 0) + 1);
+    this.#punchTimer ??= setInterval(() => this.#checkPunches(), PUNCH_CHECK_MS);
+    return punch;
+  }
+
+  /** Whether a path punched with rendezvous `token` over `via` was closed lately. */
+  #spentToken(via: Link, token: string): boolean {
+    const spent = this.#spent.get(via);
+    if (!spent) return false;
+    const now = Date.now();
+    for (const [t, until] of spent) if (until <= now) spent.delete(t);
+    return spent.has(token);
   }
 
   /** A punched path (the forwarder's link `number`) went up or down. */
@@ -615,29 +735,50 @@ export class DirectPaths {
     if (!punch) return;
     punch.up = up;
     punch.downAt = up ? null : Date.now();
-    const fields = { mac: punch.mac, to: punch.ref.remote, why };
+    const fields = { macs: [...punch.macs].join(","), to: punch.ref.remote, why };
     if (up) this.log.info("direct UDP path up: frames go direct", fields);
     else this.log.warn("direct UDP path down: frames go through the proxy", fields);
   }
 
-  /** Gives up punched paths that did not come up, stay down, are too old, or lost their route. */
+  /**
+   * Gives up punched paths that did not come up, stay down, are too old, or carry no route once
+   * the Proxy no longer re-sends their rendezvous; forgets closed paths' tokens in time.
+   */
   #checkPunches(): void {
     const now = Date.now();
+    const fabric = this.registry.fabric;
     for (const [key, p] of this.#punches) {
+      for (const mac of p.macs) if (fabric.route(p.via, mac) !== p.ref) p.macs.delete(mac);
       const why = !p.up && p.downAt === null && now - p.startedAt >= PUNCH_MS
         ? `no answer within ${PUNCH_MS} ms; staying with the proxy`
         : !p.up && p.downAt !== null && now - p.downAt >= PUNCH_DOWN_MS
         ? `down for ${PUNCH_DOWN_MS} ms; staying with the proxy`
         : p.sealed && now - p.startedAt >= PUNCHED_LIFETIME_MS
         ? "its keys are spent; the proxy offers a new one"
-        : p.routed && this.registry.fabric.route(p.via, p.mac) !== p.ref
-        ? "its route went"
+        : p.macs.size === 0 && now - p.startedAt >= RENDEZVOUS_TTL_MS
+        ? "no route goes over it any more"
         : null;
       if (why !== null) this.#unpunch(key, why);
     }
+    for (const [via, spent] of this.#spent) {
+      for (const [token, until] of spent) if (until <= now) spent.delete(token);
+      if (spent.size === 0) this.#spent.delete(via);
+    }
+    this.#stopCheckingWhenIdle();
   }
 
-  /** Closes the punched path `key`, if there is one; its route falls back to the Proxy. */
+  /** The checks stop once no path is open and no closed one's token is kept. */
+  #stopCheckingWhenIdle(): void {
+    if (this.#punches.size > 0 || this.#spent.size > 0) return;
+    clearInterval(this.#punchTimer);
+    this.#punchTimer = undefined;
+  }
+
+  /**
+   * Closes the punched path `key`, if there is one; its routes fall back to the Proxy. Its token
+   * is kept RENDEZVOUS_TTL_MS: the Proxy may re-send that rendezvous until then, and a path
+   * opened with it again would repeat the sealed keys' nonces.
+   */
   #unpunch(key: string, why: string): void {
     const p = this.#punches.get(key);
     if (!p) return;
@@ -646,13 +787,19 @@ export class DirectPaths {
     const n = (this.#punchesOn.get(p.via) ?? 1) - 1;
     if (n > 0) this.#punchesOn.set(p.via, n);
     else this.#punchesOn.delete(p.via);
+    if (p.via.isOpen) {
+      let spent = this.#spent.get(p.via);
+      if (!spent) this.#spent.set(p.via, spent = new Map());
+      spent.set(p.token, Date.now() + RENDEZVOUS_TTL_MS);
+    }
     this.registry.fabric.removeRoutesOver(p.ref);
     this.registry.dataPath.send({ op: "unpunch", link: p.ref.number });
-    this.log.info("punched UDP path closed", { mac: p.mac, to: p.ref.remote, why });
-    if (this.#punches.size === 0) {
-      clearInterval(this.#punchTimer);
-      this.#punchTimer = undefined;
-    }
+    this.log.info("punched UDP path closed", {
+      macs: [...p.macs].join(","),
+      to: p.ref.remote,
+      why,
+    });
+    this.#stopCheckingWhenIdle();
   }
 
   close(): void {
@@ -664,10 +811,48 @@ export class DirectPaths {
   }
 }
 
-/** Whether a Host may dial `hostname` for a direct path: never itself nor a non-address. */
+/**
+ * Whether `h`'s frames may go by UDP: not with `--transport tcp`, nor made before there was a
+ * choice (no transport: tcp, handler.ts).
+ */
+function byUdp(h: HandlerRef): boolean {
+  return (h.spec.transport ?? "tcp") !== "tcp";
+}
+
+/**
+ * Whether a Host may dial `hostname` for a direct path: a name (not `localhost`), or an address
+ * another Host may be at (`punchable`).
+ */
 function dialable(hostname: string): boolean {
-  const h = hostname.toLowerCase();
-  return !(h === "localhost" || h.startsWith("127.") || h === "::1" || h === "0.0.0.0" ||
-    h === "::" || h.startsWith("0.") || /^(22[4-9]|23\d|24\d|25[0-5])\./.test(h) ||
-    /^ff[0-9a-f]{0,2}:/.test(h));
+  if (ipBytes(hostname) !== null) return punchable(hostname);
+  const h = hostname.toLowerCase().replace(/\.$/, "");
+  return h !== "localhost" && !h.endsWith(".localhost");
+}
+
+/**
+ * Whether `host` is an IP address another Host may be at, judged on its bytes, not its text
+ * (`::ffff:127.0.0.1`, `0:0:0:0:0:0:0:1` and `::0:1` are loopback too): never loopback, the
+ * unspecified address, "this network" (0.0.0.0/8), multicast (link-local or not) or reserved
+ * IPv4 (240.0.0.0/4, the broadcast address), nor an IPv6 address that carries such an IPv4 one
+ * (v4-mapped ::ffff:0:0/96, v4-compatible ::/96, NAT64's 64:ff9b::/96). A name is not one.
+ */
+export function punchable(host: string): boolean {
+  const ip = ipBytes(host);
+  if (ip === null) return false;
+  if (ip.length === 16) {
+    if (ip[0] === 0xff) return false; // multicast, ff02::/16 (link-local) among them
+    const zeros = (n: number) => ip.subarray(0, n).every((b) => b === 0);
+    const v4mapped = zeros(10) && ip[10] === 0xff && ip[11] === 0xff;
+    const nat64 = ip[0] === 0x00 && ip[1] === 0x64 && ip[2] === 0xff && ip[3] === 0x9b &&
+      ip.subarray(4, 12).every((b) => b === 0);
+    // ::/96 holds the unspecified address and loopback (::1) as well as the v4-compatible form.
+    if (!v4mapped && !nat64 && !zeros(12)) return true;
+    return ipv4Punchable(ip.subarray(12));
+  }
+  return ipv4Punchable(ip);
+}
+
+function ipv4Punchable(ip: Uint8Array): boolean {
+  // 0/8: this network (0.0.0.0 among it); 127/8: loopback; 224/4: multicast; 240/4: reserved.
+  return ip[0] !== 0 && ip[0] !== 127 && ip[0] < 224;
 }

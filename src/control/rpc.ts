@@ -93,13 +93,15 @@ export interface RouteRequest {
 
 /**
  * The rendezvous of a punched UDP path (control/direct.ts): the other Host's UDP endpoint as the
- * Proxy sees it (its NAT's mapping), the pair's fresh secret (32 bytes, base64), and on a sealed
- * path the AEAD both run.
+ * Proxy sees it (its NAT's mapping), the two Hosts' fresh secret (32 bytes, base64), the token
+ * that names it (the same in every announcement between the two Hosts while the Proxy re-sends
+ * it), and on a sealed path the AEAD both run.
  */
 export interface Rendezvous {
   host: string;
   port: number;
   secret: string;
+  token: string;
   aead?: AeadName;
 }
 
@@ -409,6 +411,8 @@ function rendezvous(v: unknown): Rendezvous {
     // counted as 0 bytes below
   }
   if (bytes !== 32) throw invalid("bad 'udp.secret': 32 bytes in base64");
+  const token = str(o, "token", 32);
+  if (!KEY.test(token)) throw invalid("bad 'udp.token': 32 hex digits");
   const aead = o.aead;
   if (aead !== undefined && !(supportedAeads() as unknown[]).includes(aead)) {
     throw invalid(`bad 'udp.aead' '${printable(String(aead))}'`);
@@ -417,6 +421,7 @@ function rendezvous(v: unknown): Rendezvous {
     host,
     port: int(o.port, "udp.port", 1, 65535),
     secret,
+    token,
     ...(aead === undefined ? {} : { aead: aead as AeadName }),
   };
 }

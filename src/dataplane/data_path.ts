@@ -443,8 +443,8 @@ export class DataPath {
   }
 
   /**
-   * `link`'s UDP path carries `handlers`' frames too (a direct link: ours in, the far Host's
-   * out); false if it has none or cannot take them all.
+   * `link`'s UDP path carries `handlers`' frames too (a direct link or a punched path: ours in,
+   * the far Host's out); false if it has none or cannot take them all (then it takes none).
    */
   async udpCarry(link: Pick<Link, "number">, handlers: number[]): Promise<boolean> {
     return await this.call({ op: "udpCarry", link: link.number, handlers }) as boolean;

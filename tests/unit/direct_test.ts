@@ -3,12 +3,15 @@
  * offers in flight on a Proxy, and what a Host takes from "the Proxy" of a handler.
  */
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { DirectPaths } from "../../src/control/direct.ts";
+import { DirectPaths, punchable } from "../../src/control/direct.ts";
 import { Registry } from "../../src/control/registry.ts";
 import { fakeInterfaces } from "../../src/dataplane/fake_ports.ts";
 import { DataPath, type HandlerRef, InProcessForwarder } from "../../src/dataplane/data_path.ts";
 import { macBytes } from "../../src/dataplane/mac.ts";
+import { type Transport } from "../../src/dataplane/handler.ts";
 import { type Link } from "../../src/link/link.ts";
+import { type RouteRequest } from "../../src/control/rpc.ts";
+import { type UdpPathState } from "../../src/dataplane/udp_peers.ts";
 import { Warnings } from "./warnings_log.ts";
 
 const VM1 = "02:00:00:00:00:01", VM2 = "02:00:00:00:00:02";
@@ -34,6 +37,15 @@ function link(name: string) {
   return l as unknown as Link & { requests: typeof requests };
 }
 
+/** Waits until `done()` holds, or fails naming `what` after `ms`. */
+async function until(what: string, done: () => boolean | Promise<boolean>, ms = 5000) {
+  const deadline = performance.now() + ms;
+  while (!await done()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 function frame(dst: string, src: string): Uint8Array {
   const f = new Uint8Array(60);
   f.set(macBytes(dst), 0);
@@ -53,9 +65,10 @@ function setup(dial: (addr: unknown) => Promise<Link> = () => new Promise(() => 
     macs: string[],
     l: Link,
     device = "eth0",
+    transport?: Transport,
   ) => {
     const entry = await registry.open(
-      { id, role, device, macs, multicast: false, peer: `${id}-peer:7000` },
+      { id, role, device, macs, multicast: false, peer: `${id}-peer:7000`, transport },
       { bind: "", origin: "" },
     );
     dataPath.addLink(l);
@@ -69,19 +82,23 @@ function setup(dial: (addr: unknown) => Promise<Link> = () => new Promise(() => 
 }
 
 Deno.test("direct, Proxy: at most 8 offers in flight on a link that never answers", async () => {
-  const { direct, open, receive } = setup();
+  const { direct, open, receive, registry } = setup();
   const rogue = link("rogue"), host = link("host");
   const macs = Array.from(
     { length: 48 },
     (_, i) => `02:68:00:00:00:${i.toString(16).padStart(2, "0")}`,
   );
-  const a = await open("0000000a", "proxy", macs, rogue);
-  await open("0000000b", "proxy", [VM2], host);
+  const a = await open("0000000a", "proxy", macs, rogue, "eth0", "auto");
+  await open("0000000b", "proxy", [VM2], host, "eth0", "auto");
   for (const m of macs) receive(a, frame(VM2, m));
   // Announcements go out once the rendezvous (the links' UDP paths) is looked up.
-  await new Promise((r) => setTimeout(r, 0));
-  assertEquals(rogue.requests.filter((r) => r.op === "route").length, 8);
-  assertEquals(host.requests.filter((r) => r.op === "route").length, 8);
+  const routes = (l: typeof rogue) => l.requests.filter((r) => r.op === "route").length;
+  await until("8 announcements", () => routes(rogue) === 8 && routes(host) === 8);
+  // The forwarder answers in order: every lookup before this one has been answered.
+  await registry.dataPath.udpStates();
+  await Promise.resolve();
+  assertEquals(routes(rogue), 8);
+  assertEquals(routes(host), 8);
   direct.close();
 });
 
@@ -170,11 +187,10 @@ Deno.test("direct, Host: punched paths only to an address, bounded per link", as
   await registry.dataPath.udpListen("127.0.0.1", 0);
   try {
     const proxy = link("proxy");
-    const vm = await open("0000000a", "host", [VM1], proxy);
+    const vm = await open("0000000a", "host", [VM1], proxy, "eth0", "auto");
     const far = (i: number) => `02:5e:00:00:03:${i.toString(16).padStart(2, "0")}`;
-    for (let i = 0; i < 12; i++) receive(vm, frame(VM1, far(i)));
-    const secret = btoa(String.fromCharCode(...new Uint8Array(32).fill(9)));
-    const offer = (i: number, host: string, l = proxy) =>
+    for (let i = 0; i < 14; i++) receive(vm, frame(VM1, far(i)));
+    const offer = (i: number, host: string) =>
       direct.route({
         handler: "0000000a",
         mac: far(i),
@@ -182,37 +198,273 @@ Deno.test("direct, Host: punched paths only to an address, bounded per link", as
         remote: "0000000c",
         token: (100 + i).toString(16).padStart(32, "0"),
         dial: false,
-        udp: { host, port: 7000, secret },
-      }, l);
-    const settle = () => new Promise((r) => setTimeout(r, 10));
-    // Never to this server itself, nor to a multicast group.
+        // A rendezvous each: a path each.
+        udp: { host, port: 7000, secret: SECRET, token: (200 + i).toString(16).padStart(32, "0") },
+      }, proxy);
+    const routed = () =>
+      Array.from({ length: 14 }, (_, i) => registry.fabric.route(proxy, far(i)))
+        .filter((r) => r !== undefined);
+    // Never to this server itself, nor to a multicast group, however the address is written.
     offer(0, "127.0.0.1");
     offer(1, "224.0.0.1");
-    await settle();
-    assertEquals(registry.fabric.route(proxy, far(0)), undefined);
-    assertEquals(registry.fabric.route(proxy, far(1)), undefined);
+    offer(2, "::ffff:127.0.0.1");
+    offer(3, "0:0:0:0:0:0:0:1");
     assert(
       log.lines.some((l) => l.msg === "direct path offer refused" && l.fields.mac === far(0)),
       "no WARN for a loopback rendezvous",
     );
     // 8 on one Proxy link; the route goes over each, shown as the endpoint it punches to.
-    for (let i = 2; i < 12; i++) offer(i, "192.0.2.7");
-    await settle();
-    const routed = Array.from({ length: 12 }, (_, i) => registry.fabric.route(proxy, far(i)))
-      .filter((r) => r !== undefined);
-    assertEquals(routed.length, 8);
-    for (const r of routed) assertEquals(r.remote, "udp 192.0.2.7:7000");
+    for (let i = 4; i < 14; i++) offer(i, "192.0.2.7");
+    await until("8 routes", () => routed().length >= 8);
+    await registry.dataPath.udpStates(); // every command sent before has been run
+    assertEquals(routed().length, 8);
+    for (let i = 0; i < 4; i++) assertEquals(registry.fabric.route(proxy, far(i)), undefined);
+    for (const r of routed()) assertEquals(r.remote, "udp 192.0.2.7:7000");
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 8);
     // Not up yet: the VM's frames still go through the Proxy.
     const [state] = Object.values(await registry.dataPath.states());
     assert(state.paths.every((p) => p.via === "proxy"), JSON.stringify(state.paths));
-    // The Proxy forgets a MAC: its punched path goes with its route.
-    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 8);
-    direct.unroute(far(2), proxy);
-    await settle();
-    assertEquals(registry.fabric.route(proxy, far(2)), undefined);
-    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 7);
+    // The Proxy forgets a MAC: its route goes back through the Proxy.
+    direct.unroute(far(4), proxy);
+    assertEquals(registry.fabric.route(proxy, far(4)), undefined);
+    assertEquals(routed().length, 7);
   } finally {
     direct.close();
     await registry.dataPath.stop();
   }
+});
+
+const SECRET = btoa(String.fromCharCode(...new Uint8Array(32).fill(9)));
+const token = (n: number) => n.toString(16).padStart(32, "0");
+
+Deno.test("direct, Host: one punched path per rendezvous, for all it announces", async () => {
+  const { log, direct, open, receive, registry } = setup();
+  await registry.dataPath.udpListen("127.0.0.1", 0);
+  try {
+    const proxy = link("proxy");
+    const F1 = "02:5e:00:00:04:01", F2 = "02:5e:00:00:04:02";
+    const vm1 = await open("0000000a", "host", [VM1], proxy, "eth0", "auto");
+    const vm2 = await open("0000000b", "host", [VM2], proxy, "eth1", "udp");
+    const tcp = await open("0000000e", "host", ["02:00:00:00:00:03"], proxy, "eth0", "tcp");
+    receive(vm1, frame(VM1, F1));
+    receive(vm2, frame(VM2, F1));
+    receive(vm2, frame(VM2, F2));
+    receive(tcp, frame("02:00:00:00:00:03", F2));
+    let n = 0;
+    const offer = (handler: string, mac: string, remote: string, udpToken: string) =>
+      direct.route({
+        handler,
+        mac,
+        peer: "10.0.0.9:7000",
+        remote,
+        token: token(++n),
+        dial: false,
+        udp: { host: "192.0.2.7", port: 7000, secret: SECRET, token: udpToken },
+      }, proxy);
+    // VM1→F1, VM2→F1 and VM2→F2 (another handler of the far Host): one rendezvous, one path.
+    offer("0000000a", F1, "0000000c", token(0xa1));
+    offer("0000000b", F1, "0000000c", token(0xa1));
+    offer("0000000b", F2, "0000000d", token(0xa1));
+    await until("both routes", () => !!registry.fabric.route(proxy, F2));
+    const first = registry.fabric.route(proxy, F1);
+    assert(first && registry.fabric.route(proxy, F2) === first, "F1 and F2 on different paths");
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 1);
+    // A new rendezvous (the Proxy's old one expired): a new path, for the MAC it names.
+    offer("0000000b", F2, "0000000d", token(0xa2));
+    await until("F2 on a new path", () => registry.fabric.route(proxy, F2) !== first);
+    assertEquals(registry.fabric.route(proxy, F1), first);
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 2);
+    // A handler that goes by TCP is not put on a punched path.
+    offer("0000000e", F2, "0000000d", token(0xa3));
+    await registry.dataPath.udpStates();
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 2);
+    assert(
+      log.lines.some((l) =>
+        l.msg === "direct path offer refused" && /by TCP/.test(`${l.fields.why}`)
+      ),
+      JSON.stringify(log.lines),
+    );
+  } finally {
+    direct.close();
+    await registry.dataPath.stop();
+  }
+});
+
+Deno.test("direct, Host: a rendezvous is punched with once, never again once closed", async () => {
+  const { log, direct, open, receive, registry } = setup();
+  // No UDP socket: the forwarder refuses the path, and it is closed at once.
+  const proxy = link("proxy");
+  const vm = await open("0000000a", "host", [VM1], proxy, "eth0", "auto");
+  const F = "02:5e:00:00:05:01";
+  receive(vm, frame(VM1, F));
+  let n = 0;
+  const offer = () =>
+    direct.route({
+      handler: "0000000a",
+      mac: F,
+      peer: "10.0.0.9:7000",
+      remote: "0000000c",
+      token: token(++n),
+      dial: false,
+      udp: { host: "192.0.2.7", port: 7000, secret: SECRET, token: token(0xb1) },
+    }, proxy);
+  try {
+    // Offered again until the closed path's token is refused; a Host that punched with it
+    // again would never refuse, and time out here.
+    const refused = () => log.lines.filter((l) => l.msg === "direct path offer refused");
+    await until("a refusal", async () => {
+      offer();
+      await registry.dataPath.udpStates();
+      return refused().length > 0;
+    });
+    assertEquals(refused().map((l) => l.fields.why), [
+      "a path was punched with that rendezvous already",
+    ]);
+  } finally {
+    direct.close();
+    await registry.dataPath.stop();
+  }
+});
+
+Deno.test("direct: a rendezvous's address is judged on its bytes", () => {
+  for (
+    const bad of [
+      "127.0.0.1",
+      "127.1.2.3",
+      "0.0.0.0",
+      "0.1.2.3",
+      "224.0.0.1",
+      "239.255.255.250",
+      "255.255.255.255",
+      "::1",
+      "0:0:0:0:0:0:0:1",
+      "::0:1",
+      "0000::0001",
+      "::",
+      "0:0:0:0:0:0:0:0",
+      "ff02::1",
+      "FF02::1:2",
+      "ff05::2",
+      "ff0e::1",
+      "::ffff:127.0.0.1",
+      "::ffff:7f00:1",
+      "0:0:0:0:0:ffff:127.0.0.1",
+      "::ffff:0.0.0.0",
+      "::ffff:224.0.0.1",
+      "::ffff:e000:1",
+      "::127.0.0.1",
+      "::224.0.0.1",
+      "64:ff9b::127.0.0.1",
+      "64:ff9b::e000:1",
+      "localhost",
+      "evil.example",
+      "1.2.3",
+      "::ffff:300.1.1.1",
+      ":::1",
+    ]
+  ) assert(!punchable(bad), `${bad} taken for another Host's address`);
+  for (
+    const good of ["192.0.2.7", "10.78.0.201", "203.0.113.9", "2001:db8::7", "::ffff:192.0.2.7"]
+  ) assert(punchable(good), `${good} refused`);
+});
+
+Deno.test("direct, Host: a dial to a loopback address written as IPv6 is refused", async () => {
+  const { direct, open, receive } = setup(() => Promise.reject(new Error("dialled")));
+  const proxy = link("proxy");
+  const vm = await open("0000000a", "host", [VM1], proxy);
+  const far = "02:5e:00:00:06:01";
+  receive(vm, frame(VM1, far));
+  let n = 0;
+  for (const peer of ["[::ffff:127.0.0.1]:7000", "[::0:1]:7000", "localhost:7000"]) {
+    assertThrows(
+      () =>
+        direct.route({
+          handler: "0000000a",
+          mac: far,
+          peer,
+          remote: "0000000c",
+          token: token(++n),
+          dial: true,
+        }, proxy),
+      /not another Host's address/,
+    );
+  }
+  direct.close();
+});
+
+Deno.test("forwarder: a punched path that cannot carry its handlers is not opened", async () => {
+  const { registry } = setup();
+  await registry.dataPath.udpListen("127.0.0.1", 0);
+  try {
+    const punch = (carry: number[]) =>
+      registry.dataPath.udpPunch({
+        link: registry.dataPath.newTunnelNumber(),
+        remote: "udp 192.0.2.7:7000",
+        host: "192.0.2.7",
+        port: 7000,
+        keys: null,
+        localId: 1,
+        peerId: 2,
+        token: 1,
+        peerToken: 2,
+        allow: carry[0],
+        carry,
+      });
+    // Plain: a handler whose VNI (low 24 bits) is 0, or two whose VNIs clash.
+    assertEquals(await punch([0x01000000, 0x0c]), false);
+    assertEquals(await punch([0x0a, 0x0100000a]), false);
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 0);
+    assertEquals(await punch([0x0a, 0x0c]), true);
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 1);
+  } finally {
+    await registry.dataPath.stop();
+  }
+});
+
+Deno.test("direct, Proxy: one rendezvous per two Hosts, whichever handlers talk", async () => {
+  const { direct, open, receive, registry } = setup();
+  const la = link("host-a"), lb = link("host-b");
+  const A1 = "02:0a:00:00:00:01", A2 = "02:0a:00:00:00:02", A3 = "02:0a:00:00:00:03";
+  const B1 = "02:0b:00:00:00:01", B2 = "02:0b:00:00:00:02";
+  const a1 = await open("000000a1", "proxy", [A1], la, "eth0", "auto");
+  const a2 = await open("000000a2", "proxy", [A2], la, "eth0", "udp");
+  const a3 = await open("000000a3", "proxy", [A3], la, "eth0", "tcp");
+  await open("000000b1", "proxy", [B1], lb, "eth0", "auto");
+  const b2 = await open("000000b2", "proxy", [B2], lb, "eth0", "auto");
+  // Both Hosts' UDP paths are up, each behind its NAT's mapping.
+  const up = (peer: string) => ({ state: "up", sealed: false, peer }) as UdpPathState;
+  registry.dataPath.udpStates = () =>
+    Promise.resolve({
+      [la.number]: up("198.51.100.1:40001"),
+      [lb.number]: up("198.51.100.2:40002"),
+    });
+  const routes = (l: typeof la) =>
+    l.requests.filter((r) => r.op === "route").map((r) => r.body as unknown as RouteRequest);
+  receive(a1, frame(B1, A1)); // A's Host sends first: it dials, and punches as the dialer
+  receive(a2, frame(B1, A2));
+  receive(b2, frame(A1, B2)); // B's Host sends first this time
+  receive(a3, frame(B2, A3)); // a handler that goes by TCP
+  await until(
+    "4 announcements each",
+    () => routes(la).length === 4 && routes(lb).length === 4,
+    500,
+  ).catch((e) => {
+    throw new Error(`${e.message}: ${JSON.stringify([routes(la), routes(lb)])}`);
+  });
+  // The TCP handler's pair gets no rendezvous (and is told first: nothing to look up).
+  const tcpPair = (r: RouteRequest) => r.handler === "000000a3" || r.mac === A3;
+  const [ra, rb] = [routes(la).filter((r) => !tcpPair(r)), routes(lb).filter((r) => !tcpPair(r))];
+  assertEquals(
+    [...routes(la), ...routes(lb)].filter(tcpPair).map((r) => r.udp),
+    [undefined, undefined],
+  );
+  const udp = ra[0].udp!;
+  assertEquals(udp.host, "198.51.100.2");
+  assertEquals(rb[0].udp?.host, "198.51.100.1");
+  for (const r of [...ra, ...rb]) {
+    assertEquals([r.udp?.secret, r.udp?.token], [udp.secret, udp.token]);
+  }
+  assert(ra.every((r) => r.dial), "A's Host is not the dialer throughout");
+  assert(rb.every((r) => !r.dial), "B's Host dials");
+  direct.close();
 });

@@ -65,24 +65,36 @@ Deno.test("rendezvous: an IP address, a port, 32 bytes of secret, a known AEAD",
     udp,
   });
   const secret = toBase64(new Uint8Array(32).fill(7));
+  const token = "2".repeat(32);
   const ok = parseRoute(
-    route({ host: "203.0.113.7", port: 7000, secret, aead: "chacha20poly1305" }),
+    route({ host: "203.0.113.7", port: 7000, secret, token, aead: "chacha20poly1305" }),
   );
-  assertEquals(ok.udp, { host: "203.0.113.7", port: 7000, secret, aead: "chacha20poly1305" });
+  assertEquals(ok.udp, {
+    host: "203.0.113.7",
+    port: 7000,
+    secret,
+    token,
+    aead: "chacha20poly1305",
+  });
   assertEquals(
-    parseRoute(route({ host: "2001:db8::7", port: 1, secret })).udp?.host,
+    parseRoute(route({ host: "2001:db8::7", port: 1, secret, token })).udp?.host,
     "2001:db8::7",
   );
   assertEquals(parseRoute({ ...route(undefined), udp: undefined }).udp, undefined);
   for (
     const [bad, why] of [
-      [{ host: "evil.example", port: 7000, secret }, /an IP address/],
-      [{ host: "300.1.1.1", port: 7000, secret }, /an IP address/],
-      [{ host: "203.0.113.7\n", port: 7000, secret }, /an IP address/],
-      [{ host: "203.0.113.7", port: 0, secret }, /udp.port/],
-      [{ host: "203.0.113.7", port: 7000, secret: toBase64(new Uint8Array(16)) }, /32 bytes/],
-      [{ host: "203.0.113.7", port: 7000, secret: "!!!" }, /32 bytes/],
-      [{ host: "203.0.113.7", port: 7000, secret, aead: "rot13" }, /udp.aead/],
+      [{ host: "evil.example", port: 7000, secret, token }, /an IP address/],
+      [{ host: "300.1.1.1", port: 7000, secret, token }, /an IP address/],
+      [{ host: "203.0.113.7\n", port: 7000, secret, token }, /an IP address/],
+      [{ host: "203.0.113.7", port: 0, secret, token }, /udp.port/],
+      [
+        { host: "203.0.113.7", port: 7000, secret: toBase64(new Uint8Array(16)), token },
+        /32 bytes/,
+      ],
+      [{ host: "203.0.113.7", port: 7000, secret: "!!!", token }, /32 bytes/],
+      [{ host: "203.0.113.7", port: 7000, secret, token, aead: "rot13" }, /udp.aead/],
+      [{ host: "203.0.113.7", port: 7000, secret }, /lacks 'token'/],
+      [{ host: "203.0.113.7", port: 7000, secret, token: "X".repeat(32) }, /udp.token/],
       ["203.0.113.7:7000", /an object/],
     ] as const
   ) {
