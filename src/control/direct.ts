@@ -381,6 +381,7 @@ export class DirectPaths {
     if (!entry || entry.handler.link !== link || entry.handler.spec.role !== "host") {
       throw this.#refuse(link, req.mac, `no host handler '${req.handler}' on this link`);
     }
+    if (req.udp) this.#admit(link, req.udp.token, entry.handler);
     const fabric = this.registry.fabric;
     if (fabric.carries(req.mac)) {
       throw this.#refuse(link, req.mac, "it is a VM of this server");
@@ -668,6 +669,28 @@ export class DirectPaths {
         handler: local.spec.id,
       });
     }, (e) => this.#unpunch(key, `the data path refused it: ${messageOf(e)}`));
+  }
+
+  /**
+   * The punched path of rendezvous `token` on `via`, if there is one, lets `local`'s frames in
+   * (and, plain, knows its VNI), whatever becomes of the route offered with it: the other Host
+   * may take a route this one refuses (it has not seen that MAC come over its Proxy link yet),
+   * and its frames for `local` must not vanish on a path that is up. The Proxy of `via` named
+   * `local` and made that rendezvous: no more than it may offer anyway.
+   */
+  #admit(via: Link, token: string, local: HandlerRef): void {
+    const key = `${via.number}/${token}`;
+    const punch = this.#punches.get(key);
+    if (!punch || !byUdp(local)) return;
+    punch.opened.then(async (opened) => {
+      if (!opened || this.#punches.get(key) !== punch) return;
+      if (!punch.carried.has(local.number)) {
+        if (!await this.registry.dataPath.udpCarry(punch.ref, [local.number])) return;
+        punch.carried.add(local.number);
+      }
+      if (this.#punches.get(key) !== punch) return;
+      this.registry.dataPath.send({ op: "allow", link: punch.ref.number, handler: local.number });
+    }, () => {}); // #punch, which opened it, closes it
   }
 
   /** Opens the punched path `key` for the rendezvous in `req`, carrying `local` and `remote`. */

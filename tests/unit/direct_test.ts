@@ -284,6 +284,18 @@ Deno.test("direct, Host: one punched path per rendezvous, for all it announces",
       ),
       JSON.stringify(log.lines),
     );
+    // A route this Host refuses (it has not seen the MAC yet) still lets its handler's frames in
+    // from the path: the other Host may have taken the route, and the path is up for it.
+    const VM4 = "02:00:00:00:00:04";
+    const vm4 = await open("0000000f", "host", [VM4], proxy, "eth0", "auto");
+    assertThrows(
+      () => offer("0000000f", "02:5e:00:00:04:09", "0000000d", token(0xa1)),
+      /no frame from it came over this link/,
+    );
+    await until("a frame from the path let in", () => {
+      registry.dataPath.frameIn(first as unknown as Link, vm4.number, frame(VM4, F2));
+      return vm4.counters().fromPeer.frames > 0;
+    });
   } finally {
     direct.close();
     await registry.dataPath.stop();
