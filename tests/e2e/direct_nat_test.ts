@@ -8,12 +8,14 @@
  *   r1 br0 192.168.91.1    r2 br0 192.168.92.1      TCP, UDP and ping go out
  *          │                    │
  *   h1 192.168.91.2:7000   h2 192.168.92.2:7000     each dials the Proxy (--via host)
- *          │                    │
- *        VM1                  VM2
+ *        │     │              │     │
+ *       VM1   VM3            VM2   VM4
  *
  * Neither Host can dial the other (its address is private), so a direct path here can only be
- * a punched one. The test shows VM1↔VM2 frames leave the Proxy for it, come back through the
- * Proxy within 5 s when UDP between the routers is dropped, and go direct again once it is not.
+ * a punched one. The test shows VM1↔VM2 frames leave the Proxy for it; that VM3↔VM2 and VM3↔VM4
+ * (other handlers of the same two Hosts) go direct too, over the same punched path; that
+ * VM1↔VM2 comes back through the Proxy within 5 s when UDP between the routers is dropped, and
+ * goes direct again once it is not.
  *
  *   flock /tmp/vnet-ns.lock deno test -A --no-check=remote tests/e2e/direct_nat_test.ts
  */
@@ -140,7 +142,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 for (const tls of [false, true]) {
   e2e(`direct (tls=${tls}): two Hosts each behind their own NAT get a direct path`, async (t) => {
-    await withSites({ hosts: 2, vmsPerHost: 1, dhcp: false }, 170_000, async (sites) => {
+    await withSites({ hosts: 2, vmsPerHost: 2, dhcp: false }, 170_000, async (sites) => {
       const routers: string[] = [];
       try {
         // Each Host behind a router of its own (fixtures/firewall.ts's, egress TCP and UDP).
@@ -172,7 +174,9 @@ for (const tls of [false, true]) {
         for (const h of sites.hosts) {
           await sites.startServerAt(h.label, h.ns, h.addr, certs.get(h.label));
         }
-        const [vm1, vm2] = sites.vms;
+        const [vm1, vm2, vm3, vm4] = ["h1v1", "h2v1", "h1v2", "h2v2"].map((l) =>
+          sites.vmByLabel(l)
+        );
         for (const vm of sites.vms) {
           const r = await sites.vnet(
             [...sites.handlerArgs(vm, { host: vm.host.addr }), "--via", "host", ...clientTls],
@@ -249,8 +253,62 @@ for (const tls of [false, true]) {
             assert(out1 >= 30 && in2 >= 30, `direct UDP datagrams: h1 +${out1} out, h2 +${in2} in`);
           });
 
+        const ok3b = ok3 &&
+          await t.step("other VMs of the two Hosts go direct too, over one path", async () => {
+            const pings = [
+              pingMonitor(vm3.ns, vm2.ip, 0.1, 60),
+              pingMonitor(vm3.ns, vm4.ip, 0.1, 60),
+            ];
+            sites.procs.push(...pings);
+            const started = Date.now();
+            const pairs: [SiteVm, SiteVm][] = [[vm3, vm2], [vm2, vm3], [vm3, vm4], [vm4, vm3]];
+            const allDirect = async () => {
+              const paths = await Promise.all(pairs.map(([a, b]) => pathTo(sites, a, b)));
+              return paths.every((p) => p?.via === "direct" && p.transport === "udp")
+                ? paths
+                : undefined;
+            };
+            await waitFor("VM3↔VM2 and VM3↔VM4 to go direct by UDP", allDirect, 40_000, 250);
+            const upAfter = Date.now() - started;
+            // One punched path per Host: in one listing, every direct UDP path of a Host counts
+            // the same datagrams (two paths to one endpoint would not).
+            for (const h of sites.hosts) {
+              const list = await listIn(sites, h.ns, h.addr);
+              const udp = list.flatMap((x) => x.paths ?? []).filter((p) => p.udp);
+              assert(udp.length >= 3, `${h.label}: ${udp.length} direct UDP paths: ${str(udp)}`);
+              const counts = new Set(udp.map((p) => `${p.udp!.peer} ${p.udp!.datagramsOut}`));
+              assert(counts.size === 1, `${h.label} has ${counts.size} punched paths: ${str(udp)}`);
+            }
+            const vms = [vm2, vm3, vm4];
+            const proxy0 = await proxyFrames(sites, vms);
+            const before = await Promise.all(pairs.map(([a, b]) => pathTo(sites, a, b)));
+            const from = Date.now();
+            await waitFor(
+              "20 more replies each",
+              () => {
+                const n = Math.min(...pings.map((p) => rtts(p, from, Date.now()).length));
+                return Promise.resolve(n >= 20 ? n : undefined);
+              },
+              20_000,
+              100,
+            );
+            const proxy1 = await proxyFrames(sites, vms);
+            const after = await Promise.all(pairs.map(([a, b]) => pathTo(sites, a, b)));
+            const direct = after.map((p, i) =>
+              (p?.viaDirect?.frames ?? 0) - (before[i]?.viaDirect?.frames ?? 0)
+            );
+            console.log(
+              `    VM3↔VM2, VM3↔VM4 direct by UDP ${upAfter} ms after their first ping; 20 pings ` +
+                `each: Proxy +${proxy1 - proxy0} frames; direct +${direct.join(", +")} frames ` +
+                `(3→2, 2→3, 3→4, 4→3)`,
+            );
+            assert(proxy1 - proxy0 <= 6, `the Proxy carried ${proxy1 - proxy0} frames meanwhile`);
+            assert(direct.every((n) => n >= 20), `direct frames: ${direct.join(", ")}`);
+            for (const p of pings) await p.kill();
+          });
+
         const [r1] = routers;
-        const ok4 = ok3 &&
+        const ok4 = ok3b &&
           await t.step("UDP dropped between the NATs: via the Proxy in 5 s", async () => {
             const proxy0 = await proxyFrames(sites, [vm1, vm2]);
             await nft(
