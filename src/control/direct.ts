@@ -41,7 +41,8 @@
  * the control plane. A path that does not come up within PUNCH_MS, stays down PUNCH_DOWN_MS,
  * (sealed, it cannot rekey) reaches PUNCHED_LIFETIME_MS, or carries no route once the Proxy no
  * longer re-sends its rendezvous, is closed; the Proxy, switching the Hosts' frames again, offers
- * a new one. A direct link that comes up takes the routes of its MACs.
+ * a new one. A direct link that comes up takes the routes of its MACs, and closes a punched path
+ * whose last MAC it took.
  *
  * Frames take exactly one path at a time, so nothing is delivered twice. `--no-direct` on the
  * Proxy stops the announcements, on a Host refuses them.
@@ -495,7 +496,14 @@ export class DirectPaths {
       this.log.info("no direct path: the MAC was forgotten meanwhile", { mac, via: peer });
       return;
     }
-    // The route left any punched path it was on; that path stays for its other MACs.
+    // The route left any punched path it was on. That path stays for its other MACs, and is
+    // closed once it has none: both paths would take the far Host's datagrams (the first one
+    // open gets them), and count them on the one that no longer carries the route.
+    for (const [key, p] of this.#punches) {
+      if (p.via === via && p.macs.delete(mac) && p.macs.size === 0) {
+        this.#unpunch(key, "a direct link carries its MACs");
+      }
+    }
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
     const path = this.registry.dataPath;

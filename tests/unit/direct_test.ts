@@ -480,3 +480,41 @@ Deno.test("direct, Proxy: one rendezvous per two Hosts, whichever handlers talk"
   assert(rb.every((r) => !r.dial), "B's Host dials");
   direct.close();
 });
+
+Deno.test("direct, Host: a direct link that takes a punched path's last MAC closes it", async () => {
+  let connect = (_: Link) => {};
+  const dialled = link("direct");
+  dialled.request = () => Promise.resolve({}) as never; // the far Host takes the token
+  dialled.close = () => {};
+  const { direct, open, receive, registry } = setup(() => new Promise((r) => connect = r));
+  await registry.dataPath.udpListen("127.0.0.1", 0);
+  try {
+    const proxy = link("proxy");
+    const vm = await open("0000000a", "host", [VM1], proxy, "eth0", "auto");
+    const F = "02:5e:00:00:07:01";
+    receive(vm, frame(VM1, F));
+    direct.route({
+      handler: "0000000a",
+      mac: F,
+      peer: "192.0.2.7:7000",
+      remote: "0000000c",
+      token: token(1),
+      dial: true,
+      udp: { host: "192.0.2.7", port: 7000, secret: SECRET, token: token(0xc1) },
+    }, proxy);
+    await until("the route over the punched path", () => !!registry.fabric.route(proxy, F));
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 1);
+    connect(dialled);
+    await until(
+      "the route over the direct link",
+      () => registry.fabric.route(proxy, F) === dialled,
+    );
+    await until(
+      "the punched path closed",
+      async () => Object.keys(await registry.dataPath.udpStates()).length === 0,
+    );
+  } finally {
+    direct.close();
+    await registry.dataPath.stop();
+  }
+});
