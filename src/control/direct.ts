@@ -27,8 +27,8 @@
  * secret is ephemeral and crossed only the links.
  *
  * One punched path joins two Hosts, not two VMs: the Proxy keeps one rendezvous per pair of
- * its links (the same secret, token and dialler) for RENDEZVOUS_TTL_MS and re-sends it in every
- * announcement between those two Hosts, whichever of their handlers and MACs it is about; each
+ * its links (the same secret, token and dialler) for RENDEZVOUS_TTL_MS and re-sends it in the
+ * announcement of each new pair of MACs between those two Hosts, whichever handlers; each
  * Host keys its punched paths by the rendezvous's token, and routes every MAC announced with it
  * over the one path, which carries every handler of theirs announced with it. Were each pair of
  * MACs given its own secret, the second pair's Host would punch a path the first Host, which
@@ -120,8 +120,9 @@ const PUNCHED_LIFETIME_MS = 150_000;
  * this long after it closed it, and refuses to punch with it again.
  */
 const RENDEZVOUS_TTL_MS = 120_000;
-/** Proxy: rendezvous kept, one per pair of links (each a few dozen bytes). */
+/** Proxy: rendezvous kept, one per pair of links; pairs of MACs each remembers. */
 const MAX_RENDEZVOUS = 4096;
+const MAX_PAIRS_PER_RENDEZVOUS = 256;
 /** Host: punched paths for one Proxy link, and in all; tokens of closed ones per link. */
 const MAX_PUNCHES_PER_LINK = 8;
 const MAX_PUNCHED = 64;
@@ -167,6 +168,8 @@ interface Rendezvoused {
   token: string;
   aead: AeadName | undefined;
   madeAt: number;
+  /** The pairs of MACs (`lower/higher`) announced with it. */
+  pairs: Set<string>;
 }
 
 interface Expected {
@@ -291,7 +294,8 @@ export class DirectPaths {
       this.#announcingTotal++;
     }
     // A handler that must go by TCP gets no punched path (a direct link's stream carries it).
-    const udp = byUdp(a) && byUdp(b) ? this.#rendezvous(la, lb) : Promise.resolve(null);
+    const pair = `${lo}/${hi}`;
+    const udp = byUdp(a) && byUdp(b) ? this.#rendezvous(la, lb, pair) : Promise.resolve(null);
     udp.catch(() => null).then((r) => {
       // The far end first, so that it expects the token before the dialler presents it. The
       // rendezvous's dialer dials: a Host punches in one role with each rendezvous.
@@ -309,12 +313,16 @@ export class DirectPaths {
    * Where each of two Hosts can punch a UDP path to the other: the other's UDP endpoint as this
    * Proxy hears it (its NAT's mapping, learned from its keepalives), and the two Hosts'
    * rendezvous: made fresh with `a` as the dialer, or re-sent while younger than
-   * RENDEZVOUS_TTL_MS. Its secret travels only over the two links. Null unless both links' UDP
-   * paths are up and alike (both sealed or both plain).
+   * RENDEZVOUS_TTL_MS for a `pair` of MACs not announced with it yet. A pair announced again
+   * gets a fresh one: its frames still come through here, so what its Hosts did with the last
+   * did not take (one refused it, say, not having seen the MAC yet), and a Host never punches
+   * twice with one rendezvous. Its secret travels only over the two links. Null unless both
+   * links' UDP paths are up and alike (both sealed or both plain).
    */
   async #rendezvous(
     a: Link,
     b: Link,
+    pair: string,
   ): Promise<{ forA: Rendezvous; forB: Rendezvous; dialer: Link } | null> {
     const states = await this.registry.dataPath.udpStates();
     const ua = states[a.number], ub = states[b.number];
@@ -323,7 +331,10 @@ export class DirectPaths {
     const key = a.number < b.number ? `${a.number}/${b.number}` : `${b.number}/${a.number}`;
     const now = Date.now();
     let r = this.#rendezvoused.get(key);
-    if (!r || now - r.madeAt >= RENDEZVOUS_TTL_MS || !r.links.includes(a) || !r.links.includes(b)) {
+    if (
+      !r || now - r.madeAt >= RENDEZVOUS_TTL_MS || !r.links.includes(a) || !r.links.includes(b) ||
+      r.pairs.has(pair) || r.pairs.size >= MAX_PAIRS_PER_RENDEZVOUS
+    ) {
       if (!r && this.#rendezvoused.size >= MAX_RENDEZVOUS) return null;
       let aead: AeadName | undefined;
       if (ua.sealed) {
@@ -337,9 +348,11 @@ export class DirectPaths {
         token: randomKey(),
         aead,
         madeAt: now,
+        pairs: new Set(),
       };
       this.#rendezvoused.set(key, r);
     }
+    r.pairs.add(pair);
     const { secret, token, aead } = r;
     const to = (p: HostPort): Rendezvous => ({
       host: p.hostname,

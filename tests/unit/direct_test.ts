@@ -441,7 +441,7 @@ Deno.test("direct, Proxy: one rendezvous per two Hosts, whichever handlers talk"
   const a1 = await open("000000a1", "proxy", [A1], la, "eth0", "auto");
   const a2 = await open("000000a2", "proxy", [A2], la, "eth0", "udp");
   const a3 = await open("000000a3", "proxy", [A3], la, "eth0", "tcp");
-  await open("000000b1", "proxy", [B1], lb, "eth0", "auto");
+  const b1 = await open("000000b1", "proxy", [B1], lb, "eth0", "auto");
   const b2 = await open("000000b2", "proxy", [B2], lb, "eth0", "auto");
   // Both Hosts' UDP paths are up, each behind its NAT's mapping.
   const up = (peer: string) => ({ state: "up", sealed: false, peer }) as UdpPathState;
@@ -478,6 +478,18 @@ Deno.test("direct, Proxy: one rendezvous per two Hosts, whichever handlers talk"
   }
   assert(ra.every((r) => r.dial), "A's Host is not the dialer throughout");
   assert(rb.every((r) => !r.dial), "B's Host dials");
+  // A pair announced again did not take: a fresh rendezvous, which the next pairs share.
+  // (Each way of a pair is reported once a second: B1→A1 now, A1→B2 for the first time.)
+  direct.forget([A1]);
+  receive(b1, frame(A1, B1));
+  receive(a1, frame(B2, A1));
+  await until(
+    "2 more announcements with a rendezvous",
+    () => routes(la).filter((r) => !tcpPair(r)).length === 5,
+  );
+  const [again, next] = routes(la).filter((r) => !tcpPair(r)).slice(3);
+  assert(again.udp && again.udp.token !== udp.token, "the same rendezvous for a pair again");
+  assertEquals([next.udp?.token, next.udp?.secret], [again.udp.token, again.udp.secret]);
   direct.close();
 });
 
