@@ -25,8 +25,9 @@ import {
   fromBase64,
   fromWireKeys,
   type States,
+  type UdpPathAgreed,
 } from "./forwarder_protocol.ts";
-import { PunchedLink, type UdpPathState, UdpPeerPort } from "./udp_peers.ts";
+import { PunchedLink, type UdpPathState, type UdpPeerLink, UdpPeerPort } from "./udp_peers.ts";
 import { OwnedSocket } from "../link/owned_socket.ts";
 import { VxlanPort, VxlanTunnel } from "./vxlan_tunnels.ts";
 import { Handler } from "./handler.ts";
@@ -251,16 +252,7 @@ export class Forwarder {
         if (!this.#udp || !(link instanceof OwnedSocket || link instanceof ForwardedLink)) {
           return false;
         }
-        const { host, port, keys, localId, peerId, token, peerToken } = command;
-        const path = this.#udp.open(command.link, {
-          host,
-          port,
-          keys: keys && fromWireKeys(keys),
-          localId,
-          peerId,
-          token,
-          peerToken,
-        }, performance.now());
+        const path = this.#openUdpPath(this.#udp, command);
         link.bypass = path.bypass;
         return true;
       }
@@ -273,16 +265,7 @@ export class Forwarder {
       }
       case "udpPunch": {
         if (!this.#udp || this.#links.has(command.link)) return false;
-        const { host, port, keys, localId, peerId, token, peerToken } = command;
-        const path = this.#udp.open(command.link, {
-          host,
-          port,
-          keys: keys && fromWireKeys(keys),
-          localId,
-          peerId,
-          token,
-          peerToken,
-        }, performance.now());
+        const path = this.#openUdpPath(this.#udp, command);
         // A plain path whose handler's VNI is 0 or taken would be up and drop every frame.
         if (!command.carry.every((h) => path.carry(h))) {
           this.#udp.closeLink(command.link);
@@ -339,6 +322,20 @@ export class Forwarder {
   tick(now = Date.now()): number | undefined {
     for (const socket of this.#sockets.values()) socket.checkStall(now);
     return this.#udp?.tick(performance.now());
+  }
+
+  /** Opens link `agreed.link`'s UDP path as the two servers agreed it (or a Proxy told). */
+  #openUdpPath(udp: UdpPeerPort, agreed: UdpPathAgreed & { link: number }): UdpPeerLink {
+    const { host, port, keys, localId, peerId, token, peerToken } = agreed;
+    return udp.open(agreed.link, {
+      host,
+      port,
+      keys: keys && fromWireKeys(keys),
+      localId,
+      peerId,
+      token,
+      peerToken,
+    }, performance.now());
   }
 
   /** Runs a command for a caller on another thread: the reply, or the error as words and code. */
