@@ -58,8 +58,8 @@ export class UdpTransport {
   ) {}
 
   /**
-   * For `vnet doctor --peer`: a token whose probe datagram the UDP port sends back once, within
-   * 10 s; port 0 when this server has no UDP port.
+   * For `vnet doctor --peer`: a token whose probe datagram the UDP port sends back (up to four
+   * copies) within 10 s; port 0 when this server has no UDP port.
    */
   async probe(): Promise<{ port: number; token: number }> {
     if (this.port === 0) return { port: 0, token: 0 };

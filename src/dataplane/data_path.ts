@@ -466,7 +466,7 @@ export class DataPath {
     return await this.call({ op: "udpRekey", link: link.number, keys, peerHasKeys }) as boolean;
   }
 
-  /** A probe datagram with `token` is to be sent back once; false if it cannot be. */
+  /** A probe datagram with `token` is to be sent back (four copies at most); false if not. */
   async udpProbe(token: number): Promise<boolean> {
     return await this.call({ op: "udpProbe", token }) as boolean;
   }

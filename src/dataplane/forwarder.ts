@@ -186,9 +186,8 @@ export class Forwarder {
       case "state": {
         const states: States = {};
         for (const [number, handler] of this.#handlers) {
-          const path = handler.link && this.#udp?.get(handler.link.number);
-          const udp = path && path.carries(number) ? path.state() : null;
-          states[number] = { ...handler.state(this.#directUdp), udp };
+          const udp = handler.link ? this.#udpStateOf(handler.link, number) : null;
+          states[number] = { ...handler.state(this.#udpStateOf), udp };
         }
         return states;
       }
@@ -309,8 +308,8 @@ export class Forwarder {
     }
   }
 
-  /** The UDP path of direct link `link` while it carries `handler`'s frames (`list`). */
-  #directUdp = (link: FrameLink, handler: number): UdpPathState | null => {
+  /** The UDP path of `link` (a handler's, or a direct one) while it carries `handler`'s frames. */
+  #udpStateOf = (link: FrameLink, handler: number): UdpPathState | null => {
     const path = this.#udp?.get(link.number);
     return path?.carries(handler) ? path.state() : null;
   };

@@ -621,6 +621,7 @@ export class UdpPeerPort {
   #open = true;
   /** A keepalive, or a probe (padded up to a path's MTU). */
   readonly #keepalive = new Uint8Array(MAX_PATH_MTU);
+  readonly #keepaliveView = new DataView(this.#keepalive.buffer);
   /** Links that had frames in this burst: their busy keepalives are looked at as it ends. */
   #busy: UdpPeerLink[] = [];
   #busyLooking: UdpPeerLink[] = [];
@@ -726,8 +727,8 @@ export class UdpPeerPort {
   }
 
   /**
-   * A probe with `token` is to be sent back, once, within PROBE_TTL_MS; false if too many are
-   * waiting already.
+   * A probe with `token` is to be sent back (ECHOES_PER_PROBE copies at most) within
+   * PROBE_TTL_MS; false if too many are waiting already.
    */
   expectProbe(token: number, now: number): boolean {
     for (const [t, p] of this.#probes) if (p.expires <= now) this.#probes.delete(t);
@@ -758,13 +759,14 @@ export class UdpPeerPort {
     probeSize = 0,
   ): void {
     const k = this.#keepalive;
-    const view = new DataView(k.buffer);
+    const view = this.#keepaliveView;
     const payload = probeSize - (link.peer.ipv4 ? OUTER_IPV4 : OUTER_IPV6);
     let n: number;
     if (link.session) {
       const length = Math.max(SEALED_KEEPALIVE_BYTES, payload - OVERHEAD_BYTES);
       const body = k.subarray(HEADER_BYTES, HEADER_BYTES + length);
-      body.set([0xff, 0xff, 0xff, 0xff, flags]);
+      view.setUint32(HEADER_BYTES, KEEPALIVE_HANDLER);
+      body[4] = flags;
       view.setUint32(HEADER_BYTES + 5, seq);
       body[9] = loss;
       view.setUint16(HEADER_BYTES + 10, probeAck);
@@ -773,8 +775,9 @@ export class UdpPeerPort {
       if (n < 0) return;
     } else {
       n = Math.max(VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES, payload);
-      k.set([...KEEPALIVE_MAGIC, 0, 0, 0, 0, flags], VXLAN_HEADER_LENGTH);
+      k.set(KEEPALIVE_MAGIC, VXLAN_HEADER_LENGTH);
       view.setUint32(VXLAN_HEADER_LENGTH + 4, link.spec.token);
+      k[VXLAN_HEADER_LENGTH + 8] = flags;
       encodeVxlan(k, VXLAN_HEADER_LENGTH, KEEPALIVE_VNI);
       view.setUint32(VXLAN_HEADER_LENGTH + 9, seq);
       k[VXLAN_HEADER_LENGTH + 13] = loss;
@@ -855,8 +858,7 @@ export class UdpPeerPort {
 
   #dispatch(data: Uint8Array, at: number, length: number, i: number, now: number): void {
     if (length >= OVERHEAD_BYTES && data[at] === SEALED_DATAGRAM_TYPE) {
-      const id = ((data[at + 4] << 24) | (data[at + 5] << 16) | (data[at + 6] << 8) |
-        data[at + 7]) >>> 0;
+      const id = u32be(data, at + 4);
       const link = this.#byId.get(id);
       const plain = link?.session?.open(data.subarray(at, at + length));
       if (!link || !plain) {
@@ -867,11 +869,11 @@ export class UdpPeerPort {
       const rx = this.socket.rx;
       if (!rx.sourceMatches(i, link.peer)) link.peer = rx.source(i);
       if (plain.length < HANDLER_BYTES) return;
-      const handler = ((plain[0] << 24) | (plain[1] << 16) | (plain[2] << 8) | plain[3]) >>> 0;
+      const handler = u32be(plain, 0);
       if (handler === KEEPALIVE_HANDLER) {
         if (plain.length < 9) return;
         if (plain[4] & PROBE) return link.probed(this.#outerSize(link, length), now);
-        const seq = ((plain[5] << 24) | (plain[6] << 16) | (plain[7] << 8) | plain[8]) >>> 0;
+        const seq = u32be(plain, 5);
         // An older VNET's keepalive has no loss byte, nor a probe's answer.
         const loss = plain.length >= 10 ? plain[9] : NO_LOSS_FIGURE;
         const answer = plain.length >= SEALED_KEEPALIVE_BYTES ? (plain[10] << 8) | plain[11] : -1;
@@ -891,22 +893,16 @@ export class UdpPeerPort {
     if (vni === KEEPALIVE_VNI) {
       const k = at + VXLAN_HEADER_LENGTH;
       if (length < VXLAN_HEADER_LENGTH + 13) return void this.strangers++;
-      if (PROBE_MAGIC.every((b, j) => data[k + j] === b)) {
-        return this.#answerProbe(data, at, length, i, now);
-      }
-      for (let j = 0; j < 4; j++) {
-        if (data[k + j] !== KEEPALIVE_MAGIC[j]) return void this.strangers++;
-      }
-      const token = ((data[k + 4] << 24) | (data[k + 5] << 16) | (data[k + 6] << 8) |
-        data[k + 7]) >>> 0;
+      if (startsWith(data, k, PROBE_MAGIC)) return this.#answerProbe(data, at, length, i, now);
+      if (!startsWith(data, k, KEEPALIVE_MAGIC)) return void this.strangers++;
+      const token = u32be(data, k + 4);
       for (const link of this.#links.values()) {
         if (link.session || link.spec.peerToken !== token) continue;
         if (!rx.sourceHostMatches(i, link.peer)) continue;
         // The peer's port as its NAT maps it now.
         if (!rx.sourceMatches(i, link.peer)) link.peer = rx.source(i);
         if (data[k + 8] & PROBE) return link.probed(this.#outerSize(link, length), now);
-        const seq = ((data[k + 9] << 24) | (data[k + 10] << 16) | (data[k + 11] << 8) |
-          data[k + 12]) >>> 0;
+        const seq = u32be(data, k + 9);
         // An older VNET's keepalive is 14 bytes: its last is a zero, not a loss figure, and it
         // has no probe's answer.
         const current = length >= VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES;
@@ -937,8 +933,7 @@ export class UdpPeerPort {
 
   #answerProbe(data: Uint8Array, at: number, length: number, i: number, now: number): void {
     const k = at + VXLAN_HEADER_LENGTH;
-    const token = ((data[k + 4] << 24) | (data[k + 5] << 16) | (data[k + 6] << 8) |
-      data[k + 7]) >>> 0;
+    const token = u32be(data, k + 4);
     const probe = this.#probes.get(token);
     if (!probe || probe.expires <= now) return void this.strangers++;
     if (--probe.echoes === 0) this.#probes.delete(token);
@@ -947,4 +942,15 @@ export class UdpPeerPort {
     this.socket.tx.data.set(data.subarray(at, at + length), out);
     this.probesAnswered++;
   }
+}
+
+/** The big-endian u32 at `at`. */
+function u32be(data: Uint8Array, at: number): number {
+  return ((data[at] << 24) | (data[at + 1] << 16) | (data[at + 2] << 8) | data[at + 3]) >>> 0;
+}
+
+/** Whether the bytes at `at` are `magic`'s. */
+function startsWith(data: Uint8Array, at: number, magic: readonly number[]): boolean {
+  for (let j = 0; j < magic.length; j++) if (data[at + j] !== magic[j]) return false;
+  return true;
 }

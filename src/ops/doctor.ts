@@ -489,7 +489,7 @@ function sanNames(cert: x509.X509Certificate): string[] {
 /**
  * Whether UDP gets through to the peer's UDP port and back: the links' UDP paths need it, and a
  * firewall that lets the TCP port through often drops UDP. The peer gives a token over the
- * authenticated session and sends back, once, the probe that carries it.
+ * authenticated session and sends back the probe that carries it (four copies at most).
  */
 async function checkUdp(
   session: PeerSession,
