@@ -31,6 +31,11 @@ export interface RawCapture {
   drain(onFrame: FrameSink, max: number): number;
   setFilter(filter: string): void;
   stats(): CaptureStats;
+  /**
+   * Whether the interface it was opened on is still there (the same one, not another of its
+   * name). A capture that cannot tell says true.
+   */
+  present?(): boolean;
   close(): void;
 }
 
@@ -57,6 +62,16 @@ export class DeviceCaptures {
       this.#devices.set(device, shared);
     }
     return shared.join(spec);
+  }
+
+  /**
+   * Fails the captures whose interface is gone: their handlers degrade. Once a second, from the
+   * data path's tick. The capture's own error does not always come: the kernel reports the
+   * interface going down, libpcap takes that for "down, not gone" when it looks before the
+   * interface is unregistered, and nothing is reported after that.
+   */
+  check(): void {
+    for (const shared of [...this.#devices.values()]) shared.check();
   }
 }
 
@@ -208,6 +223,12 @@ class DeviceCapture {
       .map((m) => `(${buildFilter(m.spec.role, m.spec.macs, m.spec.multicast)})`);
     if (proxied.length) clauses.push(`(${conflictFilter(proxied)})`);
     return clauses.join(" or ");
+  }
+
+  /** Fails the capture if its interface is gone (DeviceCaptures.check). */
+  check(): void {
+    if (this.#closed || !this.#raw || (this.#raw.present?.() ?? true)) return;
+    this.#fail(new Error(`${this.device}: the interface is gone`));
   }
 
   /** The interface failed (e.g. it disappeared): every member hears it, then all starts over. */

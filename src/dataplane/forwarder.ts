@@ -315,10 +315,12 @@ export class Forwarder {
   };
 
   /**
-   * Housekeeping, at least once a second: a socket whose writes are stuck is closed. Returns
-   * the ms until the next tick when the UDP paths want it sooner.
+   * Housekeeping, at least once a second: a capture whose interface is gone fails, a socket
+   * whose writes are stuck is closed. Returns the ms until the next tick when the UDP paths want
+   * it sooner.
    */
   tick(now = Date.now()): number | undefined {
+    this.ports.check?.();
     for (const socket of this.#sockets.values()) socket.checkStall(now);
     return this.#udp?.tick(performance.now());
   }

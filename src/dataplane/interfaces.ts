@@ -50,6 +50,7 @@ export function systemInterfaces(
   return {
     openCapture: (device, spec) => captures.open(device, spec),
     openInjector: (device) => new INJECTOR_CLASSES[options.injector](device),
+    check: () => captures.check(),
   };
 }
 

@@ -29,6 +29,7 @@ import {
   PKTHDR_LEN_OFFSET,
 } from "../../ffi/libpcap.ts";
 import { poller } from "../io/poller.ts";
+import { libc } from "../../ffi/libc.ts";
 import { structs } from "../../ffi/layout.ts";
 
 interface PcapCaptureOptions {
@@ -57,6 +58,10 @@ const MAX_POLL_MS = 0x7fffffff;
 /** One libpcap handle: what a DeviceCapture shares among the handlers of an interface. */
 export class PcapCapture implements RawCapture {
   readonly device: string;
+  /** The device's name as C has it, read by `present()` once a second. */
+  readonly #deviceName: Uint8Array;
+  /** The interface's index as it was opened on it (0: unknown), so a namesake is told apart. */
+  readonly #ifindex: number;
   readonly #handle: PcapHandle;
   readonly #pcapT: Deno.PointerObject;
   readonly #nextEx: ReturnType<typeof pcap>["pcap_next_ex"];
@@ -89,6 +94,12 @@ export class PcapCapture implements RawCapture {
     this.#pcapT = handle.pointer;
     this.#nextEx = pcap().pcap_next_ex;
     this.#frame = new Uint8Array(options.snaplen ?? DEFAULT_SNAPLEN);
+    this.#deviceName = cString(device);
+    this.#ifindex = interfaceIndex(this.#deviceName);
+  }
+
+  present(): boolean {
+    return this.#ifindex === 0 || interfaceIndex(this.#deviceName) === this.#ifindex;
   }
 
   wait(timeoutMs: number): Promise<boolean> {
@@ -254,4 +265,10 @@ function setFilter(h: PcapHandle, filter: string): void {
   } finally {
     lib.pcap_freecode(prog);
   }
+}
+
+/** The index of the interface named `name` (NUL-ended; if_nametoindex), or 0 if there is none. */
+function interfaceIndex(name: Uint8Array): number {
+  if (Deno.build.os !== "linux") return 0;
+  return libc().if_nametoindex(name);
 }

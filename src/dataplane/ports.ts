@@ -101,4 +101,6 @@ export interface FrameLink {
 export interface Interfaces {
   openCapture(device: string, spec: CaptureSpec): Capture;
   openInjector(device: string): Injector;
+  /** Fails the captures whose interface is gone (device_capture.ts); once a second. */
+  check?(): void;
 }

@@ -10,6 +10,8 @@ class FakeRaw implements RawCapture {
   filters: string[] = [];
   closed = false;
   failWith: Error | null = null;
+  /** Whether the interface is still there, as `present()` says. */
+  there = true;
   #wake: (() => void) | null = null;
   constructor(readonly device: string, filter: string) {
     this.filters.push(filter);
@@ -38,6 +40,9 @@ class FakeRaw implements RawCapture {
   }
   stats() {
     return { received: 0, dropped: 0, ifDropped: 0 };
+  }
+  present(): boolean {
+    return this.there;
   }
   close(): void {
     this.closed = true;
@@ -78,7 +83,7 @@ function setup() {
     );
     return { capture, seen, conflicts, errors };
   };
-  return { raws, open };
+  return { raws, open, captures };
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 0));
@@ -184,4 +189,22 @@ Deno.test("a device that cannot be opened throws, and leaves nothing behind", ()
     threw = true;
   }
   assert(threw);
+});
+
+Deno.test("a device that is gone without an error from the capture fails its members at the check", () => {
+  const { raws, open, captures } = setup();
+  const a = open({ role: "proxy", macs: [VM1], multicast: false });
+  const b = open({ role: "host", macs: [VM2], multicast: false });
+  captures.check();
+  assertEquals(a.errors.length + b.errors.length, 0, "still there: nothing");
+  raws[0].there = false;
+  captures.check();
+  assertEquals(a.errors.map((e) => e.message), ["eth0: the interface is gone"]);
+  assertEquals(b.errors.length, 1);
+  assert(raws[0].closed, "the capture is released");
+  // Opened again (the interface came back): a new capture, checked afresh.
+  const c = open({ role: "host", macs: [VM2], multicast: false });
+  assertEquals(raws.length, 2);
+  captures.check();
+  assertEquals(c.errors.length, 0);
 });
