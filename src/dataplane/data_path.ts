@@ -185,7 +185,7 @@ export class HandlerRef {
     return readCounters(this.path.counters, this.slot);
   }
 
-  info(state: HandlerState | undefined): HandlerInfo {
+  info(state: States[number] | undefined): HandlerInfo {
     const link = this.#link;
     const degraded = state?.degraded ?? null;
     const tunnel = this.#tunnel?.endpoint;
@@ -210,7 +210,7 @@ export class HandlerRef {
           state: link?.isOpen ? "up" : "down",
           remote: link?.remote ?? null,
           tls: link?.tls ?? false,
-          rttMs: link?.rttMs ?? null,
+          rttMs: state?.linkRttMs ?? link?.rttMs ?? null,
           socket: link?.socket ?? null,
           transport: state?.udp?.state === "up" ? "udp" : "tcp",
           udp: state?.udp ?? null,
@@ -382,7 +382,7 @@ export class DataPath {
   get socketOwner(): SocketOwner | undefined {
     if (!this.#port.adoptsSockets) return undefined;
     return {
-      adopt: (link, fd, buffered, stallMs) => {
+      adopt: (link, fd, buffered, stallMs, keepaliveMs) => {
         this.#links.set(link.number, link);
         this.send({
           op: "adopt",
@@ -391,11 +391,13 @@ export class DataPath {
           fd,
           buffered: toBase64(buffered),
           stallMs,
+          keepaliveMs,
         });
       },
       sendControl: (link, message) =>
         this.send({ op: "control", link: link.number, message: toBase64(message) }),
-      tune: (link, stallMs) => this.send({ op: "tune", link: link.number, stallMs }),
+      tune: (link, stallMs, keepaliveMs) =>
+        this.send({ op: "tune", link: link.number, stallMs, keepaliveMs }),
       close: (link, notify) => this.send({ op: "closeSocket", link: link.number, notify }),
     };
   }

@@ -187,13 +187,15 @@ export class Forwarder {
         const states: States = {};
         for (const [number, handler] of this.#handlers) {
           const udp = handler.link ? this.#udpStateOf(handler.link, number) : null;
-          states[number] = { ...handler.state(this.#udpStateOf), udp };
+          const linkRttMs = handler.link instanceof OwnedSocket ? handler.link.rttMs : null;
+          states[number] = { ...handler.state(this.#udpStateOf), udp, linkRttMs };
         }
         return states;
       }
       case "adopt": {
-        const { link: number, remote, fd, buffered, stallMs } = command;
-        const socket = new OwnedSocket(number, remote, fd, fromBase64(buffered), stallMs, {
+        const { link: number, remote, fd, buffered, stallMs, keepaliveMs } = command;
+        const bytes = fromBase64(buffered);
+        const socket = new OwnedSocket(number, remote, fd, bytes, stallMs, keepaliveMs, {
           frame: (handler, frame) => {
             this.#handlers.get(handler)?.counters.add(Counter.ownSocketIn);
             this.fromLink(number, handler, frame);
@@ -214,7 +216,7 @@ export class Forwarder {
         this.#sockets.get(command.link)?.sendControl(fromBase64(command.message));
         return null;
       case "tune":
-        this.#sockets.get(command.link)?.tune(command.stallMs);
+        this.#sockets.get(command.link)?.tune(command.stallMs, command.keepaliveMs);
         return null;
       case "closeSocket":
         this.#sockets.get(command.link)?.close("closed by the control plane", command.notify);
@@ -316,13 +318,19 @@ export class Forwarder {
 
   /**
    * Housekeeping, at least once a second: a capture whose interface is gone fails, a socket
-   * whose writes are stuck is closed. Returns the ms until the next tick when the UDP paths want
-   * it sooner.
+   * whose writes are stuck is closed, the sockets' keepalives are sent and their silence
+   * checked. Returns the ms until the next tick when a keepalive or the UDP paths want it sooner.
    */
   tick(now = Date.now()): number | undefined {
+    const monotonic = performance.now();
     this.ports.check?.();
-    for (const socket of this.#sockets.values()) socket.checkStall(now);
-    return this.#udp?.tick(performance.now());
+    let next = Infinity;
+    for (const socket of this.#sockets.values()) {
+      socket.checkStall(now);
+      next = Math.min(next, socket.keepalive(monotonic));
+    }
+    next = Math.min(next, this.#udp?.tick(monotonic) ?? Infinity);
+    return next === Infinity ? undefined : next;
   }
 
   /** Opens link `agreed.link`'s UDP path as the two servers agreed it (or a Proxy told). */

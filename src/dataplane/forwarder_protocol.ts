@@ -29,11 +29,22 @@ export type Command =
   | { op: "sweep"; everyMs: number }
   /** The reply is every handler's `HandlerState`, by handler number. */
   | { op: "state" }
-  /** Takes a plain link's socket over (owned_socket.ts); `buffered`: bytes read past the handshake. */
-  | { op: "adopt"; link: number; remote: string; fd: number; buffered: string; stallMs: number }
+  /**
+   * Takes a plain link's socket over (owned_socket.ts), and its keepalives (`keepaliveMs`, 0:
+   * none); `buffered`: bytes read past the handshake.
+   */
+  | {
+    op: "adopt";
+    link: number;
+    remote: string;
+    fd: number;
+    buffered: string;
+    stallMs: number;
+    keepaliveMs: number;
+  }
   /** A control message (base64) for an adopted socket's peer. */
   | { op: "control"; link: number; message: string }
-  | { op: "tune"; link: number; stallMs: number }
+  | { op: "tune"; link: number; stallMs: number; keepaliveMs: number }
   | { op: "closeSocket"; link: number; notify?: string }
   /**
    * A tunnel for `handler` to the VXLAN endpoint `host:port`, VNI `vni` (vxlan_tunnels.ts), on
@@ -109,7 +120,11 @@ export interface Forgotten {
   direct: { link: number; peer: string } | null;
 }
 
-export type States = Record<number, HandlerState>;
+/**
+ * Every handler's state, by number, with its link's keepalive round trip (ms) when the
+ * forwarder owns the link's socket and keeps it alive (null: not measured here).
+ */
+export type States = Record<number, HandlerState & { linkRttMs: number | null }>;
 
 export type ForwarderEvent =
   /** A Host learned a remote MAC over link `via` (the control plane checks routes against it). */

@@ -30,10 +30,12 @@ import {
   decodeText,
   encodeJson,
   encodeMessage,
+  encodePing,
   MAX_FRAME,
   type Message,
   MessageReader,
   MessageType,
+  pongRoundTrip,
   ProtocolError,
 } from "./wire.ts";
 import { SendQueue } from "./send_queue.ts";
@@ -66,16 +68,17 @@ export interface LinkEvents {
 
 /**
  * Another thread that carries a plain link's socket: the data-path worker (issue 17). It reads
- * and writes the socket from then on, takes the frames, and hands every other message back
- * (`Link.receive`), and says when the socket closed (`Link.close`).
+ * and writes the socket from then on, takes the frames and the keepalives (pings, pongs, the
+ * round trip, silence), hands every other message back (`Link.receive`), and says when the
+ * socket closed (`Link.close`): stuck writes and silence are its to find.
  */
 export interface SocketOwner {
   /** Takes `fd` over, with the bytes already read past the handshake. */
-  adopt(link: Link, fd: number, buffered: Uint8Array, stallMs: number): void;
+  adopt(link: Link, fd: number, buffered: Uint8Array, stallMs: number, keepaliveMs: number): void;
   /** Queues a control message on the link, ahead of its frames. */
   sendControl(link: Link, message: Uint8Array): void;
-  /** A direct path's shorter stall limit. */
-  tune(link: Link, stallMs: number): void;
+  /** A direct path's shorter stall limit and keepalive. */
+  tune(link: Link, stallMs: number, keepaliveMs: number): void;
   /** Closes the socket, telling the peer `notify` first if given. */
   close(link: Link, notify?: string): void;
 }
@@ -90,7 +93,7 @@ interface LinkOptions {
   events: LinkEvents;
   /** Keepalive: a PING every `keepaliveMs`; silence for 3 intervals closes the link. 0 = off. */
   keepaliveMs?: number;
-  /** Nothing received for this long closes the link (control links; 0 = never). */
+  /** Nothing received for this long closes the link (control links, never owned; 0 = never). */
   idleTimeoutMs?: number;
   /** One write stuck for this long closes the link: the other end does not read. */
   stallMs?: number;
@@ -136,7 +139,7 @@ export class Link {
     queueDrops: 0,
     aqmDrops: 0,
   };
-  /** Round-trip time of the last keepalive, in ms. */
+  /** Round-trip time of the last keepalive, in ms (a socket owner measures its own). */
   rttMs: number | null = null;
   readonly role: "dialer" | "acceptor";
   /** Through `ssh -W`: only SSH gets through to the peer. */
@@ -204,9 +207,13 @@ export class Link {
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 0;
     this.#stallMs = options.stallMs ?? DEFAULT_STALL_MS;
     if (owner) {
+      // The owner keeps the link alive and watches it: no timer here.
       this.#owner = owner;
-      owner.adopt(this, (conn as SocketStream).fd, reader.takeBuffered(), this.#stallMs);
-    } else this.#readLoop();
+      const buffered = reader.takeBuffered();
+      owner.adopt(this, (conn as SocketStream).fd, buffered, this.#stallMs, this.#keepaliveMs);
+      return;
+    }
+    this.#readLoop();
     // One timer per link checks silence, idleness and stuck writes, and sends keepalives.
     const tick = Math.min(this.#keepaliveMs || 5_000, 5_000, this.#stallMs);
     this.#watchdog = setInterval(() => this.#watch(), tick);
@@ -221,7 +228,7 @@ export class Link {
     if (!this.#open) return;
     this.#keepaliveMs = options.keepaliveMs;
     this.#stallMs = options.stallMs;
-    this.#owner?.tune(this, options.stallMs);
+    if (this.#owner) return this.#owner.tune(this, options.stallMs, options.keepaliveMs);
     clearInterval(this.#watchdog);
     this.#watchdog = setInterval(() => this.#watch(), Math.min(options.keepaliveMs, 5_000));
   }
@@ -325,7 +332,6 @@ export class Link {
   /** A message from the peer that the socket's owner (another thread) hands over. */
   receive(type: number, payload: Uint8Array): void {
     if (!this.#open) return;
-    this.#lastHeard = Date.now();
     try {
       this.#dispatch({ type, payload });
     } catch (e) {
@@ -383,13 +389,9 @@ export class Link {
         return this.#settle(decodeJson(p));
       case MessageType.Ping:
         return this.#sendControl(encodeMessage(MessageType.Pong, p.slice()));
-      case MessageType.Pong: {
-        if (p.length === 8) {
-          const sent = new DataView(p.buffer, p.byteOffset, 8).getFloat64(0);
-          this.rttMs = Math.round((performance.now() - sent) * 1000) / 1000;
-        }
+      case MessageType.Pong:
+        this.rttMs = pongRoundTrip(p, performance.now()) ?? this.rttMs;
         return;
-      }
       case MessageType.Error:
         this.close(`the other end said: ${decodeText(p)}`);
         return;
@@ -436,7 +438,7 @@ export class Link {
 
   #watch(): void {
     const now = Date.now();
-    const writing = this.#owner ? 0 : this.#queue.writeStarted; // an owner checks its own
+    const writing = this.#queue.writeStarted;
     if (writing && now - writing > this.#stallMs) {
       this.close(`the other end does not read (a write stuck for ${now - writing} ms)`);
     } else if (this.#keepaliveMs > 0 && now - this.#lastHeard > 3 * this.#keepaliveMs) {
@@ -445,9 +447,7 @@ export class Link {
       this.close(`idle for ${this.#idleTimeoutMs} ms`);
     } else if (this.#keepaliveMs > 0 && now - this.#lastPing >= this.#keepaliveMs - 50) {
       this.#lastPing = now;
-      const ping = new Uint8Array(8);
-      new DataView(ping.buffer).setFloat64(0, performance.now());
-      this.#sendControl(encodeMessage(MessageType.Ping, ping));
+      this.#sendControl(encodePing(performance.now()));
     }
   }
 }

@@ -5,11 +5,13 @@
  * arrives, and no promise on the way: the poller calls `#onReadable` and `#flush` itself.
  *
  * Frames are the worker's own business: a FRAME message goes straight to the forwarder, and
- * frames for the peer queue here, in the link's fair queue (send_queue.ts). Everything else on
- * the link (requests, responses, keepalives, errors) is the control plane's: messages from the
- * peer are handed to the main thread as they are, and the main thread's messages are queued
- * here ahead of frames. The main thread's Link keeps the link's state: keepalive, requests,
- * closing.
+ * frames for the peer queue here, in the link's fair queue (send_queue.ts). So are keepalives:
+ * this thread pings the peer, answers its pings, measures the round trip and closes a silent
+ * link, so an idle link's keepalives never wake the main thread (issue 17's idle target: each
+ * one crossing cost both threads a wake-up). Everything else on the link (requests, responses,
+ * errors) is the control plane's: messages from the peer are handed to the main thread as they
+ * are, and the main thread's messages are queued here ahead of frames. The main thread's Link
+ * keeps the rest of the link's state: requests, closing.
  */
 import { messageOf } from "../errors.ts";
 import { SendQueue } from "./send_queue.ts";
@@ -18,10 +20,12 @@ import { poller } from "../io/poller.ts";
 import { withTimeout, writeAll } from "./stream.ts";
 import {
   encodeMessage,
+  encodePing,
   MAX_FRAME,
   MAX_MESSAGE,
   MessageReader,
   MessageType,
+  pongRoundTrip,
   ProtocolError,
 } from "./wire.ts";
 
@@ -31,6 +35,13 @@ const DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024;
  * level-triggered, so what is left wakes it again, after the other fds had their turn.
  */
 const READS_PER_WAKE = 8;
+/** A ping is due this much early: the worker's tick that sends it may come a hair early. */
+const PING_SLACK_MS = 50;
+/**
+ * A peer heard from needs no ping: only a quiet one does. But this end pings at least once in
+ * this many intervals all the same, for the round trip it shows (`list`, the metrics).
+ */
+const RTT_EVERY = 6;
 
 export interface OwnedSocketEvents {
   /** A FRAME for `handler`; `frame` is lent for the call. */
@@ -58,6 +69,13 @@ export class OwnedSocket {
   #waitingWritable = false;
   /** When the write in progress started (0: none), to tell a stuck peer. */
   #writeStarted = 0;
+  /** Keepalive: a PING every `#keepaliveMs`; silence for 3 intervals closes the link. 0 = off. */
+  #keepaliveMs: number;
+  /** When the peer was last heard, and pinged (on `clock`). */
+  #lastHeard: number;
+  #lastPing: number;
+  /** Round-trip time of the last keepalive, in ms. */
+  rttMs: number | null = null;
 
   constructor(
     readonly number: number,
@@ -65,8 +83,13 @@ export class OwnedSocket {
     fd: number,
     buffered: Uint8Array,
     stallMs: number,
+    keepaliveMs: number,
     private readonly events: OwnedSocketEvents,
+    /** The keepalives' clock: performance.now(), as the worker's tick passes to `keepalive`. */
+    private readonly clock: () => number = () => performance.now(),
   ) {
+    this.#keepaliveMs = keepaliveMs;
+    this.#lastHeard = this.#lastPing = clock();
     this.#stream = new SocketStream(fd);
     this.#reader = new MessageReader(this.#stream, MAX_MESSAGE, 256 * 1024);
     this.#reader.preload(buffered);
@@ -107,9 +130,50 @@ export class OwnedSocket {
     }
   }
 
-  /** A direct path's stall limit (control/direct.ts): the main thread tunes, this thread checks. */
-  tune(stallMs: number): void {
+  /**
+   * A direct path's stall limit and keepalive (control/direct.ts): the main thread tunes, this
+   * thread checks.
+   */
+  tune(stallMs: number, keepaliveMs: number): void {
     this.#stallMs = stallMs;
+    this.#keepaliveMs = keepaliveMs;
+  }
+
+  /**
+   * Sends a PING if one is due, or closes the link if the peer was silent for 3 keepalive
+   * intervals. Returns the ms until it wants to be called again (Infinity: keepalive off).
+   *
+   * A ping is due once the peer has been quiet for an interval, not every interval: a peer that
+   * pings us, or sends anything, is alive, and the pongs we answer it with tell it we are. So two
+   * ends of this VNET share one round trip an interval rather than make one each (and wake each
+   * other half as often), and a peer that pings on its own schedule (an older VNET, or a link
+   * the runtime carries) is answered as before.
+   */
+  keepalive(now: number): number {
+    const every = this.#keepaliveMs;
+    if (every <= 0 || !this.isOpen) return Infinity;
+    const silence = now - this.#lastHeard;
+    if (silence > 3 * every) {
+      this.close(`no data from the other end for ${3 * every} ms (keepalive)`);
+      return Infinity;
+    }
+    if (now >= this.#pingAt() - PING_SLACK_MS) {
+      this.#lastPing = now;
+      this.sendControl(encodePing(now));
+    }
+    // The next ping, or the end of the silence the link may keep: either may come a quarter
+    // interval late, so that the worker's regular tick sends the pings of many links at once
+    // rather than waking for each (always > 0 here).
+    const next = Math.min(this.#pingAt(), this.#lastHeard + 3 * every);
+    return Math.max(next, now) + every / 4 - now;
+  }
+
+  /** When the next ping is due: an interval after the last, and the peer quiet for as long. */
+  #pingAt(): number {
+    const every = this.#keepaliveMs;
+    const rttEvery = this.rttMs === null ? every : RTT_EVERY * every;
+    const wanted = Math.min(this.#lastHeard + every, this.#lastPing + rttEvery);
+    return Math.max(this.#lastPing + every, wanted);
   }
 
   /** Closes the link if one write has been stuck too long: the other end does not read. */
@@ -185,6 +249,7 @@ export class OwnedSocket {
           return;
         }
         if (n === 0) return;
+        this.#lastHeard = this.clock();
         this.#dispatch();
       }
     } catch (e) {
@@ -197,6 +262,15 @@ export class OwnedSocket {
     try {
       for (let m = this.#reader.next(); m !== null && this.isOpen; m = this.#reader.next()) {
         const p = m.payload;
+        if (m.type === MessageType.Ping) {
+          this.sendControl(encodeMessage(MessageType.Pong, p.slice()));
+          continue;
+        }
+        if (m.type === MessageType.Pong) {
+          // Our own ping's time, on this thread's clock.
+          this.rttMs = pongRoundTrip(p, this.clock()) ?? this.rttMs;
+          continue;
+        }
         if (m.type !== MessageType.Frame) {
           this.events.message(m.type, p.slice());
           continue;

@@ -78,6 +78,20 @@ export function putFrame(
   return offset + FRAME_OVERHEAD + frame.length;
 }
 
+/** A keepalive PING carrying its send time (`now`, ms), which the PONG brings back. */
+export function encodePing(now: number): Uint8Array {
+  const ping = new Uint8Array(8);
+  new DataView(ping.buffer).setFloat64(0, now);
+  return encodeMessage(MessageType.Ping, ping);
+}
+
+/** The round trip of a PONG's payload at `now` (ms, to the µs); null if it is not ours. */
+export function pongRoundTrip(payload: Uint8Array, now: number): number | null {
+  if (payload.length !== 8) return null;
+  const sent = new DataView(payload.buffer, payload.byteOffset, 8).getFloat64(0);
+  return Math.round((now - sent) * 1000) / 1000;
+}
+
 export function encodeMessage(type: MessageType, payload: Uint8Array): Uint8Array {
   const out = new Uint8Array(5 + payload.length);
   putMessage(out, 0, type, payload);

@@ -7,6 +7,7 @@ import { evalJson, isOpen } from "./fds.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { SocketStream } from "../../src/link/socket_stream.ts";
 import { connectTcp } from "../../src/io/tcp_socket.ts";
+import { readExactly } from "./wait.ts";
 
 /** A connected loopback pair: `far` a Deno.Conn, `own` our socket (connectTcp) as a stream. */
 async function pair(hostname: string): Promise<{ far: Deno.Conn; own: SocketStream }> {
@@ -15,17 +16,6 @@ async function pair(hostname: string): Promise<{ far: Deno.Conn; own: SocketStre
   const [far, near] = await Promise.all([listener.accept(), connectTcp(hostname, port, 5000)]);
   listener.close();
   return { far, own: new SocketStream(near.fd) };
-}
-
-async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
-  const out = new Uint8Array(n);
-  let got = 0;
-  while (got < n) {
-    const r = await conn.read(out.subarray(got));
-    if (r === null) throw new Error(`EOF after ${got} of ${n} bytes`);
-    got += r;
-  }
-  return out;
 }
 
 Deno.test({
