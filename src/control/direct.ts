@@ -34,15 +34,19 @@
  * MACs given its own secret, the second pair's Host would punch a path the first Host, which
  * already had one to it, never matched. A Host never opens a path twice from one rendezvous
  * (the sealed keys' nonces would repeat): it remembers those it closed until the Proxy can no
- * longer re-send them.
+ * longer re-send them. A pair announced again (its first announcement did not take) comes with a
+ * fresh rendezvous; a Host whose path to that endpoint works both ways takes the pair onto it
+ * rather than punch a second path beside it, and lets the pair's frames in on both.
  *
  * The routes go over it, but the fabric sends by it only while it works both ways, and through
  * the Proxy otherwise (within ~4 s of silence), so nothing is sent twice and nothing waits for
  * the control plane. A path that does not come up within PUNCH_MS, stays down PUNCH_DOWN_MS,
  * (sealed, it cannot rekey) reaches PUNCHED_LIFETIME_MS, or carries no route once the Proxy no
  * longer re-sends its rendezvous, is closed; the Proxy, switching the Hosts' frames again, offers
- * a new one. A direct link that comes up takes the routes of its MACs, and closes a punched path
- * whose last MAC it took.
+ * a new one. A direct link that takes a MAC routed over a punched path goes to the same Host: it
+ * takes that path whole (its routes and the handlers it lets in), and the path closes. Each
+ * Host does so when its own announcement completes, so the two ends never keep routes over a
+ * path one of them has closed.
  *
  * Frames take exactly one path at a time, so nothing is delivered twice. `--no-direct` on the
  * Proxy stops the announcements, on a Host refuses them.
@@ -95,7 +99,11 @@ const TOKEN_TTL_MS = 10_000;
 /** Host: tokens kept from one Proxy link, and from all (a legitimate Proxy needs a few). */
 const MAX_TOKENS_PER_LINK = 32;
 const MAX_TOKENS = 1024;
-/** Host: dials in flight for one Proxy link, and direct links dialled in all. */
+/**
+ * Host: dials in flight for one Proxy link, and direct links dialled in all. Over a link to that
+ * Host already there (or being dialled), up to MAX_TOKENS_PER_LINK, as many as the other Host
+ * keeps: presenting a token opens nothing.
+ */
 const MAX_DIALS_PER_LINK = 4;
 const MAX_DIRECT_LINKS = 64;
 const SWEEP_MS = 30_000;
@@ -146,6 +154,8 @@ interface Punch {
   token: string;
   /** The forwarder's link for it: a tunnel number, shown as `udp ADDR:PORT`. */
   ref: RouteLink;
+  /** The other Host's UDP endpoint, as the Proxy named it. */
+  endpoint: HostPort;
   sealed: boolean;
   startedAt: number;
   /** Whether it works both ways now; since when it does not (null: it never did). */
@@ -170,6 +180,11 @@ interface Rendezvoused {
   madeAt: number;
   /** The pairs of MACs (`lower/higher`) announced with it. */
   pairs: Set<string>;
+}
+
+interface Spent {
+  until: number;
+  superseded: boolean;
 }
 
 interface Expected {
@@ -203,8 +218,11 @@ export class DirectPaths {
   readonly #punches = new Map<string, Punch>();
   readonly #punchKeys = new Map<number, string>();
   readonly #punchesOn = new Map<Link, number>();
-  /** Host: per Proxy link, the tokens of punched paths closed, and until when they are kept. */
-  readonly #spent = new Map<Link, Map<string, number>>();
+  /**
+   * Host: per Proxy link, the tokens of punched paths closed, until when they are kept, and
+   * whether a direct link took the path's place (#supersede).
+   */
+  readonly #spent = new Map<Link, Map<string, Spent>>();
   #punchTimer: ReturnType<typeof setInterval> | undefined;
   /** When a refusal was last logged for a link, and how many were not logged since. */
   readonly #warned = new WeakMap<Link, { at: number; quiet: number }>();
@@ -395,7 +413,7 @@ export class DirectPaths {
     if (!entry || entry.handler.link !== link || entry.handler.spec.role !== "host") {
       throw this.#refuse(link, req.mac, `no host handler '${req.handler}' on this link`);
     }
-    if (req.udp) this.#admit(link, req.udp.token, entry.handler);
+    if (req.udp) this.#admit(link, req.udp, entry.handler);
     const fabric = this.registry.fabric;
     if (fabric.carries(req.mac)) {
       throw this.#refuse(link, req.mac, "it is a VM of this server");
@@ -430,11 +448,15 @@ export class DirectPaths {
     const addr = parseHostPort(req.peer, "peer");
     const key = `${addr.hostname}:${addr.port}`;
     const dials = this.#dialsOn.get(link) ?? 0;
+    // A link to that Host, dialled or being dialled, serves this pair too: only its token is
+    // presented. Announcements come in bursts (each pair of VMs that talk), and a pair left
+    // undialled keeps its route over the punched path alone, which the other Host may close.
+    const reused = this.#dialled.has(key);
     const cannot = !dialable(addr.hostname)
       ? `'${req.peer}' is not another Host's address`
-      : dials >= MAX_DIALS_PER_LINK
+      : dials >= (reused ? MAX_TOKENS_PER_LINK : MAX_DIALS_PER_LINK)
       ? "too many direct paths being dialled"
-      : !this.#dialled.has(key) && this.#dialled.size >= MAX_DIRECT_LINKS
+      : !reused && this.#dialled.size >= MAX_DIRECT_LINKS
       ? `${MAX_DIRECT_LINKS} direct links already`
       : null;
     if (cannot !== null) {
@@ -509,18 +531,15 @@ export class DirectPaths {
       this.log.info("no direct path: the MAC was forgotten meanwhile", { mac, via: peer });
       return;
     }
-    // The route left any punched path it was on. That path stays for its other MACs, and is
-    // closed once it has none: both paths would take the far Host's datagrams (the first one
-    // open gets them), and count them on the one that no longer carries the route.
-    for (const [key, p] of this.#punches) {
-      if (p.via === via && p.macs.delete(mac) && p.macs.size === 0) {
-        this.#unpunch(key, "a direct link carries its MACs");
-      }
-    }
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
     const path = this.registry.dataPath;
     path.send({ op: "allow", link: link.number, handler: local.number });
+    // A punched path the route was on goes to the same Host as this link: the link takes its
+    // place whole (#supersede).
+    for (const [key, p] of this.#punches) {
+      if (p.via === via && p.macs.has(mac)) this.#supersede(key, p, link);
+    }
     // Frames take the direct link's UDP path too while it works both ways, as on a Proxy link.
     if (!byUdp(local)) {
       this.log.info("direct path up", { mac, via: peer, handler: local.spec.id, udp: "no" });
@@ -530,6 +549,25 @@ export class DirectPaths {
       (udp) => this.log.info("direct path up", { mac, via: peer, handler: local.spec.id, udp }),
       (e) => this.log.warn("direct path up, not by UDP", { mac, via: peer, error: messageOf(e) }),
     );
+  }
+
+  /**
+   * The direct link `link` takes the place of punched path `p` to the same Host: p's routes
+   * move to it, the handlers p let in are let in from it, and p closes. Kept side by side, the
+   * two would not stay alike at both ends: each Host moves a route when its own announcement
+   * completes, and the one that closes its end of p first leaves the other's routes over p
+   * to a path that is gone, or, where both use one UDP endpoint each way, one that still looks
+   * up (its datagrams then reach the link's path) and delivers nothing.
+   */
+  #supersede(key: string, p: Punch, link: RouteLink): void {
+    const path = this.registry.dataPath;
+    this.registry.fabric.moveRoutes(p.via, p.ref, link);
+    const ours = [...p.carried].filter((h) => this.registry.byNumber(h)?.link === p.via);
+    for (const h of ours) path.send({ op: "allow", link: link.number, handler: h });
+    // Each on its own: one the link's path cannot carry (plain, its VNI taken) stays on the
+    // link's stream, and the others still go by UDP.
+    for (const h of p.carried) path.udpCarry(link, [h]).catch(() => false);
+    this.#unpunch(key, "a direct link to that Host takes its place", true);
   }
 
   /** Logs a refused offer (rate-limited per link) and returns the error to answer with. */
@@ -558,18 +596,20 @@ export class DirectPaths {
     else this.#tokensOn.delete(e.via);
   }
 
-  async #linkTo(addr: HostPort): Promise<Link> {
+  /**
+   * The direct link to `addr`: the one dialled, or being dialled (its outcome, failure too, is
+   * shared), else a new dial. Known at once, so that a burst of pairs dials once.
+   */
+  #linkTo(addr: HostPort): Promise<Link> {
     const key = `${addr.hostname}:${addr.port}`;
-    const existing = await this.#dialled.get(key)?.catch(() => null);
-    if (existing?.isOpen) return existing;
-    const dialling = this.hooks.dial(addr, DIRECT_KEEPALIVE_MS, 3_000);
+    const dial = () => this.hooks.dial(addr, DIRECT_KEEPALIVE_MS, 3_000);
+    const known = this.#dialled.get(key);
+    const dialling = known ? known.then((l) => l.isOpen ? l : dial()) : dial();
     this.#dialled.set(key, dialling);
-    try {
-      return await dialling;
-    } catch (e) {
-      this.#dialled.delete(key);
-      throw e;
-    }
+    dialling.catch(() => {
+      if (this.#dialled.get(key) === dialling) this.#dialled.delete(key);
+    });
+    return dialling;
   }
 
   /** A link closed: its routes go, and traffic falls back to the Proxy. */
@@ -641,10 +681,16 @@ export class DirectPaths {
    */
   #punch(via: Link, req: RouteRequest, local: HandlerRef): void {
     const udp = req.udp!;
-    const key = `${via.number}/${udp.token}`;
+    const [key, old] = this.#pathFor(via, udp);
     const current = this.registry.fabric.route(via, req.mac);
-    if (current && !this.#punchKeys.has(current.number)) return; // a direct link carries it
-    const old = this.#punches.get(key);
+    if (current && !this.#punchKeys.has(current.number)) {
+      // A direct link to that Host carries the MAC: it takes this rendezvous's path too.
+      if (old) this.#supersede(key, old, current);
+      return;
+    }
+    const spent = old ? undefined : this.#spentToken(via, udp.token);
+    // Its path gave way to a direct link to that Host, which this pair's dial joins too.
+    if (spent?.superseded) return;
     const sealed = via.tls;
     const cannot = !byUdp(local)
       ? `handler ${local.spec.id} goes by TCP (--transport tcp)`
@@ -654,7 +700,7 @@ export class DirectPaths {
       ? "no AEAD for a sealed path"
       : old
       ? null
-      : this.#spentToken(via, udp.token)
+      : spent
       ? "a path was punched with that rendezvous already"
       : (this.#spent.get(via)?.size ?? 0) >= MAX_SPENT_PER_LINK
       ? "too many punched paths closed on this link lately"
@@ -679,6 +725,11 @@ export class DirectPaths {
       }
       if (this.#punches.get(key) !== punch) return;
       this.registry.dataPath.send({ op: "allow", link: punch.ref.number, handler: local.number });
+      // A direct link to that Host took the MAC while the path opened: it takes the path too.
+      const carrier = this.registry.fabric.route(via, req.mac);
+      if (carrier && !this.#punchKeys.has(carrier.number)) {
+        return this.#supersede(key, punch, carrier);
+      }
       if (!this.registry.fabric.addRoute(via, req.mac, punch.ref, req.peer, remote)) {
         return this.log.info("no punched path: the MAC was forgotten meanwhile", { mac: req.mac });
       }
@@ -693,16 +744,25 @@ export class DirectPaths {
   }
 
   /**
-   * The punched path of rendezvous `token` on `via`, if there is one, lets `local`'s frames in
-   * (and, plain, knows its VNI), whatever becomes of the route offered with it: the other Host
+   * The punched paths of rendezvous `udp` on `via`, if there are any, let `local`'s frames in
+   * (and, plain, know its VNI), whatever becomes of the route offered with it: the other Host
    * may take a route this one refuses (it has not seen that MAC come over its Proxy link yet),
-   * and its frames for `local` must not vanish on a path that is up. The Proxy of `via` named
-   * `local` and made that rendezvous: no more than it may offer anyway.
+   * and its frames for `local` must not vanish on a path that is up. Those are the path opened
+   * with it, and any other of `via` to the same endpoint: the other Host may have taken the
+   * pair onto the path the two already share (#pathFor). The Proxy of `via` named `local` and
+   * the other Host's endpoint: no more than it may offer anyway.
    */
-  #admit(via: Link, token: string, local: HandlerRef): void {
-    const key = `${via.number}/${token}`;
-    const punch = this.#punches.get(key);
-    if (!punch || !byUdp(local)) return;
+  #admit(via: Link, udp: Rendezvous, local: HandlerRef): void {
+    if (!byUdp(local)) return;
+    const own = `${via.number}/${udp.token}`;
+    for (const [key, punch] of this.#punches) {
+      if (key === own || (punch.via === via && sameEndpoint(punch.endpoint, udp))) {
+        this.#admitTo(key, punch, local);
+      }
+    }
+  }
+
+  #admitTo(key: string, punch: Punch, local: HandlerRef): void {
     punch.opened.then(async (opened) => {
       if (!opened || this.#punches.get(key) !== punch) return;
       if (!punch.carried.has(local.number)) {
@@ -712,6 +772,24 @@ export class DirectPaths {
       if (this.#punches.get(key) !== punch) return;
       this.registry.dataPath.send({ op: "allow", link: punch.ref.number, handler: local.number });
     }, () => {}); // #punch, which opened it, closes it
+  }
+
+  /**
+   * The punched path for rendezvous `udp` over `via`, and its key: the one opened with it, else
+   * one that works both ways to the same endpoint, from an earlier rendezvous of that Proxy link.
+   * The Proxy makes a fresh rendezvous for a pair it announces again (the first announcement did
+   * not take); the two Hosts already share a path that works, and each takes the pair onto it
+   * rather than punch a second one beside it. A Host whose end of it is not up punches the new
+   * one, and the other still lets its frames in on the old (#admit): nothing is lost either way.
+   */
+  #pathFor(via: Link, udp: Rendezvous): [string, Punch | undefined] {
+    const key = `${via.number}/${udp.token}`;
+    const own = this.#punches.get(key);
+    if (own) return [key, own];
+    for (const [k, p] of this.#punches) {
+      if (p.via === via && p.up && sameEndpoint(p.endpoint, udp)) return [k, p];
+    }
+    return [key, undefined];
   }
 
   /** Opens the punched path `key` for the rendezvous in `req`, carrying `local` and `remote`. */
@@ -748,6 +826,7 @@ export class DirectPaths {
       via,
       token: udp.token,
       ref,
+      endpoint: { hostname: udp.host, port: udp.port },
       sealed,
       startedAt: Date.now(),
       up: false,
@@ -763,13 +842,13 @@ export class DirectPaths {
     return punch;
   }
 
-  /** Whether a path punched with rendezvous `token` over `via` was closed lately. */
-  #spentToken(via: Link, token: string): boolean {
+  /** The path punched with rendezvous `token` over `via`, if it was closed lately. */
+  #spentToken(via: Link, token: string): Spent | undefined {
     const spent = this.#spent.get(via);
-    if (!spent) return false;
+    if (!spent) return undefined;
     const now = Date.now();
-    for (const [t, until] of spent) if (until <= now) spent.delete(t);
-    return spent.has(token);
+    for (const [t, s] of spent) if (s.until <= now) spent.delete(t);
+    return spent.get(token);
   }
 
   /** A punched path (the forwarder's link `number`) went up or down. */
@@ -805,7 +884,7 @@ export class DirectPaths {
       if (why !== null) this.#unpunch(key, why);
     }
     for (const [via, spent] of this.#spent) {
-      for (const [token, until] of spent) if (until <= now) spent.delete(token);
+      for (const [token, s] of spent) if (s.until <= now) spent.delete(token);
       if (spent.size === 0) this.#spent.delete(via);
     }
     this.#stopCheckingWhenIdle();
@@ -823,7 +902,7 @@ export class DirectPaths {
    * is kept RENDEZVOUS_TTL_MS: the Proxy may re-send that rendezvous until then, and a path
    * opened with it again would repeat the sealed keys' nonces.
    */
-  #unpunch(key: string, why: string): void {
+  #unpunch(key: string, why: string, superseded = false): void {
     const p = this.#punches.get(key);
     if (!p) return;
     this.#punches.delete(key);
@@ -834,7 +913,7 @@ export class DirectPaths {
     if (p.via.isOpen) {
       let spent = this.#spent.get(p.via);
       if (!spent) this.#spent.set(p.via, spent = new Map());
-      spent.set(p.token, Date.now() + RENDEZVOUS_TTL_MS);
+      spent.set(p.token, { until: Date.now() + RENDEZVOUS_TTL_MS, superseded });
     }
     this.registry.fabric.removeRoutesOver(p.ref);
     this.registry.dataPath.send({ op: "unpunch", link: p.ref.number });
@@ -853,6 +932,13 @@ export class DirectPaths {
       dialling.then((link) => link.close("server shutting down"), () => {});
     }
   }
+}
+
+/** Whether a punched path's endpoint is a rendezvous's: the same address (its bytes) and port. */
+function sameEndpoint(endpoint: HostPort, udp: Rendezvous): boolean {
+  if (endpoint.port !== udp.port) return false;
+  const a = ipBytes(endpoint.hostname), b = ipBytes(udp.host);
+  return a !== null && b !== null && a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 /**

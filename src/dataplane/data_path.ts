@@ -239,6 +239,8 @@ export type RouteLink = Pick<Link, "number" | "remote">;
 interface Route {
   link: RouteLink;
   peer: string;
+  /** The far handler's number, the frames' tag. */
+  number: number;
 }
 
 /**
@@ -269,9 +271,25 @@ export class FabricMirror {
     if (!this.learned(via, mac)) return false;
     let routes = this.#routes.get(via.number);
     if (!routes) this.#routes.set(via.number, routes = new Map());
-    routes.set(mac, { link, peer });
+    routes.set(mac, { link, peer, number });
     this.path.send({ op: "route", via: via.number, mac, link: link.number, peer, number });
     return true;
+  }
+
+  /** Every route of `via` over `from` goes over `to` instead, to the same handler. */
+  moveRoutes(via: Link, from: RouteLink, to: RouteLink): void {
+    for (const [mac, route] of this.#routes.get(via.number) ?? []) {
+      if (route.link !== from) continue;
+      route.link = to;
+      this.path.send({
+        op: "route",
+        via: via.number,
+        mac,
+        link: to.number,
+        peer: route.peer,
+        number: route.number,
+      });
+    }
   }
 
   /** What the direct route to `mac` for the handlers on `via` goes over, if there is one. */

@@ -260,8 +260,10 @@ export class Forwarder {
       case "udpCarry": {
         const path = this.#udp?.get(command.link);
         if (!path) return false;
-        if (command.handlers.every((h) => path.carry(h))) return true;
-        for (const h of command.handlers) path.drop(h);
+        // A refusal undoes only this command's handlers: the others carried stay carried.
+        const added = command.handlers.filter((h) => !path.carries(h));
+        if (added.every((h) => path.carry(h))) return true;
+        for (const h of added) path.drop(h);
         return false;
       }
       case "udpPunch": {

@@ -13,6 +13,7 @@ import { type Link } from "../../src/link/link.ts";
 import { type RouteRequest } from "../../src/control/rpc.ts";
 import { type UdpPathState } from "../../src/dataplane/udp_peers.ts";
 import { Warnings } from "./warnings_log.ts";
+import { until } from "./wait.ts";
 
 const VM1 = "02:00:00:00:00:01", VM2 = "02:00:00:00:00:02";
 const GATEWAY = "02:aa:00:00:00:01";
@@ -35,15 +36,6 @@ function link(name: string) {
     tune: () => {},
   };
   return l as unknown as Link & { requests: typeof requests };
-}
-
-/** Waits until `done()` holds, or fails naming `what` after `ms`. */
-async function until(what: string, done: () => boolean | Promise<boolean>, ms = 5000) {
-  const deadline = performance.now() + ms;
-  while (!await done()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 function frame(dst: string, src: string): Uint8Array {
@@ -493,13 +485,32 @@ Deno.test("direct, Proxy: one rendezvous per two Hosts, whichever handlers talk"
   direct.close();
 });
 
-Deno.test("direct, Host: a direct link that takes a punched path's last MAC closes it", async () => {
+/**
+ * A Host with a UDP socket whose dial waits for `connect(dialled)`: a direct link to the far
+ * Host, which takes every token presented.
+ */
+async function withDialledLink() {
   let connect = (_: Link) => {};
   const dialled = link("direct");
-  dialled.request = () => Promise.resolve({}) as never; // the far Host takes the token
+  dialled.request = () => Promise.resolve({}) as never;
   dialled.close = () => {};
-  const { direct, open, receive, registry } = setup(() => new Promise((r) => connect = r));
-  await registry.dataPath.udpListen("127.0.0.1", 0);
+  const host = setup(() => new Promise((r) => connect = r));
+  await host.registry.dataPath.udpListen("127.0.0.1", 0);
+  return { ...host, dialled, connect: (l: Link) => connect(l) };
+}
+
+/** VM1 and VM2, a handler each over one Proxy link, talking to F1 and F2 of another Host. */
+async function twoVmsTalkTo(host: ReturnType<typeof setup>, F1: string, F2: string) {
+  const proxy = link("proxy");
+  const vm1 = await host.open("0000000a", "host", [VM1], proxy, "eth0", "auto");
+  const vm2 = await host.open("0000000b", "host", [VM2], proxy, "eth1", "auto");
+  host.receive(vm1, frame(VM1, F1));
+  host.receive(vm2, frame(VM2, F2));
+  return { proxy, vm1, vm2 };
+}
+
+Deno.test("direct, Host: a direct link that takes a punched path's last MAC closes it", async () => {
+  const { dialled, connect, direct, open, receive, registry } = await withDialledLink();
   try {
     const proxy = link("proxy");
     const vm = await open("0000000a", "host", [VM1], proxy, "eth0", "auto");
@@ -525,6 +536,126 @@ Deno.test("direct, Host: a direct link that takes a punched path's last MAC clos
       "the punched path closed",
       async () => Object.keys(await registry.dataPath.udpStates()).length === 0,
     );
+  } finally {
+    direct.close();
+    await registry.dataPath.stop();
+  }
+});
+
+Deno.test("direct, Host: a direct link that takes one MAC of a punched path takes it whole", async () => {
+  const host = await withDialledLink();
+  const { dialled, connect, direct, registry } = host;
+  try {
+    const F1 = "02:5e:00:00:08:01", F2 = "02:5e:00:00:08:02";
+    const { proxy, vm2 } = await twoVmsTalkTo(host, F1, F2);
+    const udp = { host: "192.0.2.7", port: 7000, secret: SECRET, token: token(0xd1) };
+    // VM2's pair is offered without a dial (say, its Host was dialling too much at the time):
+    // the punched path alone carries it, and lets VM2's frames in.
+    direct.route({
+      handler: "0000000b",
+      mac: F2,
+      peer: "192.0.2.7:7000",
+      remote: "0000000d",
+      token: token(2),
+      dial: false,
+      udp,
+    }, proxy);
+    await until("F2 over the punched path", () => !!registry.fabric.route(proxy, F2));
+    const punched = registry.fabric.route(proxy, F2);
+    direct.route({
+      handler: "0000000a",
+      mac: F1,
+      peer: "192.0.2.7:7000",
+      remote: "0000000c",
+      token: token(1),
+      dial: true,
+      udp,
+    }, proxy);
+    await until("F1 over the punched path", () => registry.fabric.route(proxy, F1) === punched);
+    connect(dialled);
+    await until("F1 over the direct link", () => registry.fabric.route(proxy, F1) === dialled);
+    // F2 went with it, and the path closed: the far Host, which closes its end too when its
+    // own announcement completes, must find no route here over a path that is gone.
+    assertEquals(registry.fabric.route(proxy, F2), dialled);
+    await until(
+      "the punched path closed",
+      async () => Object.keys(await registry.dataPath.udpStates()).length === 0,
+    );
+    // The far Host's frames for VM2 come over the direct link now: they are let in.
+    await until("a frame for VM2 from the direct link let in", () => {
+      registry.dataPath.frameIn(dialled, vm2.number, frame(VM2, F2));
+      return vm2.counters().fromPeer.frames > 0;
+    });
+  } finally {
+    direct.close();
+    await registry.dataPath.stop();
+  }
+});
+
+Deno.test("direct, Host: a link to a Host already dialled serves every pair announced", async () => {
+  let dials = 0;
+  const dialled = link("direct");
+  dialled.close = () => {};
+  const { direct, open, receive } = setup(() => {
+    dials++;
+    return Promise.resolve(dialled);
+  });
+  const proxy = link("proxy");
+  const vm = await open("0000000a", "host", [VM1], proxy);
+  const far = (i: number) => `02:5e:00:00:09:${i.toString(16).padStart(2, "0")}`;
+  for (let i = 0; i < 10; i++) receive(vm, frame(VM1, far(i)));
+  // Ten pairs with one far Host in a burst, each token presented over the one link: more than
+  // the four dials a Proxy link may have in flight.
+  for (let i = 0; i < 10; i++) {
+    direct.route({
+      handler: "0000000a",
+      mac: far(i),
+      peer: "192.0.2.7:7000",
+      remote: "0000000c",
+      token: token(0xe0 + i),
+      dial: true,
+    }, proxy);
+  }
+  await until("10 tokens presented", () => dialled.requests.length === 10);
+  assertEquals(dials, 1);
+  direct.close();
+});
+
+Deno.test("direct, Host: a pair announced again joins the path the two Hosts share", async () => {
+  const host = setup();
+  const { direct, registry } = host;
+  await registry.dataPath.udpListen("127.0.0.1", 0);
+  try {
+    const F1 = "02:5e:00:00:0a:01", F2 = "02:5e:00:00:0a:02";
+    const { proxy, vm2 } = await twoVmsTalkTo(host, F1, F2);
+    const offer = (handler: string, mac: string, remote: string, udpToken: string, n: number) =>
+      direct.route({
+        handler,
+        mac,
+        peer: "192.0.2.7:7000",
+        remote,
+        token: token(n),
+        dial: false,
+        udp: { host: "192.0.2.7", port: 7000, secret: SECRET, token: udpToken },
+      }, proxy);
+    offer("0000000a", F1, "0000000c", token(0xf1), 1);
+    await until("F1 over a punched path", () => !!registry.fabric.route(proxy, F1));
+    const shared = registry.fabric.route(proxy, F1)!;
+    // Not up yet: a fresh rendezvous for VM2's pair gets a path of its own, and VM2's frames
+    // are let in on the first one too (the other Host may have taken the pair onto it).
+    offer("0000000b", F2, "0000000d", token(0xf2), 2);
+    await until("F2 over a second path", () => !!registry.fabric.route(proxy, F2));
+    assert(registry.fabric.route(proxy, F2) !== shared, "F2 joined a path that is not up");
+    await until("a frame for VM2 from the first path let in", () => {
+      registry.dataPath.frameIn(shared as unknown as Link, vm2.number, frame(VM2, F2));
+      return vm2.counters().fromPeer.frames > 0;
+    });
+    // Up both ways: a pair announced again with a fresh rendezvous joins it.
+    registry.dataPath.onPunched?.(shared.number, true, "both ways work");
+    direct.unroute(F2, proxy);
+    offer("0000000b", F2, "0000000d", token(0xf3), 3);
+    await until("F2 over the shared path", () => registry.fabric.route(proxy, F2) === shared);
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 2);
   } finally {
     direct.close();
     await registry.dataPath.stop();
