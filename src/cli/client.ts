@@ -618,13 +618,16 @@ export function handlerTable(
 ): string {
   if (handlers.length === 0) return "no handlers";
   // The UDP path, when the handler's frames take it: up (its MTU, the loss the peer sees of
-  // ours), or down or lossy (frames by the link).
+  // ours, the queue ours wait in on the way when it is a ms or more, the pace that keeps it
+  // short), or down or lossy (frames by the link).
   const udpText = (h: ListedHandler) => {
     const udp = h.link.udp;
     if (!udp) return "";
     const loss = udp.peerLossPercent ? ` loss ${udp.peerLossPercent}%` : "";
+    const queue = (udp.queueDelayMs ?? 0) >= 1 ? ` queue ${Math.round(udp.queueDelayMs!)} ms` : "";
+    const paced = udp.pacedMbps ? ` paced ${udp.pacedMbps} Mbit/s` : "";
     return udp.state === "up"
-      ? ` udp mtu ${udp.mtu}${loss}`
+      ? ` udp mtu ${udp.mtu}${loss}${queue}${paced}`
       : ` udp ${udp.state}${loss} (by the link)`;
   };
   const linkText = (h: ListedHandler) =>

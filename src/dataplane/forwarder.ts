@@ -245,6 +245,7 @@ export class Forwarder {
             const counters = this.#handlers.get(handler)?.counters;
             if (counters) counters.toPeer.frames += extra;
           },
+          dropped: (handler) => this.#handlers.get(handler)?.sendDropped("aqm"),
         }, this.log);
         return this.#udp.port;
       }

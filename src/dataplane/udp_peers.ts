@@ -15,12 +15,15 @@
  *   - plain (the link is plain TCP): VXLAN (RFC 7348), 8 bytes of header and the Ethernet frame,
  *     the VNI the handler number's low 24 bits. VNI 0 carries VNET's keepalive:
  *     "VNKA", the link's token (u32, agreed over the link), flags (u8), a sequence number
- *     (u32), the loss it sees (u8), the size of the probe it answers (u16, or 0): 16 bytes.
+ *     (u32), the loss it sees (u8), the size of the probe it answers (u16, or 0), its send time
+ *     (u32, µs) and the queueing delay it sees of the peer's datagrams (u16, 0.1 ms units, or
+ *     0xffff): 22 bytes.
  *     A datagram is taken only from the link's peer address; a keepalive with the token from the
  *     peer's IP address and another port moves the port (NAT rebinding).
  *   - sealed (TLS or ssh links): link/udp/session.ts's 16-byte header, then, sealed, the
  *     handler number (u32) and the frame; handler 0xffffffff is the keepalive, with flags (u8),
- *     a sequence number (u32), the loss it sees (u8) and the size of the probe it answers (u16).
+ *     a sequence number (u32), the loss it sees (u8), the size of the probe it answers (u16),
+ *     its send time (u32) and the queueing delay it sees (u16), as in a plain one.
  *     An authenticated datagram from a new address moves the peer there (roaming).
  *   A probe (`vnet doctor --peer`): VNI 0, "VNPR", a token (u32) the server gave the doctor over
  *   an authenticated control link, zeros to 14 bytes. The server sends it back as it came, up to
@@ -29,17 +32,23 @@
  *   sent).
  *   Keepalive flags: bit 0, "I have heard you lately"; bit 1, "idle" (below); bit 2, "probe": a
  *   keepalive padded to a size to find the path's MTU (path_mtu_search.ts), not counted as one, and
- *   answered at once with a keepalive that gives its size. The gaps in the sequence numbers give
- *   the loss of the peer's datagrams here, over its last LOSS_WINDOW keepalives; each keepalive
- *   reports it back (a percentage, NO_LOSS_FIGURE while not known), so each side knows the loss of
- *   what it sends.
+ *   answered at once with a keepalive that gives its size; bit 3, "timed": one sent between the
+ *   counted ones of a busy path for its send time alone (TIMED_KEEPALIVE_MS), not counted
+ *   either. The gaps in the sequence numbers give the loss of the peer's datagrams here, over its
+ *   last LOSS_WINDOW keepalives; each keepalive reports it back (a percentage, NO_LOSS_FIGURE while not known), so each side knows the loss of
+ *   what it sends. The send times give the time the peer's datagrams waited in the path's queues
+ *   (path_queue.ts), reported back likewise: a side whose bulk fills a queue somewhere on the path
+ *   paces its datagrams below that bottleneck, with a fair queue in front (path_shaper.ts), and
+ *   until the pace starts drops some of its full-size frames, as CoDel would at that queue.
+ *   An older VNET's keepalives are shorter (14 or 16 bytes): what they lack is taken as unknown.
  *
  * Is the path usable? Each side sends a keepalive every KEEPALIVE_MS, and every
- * BUSY_KEEPALIVE_MS while it has frames for the path; a side sends frames by UDP while it has
- * heard the peer within DOWN_AFTER_MS, the peer's last keepalive says it hears us, and the loss
- * it reports is not far worse than a working path's. So a path blocked either way moves the
- * frames to the stream within ~4 s, one that loses LOSSY_PERCENT of what we send within ~4 s of
- * traffic, and they come back once both ways work again. The side behind NAT opens the mapping
+ * BUSY_KEEPALIVE_MS (with a timed one every TIMED_KEEPALIVE_MS between) while the path carries
+ * frames either way; a side sends frames by UDP while it has heard the peer within DOWN_AFTER_MS,
+ * the peer's last keepalive says it hears us, and the loss it reports is not far worse than a
+ * working path's. So a path blocked either way moves the frames to the stream within ~4 s, one
+ * that loses LOSSY_PERCENT of what we send within ~4 s of traffic, and they come back once both
+ * ways work again. The side behind NAT opens the mapping
  * with its first keepalive, and the keepalives hold it.
  *
  * "Far worse" is a fixed bar, not the link's own loss: the kernel knows a TCP link's
@@ -70,13 +79,29 @@ import {
 } from "../link/udp/session.ts";
 import { clampMss, PathFit } from "./mtu.ts";
 import { PathMtuSearch } from "./path_mtu_search.ts";
+import { PathShaper } from "./path_shaper.ts";
+import {
+  decodeDelay,
+  encodeDelay,
+  HEAVY_FRAME_BYTES,
+  NO_DELAY_FIGURE,
+  PathCodel,
+  QueueDelayEstimate,
+  sendStamp,
+} from "./path_queue.ts";
 import { type FrameLink } from "./ports.ts";
 import { decodeVxlan, encodeVxlan, VXLAN_HEADER_LENGTH } from "./vxlan.ts";
 
 /** A keepalive goes out this often on every UDP path. */
 const KEEPALIVE_MS = 1000;
-/** ... and this often while the path has frames to carry: the loss is known within seconds. */
-const BUSY_KEEPALIVE_MS = 200;
+/** ... and this often while the path carries frames: the loss is known within seconds. */
+const BUSY_KEEPALIVE_MS = 100;
+/**
+ * ... and in between, while it does, a timed keepalive this often: the queue the frames build
+ * on the path is known within a few tens of ms (path_queue.ts). It is not counted for the loss
+ * (flag TIMED; it repeats the last number), whose window stays LOSS_WINDOW of the above.
+ */
+const TIMED_KEEPALIVE_MS = 25;
 /**
  * A keepalive is due this much early: the ticks that send them come once a second on an idle
  * server (every ACTIVE_TICK_MS on a busy one), and one a hair less than KEEPALIVE_MS after the
@@ -96,9 +121,12 @@ const DOWN_AFTER_MS = 3000;
  * An end whose path carried no frame either way for IDLE_AFTER_MS says so in its keepalives
  * (flag IDLE). While both ends are idle, each sends a keepalive every IDLE_KEEPALIVE_MS only, and
  * waits three of those before it calls the path down: a NAT's UDP mapping lasts 30 s or more,
- * and ten idle links cost a Proxy ten wake-ups a second less. The first frame ends it: that end
- * tells the peer at once, both keep the 1 s pace again, and a peer that does not answer within
- * DOWN_AFTER_MS of that frame is down, as before.
+ * and ten idle links cost a Proxy ten wake-ups a second less. The first unicast frame ends it:
+ * that end tells the peer at once, both keep the 1 s pace again, and a peer that does not answer
+ * within DOWN_AFTER_MS of that frame is down, as before. Broadcast and multicast frames do not:
+ * a VM's own chatter (router solicitations, mDNS, ARP probes) comes every few seconds, and kept
+ * every path of an idle server at the 1 s pace; such frames go as they come, at the slow pace's
+ * patience, and the conversation they start wakes the path with its first unicast frame.
  */
 const IDLE_AFTER_MS = 10_000;
 const IDLE_KEEPALIVE_MS = 10_000;
@@ -116,18 +144,27 @@ const ECHOES_PER_PROBE = 4;
 const HEARS_YOU = 1;
 const IDLE = 2;
 const PROBE = 4;
+const TIMED = 8;
 /** A keepalive's body: plain, after the VXLAN header; sealed, the plaintext. */
-const PLAIN_KEEPALIVE_BYTES = 16;
-const SEALED_KEEPALIVE_BYTES = 12;
+const PLAIN_KEEPALIVE_BYTES = 22;
+const SEALED_KEEPALIVE_BYTES = 18;
+/** ... as an older VNET sends it: with the loss and the probe's answer, but not timed. */
+const PLAIN_UNTIMED_BYTES = 16;
+const SEALED_UNTIMED_BYTES = 12;
 /** Ethernet, IPv4 and UDP around every datagram (IPv6: 20 more). */
 const OUTER_IPV4 = 20 + 8;
 const OUTER_IPV6 = 40 + 8;
 const ETHERNET = 14;
 const HANDLER_BYTES = 4;
-/** The peer's last keepalives one loss figure is made of (4 s of a busy path). */
-const LOSS_WINDOW = 20;
-/** Fewer keepalives than this in the window give no figure yet. */
-const LOSS_MIN_SAMPLES = 10;
+/**
+ * The peer's last keepalives one loss figure is made of (4 s of a busy path). Forty, not fewer:
+ * the figure is a sample, and at 40% loss a window of 20 stays under LOSSY_PERCENT for more than
+ * 5 s about one time in fifty (a window of 40: one in two hundred), while at 10% loss it crosses
+ * it several times as often.
+ */
+export const LOSS_WINDOW = 40;
+/** Fewer keepalives than this in the window give no figure yet (2 s of a busy path). */
+export const LOSS_MIN_SAMPLES = 20;
 /** The loss byte of a keepalive that has no figure to give. */
 const NO_LOSS_FIGURE = 255;
 /** The peer loses this much of what we send: frames go by the stream... */
@@ -154,6 +191,8 @@ export interface UdpSink {
    * the peer will receive, so that one end's frames out are the other's frames in.
    */
   cut(handler: number, extra: number): void;
+  /** A frame of `handler`'s was dropped: the path's queue is too long (path_queue.ts). */
+  dropped(handler: number): void;
 }
 
 /** What `open` needs of a link's UDP path, as the two servers agreed it over the link. */
@@ -187,10 +226,16 @@ export interface UdpPathState {
   tooBig: number;
   /** Times the path went down. */
   downs: number;
-  /** The peer's last 20 keepalives: the share lost on the way here, in percent; null: not yet. */
+  /** The share of the peer's last LOSS_WINDOW keepalives lost on the way here, %; null: not yet. */
   lossPercent: number | null;
   /** What the peer says of ours, likewise. */
   peerLossPercent: number | null;
+  /** How long our datagrams wait in the path's queues as the peer sees it, ms; null: not known. */
+  queueDelayMs: number | null;
+  /** Frames dropped because they did (path_queue.ts), or because they waited here too long. */
+  aqmDrops: number;
+  /** The rate the path is paced at to keep its queue short, Mbit/s; null: not paced. */
+  pacedMbps: number | null;
 }
 
 /** One link's UDP path. */
@@ -216,11 +261,17 @@ export class UdpPeerLink {
   #peerHearsUs = false;
   /** The peer's last keepalive said it is idle (keepalives every IDLE_KEEPALIVE_MS). */
   #peerIdle = false;
+  /** Our last keepalive said we are idle: the peer then waits for us as for an idle end. */
+  #saidIdle = false;
   /** The last frame either way; and when the path left idleness last. */
   #lastFrameAt: number;
+  /** A unicast frame went out in this burst (bypass): the path is busy (IDLE_AFTER_MS). */
+  #unicastOut = false;
   #activeSince = -Infinity;
   #up = false;
   #lastKeepalive = -Infinity;
+  /** The last keepalive of either kind, counted or timed (#lastKeepalive: counted only). */
+  #lastTimed = -Infinity;
   #keepalivesSent = 0;
   /** The peer's keepalives by sequence number, the last LOSS_WINDOW of them: 1 if it came. */
   readonly #arrived = new Uint8Array(LOSS_WINDOW);
@@ -246,6 +297,17 @@ export class UdpPeerLink {
   #peerAnswersProbes: boolean | null = null;
   /** The handler of the frame being sent (prepareForWire's emit has no room for it). */
   #sending = 0;
+  /** Datagrams of the frame being sent to leave out: the queue's drop (path_queue.ts). */
+  #skip = 0;
+  /** The queue the peer's datagrams wait in on their way here, and the one ours do. */
+  readonly #arrivals = new QueueDelayEstimate();
+  readonly #codel = new PathCodel();
+  /** The pace and the fair queue that keep the path's own queue short (path_shaper.ts). */
+  readonly #shaper: PathShaper = new PathShaper({
+    transmit: (handler, frame) => this.#transmit(handler, frame),
+    dropped: (handler) => this.port.sink.dropped(handler),
+    wakeAt: (at) => poller.at(at, this.#shaper.pump),
+  });
 
   constructor(
     readonly number: number,
@@ -307,25 +369,51 @@ export class UdpPeerLink {
       this.busy = true;
       this.port.busy(this);
     }
+    if ((frame[0] & 1) === 0) this.#unicastOut = true;
     if (!this.#up) {
       this.stats.fallbackFrames++;
       return null;
     }
+    // The queue on the path is too long: one datagram of a full-size frame (the first segment
+    // of a super-frame) is left out. While the path is paced, its own queue's CoDel does that.
+    if (
+      this.#codel.dropping && frame.length >= HEAVY_FRAME_BYTES && !this.#shaper.pacing &&
+      this.#codel.drop(performance.now())
+    ) {
+      this.#skip = 1;
+      this.port.sink.dropped(handler);
+    }
+    return this.#shaper.offer(handler, frame);
+  };
+
+  /** Sends a frame now: cut to the path, each piece a datagram. False if none went. */
+  #transmit(handler: number, frame: Uint8Array): boolean {
+    if (!this.isOpen) return false;
     this.#sending = handler;
     const sent = this.#fit.send(frame, this.mtu, this.#emit, (reply) => {
       this.stats.tooBig++;
       this.port.sink.deliver(this.number, handler, reply);
     });
+    this.#skip = 0;
     if (sent > 1) this.port.sink.cut(handler, sent - 1);
     return sent > 0;
-  };
+  }
 
   #emit = (frame: Uint8Array): void => {
+    if (this.#skip > 0) {
+      this.#skip--;
+      return;
+    }
     if (this.port.sendFrame(this, this.#sending, frame)) this.stats.datagramsOut++;
   };
 
   /** A frame that came by UDP for `handler`: clamped, and handed on. */
   receive(handler: number, frame: Uint8Array): void {
+    // Frames coming keep the keepalives busy too: the peer learns the queue they wait in.
+    if (!this.busy) {
+      this.busy = true;
+      this.port.busy(this);
+    }
     this.stats.datagramsIn++;
     clampMss(frame, this.mtu - 40);
     this.port.sink.deliver(this.number, handler, frame);
@@ -347,7 +435,17 @@ export class UdpPeerLink {
     peerLoss = NO_LOSS_FIGURE,
     /** The size of a probe of ours it answers (0: none; -1: an older VNET, which cannot). */
     probeAnswer = 0,
+    /** When it was sent, on the peer's clock (sendStamp); -1: an older VNET's, not timed. */
+    stamp = -1,
+    /** How long ours wait in the path's queues, as the peer sees it (path_queue.ts). */
+    peerDelay = NO_DELAY_FIGURE,
   ): void {
+    if (stamp >= 0) this.#arrivals.sample(stamp, now);
+    const delay = decodeDelay(peerDelay);
+    if (delay !== null) {
+      this.#codel.report(delay, now);
+      this.#shaper.report(delay, now);
+    }
     if (probeAnswer >= 0 && probeAnswer <= MAX_PATH_MTU) {
       this.#peerAnswersProbes = true;
       if (probeAnswer > 0) this.#search.acked(probeAnswer, now);
@@ -360,7 +458,7 @@ export class UdpPeerLink {
     const peerWoke = this.#peerIdle && (flags & IDLE) === 0;
     // After a silence, the keepalives lost in it say nothing of the path as it is now.
     if (wasSilent) this.#resetLoss();
-    this.#countLoss(seq);
+    if ((flags & TIMED) === 0) this.#countLoss(seq);
     this.#heardAt = now;
     this.#peerHearsUs = (flags & HEARS_YOU) !== 0;
     this.#peerIdle = (flags & IDLE) !== 0;
@@ -371,15 +469,18 @@ export class UdpPeerLink {
     this.#judge(now);
   }
 
-  /** A frame from the peer. */
-  alive(now: number): void {
+  /** A frame from the peer: it is heard; a unicast one wakes an idle path (IDLE_AFTER_MS). */
+  alive(now: number, frame: Uint8Array): void {
     this.#heardAt = now;
-    this.#active(now);
+    if ((frame[0] & 1) === 0) this.#active(now);
   }
 
   /** Every second or so: keepalives, whether the path is up, the session's keys, the MTU. */
   tick(now: number): void {
-    const every = this.#idle(now) && this.#peerIdle ? IDLE_KEEPALIVE_MS : KEEPALIVE_MS;
+    // The slow pace only once the peer knows: until our keepalive says idle, the peer calls us
+    // down after DOWN_AFTER_MS of silence, and a flap follows every burst.
+    const slow = this.#idle(now) && this.#peerIdle && this.#saidIdle;
+    const every = slow ? IDLE_KEEPALIVE_MS : KEEPALIVE_MS;
     if (now - this.#lastKeepalive >= every - DUE_SLACK_MS) this.#keepalive(now);
     this.#judge(now);
     this.#probe(now);
@@ -389,8 +490,14 @@ export class UdpPeerLink {
   /** After a burst that had frames for the path: a keepalive if a busy path's is due. */
   busyTick(now: number): void {
     this.busy = false;
-    this.#active(now);
+    if (this.#unicastOut) {
+      this.#unicastOut = false;
+      this.#active(now);
+    }
+    // Only broadcast and multicast on an idle path: it stays idle (IDLE_AFTER_MS).
+    if (this.#idle(now)) return;
     if (now - this.#lastKeepalive >= BUSY_KEEPALIVE_MS) this.#keepalive(now);
+    else if (now - this.#lastTimed >= TIMED_KEEPALIVE_MS) this.#keepalive(now, TIMED);
     this.#judge(now);
     this.#probe(now);
   }
@@ -474,6 +581,9 @@ export class UdpPeerLink {
       downs: this.stats.downs,
       lossPercent: this.lossPercent,
       peerLossPercent: this.peerLossPercent,
+      queueDelayMs: this.#codel.delayMs === null ? null : Math.round(this.#codel.delayMs * 10) / 10,
+      aqmDrops: this.#codel.drops + this.#shaper.drops,
+      pacedMbps: this.#shaper.rate === Infinity ? null : Math.round(this.#shaper.rate * 8 / 1000),
     };
   }
 
@@ -484,12 +594,27 @@ export class UdpPeerLink {
     this.session?.close();
   }
 
-  #keepalive(now: number): void {
-    this.#lastKeepalive = now;
+  /** A keepalive; `timed` (TIMED): one between the counted ones, for the path's queue only. */
+  #keepalive(now: number, timed = 0): void {
+    this.#lastTimed = now;
+    if (!timed) this.#lastKeepalive = now;
     this.stats.keepalivesOut++;
-    const flags = (this.#heardRecently(now) ? HEARS_YOU : 0) | (this.#idle(now) ? IDLE : 0);
+    const flags = (this.#heardRecently(now) ? HEARS_YOU : 0) | (this.#idle(now) ? IDLE : 0) |
+      timed;
+    this.#saidIdle = (flags & IDLE) !== 0;
     const loss = this.lossPercent === null ? NO_LOSS_FIGURE : Math.round(this.lossPercent);
-    this.port.sendKeepalive(this, flags, this.#keepalivesSent++, loss, this.#probeHeard);
+    // A timed one repeats the last number: an older VNET, which counts every keepalive, takes it
+    // as a duplicate.
+    const seq = timed ? Math.max(0, this.#keepalivesSent - 1) : this.#keepalivesSent++;
+    this.port.sendKeepalive(
+      this,
+      flags,
+      seq,
+      loss,
+      this.#probeHeard,
+      0,
+      encodeDelay(this.#arrivals.delayMs),
+    );
     this.#probeHeard = 0;
   }
 
@@ -535,7 +660,7 @@ export class UdpPeerLink {
     for (let s = this.#lastSeq - samples + 1; s <= this.#lastSeq; s++) {
       arrived += this.#arrived[s % LOSS_WINDOW];
     }
-    this.lossPercent = Math.round(100 * (1 - arrived / samples));
+    this.lossPercent = Math.round(100 * (samples - arrived) / samples);
   }
 
   #resetLoss(): void {
@@ -757,7 +882,10 @@ export class UdpPeerPort {
     loss: number,
     probeAck: number,
     probeSize = 0,
+    /** The queueing delay of the peer's datagrams here (path_queue.ts's wire figure). */
+    delay = NO_DELAY_FIGURE,
   ): void {
+    const stamp = sendStamp(performance.now());
     const k = this.#keepalive;
     const view = this.#keepaliveView;
     const payload = probeSize - (link.peer.ipv4 ? OUTER_IPV4 : OUTER_IPV6);
@@ -770,6 +898,8 @@ export class UdpPeerPort {
       view.setUint32(HEADER_BYTES + 5, seq);
       body[9] = loss;
       view.setUint16(HEADER_BYTES + 10, probeAck);
+      view.setUint32(HEADER_BYTES + 12, stamp);
+      view.setUint16(HEADER_BYTES + 16, delay);
       body.fill(0, SEALED_KEEPALIVE_BYTES);
       n = link.session.seal(body, k);
       if (n < 0) return;
@@ -782,6 +912,8 @@ export class UdpPeerPort {
       view.setUint32(VXLAN_HEADER_LENGTH + 9, seq);
       k[VXLAN_HEADER_LENGTH + 13] = loss;
       view.setUint16(VXLAN_HEADER_LENGTH + 14, probeAck);
+      view.setUint32(VXLAN_HEADER_LENGTH + 16, stamp);
+      view.setUint16(VXLAN_HEADER_LENGTH + 20, delay);
       k.fill(0, VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES, n);
     }
     const at = this.#reserve(link.peer, n);
@@ -814,6 +946,9 @@ export class UdpPeerPort {
   #flush = (): void => {
     this.#flushing = false;
     if (!this.#open) return;
+    // The burst's frames go first; the keepalives its paths owe then follow in a batch of their
+    // own, so that no frame waits for them.
+    this.#send();
     if (this.#busy.length > 0) {
       // Swapped, not copied: a keepalive that fills the batch flushes it from in here.
       const looking = this.#busy;
@@ -822,8 +957,14 @@ export class UdpPeerPort {
       const now = performance.now();
       for (const link of looking) if (link.isOpen) link.busyTick(now);
       looking.length = 0;
+      this.#send();
     }
+  };
+
+  /** Sends what the batch holds, now. */
+  #send(): void {
     const tx = this.socket.tx;
+    if (tx.count === 0) return;
     try {
       tx.flush();
     } catch (e) {
@@ -838,7 +979,7 @@ export class UdpPeerPort {
     }
     // What the kernel did not take now (a full buffer) is dropped: UDP is lossy anyway.
     tx.clear();
-  };
+  }
 
   #onReadable = (): void => {
     const rx = this.socket.rx;
@@ -874,14 +1015,25 @@ export class UdpPeerPort {
         if (plain.length < 9) return;
         if (plain[4] & PROBE) return link.probed(this.#outerSize(link, length), now);
         const seq = u32be(plain, 5);
-        // An older VNET's keepalive has no loss byte, nor a probe's answer.
+        // An older VNET's keepalive has no loss byte, nor a probe's answer, nor a send time.
         const loss = plain.length >= 10 ? plain[9] : NO_LOSS_FIGURE;
-        const answer = plain.length >= SEALED_KEEPALIVE_BYTES ? (plain[10] << 8) | plain[11] : -1;
-        link.heard(now, plain[4], seq, loss, answer);
+        const answer = plain.length >= SEALED_UNTIMED_BYTES ? (plain[10] << 8) | plain[11] : -1;
+        const timed = plain.length >= SEALED_KEEPALIVE_BYTES;
+        link.heard(
+          // Not the burst's time: a delay measured from it would include this burst's work.
+          performance.now(),
+          plain[4],
+          seq,
+          loss,
+          answer,
+          timed ? u32be(plain, 12) : -1,
+          timed ? (plain[16] << 8) | plain[17] : NO_DELAY_FIGURE,
+        );
         return;
       }
-      link.alive(now);
-      link.receive(handler, plain.subarray(HANDLER_BYTES));
+      const frame = plain.subarray(HANDLER_BYTES);
+      link.alive(now, frame);
+      link.receive(handler, frame);
       return;
     }
     const vni = decodeVxlan(data, at, length);
@@ -903,12 +1055,19 @@ export class UdpPeerPort {
         if (!rx.sourceMatches(i, link.peer)) link.peer = rx.source(i);
         if (data[k + 8] & PROBE) return link.probed(this.#outerSize(link, length), now);
         const seq = u32be(data, k + 9);
-        // An older VNET's keepalive is 14 bytes: its last is a zero, not a loss figure, and it
-        // has no probe's answer.
-        const current = length >= VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES;
-        const loss = current ? data[k + 13] : NO_LOSS_FIGURE;
-        const answer = current ? (data[k + 14] << 8) | data[k + 15] : -1;
-        link.heard(now, data[k + 8], seq, loss, answer);
+        // An older VNET's keepalive is 14 bytes (its last is a zero, not a loss figure, and it
+        // has no probe's answer), or 16 (no send time).
+        const answers = length >= VXLAN_HEADER_LENGTH + PLAIN_UNTIMED_BYTES;
+        const timed = length >= VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES;
+        link.heard(
+          performance.now(), // as above
+          data[k + 8],
+          seq,
+          answers ? data[k + 13] : NO_LOSS_FIGURE,
+          answers ? (data[k + 14] << 8) | data[k + 15] : -1,
+          timed ? u32be(data, k + 16) : -1,
+          timed ? (data[k + 20] << 8) | data[k + 21] : NO_DELAY_FIGURE,
+        );
         return;
       }
       this.strangers++;
@@ -919,8 +1078,9 @@ export class UdpPeerPort {
       const handler = link.handlerOfVni(vni);
       if (handler < 0) continue;
       if (length < VXLAN_HEADER_LENGTH + ETHERNET) break;
-      link.alive(now);
-      link.receive(handler, data.subarray(at + VXLAN_HEADER_LENGTH, at + length));
+      const frame = data.subarray(at + VXLAN_HEADER_LENGTH, at + length);
+      link.alive(now, frame);
+      link.receive(handler, frame);
       return;
     }
     this.strangers++;

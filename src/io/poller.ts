@@ -143,6 +143,8 @@ class Poller {
   #watched: number[] = [];
   /** Work to do once the ready callbacks have run (blocking mode; pool mode: a microtask). */
   #deferred: (() => void)[] = [];
+  /** Blocking mode: work due at a time (a paced queue's next send), soonest not kept sorted. */
+  #timers: { at: number; fn: () => void }[] = [];
 
   /**
    * Makes this thread's waits block in poll on this very thread (the data-path worker, which
@@ -393,11 +395,11 @@ class Poller {
       let lastYield = performance.now();
       let nextTick = lastYield + tickMs;
       let woke = 0;
-      while (this.#waiters.size > 0 || this.#watches.size > 0) {
+      while (this.#waiters.size > 0 || this.#watches.size > 0 || this.#timers.length > 0) {
         this.#runDeferred();
         const n = this.#buildPollSet();
         const now = performance.now();
-        const until = Math.min(nextTick, this.#timeout().deadline);
+        const until = Math.min(nextTick, this.#timeout().deadline, this.#nextTimer());
         const timeout = woke > 0 ? 0 : Math.max(0, Math.min(Math.ceil(until - now), MAX_BLOCK_MS));
         if (libc().poll_sync(this.#fds, BigInt(n), timeout) < 0) {
           const { errno, text } = lastErrno();
@@ -405,6 +407,7 @@ class Poller {
         }
         woke = this.#dispatch(n);
         this.#runDeferred();
+        if (this.#runTimers(performance.now()) > 0) this.#runDeferred();
         const after = performance.now();
         woke += this.#expire(after);
         let ticked = false;
@@ -430,6 +433,50 @@ class Poller {
     } finally {
       this.#running = false;
     }
+  }
+
+  /**
+   * Runs `fn` once at `at` (performance.now() ms), to within the poll's ms: on the blocking
+   * thread in its loop, elsewhere by a timer. For a few pending at once (a paced queue's next
+   * send): they are kept in a plain array.
+   */
+  at(at: number, fn: () => void): void {
+    if (!this.#blocking) {
+      setTimeout(fn, Math.max(0, at - performance.now()));
+      return;
+    }
+    this.#timers.push({ at, fn });
+  }
+
+  /** The earliest timer's time (Infinity: none). */
+  #nextTimer(): number {
+    let soonest = Infinity;
+    for (const t of this.#timers) if (t.at < soonest) soonest = t.at;
+    return soonest;
+  }
+
+  /**
+   * Runs the timers due by `now`; how many ran. Those not due stay, in place: a paced queue sets
+   * one per send, and this runs every round of the loop. A timer set while these run waits for
+   * the next round.
+   */
+  #runTimers(now: number): number {
+    const timers = this.#timers;
+    const pending = timers.length;
+    let kept = 0;
+    let ran = 0;
+    for (let i = 0; i < pending; i++) {
+      const t = timers[i];
+      if (t.at > now) timers[kept++] = t;
+      else {
+        ran++;
+        t.fn();
+      }
+    }
+    // Timers set by the ones that ran were pushed past `pending`: keep them.
+    timers.copyWithin(kept, pending);
+    timers.length = kept + (timers.length - pending);
+    return ran;
   }
 
   #runDeferred(): void {

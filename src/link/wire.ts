@@ -78,6 +78,13 @@ export function putFrame(
   return offset + FRAME_OVERHEAD + frame.length;
 }
 
+/** The handler number of a FRAME message as `putFrame` wrote it at `offset`. */
+export function frameHandler(message: Uint8Array, offset = 0): number {
+  const at = offset + 5;
+  return ((message[at] << 24) | (message[at + 1] << 16) | (message[at + 2] << 8) |
+    message[at + 3]) >>> 0;
+}
+
 /** A keepalive PING carrying its send time (`now`, ms), which the PONG brings back. */
 export function encodePing(now: number): Uint8Array {
   const ping = new Uint8Array(8);

@@ -585,7 +585,8 @@ function describeLink(h: Record<string, unknown>): string {
   if (udp) {
     how = `${visible(String(link.transport))}: UDP path ${visible(String(udp.state))}` +
       `${udp.sealed ? " sealed" : " plain"}, MTU ${Number(udp.mtu)}, loss here ` +
-      `${pct(udp.lossPercent)} there ${pct(udp.peerLossPercent)}`;
+      `${pct(udp.lossPercent)} there ${pct(udp.peerLossPercent)}` +
+      (typeof udp.queueDelayMs === "number" ? `, queue ${udp.queueDelayMs} ms` : "");
   }
   return `${visible(String(h.id))} to ${visible(String(h.peer))} ${how}`;
 }

@@ -150,12 +150,18 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     udpLoss: new Family(
       "vnet_handler_udp_path_loss_ratio",
       "gauge",
-      "Share of the peer's last 20 keepalives lost on the UDP path on the way here.",
+      "Share of the peer's last 40 keepalives lost on the UDP path on the way here.",
     ),
     udpPeerLoss: new Family(
       "vnet_handler_udp_path_peer_loss_ratio",
       "gauge",
-      "Share of our last 20 keepalives the peer says it lost (25% or more: frames by the link).",
+      "Share of our last 40 keepalives the peer says it lost (25% or more: frames by the link).",
+    ),
+    udpQueueDelay: new Family(
+      "vnet_handler_udp_path_queue_delay_seconds",
+      "gauge",
+      "How long our datagrams wait in the UDP path's queues, as the peer measures it: what the " +
+        "path's pace follows (docs/wan.md).",
     ),
     udpRefused: new Family(
       "vnet_handler_udp_path_refused_total",
@@ -195,6 +201,10 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
       f.udpRefused.add(l, udp.refused);
       if (udp.lossPercent !== null) f.udpLoss.add(l, udp.lossPercent / 100);
       if (udp.peerLossPercent !== null) f.udpPeerLoss.add(l, udp.peerLossPercent / 100);
+      // Tenths of a ms, as measured: 4.2 ms is 0.0042 s, not 0.004200000000000001.
+      if (udp.queueDelayMs !== null) {
+        f.udpQueueDelay.add(l, Math.round(udp.queueDelayMs * 10) / 1e4);
+      }
     }
     if (h.dataPathSocket) {
       f.ownSocket.add({ ...l, direction: "to_peer" }, h.dataPathSocket.out);

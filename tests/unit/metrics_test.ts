@@ -258,6 +258,9 @@ Deno.test("metrics: a Host's direct paths, by what carries them, and their UDP d
     downs: 0,
     lossPercent: null,
     peerLossPercent: null,
+    queueDelayMs: null,
+    aqmDrops: 0,
+    pacedMbps: null,
   };
   const path = (mac: string, via: "direct" | "proxy", transport: "udp" | "tcp" | null) => ({
     mac,
@@ -292,4 +295,42 @@ Deno.test("metrics: a Host's direct paths, by what carries them, and their UDP d
     assert(lines.includes(want), `missing line: ${want}\n${text}`);
   }
   assert(!text.includes('vnet_path_direct{mac="02:00:00:00:00:0c"'), "a proxied path as direct");
+});
+
+Deno.test("metrics: a handler's UDP path, its queue delay among them; none while unknown", () => {
+  const udp = {
+    state: "up" as const,
+    sealed: false,
+    peer: "10.78.0.2:7000",
+    mtu: 1450,
+    datagramsOut: 40,
+    datagramsIn: 38,
+    fallbackFrames: 1,
+    refused: 0,
+    tooBig: 0,
+    downs: 0,
+    lossPercent: 0,
+    peerLossPercent: 2,
+    queueDelayMs: 4.2,
+    aqmDrops: 3,
+    pacedMbps: 610,
+  };
+  const base = listedHandler();
+  const l = 'id="0a0b0c0d",role="proxy",device="lan0"';
+  const text = renderMetrics([listedHandler({ link: { ...base.link, udp } })], PROCESS);
+  const lines = text.split("\n");
+  for (
+    const want of [
+      `vnet_handler_udp_path_up{${l}} 1`,
+      `vnet_handler_udp_path_peer_loss_ratio{${l}} 0.02`,
+      `vnet_handler_udp_path_queue_delay_seconds{${l}} 0.0042`,
+    ]
+  ) {
+    assert(lines.includes(want), `missing line: ${want}\n${text}`);
+  }
+  const unknown = renderMetrics(
+    [listedHandler({ link: { ...base.link, udp: { ...udp, queueDelayMs: null } } })],
+    PROCESS,
+  );
+  assert(!unknown.includes("vnet_handler_udp_path_queue_delay_seconds{"), unknown);
 });

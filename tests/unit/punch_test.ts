@@ -11,6 +11,7 @@ import { parseRoute } from "../../src/control/rpc.ts";
 import { toBase64 } from "../../src/dataplane/forwarder_protocol.ts";
 import { PunchedLink, UdpPeerPort } from "../../src/dataplane/udp_peers.ts";
 import { Logger } from "../../src/log.ts";
+import { until } from "./wait.ts";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 const token = new TextEncoder().encode("0123456789abcdef0123456789abcdef");
@@ -114,16 +115,9 @@ function end(): End {
     deliver: (link, handler) => e.delivered.push({ link, handler }),
     changed: () => {},
     cut: () => {},
+    dropped: () => {},
   }, new Logger());
   return e;
-}
-
-async function until(what: string, done: () => boolean): Promise<void> {
-  const deadline = performance.now() + 5000;
-  while (!done()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 const A_HANDLER = 0x0a, B_HANDLER = 0x0b, LINK = 0x40000001;

@@ -4,11 +4,18 @@
  * a forger sends is counted and never handed on.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { probeDatagram, type UdpPathSpec, UdpPeerPort } from "../../src/dataplane/udp_peers.ts";
+import {
+  LOSS_MIN_SAMPLES,
+  LOSS_WINDOW,
+  probeDatagram,
+  type UdpPathSpec,
+  UdpPeerPort,
+} from "../../src/dataplane/udp_peers.ts";
 import { deriveSessionKeys, EphemeralKeyPair } from "../../src/link/udp/keys.ts";
 import { UdpSocket } from "../../src/io/udp_socket.ts";
 import { encodeVxlan } from "../../src/dataplane/vxlan.ts";
 import { Logger } from "../../src/log.ts";
+import { until } from "./wait.ts";
 
 const LINK = 7;
 const HANDLER = 0x0a0b0c0d;
@@ -17,14 +24,17 @@ interface End {
   port: UdpPeerPort;
   delivered: { link: number; handler: number; frame: Uint8Array }[];
   changes: boolean[];
+  /** Frames dropped for the path's queue, by handler. */
+  dropped: number[];
 }
 
 function end(): End {
-  const e: End = { port: null!, delivered: [], changes: [] };
+  const e: End = { port: null!, delivered: [], changes: [], dropped: [] };
   e.port = new UdpPeerPort("127.0.0.1", 0, {
     deliver: (link, handler, frame) => e.delivered.push({ link, handler, frame: frame.slice() }),
     changed: (_link, up) => e.changes.push(up),
     cut: () => {},
+    dropped: (handler) => e.dropped.push(handler),
   }, new Logger());
   return e;
 }
@@ -68,15 +78,6 @@ function pair(sealed: boolean): { a: End; b: End } {
   a.port.open(LINK, spec(keysA, b.port.port, 111, 222), now).carry(HANDLER);
   b.port.open(LINK, spec(keysB, a.port.port, 222, 111), now).carry(HANDLER);
   return { a, b };
-}
-
-/** Runs the poller's turns until `done` holds (the ports' reads and deferred sends). */
-async function until(what: string, done: () => boolean): Promise<void> {
-  const deadline = performance.now() + 5000;
-  while (!done()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 function frame(n: number, length = 100): Uint8Array {
@@ -237,35 +238,51 @@ Deno.test("udp path (sealed): a new epoch's keys, installed as the link agrees t
   }
 });
 
-Deno.test("udp path: the gaps in the peer's last 20 keepalive numbers give the path's loss", () => {
+Deno.test("udp path: the gaps in the peer's last keepalive numbers give the path's loss", () => {
   const { a, b } = pair(false);
+  const W = LOSS_WINDOW;
   try {
     const link = a.port.get(LINK)!;
     assertEquals(link.state().lossPercent, null);
     const now = performance.now();
-    // Fewer than 10 keepalives give no figure yet.
-    for (let seq = 0; seq < 9; seq++) link.heard(now, 1, seq);
+    const came = new Set<number>();
+    const hear = (seq: number) => {
+      came.add(seq);
+      link.heard(now, 1, seq);
+    };
+    /** The loss over the last W numbers up to `last`, in percent. */
+    const expected = (last: number) => {
+      let lost = 0;
+      for (let s = last - W + 1; s <= last; s++) if (!came.has(s)) lost++;
+      return Math.round(100 * lost / W);
+    };
+    // Too few keepalives give no figure yet.
+    for (let seq = 0; seq < LOSS_MIN_SAMPLES - 1; seq++) hear(seq);
     assertEquals(link.state().lossPercent, null);
-    // 0..30 of which 5, 15 and 25 never came: the last 20 (11..30) miss two, 10%.
-    for (let seq = 9; seq <= 30; seq++) if (seq % 10 !== 5) link.heard(now, 1, seq);
+    hear(LOSS_MIN_SAMPLES - 1);
+    assertEquals(link.state().lossPercent, 0);
+    // Then every tenth never comes, over the window and beyond it: 10%.
+    for (let seq = LOSS_MIN_SAMPLES; seq < 2 * W; seq++) if (seq % 10 !== 5) hear(seq);
     assertEquals(link.state().lossPercent, 10);
     // One that comes late within the window is not lost.
-    link.heard(now, 1, 25);
-    assertEquals(link.state().lossPercent, 5);
+    hear(2 * W - 5);
+    assertEquals(link.state().lossPercent, expected(2 * W - 1));
+    assert(link.state().lossPercent! < 10);
     // Runs are loss too, however long, short of a silence: a policer makes them.
-    link.heard(now, 1, 36);
-    assertEquals(link.state().lossPercent, 25); // 31..35 of 17..36
-    for (let seq = 37; seq <= 45; seq++) link.heard(now, 1, seq);
-    assertEquals(link.state().lossPercent, 25); // 31..35 of 26..45
-    link.heard(now, 1, 50);
-    assertEquals(link.state().lossPercent, 45); // 31..35 and 46..49 of 31..50
+    hear(2 * W + W / 4);
+    assertEquals(link.state().lossPercent, expected(2 * W + W / 4));
+    assert(link.state().lossPercent! >= 25);
+    // A timed keepalive (flag 8) is not counted, whatever its number.
+    const before = link.state().lossPercent;
+    link.heard(now, 1 | 8, 2 * W + W);
+    assertEquals(link.state().lossPercent, before);
     // A number far below the window: the peer started counting again.
     link.heard(now, 1, 2);
     assertEquals(link.state().lossPercent, null);
-    for (let seq = 3; seq <= 12; seq++) link.heard(now, 1, seq);
+    for (let seq = 3; seq < 2 + LOSS_MIN_SAMPLES; seq++) link.heard(now, 1, seq);
     assertEquals(link.state().lossPercent, 0);
     // A silence starts the figure afresh: what was lost in it says nothing of the path now.
-    link.heard(now + 4000, 1, 60);
+    link.heard(now + 4000, 1, 600);
     assertEquals(link.state().lossPercent, null);
   } finally {
     close(a, b);
@@ -317,12 +334,13 @@ Deno.test("udp path: keepalives report the loss both ways, and a busy path's com
   try {
     const la = a.port.get(LINK)!, lb = b.port.get(LINK)!;
     await until("both ends up", () => la.up && lb.up);
-    // Frames keep a's path busy: its keepalives go every 200 ms, not every second, so b has
-    // a loss figure of a's (10 keepalives) within ~2 s, and tells a in its own keepalives.
+    // Frames keep a's path busy: its keepalives go every 100 ms, not every second, so b has
+    // a loss figure of a's (20 keepalives) within ~2 s, and tells a in its own keepalives. The
+    // timed ones between (every 25 ms) are not counted: the figure is not there sooner.
     const started = performance.now();
     let n = 0;
     const frames = setInterval(() => la.bypass(HANDLER, frame(n++)), 20);
-    // b has nothing to send: its keepalives go at the worker's tick, once a second.
+    // b has nothing to send, but the frames it gets keep its keepalives busy too.
     const ticks = setInterval(() => b.port.tick(performance.now()), 250);
     try {
       await until("b's figure of a's loss, reported back", () => la.peerLossPercent !== null);
@@ -335,6 +353,32 @@ Deno.test("udp path: keepalives report the loss both ways, and a busy path's com
     assertEquals(lb.lossPercent, 0);
     assertEquals(la.peerLossPercent, 0);
     assertEquals(la.state().state, "up");
+  } finally {
+    close(a, b);
+  }
+});
+
+Deno.test("udp path: a queue the peer sees ours wait in drops full-size frames, never small ones", async () => {
+  const { a, b } = pair(false);
+  try {
+    const la = a.port.get(LINK)!, lb = b.port.get(LINK)!;
+    await until("both ends up", () => la.up && lb.up);
+    // The keepalives are timed: each end knows how long the other's wait (nothing here).
+    await until("b's figure of a's queue, reported back", () => la.state().queueDelayMs !== null);
+    assert(la.state().queueDelayMs! < 2, `queue ${la.state().queueDelayMs} ms on loopback`);
+    // b now says a's datagrams wait 20 ms (0.1 ms units), for longer than CoDel's interval.
+    const t0 = performance.now() - 300;
+    for (let t = 0; t <= 300; t += 25) la.heard(t0 + t, 1, 1000 + t, 0, 0, -1, 200);
+    assertEquals(la.state().queueDelayMs, 20);
+    // A ping's worth crosses; a full-size frame is dropped (and told), the next not yet.
+    const before = b.delivered.length;
+    assertEquals(la.bypass(HANDLER, frame(1, 98)), true);
+    assertEquals(la.bypass(HANDLER, frame(2, 1514)), true);
+    assertEquals(la.bypass(HANDLER, frame(3, 1514)), true);
+    assertEquals(a.dropped, [HANDLER]);
+    assertEquals(la.state().aqmDrops, 1);
+    await until("b to get two frames", () => b.delivered.length >= before + 2);
+    assertEquals(b.delivered.slice(before).map((d) => d.frame.length), [98, 1514]);
   } finally {
     close(a, b);
   }
@@ -382,6 +426,9 @@ Deno.test("udp port: a doctor's probe comes back, four times at most, for a toke
   }
 });
 
+/** The start of a unicast Ethernet frame (destination, source, EtherType). */
+const UNICAST = new Uint8Array([2, 0x5e, 0, 0, 2, 1, 2, 0x5e, 0, 0, 1, 1, 0x08, 0x00]);
+
 Deno.test("udp path: idle both ways, a keepalive each 10 s and 30 s of patience; a frame wakes it", () => {
   const { a, b } = pair(false);
   try {
@@ -420,10 +467,16 @@ Deno.test("udp path: idle both ways, a keepalive each 10 s and 30 s of patience;
     assertEquals(link.up, false);
     link.heard(t0 + 42_500, HEARS_YOU | IDLE, seq++);
     assertEquals(link.up, true);
-    // A frame from the peer wakes the path: a keepalive at once, then one a second, and the
-    // peer gets 3 s to be heard from again.
+    // A VM's chatter (a router solicitation to 33:33:00:00:00:02) does not wake it: no
+    // keepalive, and the slow pace goes on.
+    const solicitation = new Uint8Array([0x33, 0x33, 0, 0, 0, 2, 2, 0x5e, 0, 0, 1, 1, 0x86, 0xdd]);
     before = sent();
-    link.alive(t0 + 43_000);
+    link.alive(t0 + 42_600, solicitation);
+    link.tick(t0 + 42_700);
+    assertEquals(sent() - before, 0);
+    // A unicast frame from the peer wakes the path: a keepalive at once, then one a second,
+    // and the peer gets 3 s to be heard from again.
+    link.alive(t0 + 43_000, UNICAST);
     assertEquals(sent() - before, 1);
     link.tick(t0 + 44_000);
     assertEquals(sent() - before, 2);
@@ -431,6 +484,37 @@ Deno.test("udp path: idle both ways, a keepalive each 10 s and 30 s of patience;
     assertEquals(link.up, true);
     link.tick(t0 + 46_100);
     assertEquals(link.up, false);
+  } finally {
+    close(a, b);
+  }
+});
+
+Deno.test("udp path: an end that turns idle says so before it slows down", () => {
+  const { a, b } = pair(false);
+  try {
+    const link = a.port.get(LINK)!;
+    const t0 = performance.now();
+    const HEARS_YOU = 1, IDLE = 2;
+    // The peer went idle first; this end carried a frame a moment ago.
+    link.heard(t0, HEARS_YOU | IDLE, 0);
+    link.alive(t0 + 500, UNICAST);
+    const sent = () => link.stats.keepalivesOut;
+    for (let s = 1; s <= 10; s++) {
+      link.heard(t0 + s * 1000 - 100, HEARS_YOU | IDLE, s);
+      link.tick(t0 + s * 1000);
+    }
+    // Idle from 10.5 s: the tick at 11 s still sends (its keepalive says idle, the first to),
+    // and only then the pace drops to one in 10 s.
+    let before = sent();
+    link.heard(t0 + 10_900, HEARS_YOU | IDLE, 11);
+    link.tick(t0 + 11_000);
+    assertEquals(sent() - before, 1, "the keepalive that says idle");
+    before = sent();
+    for (let s = 12; s <= 20; s++) {
+      link.heard(t0 + s * 1000 - 100, HEARS_YOU | IDLE, s);
+      link.tick(t0 + s * 1000);
+    }
+    assertEquals(sent() - before, 0, "then one in 10 s");
   } finally {
     close(a, b);
   }
@@ -466,7 +550,10 @@ Deno.test("udp port: asks for a tick every 250 ms while a path carries frames, e
     assertEquals(a.port.tick(t0), 250);
     // Ten seconds without a frame: the worker's own second will do.
     assertEquals(a.port.tick(t0 + 11_000), undefined);
-    link.alive(t0 + 12_000);
+    // A broadcast does not make it busy (a VM's ARP probe); a unicast frame does.
+    link.alive(t0 + 11_500, new Uint8Array(14).fill(0xff));
+    assertEquals(a.port.tick(t0 + 11_600), undefined);
+    link.alive(t0 + 12_000, UNICAST);
     assertEquals(a.port.tick(t0 + 12_100), 250);
   } finally {
     close(a, b);
@@ -499,7 +586,7 @@ Deno.test("udp path: an older peer's 14-byte keepalives: no loss figure, no prob
     // Its zero is no loss figure, and it never answers probes: the kernel's MTU, as before.
     assertEquals(link.state().peerLossPercent, null);
     assertEquals(link.mtu, 9216 - 50);
-    // And none is sent to it: only keepalives, 8 + 16 bytes each.
+    // And none is sent to it: only keepalives, 8 + 22 bytes each.
     link.tick(performance.now() + 1000);
     const sizes: number[] = [];
     await until("a's keepalives at the old peer", () => {
@@ -507,7 +594,7 @@ Deno.test("udp path: an older peer's 14-byte keepalives: no loss figure, no prob
       for (let i = 0; i < n; i++) sizes.push(old.rx.length[i]);
       return sizes.length >= 2;
     });
-    assert(sizes.every((s) => s === 24), `sizes ${sizes}`);
+    assert(sizes.every((s) => s === 30), `sizes ${sizes}`);
   } finally {
     old.close();
     close(a);
