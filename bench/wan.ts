@@ -5,7 +5,7 @@
  *
  *   deno run -A bench/wan.ts [--rtt MS] [--loss PCT] [--streams N] [--seconds S] [--runs N]
  *                            [--only vnet,vnet-tls,openvpn-udp] [--notsent-lowat BYTES]
- *                            [--vnet-args "ARGS"] [--out FILE]
+ *                            [--cc cubic|bbr] [--vnet-args "ARGS"] [--out FILE]
  *
  * Configurations:
  *   vnet         vnet servers on Proxy and Host, one handler lan0 <-> vmif0, plain TCP link,
@@ -53,13 +53,15 @@ interface Options {
   runs: number;
   only: WanConfig[];
   notsentLowat?: number;
+  /** The bulk senders' TCP congestion control (iperf3 -C; the machine's default otherwise). */
+  cc?: string;
   vnetArgs: string[];
   out?: string;
 }
 
 const USAGE = `usage: deno run -A bench/wan.ts [--rtt MS] [--loss PCT] [--streams N] [--seconds S]
-       [--runs N] [--only ${CONFIGS.join(",")}] [--notsent-lowat BYTES] [--vnet-args "ARGS"]
-       [--out FILE]
+       [--runs N] [--only ${CONFIGS.join(",")}] [--notsent-lowat BYTES] [--cc NAME]
+       [--vnet-args "ARGS"] [--out FILE]
   defaults: --rtt 20 --loss 1 --streams 4 --seconds 15 --runs 1, every configuration`;
 
 function die(msg: string): never {
@@ -108,6 +110,12 @@ function parseArgs(args: string[]): Options {
       case "--notsent-lowat":
         o.notsentLowat = Math.round(num(1, 2 ** 32 - 1));
         break;
+      case "--cc": {
+        const cc = val();
+        if (!/^[a-z0-9_]+$/.test(cc)) die(`--cc: expected a congestion control's name, got ${cc}`);
+        o.cc = cc;
+        break;
+      }
       case "--vnet-args":
         o.vnetArgs = val().split(/\s+/).filter(Boolean);
         break;
@@ -218,6 +226,10 @@ interface Record {
   mbps?: number;
   retransmits?: number;
   drops?: string;
+  /** The Proxy's UDP path's queue delay at the end of the load (ms), as its peer measured it. */
+  pathQueueMs?: number;
+  /** ... and the rate it paced the path at then (Mbit/s; none: not paced). */
+  pacedMbps?: number;
   errors: string[];
 }
 
@@ -257,9 +269,17 @@ async function underLoad(topo: Topology, o: Options, rec: Record): Promise<void>
     "-J",
     "--connect-timeout",
     "5000",
+    ...(o.cc ? ["-C", o.cc] : []),
   ], { timeoutMs: (o.seconds + 30) * 1000 });
   await sleep(1000);
   rec.load = await ping(topo, o.seconds * 10);
+  // The Proxy's UDP path's figure of the queue its datagrams wait in, once, as the load goes on
+  // (each `list` is a process: sampling it often would take the CPU the tunnel needs).
+  const h = (await topo.list("proxy").catch(() => []))[0] as
+    | { link?: { udp?: { queueDelayMs?: number | null; pacedMbps?: number | null } | null } }
+    | undefined;
+  rec.pathQueueMs = h?.link?.udp?.queueDelayMs ?? undefined;
+  rec.pacedMbps = h?.link?.udp?.pacedMbps ?? undefined;
   const r = await load;
   // deno-lint-ignore no-explicit-any
   let j: any;
@@ -348,6 +368,9 @@ async function main(): Promise<number> {
     `WAN: ${o.rttMs} ms RTT, ${o.lossPercent}% loss each way; iperf3 LAN->VM -P ${o.streams} ` +
       `for ${o.seconds} s with a ping every 100 ms; ${o.runs} run(s) of [${o.only.join(", ")}]` +
       (o.notsentLowat ? `; tcp_notsent_lowat ${o.notsentLowat}` : "") +
+      `; inner TCP ${
+        o.cc ?? Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_congestion_control").trim()
+      }` +
       (o.vnetArgs.length ? `; vnet server ${o.vnetArgs.join(" ")}` : ""),
   );
   const topo = await Topology.create({ vms: 1 });
@@ -374,6 +397,8 @@ async function main(): Promise<number> {
             `${fmt(rec.idle?.p50)}/${fmt(rec.idle?.p99)} ms, load ` +
             `${fmt(rec.load?.p50)}/${fmt(rec.load?.p99)} ms (p50/p99), retransmits ` +
             `${rec.retransmits ?? "-"}` + (rec.drops ? `, drops ${rec.drops}` : "") +
+            (rec.pathQueueMs !== undefined ? `, path queue ${fmt(rec.pathQueueMs)} ms` : "") +
+            (rec.pacedMbps !== undefined ? `, paced at ${rec.pacedMbps} Mbit/s` : "") +
             (rec.errors.length ? `  ERRORS: ${rec.errors.join("; ")}` : ""),
         );
       }
