@@ -454,8 +454,10 @@ export interface RunRecord {
   tcpToVm?: TcpResult;
   tcpFromVm?: TcpResult;
   rttIdle?: RttStats;
+  /** The same, after a ping flood: with the tunnel's code compiled (see warmUp). */
+  rttWarm?: RttStats;
   rttLoad?: RttStats;
-  udp64?: { pps: number; sentPps: number; lostPercent: number };
+  udp64?: { pps: number; sentPps: number; lostPercent: number; deliveredPps?: number };
   errors: string[];
 }
 
@@ -569,6 +571,27 @@ async function ping(topo: Topology, count: number): Promise<RttStats> {
   };
 }
 
+/** Pings in a warm-up flood: for VNET, enough calls that V8 has compiled the data path. */
+export const WARM_UP_PINGS = 20_000;
+
+/**
+ * A ping flood (as fast as replies come) before an idle round trip is measured again. VNET's data
+ * path is JavaScript: just after start V8 runs it unoptimized while it compiles it on other
+ * threads, and an idle hop then costs ~1.5-2x what it does once compiled (bench/hops.ts --warm).
+ * OpenVPN, C, is measured the same way.
+ */
+export async function warmUp(topo: Topology): Promise<void> {
+  const r = await tryRun(
+    topo.ns.client,
+    ["ping", "-n", "-q", "-f", "-W", "1", "-c", String(WARM_UP_PINGS), VM_IP],
+    { timeoutMs: 60_000 },
+  );
+  if (r.code !== 0) {
+    throw new Error(`warm-up ping flood failed (exit ${r.code}): ${r.stdout.trim()}`);
+  }
+  await sleep(500);
+}
+
 async function pingUnderLoad(topo: Topology, srv: IperfServer, seconds: number) {
   // The load runs one second longer than the pings, which start half a second in.
   const load = iperf(topo, srv, [], seconds + 1).catch((e) => e as Error);
@@ -579,15 +602,37 @@ async function pingUnderLoad(topo: Topology, srv: IperfServer, seconds: number) 
   return rtt;
 }
 
+/**
+ * The VM's UDP counters (/proc/net/snmp): datagrams its sockets took, and those its receive
+ * buffer had no room for.
+ */
+async function vmUdpCounters(topo: Topology): Promise<{ taken: number; noRoom: number }> {
+  const lines = (await run(topo.vms[0].ns, ["cat", "/proc/net/snmp"])).split("\n")
+    .filter((l) => l.startsWith("Udp:")).map((l) => l.split(/\s+/));
+  const field = (name: string) => Number(lines[1][lines[0].indexOf(name)]);
+  return { taken: field("InDatagrams"), noRoom: field("RcvbufErrors") };
+}
+
+/**
+ * 64-byte frames: what iperf3 read (pps), and what the tunnel delivered to the VM's UDP socket
+ * (deliveredPps: read, or dropped there for want of buffer). On two vCPUs the sender takes one
+ * and the receiver shares the other with both tunnel ends, so iperf3 reads less than arrives,
+ * and less the more CPU the tunnel takes: the first is the end-to-end figure, the second the
+ * tunnel's.
+ */
 async function udp64(topo: Topology, srv: IperfServer, seconds: number) {
+  const before = await vmUdpCounters(topo);
   const j = await iperf(topo, srv, ["-u", "-l", "18", "-b", "0"], seconds);
+  const after = await vmUdpCounters(topo);
   const recv = j.end.sum_received ?? j.end.sum;
   const sent = j.end.sum_sent ?? j.end.sum;
   const got = recv.packets - recv.lost_packets;
+  const delivered = after.taken - before.taken + after.noRoom - before.noRoom;
   return {
     pps: got / recv.seconds,
     sentPps: sent.packets / sent.seconds,
     lostPercent: recv.lost_percent,
+    deliveredPps: delivered / recv.seconds,
   };
 }
 
@@ -630,6 +675,10 @@ async function measure(
     const setupS = (Date.now() - t0) / 1000;
     await step("rtt idle", async () => {
       rec.rttIdle = await ping(topo, o.pings);
+    });
+    await step("rtt warm", async () => {
+      await warmUp(topo);
+      rec.rttWarm = await ping(topo, o.pings);
     });
     await step("tcp to vm", async () => {
       rec.tcpToVm = await tcp(topo, srv, false, o.seconds, active.pids);
@@ -684,10 +733,13 @@ export const METRICS: [string, string, (r: RunRecord) => number | undefined, boo
   ["rtt idle min", "ms", (r) => r.rttIdle?.min, false],
   ["rtt idle p50", "ms", (r) => r.rttIdle?.p50, false],
   ["rtt idle p99", "ms", (r) => r.rttIdle?.p99, false],
+  ["rtt warm p50", "ms", (r) => r.rttWarm?.p50, false],
+  ["rtt warm p99", "ms", (r) => r.rttWarm?.p99, false],
   ["rtt load min", "ms", (r) => r.rttLoad?.min, false],
   ["rtt load p50", "ms", (r) => r.rttLoad?.p50, false],
   ["rtt load p99", "ms", (r) => r.rttLoad?.p99, false],
   ["64B frames", "kpps", (r) => r.udp64 && r.udp64.pps / 1000, true],
+  ["64B to VM", "kpps", (r) => r.udp64?.deliveredPps && r.udp64.deliveredPps / 1000, true],
   ["cpu LAN->VM", "s/GB", (r) => r.tcpToVm?.cpuSPerGB ?? undefined, false],
   ["cpu VM->LAN", "s/GB", (r) => r.tcpFromVm?.cpuSPerGB ?? undefined, false],
 ];
@@ -892,8 +944,12 @@ async function main(): Promise<number> {
     options: o,
     notes: [
       "tcp: iperf3 -t S, receiver-side bits_per_second; LAN->VM = client sends",
+      "rtt idle: ping -i 0.01 from the LAN client, just after the tunnel started",
+      `rtt warm: the same after a ${WARM_UP_PINGS}-ping flood (ping -f)`,
       "rtt load: ping -i 0.01 from the LAN client while iperf3 uploads LAN->VM",
       "64B frames: iperf3 -u -l 18 -b 0 (60-byte frames + FCS), received packets/s",
+      "64B to VM: the same test's datagrams delivered to the VM's UDP layer (read or dropped " +
+      "for a full receive buffer: /proc/net/snmp InDatagrams + RcvbufErrors), per second",
       "cpu: utime+stime of the tunnel processes (both ends) during the TCP test / GB received",
     ],
     iperfRetries,

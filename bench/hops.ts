@@ -5,16 +5,18 @@
  * wire, not from the program's own account.
  *
  *   deno run -A bench/hops.ts [--config vnet|vnet-tls|openvpn-tcp|...] [--count N]
- *                             [--interval S] [--strace proxy|host]
+ *                             [--interval S] [--warm] [--strace proxy|host]
  *
  * The hops: client → proxy.lan0 (the LAN), proxy.lan0 → proxy.wan0 (the Proxy captures and
  * sends), → host.wan0 (the WAN), → host.vmif0 (the Host receives and injects), the VM answers,
  * host.vmif0 → host.wan0 (the Host captures and sends), → proxy.wan0, → proxy.lan0 (the Proxy
  * receives and injects), → client. `--strace ROLE` also writes that server's system calls with
  * their times to /tmp/hops.strace (which slows it: for the order of events, not their length).
+ * `--warm` floods pings through first (bench.ts's warmUp), as the bench's `rtt warm` does: without
+ * it the hops are those of a tunnel just started, whose JavaScript V8 is still compiling.
  */
 import { LAN, run, sleep, spawn, Topology, tryRun } from "../lab/netns.ts";
-import { type Config, CONFIGS, cpuOf, start } from "./bench.ts";
+import { type Config, CONFIGS, cpuOf, start, warmUp } from "./bench.ts";
 
 const VM_IP = "10.77.0.60";
 
@@ -27,6 +29,7 @@ const config = option("--config", "vnet") as Config;
 const count = Number(option("--count", "300"));
 const interval = option("--interval", "0.01");
 const straceRole = option("--strace", "") as "proxy" | "host" | "";
+const warm = Deno.args.includes("--warm");
 if (!CONFIGS.includes(config)) throw new Error(`--config: one of ${CONFIGS.join(", ")}`);
 
 /** Each hop: where its frame is seen (dump, and a text in tcpdump's line), in path order. */
@@ -57,6 +60,7 @@ try {
     if (r.code === 0) break;
     await sleep(200);
   }
+  if (warm) await warmUp(topo);
   const points: [string, string, string][] = [
     ["client", topo.ns.client, "eth0"],
     ["proxy.lan0", topo.ns.proxy, "lan0"],
@@ -64,14 +68,15 @@ try {
     ["host.wan0", topo.ns.host, "wan0"],
     ["host.vmif0", topo.ns.host, "vmif0"],
   ];
-  // Frames of the tunnel's TCP stream are told from its ACKs by size.
+  // The tunnel's frames, by its TCP link or its UDP path, are told from the link's ACKs and the
+  // path's keepalives by size.
   const dumps = points.map(([name, ns, dev]) => ({
     name,
     proc: spawn(ns, [
       "sh",
       "-c",
       `exec tcpdump -i ${dev} -n -l -tt --time-stamp-precision=nano -Q inout ` +
-      `'icmp or (tcp and greater 100)' > ${topo.dir}/${name}.txt 2>/dev/null`,
+      `'icmp or ((tcp or udp) and greater 100)' > ${topo.dir}/${name}.txt 2>/dev/null`,
     ]),
   }));
   await sleep(1500);
