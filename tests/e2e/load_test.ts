@@ -71,6 +71,8 @@ function totals(handlers: Listed[]) {
   return {
     toPeer: sum((h) => h.toPeer.frames),
     toPeerDrops: sum((h) => h.toPeer.drops),
+    /** Frames counted as sent, then dropped by an AQM: the link's queue, or a UDP path's pace. */
+    aqm: sum((h) => h.dropReasons.aqm),
     fromPeer: sum((h) => h.fromPeer.frames),
     fromPeerDrops: sum((h) => h.fromPeer.drops),
     reconnects: Math.max(0, ...handlers.map((h) => h.reconnects)),
@@ -247,10 +249,11 @@ e2e(`load: ${HANDLERS} handlers x ${MACS_PER_HANDLER} MACs, then a soak`, async 
           const most = peak[role] / 1024;
           assert(most < RSS_LIMIT_MIB, `${role} RSS peaked at ${most.toFixed(1)} MiB under load`);
         }
-        // Frames the sender counted as sent were all received, when the link was never re-made;
-        // after a reconnect, up to one send queue (4 MiB) may have been lost in the old socket.
+        // Frames the sender counted as sent were all received, but those an AQM dropped after
+        // (it counts them too), when the link was never re-made; after a reconnect, up to one
+        // send queue (4 MiB) may have been lost in the old socket.
         const slack = p.reconnects === 0 ? 0 : 4 * 1024 * 1024 / 60;
-        const diffs = [p.toPeer - h.fromPeer, h.toPeer - p.fromPeer];
+        const diffs = [p.toPeer - p.aqm - h.fromPeer, h.toPeer - h.aqm - p.fromPeer];
         for (const d of diffs) {
           assert(d >= 0 && d <= slack, `counters do not add up: ${JSON.stringify({ p, h })}`);
         }

@@ -218,7 +218,18 @@ for (const tls of [false, true]) {
         try {
           // Only the Host's datagrams are lost: the Proxy's path stays up.
           lossyMs = await pathIs(topo, "lossy", 8_000, ["host"]);
-          peerLoss = (await only(topo, "host")).link.udp!.peerLossPercent;
+          // The figure that tripped it may be a window still filling (9 of 36 lost is 25%, and
+          // 9 of 39 then 23%): what the Proxy measures comes to the 40% lost, not to the bar.
+          peerLoss = null;
+          await waitFor(
+            "the Proxy to report 30% or more of the Host's lost",
+            async () => {
+              peerLoss = (await only(topo, "host")).link.udp!.peerLossPercent;
+              return peerLoss !== null && peerLoss >= 30 ? true : undefined;
+            },
+            5_000,
+            100,
+          );
           assert((await only(topo, "proxy")).link.udp!.state === "up", "the Proxy's path left");
           await repliesFromNowOn(ping);
         } finally {
@@ -233,7 +244,6 @@ for (const tls of [false, true]) {
             `${upMs} ms after; ping: ${summary}; ${fallback} frames by the link meanwhile`,
         );
         assert(lossyMs <= 5_000, `frames moved to the link after ${lossyMs} ms`);
-        assert(peerLoss !== null && peerLoss >= 25, `the Proxy saw ${peerLoss}% lost`);
         // 40% of what went out before the Host noticed (~3 s at 10 a second), and no more.
         assert(lost <= 20, `ping lost ${lost} across the loss`);
         assert(fallback > 0, "no frame went by the link while UDP was lossy");

@@ -1,8 +1,9 @@
 /**
  * VNET over a WAN like a real one (issue 18): 20 ms round trip and 1% loss each way between the
  * Proxy and the Host (lab/delay_line.ts). A 16 MiB transfer LAN → VM arrives intact, and the
- * ping under a bulk load is logged with the drops the send queue's AQM made (bench/wan.ts
- * measures it; a test does not assert timing). `list` reports the AQM's drops per handler.
+ * ping under a bulk load is logged with the drops the AQM made, the queue the UDP path's
+ * datagrams wait in and the pace it keeps (bench/wan.ts measures it; a test does not assert
+ * timing). `list` reports the AQM's drops per handler, and each end's figure of its path's queue.
  *
  *   flock /tmp/vnet-ns.lock deno test -A tests/e2e/wan_test.ts
  */
@@ -26,6 +27,17 @@ async function pings(topo: Topology, count: number): Promise<string> {
 async function proxyDrops(topo: Topology): Promise<Record<string, number>> {
   const [h] = await topo.list("proxy") as unknown as { dropReasons: Record<string, number> }[];
   return h.dropReasons;
+}
+
+/** A server's UDP path as `list --json` gives it: the queue its datagrams wait in, its pace. */
+async function udpPath(
+  topo: Topology,
+  role: "proxy" | "host",
+): Promise<{ queueDelayMs: number | null; pacedMbps: number | null } | null> {
+  const [h] = await topo.list(role) as unknown as {
+    link: { udp: { queueDelayMs: number | null; pacedMbps: number | null } | null };
+  }[];
+  return h.link.udp;
 }
 
 for (const tls of [false, true]) {
@@ -104,10 +116,25 @@ for (const tls of [false, true]) {
         const after = await proxyDrops(topo);
         const aqm = after.aqm - before.aqm;
         const full = after.link - before.link;
+        const path = await udpPath(topo, "proxy");
         console.log(
           `    ping p50/p99 idle ${idle}, under load ${loaded}; ${mbps} Mbit/s; ` +
-            `proxy send queue drops: aqm ${aqm}, full ${full}`,
+            `proxy drops: aqm ${aqm}, full ${full}; path queue ${path?.queueDelayMs} ms, ` +
+            `paced at ${path?.pacedMbps ?? "-"} Mbit/s`,
         );
+      });
+
+      await step("each end knows how long its datagrams wait on the path", async () => {
+        // From the send times in the keepalives, reported back by the other end (path_queue.ts):
+        // what the pace follows.
+        for (const role of ["proxy", "host"] as const) {
+          const path = await udpPath(topo, role);
+          assert(path !== null, `${role}: no UDP path in list`);
+          assert(
+            typeof path.queueDelayMs === "number" && path.queueDelayMs >= 0,
+            `${role}: the path's queue delay is ${path.queueDelayMs}`,
+          );
+        }
       });
       const counters = await wan.stop();
       console.log(`    delay line: ${JSON.stringify(counters)}`);
