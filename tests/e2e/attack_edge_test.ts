@@ -18,6 +18,13 @@ import { assert, e2e, rssKiB, stepper, withTopology } from "./ops_helpers.ts";
 
 const ATTACKERS = ["10.78.0.20", "10.78.0.21", "10.78.0.22", "10.78.0.23"];
 const METRICS_PORT = 9477;
+/**
+ * What a scrape is given. The flood keeps the listener's accept queue (511, Deno's backlog) full,
+ * and a SYN that meets a full queue is dropped: the scraper's kernel sends it again after 1 s,
+ * then 3 s, whatever the server does. CI once saw 2 scrapes of 100 dropped twice under a 2 s
+ * limit. 5 s lets a scrape through two drops; Prometheus's default scrape timeout is 10 s.
+ */
+const SCRAPE_TIMEOUT_S = 5;
 
 /**
  * Holds COUNT connections that never send a byte, from every source address in turn, opened
@@ -54,16 +61,20 @@ while time.time() < end:
 print(f"done reopened {reopened}", flush=True)
 `;
 
-/** N scrapes of URL, one after another, each given 2 s; prints {"ok": n, "failed": n, ...}. */
+/**
+ * N scrapes of URL, one after another, each given SCRAPE_TIMEOUT_S; prints {"ok": n, "failed": n,
+ * ...}.
+ */
 const SCRAPE_PY = `
 import json, sys, time, urllib.request
-url, n, token = sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""
+url, n, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+token = sys.argv[4] if len(sys.argv) > 4 else ""
 ok, failed, errors, slowest = 0, 0, {}, 0.0
 for i in range(n):
     req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} if token else {})
     t0 = time.time()
     try:
-        with urllib.request.urlopen(req, timeout=2) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             body = r.read()
             if r.status == 200 and b"vnet_handlers" in body: ok += 1
             else: failed += 1
@@ -284,7 +295,8 @@ e2e(
           async () => {
             const pid = topo.servers[role]!.pid;
             const rssBefore = rssKiB(pid);
-            // Longer than the scrapes can take (100 × a 2 s timeout); stopped once they are done.
+            // Longer than the scrapes take (10-20 s here; 100 that all timed out would take 500 s,
+            // past the test's limit); stopped once they are done.
             const attack = flood(WAN[role], METRICS_PORT, 1000, 240);
             await attack.waitForLine(/^holding/, 20_000);
             const height = await floodAtHeight(attack, topo.ns[role], METRICS_PORT, 900);
@@ -295,6 +307,7 @@ e2e(
               SCRAPE_PY,
               `http://${WAN[role]}:${METRICS_PORT}/metrics`,
               "100",
+              String(SCRAPE_TIMEOUT_S),
               ...(withToken ? [token] : []),
             ]);
             topo.procs.push(scrape);
