@@ -44,6 +44,11 @@ export interface Structs {
   readonly msghdr: StructLayout;
   readonly mmsghdr: StructLayout;
   readonly cmsghdr: StructLayout;
+  readonly nlmsghdr: StructLayout;
+  readonly nlmsgerr: StructLayout;
+  readonly inet_diag_req_v2: StructLayout;
+  readonly inet_diag_sockid: StructLayout;
+  readonly inet_diag_msg: StructLayout;
 }
 
 export type Arch = typeof Deno.build.arch;
@@ -188,6 +193,49 @@ const X86_64: Structs = {
     header: "sys/socket.h",
     size: 16,
     offsets: { cmsg_len: 0, cmsg_level: 8, cmsg_type: 12 },
+  },
+  // Netlink's header, in host byte order; a message's body starts at NLMSG_HDRLEN, 16.
+  nlmsghdr: {
+    type: "struct nlmsghdr",
+    header: "linux/netlink.h",
+    size: 16,
+    offsets: { nlmsg_len: 0, nlmsg_type: 4, nlmsg_flags: 6, nlmsg_seq: 8, nlmsg_pid: 12 },
+  },
+  // The body of an NLMSG_ERROR answer: error 0 is an acknowledgement, else -errno.
+  nlmsgerr: {
+    type: "struct nlmsgerr",
+    header: "linux/netlink.h",
+    size: 20,
+    offsets: { error: 0, msg: 4 },
+  },
+  // sock_diag's request (src/io/sock_diag.ts).
+  inet_diag_req_v2: {
+    type: "struct inet_diag_req_v2",
+    header: "linux/inet_diag.h",
+    size: 56,
+    offsets: { sdiag_family: 0, sdiag_protocol: 1, idiag_ext: 2, idiag_states: 4, id: 8 },
+  },
+  // A socket's endpoints: ports and addresses in network byte order, an IPv4 address in the
+  // first 4 bytes of its 16.
+  inet_diag_sockid: {
+    type: "struct inet_diag_sockid",
+    header: "linux/inet_diag.h",
+    size: 48,
+    offsets: {
+      idiag_sport: 0,
+      idiag_dport: 2,
+      idiag_src: 4,
+      idiag_dst: 20,
+      idiag_if: 36,
+      idiag_cookie: 40,
+    },
+  },
+  // sock_diag's answer: the socket found, its state and its own endpoints and cookie.
+  inet_diag_msg: {
+    type: "struct inet_diag_msg",
+    header: "linux/inet_diag.h",
+    size: 72,
+    offsets: { idiag_family: 0, idiag_state: 1, id: 4, idiag_inode: 68 },
   },
 };
 

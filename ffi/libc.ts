@@ -1,15 +1,15 @@
 /**
- * The few libc calls VNET needs (UN*X). The data path's wait (src/io/): `poll` — the ONLY
- * asynchronous FFI call, run on Deno's blocking thread pool — or `poll_sync`, the same call on
- * the JS thread; a self-pipe (`pipe`/`write`/`read`/`close`) that wakes a pending poll; and to
- * join the runtime's own wait, `socket`/`connect` (a doorbell) and `read` (its waker). The
- * sockets of plain links, our own (src/io/tcp_socket.ts, src/link/socket_stream.ts):
- * `socket`/`setsockopt`/`bind`/`listen`/`accept4`, a nonblocking `connect` and `getsockopt`
- * (its outcome), `recv`/`send`, `getsockname`/`getpeername`. The Linux packet
- * injector (GSO): `socket`/`bind`/`send`, and `setsockopt` so that it receives nothing. The
- * server's accept path: `shutdown`, to end a TLS handshake the runtime still waits on
- * (src/link/socket_abort.ts), and `getrlimit`/`setrlimit` to raise the fd limit at start. The
- * UDP transport's socket (src/io/udp_socket.ts): `socket`/`bind`/`setsockopt`/`getsockopt`, and
+ * The few libc calls VNET needs (UN*X). The data path's wait (src/io/poller.ts): `poll` — an
+ * asynchronous FFI call, run on Deno's blocking thread pool — or `poll_sync`, the same call
+ * blocking the data-path worker's own thread, or `epoll_*` for a set of its own; a self-pipe
+ * (`pipe`/`write`/`read`/`close`) that wakes a pending wait. The sockets of plain links, our own
+ * (src/io/tcp_socket.ts, src/link/socket_stream.ts): `socket`/`setsockopt`/`bind`/`listen`/
+ * `accept4`, a nonblocking `connect` and `getsockopt` (its outcome), `recv`/`send`,
+ * `getsockname`/`getpeername`. The Linux packet injector (GSO): `socket`/`bind`/`send`, and
+ * `setsockopt` so that it receives nothing. The server's accept path: a netlink socket's
+ * `send`/`recv`, to end a TLS handshake the runtime still waits on (src/io/sock_diag.ts), and
+ * `getrlimit`/`setrlimit` to raise the fd limit at start. The UDP transport's socket
+ * (src/io/udp_socket.ts): `socket`/`bind`/`setsockopt`/`getsockopt`, and
  * `sendmmsg`/`recvmmsg`/`sendto` for its datagrams.
  */
 import { lazyLibrary, LIBC } from "./load.ts";
@@ -27,7 +27,7 @@ const symbols = {
     result: "i32",
     nonblocking: true,
   },
-  // The same poll, called on the JS thread: it blocks that thread (runtime_wait.ts).
+  // The same poll, blocking the calling thread: the data-path worker's (src/io/poller.ts).
   poll_sync: {
     name: "poll",
     parameters: ["buffer", "u64", "i32"],
@@ -136,14 +136,6 @@ const symbols = {
       "i32", // int sockfd
       "buffer", // struct sockaddr *addr (out)
       "buffer", // socklen_t *addrlen (in/out)
-    ],
-    result: "i32",
-  },
-  // int shutdown(int sockfd, int how);
-  shutdown: {
-    parameters: [
-      "i32", // int sockfd
-      "i32", // int how (SHUT_RDWR = 2)
     ],
     result: "i32",
   },

@@ -14,8 +14,8 @@
  *    churns its own slots, and everyone else still gets in).
  * 3. Authenticate: TLS (if on), the handshake, and a dialling server's certificate proof.
  *    Every refused, failed, displaced or timed-out connection is closed at once, releasing its
- *    fd: a plain one's is ours to close. A TLS connection is also shut down (socket_abort.ts):
- *    while its TLS handshake is pending the runtime keeps the socket after `close()`, so
+ *    fd: a plain one's is ours to close. A TLS connection whose handshake is pending is also
+ *    ended by the kernel (socket_abort.ts): the runtime keeps its socket after `close()`, so
  *    without that a silent TLS peer would hold its fd until it left, slots or not.
  * 4. Hand the authenticated connection to the server, which caps how many it keeps.
  */
@@ -75,7 +75,7 @@ interface Incoming {
   remote: HostPort | null;
   /** This end's IP address ("" if unknown). */
   local: string;
-  /** A TLS connection's two endpoints, by which it is shut down (see the top). */
+  /** A TLS connection's two endpoints, by which it is ended (see the top). */
   endpoints?: { local: Deno.NetAddr; remote: Deno.NetAddr };
 }
 
@@ -124,7 +124,10 @@ interface Pending {
   conn: Stream;
   address: string;
   since: number;
-  /** Its two endpoints, read on arrival: a TLS connection is shut down by them (see the top). */
+  /**
+   * Its two endpoints, read on arrival, while its TLS handshake is pending: the socket is ended
+   * by them (see the top). Once the handshake is done, `close()` closes it.
+   */
   endpoints?: { local: Deno.NetAddr; remote: Deno.NetAddr };
   /** Closed for a newcomer: counted and reported then, not again when its handshake fails. */
   displaced?: boolean;
@@ -133,6 +136,8 @@ interface Pending {
 export class Acceptor {
   readonly #options: AcceptorOptions;
   readonly #log: Logger;
+  /** Whether the failure to end a TLS handshake cut short was logged (once is enough). */
+  #abortWarned = false;
   #listener: Listener | null = null;
   #closed = false;
   /** Unauthenticated connections, oldest first, and how many each address holds. */
@@ -184,7 +189,14 @@ export class Acceptor {
   /** Closes an unauthenticated connection so that its fd is released, TLS or not. */
   #drop(p: Pending): void {
     closeQuietly(p.conn);
-    if (p.endpoints) abortSocket(p.endpoints.local, p.endpoints.remote);
+    if (!p.endpoints) return;
+    const unable = abortSocket(p.endpoints.local, p.endpoints.remote);
+    if (unable !== null && !this.#abortWarned) {
+      this.#abortWarned = true;
+      this.#log.warn("cannot end TLS handshakes cut short: a silent peer keeps its fd", {
+        reason: unable,
+      });
+    }
   }
 
   async #loop(listener: Listener): Promise<void> {
@@ -283,6 +295,9 @@ export class Acceptor {
           timeoutMs,
           () => "TLS handshake timed out",
         );
+        // The runtime closes this socket itself now; ending it too would reset what is still
+        // to be sent (an error for the dialler).
+        pending.endpoints = undefined;
       }
       const done = await handshake(conn, reader, {
         key: this.#options.key,

@@ -4,37 +4,36 @@
  * handshake holds the socket until the peer speaks or leaves, so a silent peer would keep its
  * fd for ever (issue 19: 1500 silent TLS connections held 1024 fds and locked every client out).
  *
- * `shutdown(2)` on the socket ends that wait: the handshake reads end-of-file, fails, and the
- * runtime closes the fd. The socket is found by its two endpoints (src/io/socket_lookup.ts).
- * Aborts are gathered and done in one pass over the process's fds, at most every BATCH_MS, so a
- * flood costs one pass per batch.
+ * The kernel ends the socket by its two endpoints (src/io/sock_diag.ts, SOCK_DESTROY): the
+ * handshake's read fails, and the runtime closes the fd. No fd of the runtime's is looked up.
  */
-import { libc } from "../../ffi/libc.ts";
-import { connectionKey, findSockets } from "../io/socket_lookup.ts";
+import { messageOf } from "../errors.ts";
+import { SocketDiag } from "../io/sock_diag.ts";
 
-const SHUT_RDWR = 2;
-const BATCH_MS = 20;
+const EOPNOTSUPP = 95;
 
-/** Connections to shut down, by `local remote` endpoint keys. */
-const queued = new Set<string>();
-let timer: ReturnType<typeof setTimeout> | undefined;
+/** The sock_diag socket, opened on first use; null if it could not be (`unable` says why). */
+let diag: SocketDiag | null | undefined;
+let unable = "";
 
 /**
- * Shuts the socket of a connection down soon (within BATCH_MS), so that a handshake the runtime
- * still waits on ends and its fd is closed. Call it after `conn.close()`, with the endpoints
- * read before. Linux only; elsewhere (and if the socket is gone already) it does nothing.
+ * Ends the connection from `local` to `remote` now (call it after `conn.close()`, with the
+ * endpoints read before). Returns null, or why it could not (the caller says so once: the
+ * reason is the same every time). Linux only; elsewhere it does nothing.
  */
-export function abortSocket(local: Deno.NetAddr, remote: Deno.NetAddr): void {
-  if (Deno.build.os !== "linux") return;
-  const key = connectionKey(local, remote);
-  if (!key) return;
-  queued.add(key);
-  timer ??= setTimeout(flush, BATCH_MS);
-}
-
-function flush(): void {
-  timer = undefined;
-  // What is not found has closed already.
-  for (const fd of findSockets(queued).values()) libc().shutdown(fd, SHUT_RDWR);
-  queued.clear();
+export function abortSocket(local: Deno.NetAddr, remote: Deno.NetAddr): string | null {
+  if (Deno.build.os !== "linux") return null;
+  if (diag === undefined) {
+    try {
+      diag = new SocketDiag();
+    } catch (e) {
+      diag = null;
+      unable = messageOf(e);
+    }
+  }
+  if (diag === null) return unable;
+  const outcome = diag.destroyTcp(local, remote);
+  if (outcome === "destroyed" || outcome === "gone") return null;
+  return `SOCK_DESTROY: ${outcome.text}` +
+    (outcome.errno === EOPNOTSUPP ? " (the kernel lacks CONFIG_INET_DIAG_DESTROY)" : "");
 }
