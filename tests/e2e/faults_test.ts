@@ -85,6 +85,8 @@ e2e("faults: the peer link is killed, cut, reset and black-holed; it heals", asy
       const before = await reconnectsNow(topo, id);
       const code = await topo.servers.host!.kill("SIGKILL");
       assert(code !== 0, `SIGKILL should not be a clean exit`);
+      // Not a wait for anything: the Host stays down a second, as a crashed one would, and the
+      // Proxy's redials meet a closed port meanwhile.
       await sleep(1000);
       await topo.startServer("host", opts);
       await recover("SIGKILL+restart", before);
@@ -134,6 +136,7 @@ e2e("faults: the peer link is killed, cut, reset and black-holed; it heals", asy
           5000,
           100,
         );
+        // The fault lasts a second more (no condition to wait for): the redials meet it too.
         await sleep(1000);
       } finally {
         await nftClear(topo.ns.host);
@@ -160,6 +163,7 @@ e2e("faults: the peer link is killed, cut, reset and black-holed; it heals", asy
           8000,
           100,
         );
+        // The black hole lasts 1.5 s more (no condition to wait for): the redials go into it too.
         await sleep(1500);
       } finally {
         await nftClear(topo.ns.host);
