@@ -8,6 +8,7 @@ import { formatHostPort, type HostPort, parseHostPort } from "../addr.ts";
 import { VnetError } from "../errors.ts";
 import { pcapLibVersion } from "../../ffi/libpcap.ts";
 import { PcapCapture } from "../dataplane/pcap_capture.ts";
+import { SocketDiag } from "../io/sock_diag.ts";
 import { libnetVersion } from "../../ffi/libnet.ts";
 import { LIBPCAP, type LibrarySpec } from "../../ffi/load.ts";
 import { importSecret } from "../link/auth.ts";
@@ -127,6 +128,27 @@ const systemProbes: Probes = {
       await worker.ready;
     } finally {
       await worker.stop();
+    }
+  },
+  async endConnection(): Promise<void> {
+    if (Deno.build.os !== "linux") throw new Error("Linux only");
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    try {
+      const port = (listener.addr as Deno.NetAddr).port;
+      const client = await Deno.connect({ hostname: "127.0.0.1", port });
+      const server = await listener.accept();
+      try {
+        using diag = new SocketDiag();
+        const local = server.localAddr as Deno.NetAddr;
+        const outcome = diag.destroyTcp(local, server.remoteAddr as Deno.NetAddr);
+        if (outcome === "gone") throw new Error("the kernel did not find the connection");
+        if (outcome !== "destroyed") throw new Error(`SOCK_DESTROY: ${outcome.text}`);
+      } finally {
+        server.close();
+        client.close();
+      }
+    } finally {
+      listener.close();
     }
   },
   async wifiMode(dev) {

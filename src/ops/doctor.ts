@@ -68,6 +68,11 @@ export interface Probes {
   offloads(dev: string): Promise<string[] | null>;
   /** Starts the data-path worker (its FFI in a thread of its own) and stops it; throws why not. */
   dataPathWorker(): Promise<void>;
+  /**
+   * Ends a loopback TCP connection of its own by its endpoints, as the server ends a TLS
+   * handshake cut short (src/io/sock_diag.ts); throws why it could not.
+   */
+  endConnection(): Promise<void>;
   /** TCP connect; resolves with the time it took in ms, throws on failure. */
   tcpConnect(addr: HostPort, timeoutMs: number): Promise<number>;
   /** TLS handshake without verification; the leaf certificate. Throws if not TLS. */
@@ -118,6 +123,7 @@ export async function runDoctor(opts: DoctorOptions, probes: Probes): Promise<Ch
   checkPrivileges(opts.procRoot, add);
   checkLibraries(probes, add);
   await checkDataPathWorker(probes, add);
+  await checkConnectionEnding(probes, add);
 
   const local = new Map<string, DeviceFacts>();
   for (const dev of opts.devs) local.set(dev, await checkDevice(dev, opts, probes, add));
@@ -170,6 +176,29 @@ async function checkDataPathWorker(probes: Probes, add: Add): Promise<void> {
       "FAIL",
       "data path",
       `the data-path worker cannot start (${messageOf(e)}): the server cannot forward frames`,
+    );
+  }
+}
+
+/**
+ * Whether a TLS server can free the fd of a handshake cut short: the runtime keeps it after
+ * close(), and the server has the kernel end the connection (docs/security.md).
+ */
+async function checkConnectionEnding(probes: Probes, add: Add): Promise<void> {
+  try {
+    await probes.endConnection();
+    add(
+      "PASS",
+      "tls floods",
+      "the kernel ends a connection by its endpoints: a TLS handshake cut short frees its fd",
+    );
+  } catch (e) {
+    add(
+      "WARN",
+      "tls floods",
+      `the kernel cannot end a connection by its endpoints (${messageOf(e)}): with TLS, a ` +
+        "silent peer keeps its fd until it leaves; run the server with CAP_NET_ADMIN on a kernel " +
+        "built with CONFIG_INET_DIAG_DESTROY",
     );
   }
 }

@@ -90,6 +90,7 @@ function probes(over: Partial<Probes> = {}): Probes {
     libraryVersion: (spec) => `${spec.name} version 1.0`,
     openPromiscuous: () => {},
     dataPathWorker: () => Promise.resolve(),
+    endConnection: () => Promise.resolve(),
     wifiMode: () => Promise.resolve(null),
     offloads: () => Promise.resolve(["tso", "gso", "gro"]),
     tcpConnect: () => Promise.resolve(0.4),
@@ -205,6 +206,32 @@ Deno.test("doctor: a data-path worker that cannot start is a FAIL that says why"
     assertEquals(dataPath.status, "FAIL");
     assertMatch(dataPath.message, /cannot start \(libpcap.so.0.8: cannot open\).*cannot forward/);
     assertEquals(exitCode(checks), 1);
+  } finally {
+    root.cleanup();
+  }
+});
+
+Deno.test("doctor: a kernel that cannot end a connection is a WARN that says what to run on", async () => {
+  const root = new FakeRoot().status(0, ALL_CAPS).device("lan0");
+  try {
+    const ok = await runDoctor(
+      { devs: ["lan0"], version: "0.1.0", sysRoot: root.sys, procRoot: root.proc },
+      probes(),
+    );
+    assertEquals(find(ok, "tls floods").status, "PASS");
+    const checks = await runDoctor(
+      { devs: ["lan0"], version: "0.1.0", sysRoot: root.sys, procRoot: root.proc },
+      probes({
+        endConnection: () => Promise.reject(new Error("SOCK_DESTROY: Operation not supported")),
+      }),
+    );
+    const ending = find(checks, "tls floods");
+    assertEquals(ending.status, "WARN");
+    assertMatch(
+      ending.message,
+      /\(SOCK_DESTROY: Operation not supported\).*keeps its fd.*CONFIG_INET_DIAG_DESTROY/,
+    );
+    assertEquals(exitCode(checks), 2);
   } finally {
     root.cleanup();
   }
