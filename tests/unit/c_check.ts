@@ -32,3 +32,15 @@ export async function compileC(arch: Arch, source: string): Promise<string> {
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+/**
+ * A C file that checks each of `constants` (name: the value VNET uses) against `headers`, one
+ * `_Static_assert` each, for `compileC`.
+ */
+export function constantChecks(headers: string[], constants: Record<string, number>): string {
+  const lines = ["#define _GNU_SOURCE", ...headers.map((h) => `#include <${h}>`)];
+  for (const [name, value] of Object.entries(constants)) {
+    lines.push(`_Static_assert(${name} == ${value}, "${name}");`);
+  }
+  return lines.join("\n") + "\n";
+}

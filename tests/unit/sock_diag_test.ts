@@ -7,7 +7,7 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { assert, assertEquals } from "./assert.ts";
-import { compileC } from "./c_check.ts";
+import { compileC, constantChecks } from "./c_check.ts";
 import type { Arch } from "../../ffi/layout.ts";
 import {
   decodeAnswer,
@@ -31,21 +31,9 @@ const addr = (hostname: string, port: number): Deno.NetAddr => ({
 });
 
 Deno.test("every sock_diag constant holds on x86_64 and aarch64", async () => {
-  const lines = [
-    "#define _GNU_SOURCE",
-    "#include <errno.h>",
-    "#include <sys/socket.h>",
-    "#include <netinet/in.h>",
-    "#include <netinet/tcp.h>",
-    "#include <linux/netlink.h>",
-    "#include <linux/sock_diag.h>",
-    "#include <linux/inet_diag.h>",
-  ];
-  for (const [name, value] of Object.entries(SOCK_DIAG)) {
-    lines.push(`_Static_assert(${name} == ${value}, "${name}");`);
-  }
-  lines.push(`_Static_assert(INET_DIAG_NOCOOKIE == 0xffffffffu, "INET_DIAG_NOCOOKIE");`);
-  const source = lines.join("\n") + "\n";
+  const headers = ["errno.h", "sys/socket.h", "netinet/in.h", "netinet/tcp.h"];
+  headers.push("linux/netlink.h", "linux/sock_diag.h", "linux/inet_diag.h");
+  const source = constantChecks(headers, { ...SOCK_DIAG, INET_DIAG_NOCOOKIE: 0xffffffff });
   for (const arch of ["x86_64", "aarch64"] as Arch[]) {
     assertEquals(await compileC(arch, source), "", arch);
   }

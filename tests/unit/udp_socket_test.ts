@@ -4,7 +4,7 @@
  * against the headers of both architectures.
  */
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { compileC } from "./c_check.ts";
+import { compileC, constantChecks } from "./c_check.ts";
 import type { Arch } from "../../ffi/layout.ts";
 import { structs } from "../../ffi/layout.ts";
 import { libc, POLLIN } from "../../ffi/libc.ts";
@@ -62,17 +62,10 @@ function receiveAll(socket: UdpSocket, want: number): { got: Received[]; message
 }
 
 Deno.test("every Linux socket constant holds on x86_64 and aarch64", async () => {
-  const lines = [
-    "#define _GNU_SOURCE",
-    "#include <errno.h>",
-    "#include <sys/socket.h>",
-    "#include <netinet/in.h>",
-    "#include <netinet/udp.h>",
-  ];
-  for (const [name, value] of Object.entries(LINUX_SOCKET)) {
-    lines.push(`_Static_assert(${name} == ${value}, "${name}");`);
-  }
-  const source = lines.join("\n") + "\n";
+  const source = constantChecks(
+    ["errno.h", "sys/socket.h", "netinet/in.h", "netinet/udp.h"],
+    LINUX_SOCKET,
+  );
   for (const arch of ["x86_64", "aarch64"] as Arch[]) {
     assertEquals(await compileC(arch, source), "", arch);
   }
