@@ -295,7 +295,7 @@ export class UdpPeerLink {
    * do not: it would never answer a probe, so the path takes the kernel's figure as before.
    */
   #peerAnswersProbes: boolean | null = null;
-  /** The handler of the frame being sent (prepareForWire's emit has no room for it). */
+  /** The handler of the frame being sent (the emit and too-big callbacks have no room for it). */
   #sending = 0;
   /** Datagrams of the frame being sent to leave out: the queue's drop (path_queue.ts). */
   #skip = 0;
@@ -390,14 +390,17 @@ export class UdpPeerLink {
   #transmit(handler: number, frame: Uint8Array): boolean {
     if (!this.isOpen) return false;
     this.#sending = handler;
-    const sent = this.#fit.send(frame, this.mtu, this.#emit, (reply) => {
-      this.stats.tooBig++;
-      this.port.sink.deliver(this.number, handler, reply);
-    });
+    const sent = this.#fit.send(frame, this.mtu, this.#emit, this.#tooBig);
     this.#skip = 0;
     if (sent > 1) this.port.sink.cut(handler, sent - 1);
     return sent > 0;
   }
+
+  /** Tells the sender of a frame too big for the path so: one function, not one a frame. */
+  #tooBig = (reply: Uint8Array): void => {
+    this.stats.tooBig++;
+    this.port.sink.deliver(this.number, this.#sending, reply);
+  };
 
   #emit = (frame: Uint8Array): void => {
     if (this.#skip > 0) {

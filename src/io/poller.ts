@@ -407,7 +407,7 @@ class Poller {
         }
         woke = this.#dispatch(n);
         this.#runDeferred();
-        if (this.#runTimers(performance.now()) > 0) this.#runDeferred();
+        if (this.#timers.length > 0 && this.#runTimers(performance.now()) > 0) this.#runDeferred();
         const after = performance.now();
         woke += this.#expire(after);
         let ticked = false;

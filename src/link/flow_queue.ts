@@ -19,7 +19,7 @@
  * then reused; a frame takes a chain of blocks. The per-block and per-flow state are typed
  * arrays, made on the first frame (control-only links never pay for them).
  */
-import { FRAME_OVERHEAD, MessageType } from "./wire.ts";
+import { FRAME_OVERHEAD, frameHandler, MessageType } from "./wire.ts";
 
 const BLOCK_SHIFT = 11;
 const BLOCK = 1 << BLOCK_SHIFT;
@@ -354,9 +354,7 @@ export class FlowQueue {
   }
 
   #handlerOf(frame: number): number {
-    const seg = this.#segments[frame >> 6];
-    const at = ((frame & 63) << BLOCK_SHIFT) + 5;
-    return ((seg[at] << 24) | (seg[at + 1] << 16) | (seg[at + 2] << 8) | seg[at + 3]) >>> 0;
+    return frameHandler(this.#segments[frame >> 6], (frame & 63) << BLOCK_SHIFT);
   }
 
   /**
