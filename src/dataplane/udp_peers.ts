@@ -375,10 +375,11 @@ export class UdpPeerLink {
       return null;
     }
     // The queue on the path is too long: one datagram of a full-size frame (the first segment
-    // of a super-frame) is left out. While the path is paced, its own queue's CoDel does that.
+    // of a super-frame) is left out. While the path is paced, its own queue's CoDel does that;
+    // while the pacer finds that the wait does not answer its cuts, nobody does.
     if (
       this.#codel.dropping && frame.length >= HEAVY_FRAME_BYTES && !this.#shaper.pacing &&
-      this.#codel.drop(performance.now())
+      !this.#shaper.waitNotOurs && this.#codel.drop(performance.now())
     ) {
       this.#skip = 1;
       this.port.sink.dropped(handler);

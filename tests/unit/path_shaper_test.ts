@@ -88,7 +88,10 @@ Deno.test("path shaper: paced frames leave at the rate, a sparse flow ahead of t
   const { s, sent, wakes } = shaper();
   s.report(10, 0);
   for (let i = 0; i < 10; i++) s.offer(7, frame(1000));
-  s.report(10, 100); // 10 kB in 100 ms went: 85 B/ms (0.68 Mbit/s) from now
+  s.report(10, 100);
+  assertEquals(s.pacing, false, "a transfer just starting is not paced yet");
+  for (let i = 0; i < 10; i++) s.offer(7, frame(1000));
+  s.report(10, 200); // steady: 10 kB in 100 ms went, so 85 B/ms (0.68 Mbit/s) from now
   assertEquals(s.rate, 125, "not below 1 Mbit/s");
   sent.length = 0;
   const start = performance.now();
@@ -122,8 +125,10 @@ Deno.test("path shaper: up while the pace holds frames back and the path's queue
     dropped: () => {},
     wakeAt: () => {},
   }, () => now);
-  // Paced: 100 kB went in an adjustment with 10 ms of queue on the path: 850 bytes a ms.
-  let t = adjustment(s, 0, 10, 0);
+  // Paced: 100 kB went in each of two adjustments with 10 ms of queue on the path (the first
+  // is a transfer starting up, the second a steady one): 850 bytes a ms.
+  let t = adjustment(s, 0, 10, 100_000);
+  assertEquals(s.pacing, false);
   for (let i = 0; i < 100; i++) s.offer(7, frame(1000));
   t = adjustment(s, t, 10);
   assertEquals(s.rate, 850);
@@ -138,8 +143,9 @@ Deno.test("path shaper: up while the pace holds frames back and the path's queue
     t += 100;
     s.report(ms, t);
   };
-  // The path's queue between the bars: the pace holds.
-  paced(2);
+  // The path's queue between the bars: the pace holds, and a second after the cut the run of
+  // cuts is judged answered (the queue went under the bar).
+  for (let i = 0; i < 10; i++) paced(2);
   assertEquals(s.rate, 850);
   // Gone, while the pace held frames back: up.
   paced(0.5);
@@ -163,4 +169,112 @@ Deno.test("path shaper: up while the pace holds frames back and the path's queue
   }
   for (let i = 0; i < 110; i++) t = adjustment(s, t, 0.5);
   assertEquals(s.pacing, false);
+});
+
+/**
+ * A path driven for `ms` ms of its clock: 12 full-size frames offered every ms (~145 Mbit/s),
+ * sent into a FIFO that drains `capacity(t)` bytes a ms, and the peer's report every 25 ms: the
+ * FIFO's wait 20 ms before (the report's way back) plus `extra(t)`, a wait that is not ours.
+ */
+function drive(
+  ms: number,
+  capacity: (t: number) => number,
+  extra: (t: number) => number,
+): {
+  rates: number[];
+  delivered: number;
+  fifoMs: number;
+  meanWait: number;
+  queuedUnpaced: number;
+  notOursMs: number;
+} {
+  let now = 0, wake = Infinity, fifo = 0, delivered = 0, waitSum = 0, queuedUnpaced = 0;
+  let notOursMs = 0;
+  const s = new PathShaper({
+    transmit: (_h, f) => {
+      fifo += f.length;
+      return true;
+    },
+    dropped: () => {},
+    wakeAt: (at) => {
+      wake = Math.min(wake, at);
+    },
+  }, () => now);
+  const waits: number[] = [], rates: number[] = [];
+  const f = frame(1514);
+  for (let t = 0; t < ms; t++) {
+    now = t;
+    if (now >= wake) {
+      wake = Infinity;
+      s.pump();
+    }
+    for (let i = 0; i < 12; i++) s.offer(1, f);
+    const drained = Math.min(fifo, capacity(t));
+    fifo -= drained;
+    delivered += drained;
+    waits.push(fifo / capacity(t) + extra(t));
+    if (t % 25 === 0 && t >= 20) s.report(waits[t - 20], now);
+    if (t >= ms / 2) waitSum += waits[t];
+    if (t % 100 === 0) rates.push(s.rate);
+    if (!s.pacing && s.queued > 0) queuedUnpaced++;
+    if (s.waitNotOurs) notOursMs++;
+  }
+  return {
+    rates,
+    delivered,
+    fifoMs: fifo / capacity(ms),
+    meanWait: waitSum / (ms / 2),
+    queuedUnpaced,
+    notOursMs,
+  };
+}
+
+const DEMAND = 12 * 1514; // bytes a ms
+
+Deno.test("path shaper: a wait that cutting does not shorten is not ours: the cuts are undone", () => {
+  // A receiver short of CPU: 5 ms, whatever we send. The old law cut every 100 ms, down to
+  // 1 Mbit/s.
+  const { rates, delivered, queuedUnpaced, notOursMs } = drive(20_000, () => 1e9, () => 5);
+  const least = Math.min(...rates);
+  assert(least >= 0.5 * 0.85 * DEMAND, `paced down to ${(least * 8 / 1000).toFixed(1)} Mbit/s`);
+  assertEquals(rates[15], Infinity, "the first run is undone after 1 s");
+  // Tried again after holds of 1, 2, 4, 8 s: most of the time unpaced.
+  const paced = rates.filter((r) => r !== Infinity).length;
+  assert(paced <= rates.length / 4, `paced in ${paced} of ${rates.length} adjustments`);
+  assert(delivered >= 0.85 * DEMAND * 20_000, `${delivered * 8 / 20_000_000} Mbit/s carried`);
+  assertEquals(queuedUnpaced, 0, "frames left waiting when the pace went");
+  // Meanwhile the path's CoDel does not drop for that wait either (udp_peers.ts asks this).
+  assert(notOursMs >= 0.5 * 20_000, `the wait known as not ours for ${notOursMs} ms of 20 000`);
+});
+
+Deno.test("path shaper: a queue behind a bottleneck is ours: paced under it, the queue short", () => {
+  const capacity = 100_000 / 8; // 100 Mbit/s
+  const { delivered, meanWait, rates, notOursMs } = drive(20_000, () => capacity, () => 0);
+  assertEquals(notOursMs, 0, "a run taken for not ours");
+  assert(delivered >= 0.8 * capacity * 20_000, `${delivered * 8 / 20_000_000} Mbit/s carried`);
+  assert(meanWait < 3, `the bottleneck's queue: ${meanWait.toFixed(1)} ms on average`);
+  assert(rates.slice(50).every((r) => r < 1.15 * capacity), "paced near the bottleneck");
+});
+
+Deno.test("path shaper: a bottleneck that falls to a quarter is followed below the run's floor", () => {
+  // 100 Mbit/s, then 24: more than one run's halving below the pace of the time.
+  const { fifoMs, meanWait, rates } = drive(20_000, (t) => t < 5000 ? 12_500 : 3000, () => 0);
+  assert(fifoMs < 10, `${fifoMs.toFixed(0)} ms still queued at the bottleneck`);
+  assert(rates.at(-1)! < 3000 * 1.15, `paced at ${rates.at(-1)! * 8 / 1000} Mbit/s`);
+  assert(meanWait < 200, `a queue of ${meanWait.toFixed(0)} ms on average in the last 10 s`);
+});
+
+Deno.test("path shaper: a pace that came down far climbs back fast, then probes gently", () => {
+  // No bottleneck; a queue of 10 ms for 400 ms (a burst somebody else sent), from 2 s on.
+  const { rates } = drive(6000, () => 1e9, (t) => t >= 2000 && t < 2400 ? 10 : 0);
+  const cut = rates.findIndex((r) => r !== Infinity);
+  assert(cut >= 20 && cut <= 23, `paced from ${cut * 100} ms`);
+  const least = Math.min(...rates.slice(cut));
+  assert(least <= 0.55 * DEMAND, `cut to ${least} bytes a ms of ${DEMAND}`);
+  // The run is judged a second after it began; then 4%, 8%, 16% and 16%: back over 0.8 of
+  // where the queue formed within 600 ms (4% at a time would take 1.2 s).
+  const back = rates.findIndex((r, i) => i > cut + 10 && r >= 0.8 * DEMAND);
+  assert(back > 0 && back <= cut + 17, `back at ${back * 100} ms, paced from ${cut * 100}`);
+  // Near there, 4% an adjustment.
+  assert(rates[back + 1] / rates[back] <= 1.041, `${rates[back]} then ${rates[back + 1]}`);
 });
