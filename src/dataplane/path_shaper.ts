@@ -195,15 +195,10 @@ export class PathShaper {
     const queue = this.#queue;
     if (!queue || queue.frames === 0) return;
     this.#refill(now);
-    this.#message ??= new Uint8Array(MAX_FRAME + FRAME_OVERHEAD + POP_SLACK);
-    const m = this.#message;
     while (this.#tokens > 0) {
-      const end = queue.popInto(m, 0);
-      if (end < 0) break;
-      const handler = frameHandler(m);
-      const frame = m.subarray(FRAME_OVERHEAD, end);
-      this.#tokens -= frame.length;
-      this.#send(handler, frame);
+      const sent = this.#sendNext(queue);
+      if (sent < 0) break;
+      this.#tokens -= sent;
     }
     if (queue.frames > 0) {
       this.#lastBacklog = now;
@@ -230,15 +225,20 @@ export class PathShaper {
     this.#windowReports = 0;
   }
 
+  /** Sends the next frame waiting in `queue`; its length, or -1 if none waits. */
+  #sendNext(queue: FlowQueue): number {
+    this.#message ??= new Uint8Array(MAX_FRAME + FRAME_OVERHEAD + POP_SLACK);
+    const m = this.#message;
+    const end = queue.popInto(m, 0);
+    if (end < 0) return -1;
+    this.#send(frameHandler(m), m.subarray(FRAME_OVERHEAD, end));
+    return end - FRAME_OVERHEAD;
+  }
+
   /** Sends what waits here, all of it: the pace is gone and new frames no longer wait. */
   #flush(): void {
     const queue = this.#queue;
-    if (!queue) return;
-    this.#message ??= new Uint8Array(MAX_FRAME + FRAME_OVERHEAD + POP_SLACK);
-    const m = this.#message;
-    for (let end = queue.popInto(m, 0); end >= 0; end = queue.popInto(m, 0)) {
-      this.#send(frameHandler(m), m.subarray(FRAME_OVERHEAD, end));
-    }
+    while (queue && this.#sendNext(queue) >= 0);
   }
 
   /** One adjustment: `sent` bytes/ms went, and the path's queue was `mean` ms (see the top). */
@@ -338,6 +338,7 @@ export class PathShaper {
 /** The mean of `values[from..to)`, clamped to what is there. */
 function average(values: number[], from: number, to: number): number {
   from = Math.max(0, from);
+  to = Math.min(values.length, to);
   let sum = 0;
   for (let i = from; i < to; i++) sum += values[i];
   return sum / (to - from);
