@@ -435,7 +435,15 @@ e2e("switch: loop attempts are refused or broken, and counted", async (t) => {
       const made = await sites.vnet(sites.handlerArgs(vm1, { proxy: "proxy2", host: extraAddr }));
       assert(made.code === 0, `the duplicate handler was not made: ${made.stderr}`);
       const before = await loopCounters(sites, ["proxy", "proxy2"]);
+      // VM1 also broadcasts (ARP for an address nobody has): a LAN switch floods only broadcasts
+      // to both Proxies' ports, so those are what shows each Proxy VM1 arriving from the other.
+      // The pings alone may send none: the client's ARP request can teach VM1 the client's MAC
+      // before VM1 asks for it (CI once saw no counter move that way).
+      const arp = tryRun(vm1.ns, ["ping", "-c", "4", "-i", "1", "-W", "1", "10.77.0.254"], {
+        timeoutMs: 10_000,
+      });
       const w = await watchForStorm(sites, vm1, 5, [extra]);
+      await arp;
       const after = await loopCounters(sites, ["proxy", "proxy2"]);
       console.log(
         `    VM1 on the LAN through two Proxies: ${w.frames} frames in ${w.ms} ms, ` +
