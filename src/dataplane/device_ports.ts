@@ -4,6 +4,7 @@
  * is degraded: both handles are released, and opening them is tried again every second.
  */
 import { messageOf } from "../errors.ts";
+import { type Cancel, poller } from "../io/poller.ts";
 import { type Logger } from "../log.ts";
 import {
   type Capture,
@@ -22,7 +23,7 @@ export class DevicePorts {
   degraded: string | null = null;
   #capturing = false;
   #closed = false;
-  #retry: ReturnType<typeof setTimeout> | undefined;
+  #retry: Cancel | undefined;
   #sinks: { onFrame: FrameSink; onConflict: FrameSink } | null = null;
 
   constructor(
@@ -63,7 +64,7 @@ export class DevicePorts {
 
   close(): void {
     this.#closed = true;
-    clearTimeout(this.#retry);
+    this.#retry?.();
     this.#release();
   }
 
@@ -92,8 +93,9 @@ export class DevicePorts {
     this.#release();
     if (this.degraded === null) this.log.warn("handler degraded", { reason });
     this.degraded = reason;
-    clearTimeout(this.#retry);
-    this.#retry = setTimeout(() => {
+    this.#retry?.();
+    // The loop's timer, not setTimeout: on the data-path worker nothing runs the runtime's.
+    this.#retry = poller.at(performance.now() + RETRY_MS, () => {
       if (this.#closed) return;
       try {
         this.#open();
@@ -103,6 +105,6 @@ export class DevicePorts {
       this.degraded = null;
       this.log.info("handler resumed: interface is back");
       if (this.#sinks) this.startCapture(this.#sinks.onFrame, this.#sinks.onConflict);
-    }, RETRY_MS);
+    });
   }
 }

@@ -12,7 +12,7 @@
  *   touched: the worker never waits on anything but these fds (its commands come through a
  *   doorbell, not `postMessage`). Promise waits still work there (a closing link's last
  *   message): after a round that resolved one, and at least every YIELD_EVERY_MS, the loop
- *   yields one macrotask, so continuations and timers run.
+ *   yields one macrotask, so continuations run. Its timers are the loop's own (`at`).
  * - **pool**, on the main thread (the control plane: listeners and handshakes of plain links):
  *   an epoll set of its own, waited on by a nonblocking FFI `epoll_wait` on a helper thread of
  *   Deno's blocking pool, so the main thread stays free for the runtime's own work. A waiter is
@@ -53,15 +53,14 @@ const { events: EVENTS_OF, data: DATA_OF } = structs.epoll_event.offsets;
 import { structs } from "../../ffi/layout.ts";
 
 /**
- * Blocking mode: the longest one poll blocks, so the thread's own timers (a degraded device's
- * retry, the worker's housekeeping) run at most this late. One wake-up a second costs an idle
- * worker ~0.015% of a CPU.
+ * Blocking mode: the longest one poll blocks, so the worker's housekeeping (the tick) runs at
+ * most this late.
  */
 const MAX_BLOCK_MS = 1000;
 /**
  * Blocking mode: the loop yields a macrotask at least this often while busy, so that the
- * thread's promise continuations and timers are not starved by a stream of ready fds. An idle
- * thread's timers run at its tick (`runBlocking`), at most MAX_BLOCK_MS late.
+ * thread's promise continuations are not starved by a stream of ready fds; an idle thread
+ * yields at its tick (`runBlocking`).
  */
 const YIELD_EVERY_MS = 1000;
 const POLLERR = 0x008;
@@ -114,6 +113,15 @@ class MacrotaskYield {
   }
 }
 
+/** Cancels what `Poller.at` set, if it has not run yet. */
+export type Cancel = () => void;
+
+interface LoopTimer {
+  at: number;
+  fn: () => void;
+  cancelled: boolean;
+}
+
 class Poller {
   #waiters = new Map<number, Waiter>();
   #wake: WakePipe | null = null;
@@ -144,7 +152,7 @@ class Poller {
   /** Work to do once the ready callbacks have run (blocking mode; pool mode: a microtask). */
   #deferred: (() => void)[] = [];
   /** Blocking mode: work due at a time (a paced queue's next send), soonest not kept sorted. */
-  #timers: { at: number; fn: () => void }[] = [];
+  #timers: LoopTimer[] = [];
 
   /**
    * Makes this thread's waits block in poll on this very thread (the data-path worker, which
@@ -419,12 +427,11 @@ class Poller {
         // A poll that slept counts as a yield: the thread was not busy. Yielding right after
         // an idle wake-up cost each hop of an idle round trip ~100 µs more (bench/hops.ts).
         if (timeout > 0) lastYield = after;
-        if (ticked) {
-          // The thread's timers (a degraded device's retry) run here, once a tick: a message's
-          // turn of the event loop can come before the timers' and leave them starved.
-          await new Promise((resolve) => setTimeout(resolve, 0));
-          lastYield = performance.now();
-        } else if (woke > 0 || after - lastYield >= YIELD_EVERY_MS) {
+        // The thread's own timers are `at`'s, run above: a turn of the runtime's (setTimeout)
+        // would cost a wake-up and ~2 ms away from poll each time (1.0 context switches and
+        // 2.2 ms a turn, measured), and a message's turn (the yield below) can come before the
+        // timers' and leave them starved.
+        if (ticked || woke > 0 || after - lastYield >= YIELD_EVERY_MS) {
           // Promise continuations (a resolved waiter's owner) run here.
           await yielder.next();
           lastYield = performance.now();
@@ -438,27 +445,31 @@ class Poller {
   /**
    * Runs `fn` once at `at` (performance.now() ms), to within the poll's ms: on the blocking
    * thread in its loop, elsewhere by a timer. For a few pending at once (a paced queue's next
-   * send): they are kept in a plain array.
+   * send): they are kept in a plain array. The blocking thread's work that waits for a time
+   * goes here, not to `setTimeout`: the loop never hands the thread to the runtime's timers,
+   * since a turn of them costs a wake-up and ~2 ms without polling (see `runBlocking`).
    */
-  at(at: number, fn: () => void): void {
+  at(at: number, fn: () => void): Cancel {
     if (!this.#blocking) {
-      setTimeout(fn, Math.max(0, at - performance.now()));
-      return;
+      const id = setTimeout(fn, Math.max(0, at - performance.now()));
+      return () => clearTimeout(id);
     }
-    this.#timers.push({ at, fn });
+    const timer: LoopTimer = { at, fn, cancelled: false };
+    this.#timers.push(timer);
+    return () => timer.cancelled = true;
   }
 
   /** The earliest timer's time (Infinity: none). */
   #nextTimer(): number {
     let soonest = Infinity;
-    for (const t of this.#timers) if (t.at < soonest) soonest = t.at;
+    for (const t of this.#timers) if (!t.cancelled && t.at < soonest) soonest = t.at;
     return soonest;
   }
 
   /**
    * Runs the timers due by `now`; how many ran. Those not due stay, in place: a paced queue sets
-   * one per send, and this runs every round of the loop. A timer set while these run waits for
-   * the next round.
+   * one per send, and this runs every round of the loop. Cancelled ones go, due or not. A timer
+   * set while these run waits for the next round.
    */
   #runTimers(now: number): number {
     const timers = this.#timers;
@@ -467,6 +478,7 @@ class Poller {
     let ran = 0;
     for (let i = 0; i < pending; i++) {
       const t = timers[i];
+      if (t.cancelled) continue;
       if (t.at > now) timers[kept++] = t;
       else {
         ran++;

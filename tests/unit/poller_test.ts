@@ -103,3 +103,26 @@ Deno.test("poller: cancelling the last wait ends the wait in flight (a client ca
   assert(result !== "hung", "the program did not exit after its last wait was cancelled");
   assertEquals(new TextDecoder().decode(result.stdout).trim(), "false");
 });
+
+Deno.test("poller: a blocking loop runs its timers on time, not cancelled ones, asleep between", async () => {
+  const worker = new Worker(new URL("./loop_timers_worker.ts", import.meta.url), {
+    type: "module",
+  });
+  const result = await new Promise<{
+    ran: { name: string; lateMs: number }[];
+    ticks: number;
+    switches: number;
+  }>((resolve, reject) => {
+    worker.onmessage = (e) => resolve(e.data);
+    worker.onerror = (e) => reject(e.message);
+  }).finally(() => worker.terminate());
+  assertEquals(result.ran.map((r) => r.name), ["first", "second"]);
+  for (const r of result.ran) assert(r.lateMs < 40, `${r.name} ran ${r.lateMs} ms late`);
+  assert(result.ticks >= 15, `${result.ticks} ticks in 1 s of a 50 ms tick`);
+  // Each tick and timer is one wake-up from poll; a turn of the runtime's timers at each tick
+  // (setTimeout) made it two a tick.
+  assert(
+    result.switches <= result.ticks + 10,
+    `${result.switches} context switches for ${result.ticks} ticks and 3 timers`,
+  );
+});
