@@ -991,8 +991,8 @@ export class UdpPeerPort {
     try {
       for (let round = 0; round < 8 && this.#open; round++) {
         const n = rx.receive();
-        if (n === 0) return;
         for (let i = 0; i < n; i++) this.#dispatch(rx.data, rx.offset[i], rx.length[i], i, now);
+        if (rx.drained) return;
       }
     } catch (e) {
       // Not a datagram's fault (those are counted): the socket is broken, stop reading it.

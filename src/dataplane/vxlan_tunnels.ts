@@ -157,8 +157,8 @@ export class VxlanPort {
     try {
       for (let round = 0; round < 8 && this.#open; round++) {
         const n = rx.receive();
-        if (n === 0) return;
         for (let i = 0; i < n; i++) this.#dispatch(rx.data, rx.offset[i], rx.length[i], i);
+        if (rx.drained) return;
       }
     } catch (e) {
       // Not a datagram's fault (those are counted): the socket is broken, stop reading it.

@@ -823,10 +823,20 @@ class UdpReceiveBatch {
   count = 0;
   /** Messages of the last receive (fewer than `count` when GRO coalesced). */
   messages = 0;
+
+  /**
+   * The last receive took less than a full batch: the socket had nothing more then, and another
+   * receive now would only find nothing (one syscall wasted per wake-up).
+   */
+  get drained(): boolean {
+    return this.messages < this.capacity;
+  }
   /** Datagrams lost since the socket opened because they did not fit a slot (MSG_TRUNC). */
   truncated = 0;
   /** recvmmsg calls made since the socket opened. */
   calls = 0;
+  /** recvmmsg calls that found nothing (EAGAIN): a reader that asks once too often. */
+  empty = 0;
   readonly #socket: SocketHandle;
   readonly #arena: MessageArena;
   readonly #v6: boolean;
@@ -902,7 +912,10 @@ class UdpReceiveBatch {
       if (n >= 0) break;
       const errno = errnoNow();
       if (errno === L.EINTR) continue;
-      if (errno === L.EAGAIN) return 0;
+      if (errno === L.EAGAIN) {
+        this.empty++;
+        return 0;
+      }
       throw new SocketCallError("recvmmsg", errno, `port ${this.#socket.port()}`);
     }
     this.messages = n;

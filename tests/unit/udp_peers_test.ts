@@ -112,6 +112,11 @@ for (const sealed of [false, true]) {
       // A handler the path does not carry stays on the link's stream.
       assertEquals(a.port.get(LINK)!.bypass(HANDLER + 1, frame(0)), null);
       assertEquals(a.port.get(LINK)!.state().sealed, sealed);
+      // Each wake-up read what there was with one recvmmsg, and never asked again for nothing.
+      for (const e of [a, b]) {
+        const rx = e.port.socket.rx;
+        assert(rx.calls > 0 && rx.empty === 0, `${rx.calls} receives, ${rx.empty} found nothing`);
+      }
     } finally {
       close(a, b);
     }
