@@ -151,11 +151,11 @@ export const SERVER_FLAGS = [
     name: "capture-buffer",
     type: "number",
     value: "MIB",
-    default: 24,
+    default: 22,
     range: { valid: (n) => n >= 1 && n <= 1024, expect: "MiB from 1 to 1024" },
     help: "kernel capture buffer per interface, shared by the handlers that capture there. " +
-      "With offloads on, libpcap's immediate mode gives every frame a 64\u00a0KiB slot: 24\u00a0MiB " +
-      "holds ~370 frames",
+      "With offloads on, libpcap's immediate mode gives every frame a 64\u00a0KiB slot in a " +
+      "128\u00a0KiB block: 22\u00a0MiB holds 352 frames in 44\u00a0MiB of memory",
   },
   {
     name: "allow-live-mac",

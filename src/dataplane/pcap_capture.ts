@@ -43,13 +43,17 @@ interface PcapCaptureOptions {
 
 const DEFAULT_SNAPLEN = 262144;
 /**
- * 32 MiB here; the server's `--capture-buffer` default is 24 (src/cli/config.ts): the data-path
+ * 32 MiB here; the server's `--capture-buffer` default is 22 (src/cli/config.ts): the data-path
  * worker's isolate costs ~10 MiB, and a server with 100 handlers must stay under 150 MiB
- * (tests/e2e/load_test.ts: 140-144 MiB with 24, 155-158 with 32). Not 8: in immediate
- * mode libpcap uses TPACKET_V2, whose ring slots are fixed-size, and on an interface with
- * offloads (TSO/GSO/GRO, e.g. any veth) a slot is ~64 KiB so that GSO super-frames fit. 8 MiB is
- * then only 128 frames (measured: 25-40% loss in 200k frames/s bursts); 32 MiB is ~500 (which the
- * kernel rounds up to 64 MiB of memory); 64 MiB was measured at 1023 frames and about 1% loss.
+ * (tests/e2e/load_test.ts: peaks of 146.5-148.9 MiB with 24, 143.7 with 22, 155-158 with 32).
+ * Not 8: in immediate mode libpcap uses TPACKET_V2, whose ring slots are fixed-size, and on an
+ * interface with offloads (TSO/GSO/GRO, e.g. any veth) a slot is 65632 bytes so that GSO
+ * super-frames fit, each in a block of 128 KiB (blocks are powers of two): the ring takes twice
+ * the memory asked for, all of it resident from the start. 8 MiB is then only 128 frames
+ * (measured: 25-40% loss in 200k frames/s bursts); 22 MiB is 352, 32 MiB ~500; 64 MiB was
+ * measured at 1023 frames and about 1% loss. A snap length that fits a slot in 64 KiB would halve
+ * the memory, but truncate (and so drop) the GRO aggregates of 65469 bytes and more that some
+ * MSS values give.
  */
 const DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024;
 
