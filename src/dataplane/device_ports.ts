@@ -4,7 +4,7 @@
  * is degraded: both handles are released, and opening them is tried again every second.
  */
 import { messageOf } from "../errors.ts";
-import { type Cancel, poller } from "../io/poller.ts";
+import { poller, type Timer } from "../io/poller.ts";
 import { type Logger } from "../log.ts";
 import {
   type Capture,
@@ -23,7 +23,7 @@ export class DevicePorts {
   degraded: string | null = null;
   #capturing = false;
   #closed = false;
-  #retry: Cancel | undefined;
+  #retry: Timer | undefined;
   #sinks: { onFrame: FrameSink; onConflict: FrameSink } | null = null;
 
   constructor(
@@ -64,7 +64,7 @@ export class DevicePorts {
 
   close(): void {
     this.#closed = true;
-    this.#retry?.();
+    this.#retry?.cancel();
     this.#release();
   }
 
@@ -93,7 +93,7 @@ export class DevicePorts {
     this.#release();
     if (this.degraded === null) this.log.warn("handler degraded", { reason });
     this.degraded = reason;
-    this.#retry?.();
+    this.#retry?.cancel();
     // The loop's timer, not setTimeout: on the data-path worker nothing runs the runtime's.
     this.#retry = poller.at(performance.now() + RETRY_MS, () => {
       if (this.#closed) return;

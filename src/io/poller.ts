@@ -113,13 +113,20 @@ class MacrotaskYield {
   }
 }
 
-/** Cancels what `Poller.at` set, if it has not run yet. */
-export type Cancel = () => void;
+/** What `Poller.at` set: `cancel()` stops it if it has not run yet. */
+export interface Timer {
+  cancel(): void;
+}
 
-interface LoopTimer {
-  at: number;
-  fn: () => void;
-  cancelled: boolean;
+/** A blocking loop's timer, and its own handle: `at` allocates nothing more per call. */
+class LoopTimer implements Timer {
+  cancelled = false;
+
+  constructor(readonly at: number, readonly fn: () => void) {}
+
+  cancel(): void {
+    this.cancelled = true;
+  }
 }
 
 class Poller {
@@ -449,14 +456,14 @@ class Poller {
    * goes here, not to `setTimeout`: the loop never hands the thread to the runtime's timers,
    * since a turn of them costs a wake-up and ~2 ms without polling (see `runBlocking`).
    */
-  at(at: number, fn: () => void): Cancel {
+  at(at: number, fn: () => void): Timer {
     if (!this.#blocking) {
       const id = setTimeout(fn, Math.max(0, at - performance.now()));
-      return () => clearTimeout(id);
+      return { cancel: () => clearTimeout(id) };
     }
-    const timer: LoopTimer = { at, fn, cancelled: false };
+    const timer = new LoopTimer(at, fn);
     this.#timers.push(timer);
-    return () => timer.cancelled = true;
+    return timer;
   }
 
   /** The earliest timer's time (Infinity: none). */

@@ -823,14 +823,6 @@ class UdpReceiveBatch {
   count = 0;
   /** Messages of the last receive (fewer than `count` when GRO coalesced). */
   messages = 0;
-
-  /**
-   * The last receive took less than a full batch: the socket had nothing more then, and another
-   * receive now would only find nothing (one syscall wasted per wake-up).
-   */
-  get drained(): boolean {
-    return this.messages < this.capacity;
-  }
   /** Datagrams lost since the socket opened because they did not fit a slot (MSG_TRUNC). */
   truncated = 0;
   /** recvmmsg calls made since the socket opened. */
@@ -864,6 +856,14 @@ class UdpReceiveBatch {
       setWord(view, iovecAt + m * IOVEC + IOV_LEN, slotBytes);
     }
     this.#reset(capacity);
+  }
+
+  /**
+   * The last receive took less than a full batch: the socket had nothing more then, and another
+   * receive now would only find nothing (one syscall wasted per wake-up).
+   */
+  get drained(): boolean {
+    return this.messages < this.capacity;
   }
 
   /** Gives back the room the kernel shrank to what it wrote (names, control) in `messages`. */

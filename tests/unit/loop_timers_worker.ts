@@ -22,9 +22,9 @@ const ran: { name: string; lateMs: number }[] = [];
 const timer = (name: string, inMs: number) =>
   poller.at(start + inMs, () => ran.push({ name, lateMs: performance.now() - start - inMs }));
 timer("first", 120);
-const cancel = timer("cancelled", 300);
+const cancelled = timer("cancelled", 300);
 timer("second", 420);
-poller.at(start + 200, cancel);
+poller.at(start + 200, () => cancelled.cancel());
 let ticks = 0;
 poller.onReadable(pipe.readFd, () => pipe.drain());
 const before = switches();
