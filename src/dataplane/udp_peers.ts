@@ -739,6 +739,9 @@ export class UdpPeerPort {
   readonly socket: UdpSocket;
   /** Datagrams from no link's peer, or for no handler. */
   strangers = 0;
+  /** Flushes a datagram the kernel refused broke into (a local firewall's drop, ENOBUFS). */
+  sendFailures = 0;
+  #lastSendError = "";
   /** Probes sent back. */
   probesAnswered = 0;
   /** Probe tokens given out: when each expires, and the copies it may still have sent back. */
@@ -969,10 +972,24 @@ export class UdpPeerPort {
   #send(): void {
     const tx = this.socket.tx;
     if (tx.count === 0) return;
-    try {
-      tx.flush();
-    } catch (e) {
-      this.log.warn("UDP send failed", { error: messageOf(e) });
+    // A datagram the kernel refuses (EPERM from a local firewall's drop, ENOBUFS) is lost alone,
+    // as one lost on the wire would be: flushing again sends the rest of the batch, which used
+    // to be dropped with it (a keepalive behind a refused frame, and the path's loss doubled).
+    // Each flush that throws has passed the refused datagrams, so this ends.
+    for (;;) {
+      try {
+        tx.flush();
+        break;
+      } catch (e) {
+        this.sendFailures++;
+        const error = messageOf(e);
+        if (error !== this.#lastSendError) {
+          // Each distinct failure once, not once per datagram.
+          this.#lastSendError = error;
+          this.log.warn("UDP send failed", { error });
+        }
+        if (tx.pending === 0) break;
+      }
     }
     // A datagram the path refused as too big: its link reads the MTU again.
     for (let i = 0; i < tx.count; i++) {

@@ -109,7 +109,11 @@ async function blockUdp(ns: string, on: boolean): Promise<void> {
   });
 }
 
-/** nft rules in `ns` that drop `percent`% of the datagrams it sends from the VNET port. */
+/**
+ * nft rules in `ns` that drop `percent`% of the datagrams arriving there from the VNET port:
+ * silent, as a WAN loses them. (In the sender's own output hook, a drop answers its sendmmsg
+ * with EPERM, a loss no WAN gives.)
+ */
 async function loseUdp(ns: string, percent: number | null): Promise<void> {
   if (percent === null) {
     await tryRun(ns, ["nft", "delete", "table", "inet", "vnt_udp_loss"]);
@@ -117,8 +121,8 @@ async function loseUdp(ns: string, percent: number | null): Promise<void> {
   }
   await run(ns, ["nft", "-f", "-"], {
     stdin: `table inet vnt_udp_loss {
-      chain out {
-        type filter hook output priority 0;
+      chain in {
+        type filter hook input priority 0;
         udp sport ${PORT} numgen random mod 100 < ${percent} drop;
       }
     }`,
@@ -213,7 +217,7 @@ for (const tls of [false, true]) {
         topo.procs.push(ping);
         await ping.waitForLine(/bytes from/, 5_000);
         const before = (await only(topo, "host")).link.udp!.fallbackFrames;
-        await loseUdp(topo.ns.host!, 40);
+        await loseUdp(topo.ns.proxy, 40);
         let lossyMs: number, peerLoss: number | null;
         try {
           // Only the Host's datagrams are lost: the Proxy's path stays up.
@@ -233,7 +237,7 @@ for (const tls of [false, true]) {
           assert((await only(topo, "proxy")).link.udp!.state === "up", "the Proxy's path left");
           await repliesFromNowOn(ping);
         } finally {
-          await loseUdp(topo.ns.host!, null);
+          await loseUdp(topo.ns.proxy, null);
         }
         const upMs = await pathIs(topo, "up", 15_000);
         await ping.kill("SIGINT");

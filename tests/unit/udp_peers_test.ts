@@ -389,6 +389,47 @@ Deno.test("udp path: a queue the peer sees ours wait in drops full-size frames, 
   }
 });
 
+Deno.test("udp port: a datagram the kernel refuses is lost alone, the rest of its batch goes", async () => {
+  const a = end();
+  const listener = UdpSocket.open({ address: "127.0.0.1", port: 0 });
+  try {
+    const now = performance.now();
+    const spec = (host: string, port: number, id: number): UdpPathSpec => ({
+      host,
+      port,
+      keys: null,
+      localId: id,
+      peerId: id + 1,
+      token: id,
+      peerToken: id + 1,
+    });
+    // Link 6's peer is a broadcast address, which a socket without SO_BROADCAST may not send to
+    // (EACCES, as a local firewall's drop gives EPERM): each keepalive of its is refused, and
+    // comes first in the port's batch, before link 7's to the listener.
+    a.port.open(6, spec("255.255.255.255", 4789, 60), now);
+    a.port.open(LINK, spec("127.0.0.1", listener.port, 70), now);
+    const heard = () => {
+      let n = 0;
+      while (listener.rx.receive() > 0) n += listener.rx.count;
+      return n;
+    };
+    // What open() sent, before any refusal.
+    await until("the keepalive link 7 sent when it opened", () => heard() > 0);
+    for (let k = 1; k <= 5; k++) {
+      const failures = a.port.sendFailures;
+      // Both keepalives are due (a minute on, busy or idle): one batch, the refused one first.
+      a.port.tick(now + k * 60_000);
+      await until(`tick ${k}: the refused keepalive`, () => a.port.sendFailures > failures);
+      let got = 0;
+      await until(`tick ${k}: link 7's keepalive at the listener`, () => (got += heard()) > 0);
+      assertEquals(got, 1);
+    }
+  } finally {
+    listener.close();
+    close(a);
+  }
+});
+
 Deno.test("udp port: a doctor's probe comes back, four times at most, for a token given out; others never", async () => {
   const e = end();
   const doctor = UdpSocket.open({ address: "127.0.0.1", port: 0 });
