@@ -34,6 +34,7 @@ export interface Structs {
   readonly sock_fprog: StructLayout;
   readonly virtio_net_hdr: StructLayout;
   readonly rlimit: StructLayout;
+  readonly timespec: StructLayout;
   readonly pcap_pkthdr: StructLayout;
   readonly pcap_stat: StructLayout;
   readonly pcap_if: StructLayout;
@@ -121,6 +122,13 @@ const X86_64: Structs = {
     header: "sys/resource.h",
     size: 16,
     offsets: { rlim_cur: 0, rlim_max: 8 },
+  },
+  // clock_gettime's answer, and the SCM_TIMESTAMPNS control message's data (64-bit time_t).
+  timespec: {
+    type: "struct timespec",
+    header: "time.h",
+    size: 16,
+    offsets: { tv_sec: 0, tv_nsec: 8 },
   },
   pcap_pkthdr: {
     type: "struct pcap_pkthdr",

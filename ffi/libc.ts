@@ -10,7 +10,8 @@
  * `send`/`recv`, to end a TLS handshake the runtime still waits on (src/io/sock_diag.ts), and
  * `getrlimit`/`setrlimit` to raise the fd limit at start. The UDP transport's socket
  * (src/io/udp_socket.ts): `socket`/`bind`/`setsockopt`/`getsockopt`, and
- * `sendmmsg`/`recvmmsg`/`sendto` for its datagrams.
+ * `sendmmsg`/`recvmmsg`/`sendto` for its datagrams, and `clock_gettime` to read how long one
+ * waited in the socket (its kernel receive time, SO_TIMESTAMPNS).
  */
 import { lazyLibrary, LIBC } from "./load.ts";
 import { acceptNothing } from "./bpf.ts";
@@ -144,6 +145,14 @@ const symbols = {
     parameters: [
       "i32", // int resource (RLIMIT_NOFILE = 7 on Linux)
       "buffer", // struct rlimit *rlim (out: { rlim_t cur; rlim_t max; }, two 64-bit words)
+    ],
+    result: "i32",
+  },
+  // int clock_gettime(clockid_t clockid, struct timespec *tp);
+  clock_gettime: {
+    parameters: [
+      "i32", // clockid_t clockid (CLOCK_REALTIME = 0)
+      "buffer", // struct timespec *tp (out; ffi/layout.ts)
     ],
     result: "i32",
   },

@@ -17,9 +17,11 @@
  *     transfer that is still starting up is not paced yet: what it sends in an adjustment says
  *     nothing of what the path carries, and its bursts fill the queue for an instant.
  *   - Not every wait there is ours to shorten. On a receiver short of CPU, datagrams also wait
- *     in its socket buffer for a thread to run, whatever we send, and cutting after such a wait
- *     brought the rate down to MIN_RATE (switch_test once saw 1 Mbit/s on a LAN). So the cuts
- *     that follow one another are a run, and a run answers for itself:
+ *     in its socket buffer for a thread to run, whatever we send; cutting after such a wait
+ *     brought the rate down to MIN_RATE (switch_test once saw 1 Mbit/s on a LAN). The peer
+ *     leaves that wait out (it measures to the kernel's receive time, path_queue.ts), but not
+ *     one before its socket (a peer's softirq backlog, an older VNET that measures to its read).
+ *     So the cuts that follow one another are a run, and a run answers for itself:
  *       - it cuts to RUN_FLOOR of the rate it started from at most, and holds the rate (no
  *         rise) until it is judged, RUN_MS after it began, on the means of its second half;
  *       - it was answered if the wait came under HIGH_MS or RUN_ANSWERED of the mean that

@@ -1018,6 +1018,16 @@ export class UdpPeerPort {
     }
   };
 
+  /**
+   * When datagram i reached this host, on performance.now()'s clock: a keepalive's one-way delay
+   * (path_queue.ts) is measured to there. Not the burst's time, nor now: those add the time it
+   * waited in our socket for this thread (this burst's work, a CPU the VMs' traffic keeps busy),
+   * a wait no pace of the sender's shortens; cutting for it slowed a LAN's bulk copy to a fifth.
+   */
+  #arrivedAt(i: number): number {
+    return performance.now() - this.socket.rx.waitedMs(i);
+  }
+
   #dispatch(data: Uint8Array, at: number, length: number, i: number, now: number): void {
     if (length >= OVERHEAD_BYTES && data[at] === SEALED_DATAGRAM_TYPE) {
       const id = u32be(data, at + 4);
@@ -1041,8 +1051,7 @@ export class UdpPeerPort {
         const answer = plain.length >= SEALED_UNTIMED_BYTES ? (plain[10] << 8) | plain[11] : -1;
         const timed = plain.length >= SEALED_KEEPALIVE_BYTES;
         link.heard(
-          // Not the burst's time: a delay measured from it would include this burst's work.
-          performance.now(),
+          this.#arrivedAt(i),
           plain[4],
           seq,
           loss,
@@ -1081,7 +1090,7 @@ export class UdpPeerPort {
         const answers = length >= VXLAN_HEADER_LENGTH + PLAIN_UNTIMED_BYTES;
         const timed = length >= VXLAN_HEADER_LENGTH + PLAIN_KEEPALIVE_BYTES;
         link.heard(
-          performance.now(), // as above
+          this.#arrivedAt(i),
           data[k + 8],
           seq,
           answers ? data[k + 13] : NO_LOSS_FIGURE,

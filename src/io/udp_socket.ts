@@ -62,6 +62,9 @@ export const LINUX_SOCKET = {
   SOL_UDP: 17,
   UDP_SEGMENT: 103,
   UDP_GRO: 104,
+  SO_TIMESTAMPNS: 35,
+  SCM_TIMESTAMPNS: 35,
+  CLOCK_REALTIME: 0,
   MSG_CTRUNC: 0x8,
   MSG_TRUNC: 0x20,
   EINTR: 4,
@@ -137,8 +140,13 @@ const CMSG_DATA = cmsgAlign(structs.cmsghdr.size);
 const NAME_SLOT = cmsgAlign(structs.sockaddr_in6.size);
 /** The UDP_SEGMENT control message: a u16 segment size. CMSG_SPACE(2). */
 const TX_CONTROL = CMSG_DATA + cmsgAlign(2);
-/** Room for UDP_GRO's int and anything else the kernel adds (CMSG_SPACE(4) is 24). */
+/**
+ * Room for the control messages of one received message: UDP_GRO's int (CMSG_SPACE(4), 24) and
+ * SCM_TIMESTAMPNS's struct timespec (CMSG_SPACE(16), 32).
+ */
 const RX_CONTROL = 64;
+const TS_SEC = structs.timespec.offsets.tv_sec;
+const TS_NSEC = structs.timespec.offsets.tv_nsec;
 
 const SIN = structs.sockaddr_in.offsets;
 const SIN6 = structs.sockaddr_in6.offsets;
@@ -152,6 +160,21 @@ function addressOf(bytes: Uint8Array): number {
 function setWord(view: DataView, at: number, value: number): void {
   view.setUint32(at, value % 0x1_0000_0000, true);
   view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
+}
+
+/** Reads a 64-bit word (little-endian, below 2^53) without a BigInt. */
+function readWord(view: DataView, at: number): number {
+  return view.getUint32(at, true) + view.getUint32(at + 4, true) * 0x1_0000_0000;
+}
+
+const clockNow = new Uint8Array(structs.timespec.size);
+const clockView = new DataView(clockNow.buffer);
+
+/** The ms from a CLOCK_REALTIME time (`sec`, `nsec`) to now; 0 if the clock cannot be read. */
+function sinceRealtime(sec: number, nsec: number): number {
+  if (libc().clock_gettime(L.CLOCK_REALTIME, clockNow) !== 0) return 0;
+  return (readWord(clockView, TS_SEC) - sec) * 1000 +
+    (clockView.getUint32(TS_NSEC, true) - nsec) / 1e6;
 }
 
 // ---- addresses ----
@@ -316,6 +339,11 @@ export interface UdpSocketOptions {
   readonly gso?: boolean;
   /** Ask for UDP GRO when the kernel has it. Default true. */
   readonly gro?: boolean;
+  /**
+   * Ask the kernel for each datagram's receive time (SO_TIMESTAMPNS), for `rx.waitedMs`.
+   * Default true.
+   */
+  readonly timestamps?: boolean;
 }
 
 const intOption = new Int32Array(1);
@@ -368,6 +396,8 @@ export class UdpSocket {
   readonly address: string;
   /** Whether received buffers may be GRO-coalesced (UDP_GRO accepted at open). */
   readonly gro: boolean;
+  /** Whether the kernel stamps each datagram's arrival (SO_TIMESTAMPNS accepted at open). */
+  readonly timestamps: boolean;
   /** The kernel's buffer sizes after the options (it doubles what it is asked for). */
   readonly receiveBufferBytes: number;
   readonly sendBufferBytes: number;
@@ -396,6 +426,8 @@ export class UdpSocket {
     this.#v6Only = options.v6Only ?? false;
     this.#gso = options.gso !== false && getIntOption(fd, L.SOL_UDP, L.UDP_SEGMENT) !== null;
     this.gro = options.gro !== false && setIntOption(fd, L.SOL_UDP, L.UDP_GRO, 1);
+    this.timestamps = options.timestamps !== false &&
+      setIntOption(fd, L.SOL_SOCKET, L.SO_TIMESTAMPNS, 1);
     this.receiveBufferBytes = getIntOption(fd, L.SOL_SOCKET, L.SO_RCVBUF) ?? 0;
     this.sendBufferBytes = getIntOption(fd, L.SOL_SOCKET, L.SO_SNDBUF) ?? 0;
     const slot = this.gro ? MAX_SLOT : count(options.receiveSlotBytes, MAX_SLOT, MAX_SLOT);
@@ -874,6 +906,36 @@ class UdpReceiveBatch {
       view.setUint32(at + MSG_NAMELEN, NAME_SLOT, true);
       setWord(view, at + MSG_CONTROLLEN, RX_CONTROL);
     }
+  }
+
+  /**
+   * How long datagram i waited between the kernel's receipt and this thread's `receive()` (ms,
+   * from the SCM_TIMESTAMPNS the socket asked for; 0 without one): the time it spent in this
+   * socket's buffer, for a thread busy elsewhere or short of CPU, and so no part of the path's.
+   * A call to clock_gettime: for a datagram now and then, not for each.
+   */
+  waitedMs(i: number): number {
+    const { view, controlAt } = this.#arena;
+    const m = this.#message[i];
+    const start = controlAt + m * RX_CONTROL;
+    const end = start + view.getUint32(m * MMSGHDR + MSG_CONTROLLEN, true);
+    for (let c = start; c + CMSG_DATA <= end;) {
+      const len = view.getUint32(c + CMSG_LEN_AT, true);
+      if (len < CMSG_DATA) break;
+      if (
+        view.getInt32(c + CMSG_LEVEL_AT, true) === L.SOL_SOCKET &&
+        view.getInt32(c + CMSG_TYPE_AT, true) === L.SCM_TIMESTAMPNS &&
+        len >= CMSG_DATA + structs.timespec.size
+      ) {
+        const at = c + CMSG_DATA;
+        return Math.max(
+          0,
+          sinceRealtime(readWord(view, at + TS_SEC), view.getUint32(at + TS_NSEC, true)),
+        );
+      }
+      c += cmsgAlign(len);
+    }
+    return 0;
   }
 
   /** The GRO segment size in message m's control messages, or 0 (not coalesced). */

@@ -63,7 +63,7 @@ function receiveAll(socket: UdpSocket, want: number): { got: Received[]; message
 
 Deno.test("every Linux socket constant holds on x86_64 and aarch64", async () => {
   const source = constantChecks(
-    ["errno.h", "sys/socket.h", "netinet/in.h", "netinet/udp.h"],
+    ["errno.h", "sys/socket.h", "netinet/in.h", "netinet/udp.h", "time.h"],
     LINUX_SOCKET,
   );
   for (const arch of ["x86_64", "aarch64"] as Arch[]) {
@@ -265,6 +265,42 @@ Deno.test("an IPv6 socket on :: reaches IPv4 peers, mapped, and names them as IP
   } finally {
     dual.close();
     v4.close();
+  }
+});
+
+/** Blocks until `socket` has something to read (or 5 s went by). */
+function waitReadable(socket: UdpSocket): void {
+  const pollfd = new Uint8Array(structs.pollfd.size);
+  const view = new DataView(pollfd.buffer);
+  view.setInt32(structs.pollfd.offsets.fd, socket.fd, true);
+  view.setInt16(structs.pollfd.offsets.events, POLLIN, true);
+  assertEquals(libc().poll_sync(pollfd, 1n, 5000), 1, "a datagram came");
+}
+
+Deno.test("waitedMs: how long a datagram sat in the socket before receive(), from the kernel", () => {
+  const stamped = open({ address: "127.0.0.1" });
+  const unstamped = open({ address: "127.0.0.1", timestamps: false });
+  const sender = open({ address: "127.0.0.1" });
+  try {
+    assert(stamped.timestamps && !unstamped.timestamps);
+    const waited = (receiver: UdpSocket, holdMs: number): number => {
+      sender.tx.add(sender.peer("127.0.0.1", receiver.port), datagram(1, 100));
+      assertEquals(sender.tx.flush(), 1);
+      sender.tx.clear();
+      waitReadable(receiver);
+      // The reader is busy elsewhere for holdMs: the wait to measure.
+      if (holdMs > 0) libc().poll_sync(new Uint8Array(0), 0n, holdMs);
+      assertEquals(receiver.rx.receive(), 1);
+      return receiver.rx.waitedMs(0);
+    };
+    const fresh = waited(stamped, 0);
+    const held = waited(stamped, 40);
+    assert(held >= 40 && held < 5000, `held 40 ms, waitedMs says ${held}`);
+    assert(fresh >= 0 && fresh < held, `read at once: ${fresh} ms, held: ${held} ms`);
+    // Without the stamps there is nothing to tell: 0, never a guess.
+    assertEquals(waited(unstamped, 40), 0);
+  } finally {
+    for (const s of [stamped, unstamped, sender]) s.close();
   }
 });
 
