@@ -12,7 +12,9 @@
  * - Receiving (`rx`): `recvmmsg` fills up to `receiveMessages` messages at once. With UDP GRO the
  *   kernel hands over several datagrams of one flow as one buffer with a `UDP_GRO` control
  *   message (the segment size); `receive()` lists them as separate datagrams again, in place
- *   (each is an offset and a length in `rx.data`), never copied.
+ *   (each is an offset and a length in `rx.data`), never copied. The kernel also stamps each
+ *   message with its receive time (SO_TIMESTAMPNS): `rx.waitedMs(i)` is how long datagram i
+ *   waited in the socket for this thread, which a path's delay figure must leave out.
  * - Don't fragment: IP_MTU_DISCOVER (and IPV6_MTU_DISCOVER) = PMTUDISC_DO, so a datagram that does
  *   not fit the path fails with EMSGSIZE at once (status TooBig) instead of leaving in fragments;
  *   the transport turns that into its path-MTU handling. The kernel learns a smaller path MTU from
