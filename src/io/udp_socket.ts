@@ -917,31 +917,32 @@ class UdpReceiveBatch {
    * A call to clock_gettime: for a datagram now and then, not for each.
    */
   waitedMs(i: number): number {
-    const { view, controlAt } = this.#arena;
-    const m = this.#message[i];
-    const start = controlAt + m * RX_CONTROL;
-    const end = start + view.getUint32(m * MMSGHDR + MSG_CONTROLLEN, true);
-    for (let c = start; c + CMSG_DATA <= end;) {
-      const len = view.getUint32(c + CMSG_LEN_AT, true);
-      if (len < CMSG_DATA) break;
-      if (
-        view.getInt32(c + CMSG_LEVEL_AT, true) === L.SOL_SOCKET &&
-        view.getInt32(c + CMSG_TYPE_AT, true) === L.SCM_TIMESTAMPNS &&
-        len >= CMSG_DATA + structs.timespec.size
-      ) {
-        const at = c + CMSG_DATA;
-        return Math.max(
-          0,
-          sinceRealtime(readWord(view, at + TS_SEC), view.getUint32(at + TS_NSEC, true)),
-        );
-      }
-      c += cmsgAlign(len);
-    }
-    return 0;
+    const at = this.#controlData(
+      this.#message[i],
+      L.SOL_SOCKET,
+      L.SCM_TIMESTAMPNS,
+      structs.timespec.size,
+    );
+    if (at < 0) return 0;
+    const { view } = this.#arena;
+    return Math.max(
+      0,
+      sinceRealtime(readWord(view, at + TS_SEC), view.getUint32(at + TS_NSEC, true)),
+    );
   }
 
   /** The GRO segment size in message m's control messages, or 0 (not coalesced). */
   #segmentSize(m: number): number {
+    const at = this.#controlData(m, L.SOL_UDP, L.UDP_GRO, 2);
+    // An int; segment sizes fit its low half.
+    return at < 0 ? 0 : this.#arena.view.getUint16(at, true);
+  }
+
+  /**
+   * Where the data of message m's control message `level`/`type` starts in the arena, if the
+   * kernel wrote one of at least `bytes`; else -1.
+   */
+  #controlData(m: number, level: number, type: number, bytes: number): number {
     const { view, controlAt } = this.#arena;
     const start = controlAt + m * RX_CONTROL;
     const end = start + view.getUint32(m * MMSGHDR + MSG_CONTROLLEN, true);
@@ -949,14 +950,14 @@ class UdpReceiveBatch {
       const len = view.getUint32(c + CMSG_LEN_AT, true);
       if (len < CMSG_DATA) break;
       if (
-        view.getInt32(c + CMSG_LEVEL_AT, true) === L.SOL_UDP &&
-        view.getInt32(c + CMSG_TYPE_AT, true) === L.UDP_GRO && len >= CMSG_DATA + 2
+        view.getInt32(c + CMSG_LEVEL_AT, true) === level &&
+        view.getInt32(c + CMSG_TYPE_AT, true) === type && len >= CMSG_DATA + bytes
       ) {
-        return view.getUint16(c + CMSG_DATA, true); // an int; segment sizes fit its low half
+        return c + CMSG_DATA;
       }
       c += cmsgAlign(len);
     }
-    return 0;
+    return -1;
   }
 
   /**
