@@ -11,10 +11,10 @@
  *     the time it spent in queues on the way. It is taken to the kernel's receive time
  *     (SO_TIMESTAMPNS), not to when the worker read it: the wait in our own socket buffer, for a
  *     worker busy with a burst or short of CPU, is no queue of the path's (p50 1-3 ms, p90 9-11
- *     ms under a bulk copy on two shared vCPUs, where the path's own was 0.1 ms). The two clocks' offset cancels out; their drift
- *     (a few ppm between NTP-disciplined hosts) is microseconds over the window. The receiver
- *     sends the figure back in its own keepalives: the sender learns the queue on its side of
- *     the path, whatever the other direction carries.
+ *     ms under a bulk copy on two shared vCPUs, where the path's own was 0.1 ms). The two clocks'
+ *     offset cancels out; their drift (a few ppm between NTP-disciplined hosts) is microseconds
+ *     over the window. The receiver sends the figure back in its own keepalives: the sender
+ *     learns the queue on its side of the path, whatever the other direction carries.
  *   - Act on it (`PathCodel`, at the sending end): CoDel's control law on those figures. When
  *     the queue stayed above TARGET_MS for INTERVAL_MS, one full-size frame is dropped, then
  *     more often (the interval over the square root of the drop count) until it falls below.

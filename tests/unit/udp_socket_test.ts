@@ -36,12 +36,18 @@ interface Received {
   sourceHash: number;
 }
 
-/** Waits (poll, up to 5 s) until `want` datagrams arrived on `socket`; copies them out. */
-function receiveAll(socket: UdpSocket, want: number): { got: Received[]; messages: number } {
+/** A `struct pollfd` that waits for `socket` to be readable. */
+function readablePollfd(socket: UdpSocket): Uint8Array {
   const pollfd = new Uint8Array(structs.pollfd.size);
   const view = new DataView(pollfd.buffer);
   view.setInt32(structs.pollfd.offsets.fd, socket.fd, true);
   view.setInt16(structs.pollfd.offsets.events, POLLIN, true);
+  return pollfd;
+}
+
+/** Waits (poll, up to 5 s) until `want` datagrams arrived on `socket`; copies them out. */
+function receiveAll(socket: UdpSocket, want: number): { got: Received[]; messages: number } {
+  const pollfd = readablePollfd(socket);
   const got: Received[] = [];
   let messages = 0;
   const deadline = Date.now() + 5000;
@@ -270,11 +276,7 @@ Deno.test("an IPv6 socket on :: reaches IPv4 peers, mapped, and names them as IP
 
 /** Blocks until `socket` has something to read (or 5 s went by). */
 function waitReadable(socket: UdpSocket): void {
-  const pollfd = new Uint8Array(structs.pollfd.size);
-  const view = new DataView(pollfd.buffer);
-  view.setInt32(structs.pollfd.offsets.fd, socket.fd, true);
-  view.setInt16(structs.pollfd.offsets.events, POLLIN, true);
-  assertEquals(libc().poll_sync(pollfd, 1n, 5000), 1, "a datagram came");
+  assertEquals(libc().poll_sync(readablePollfd(socket), 1n, 5000), 1, "a datagram came");
 }
 
 Deno.test("waitedMs: how long a datagram sat in the socket before receive(), from the kernel", () => {
