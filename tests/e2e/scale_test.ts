@@ -12,7 +12,13 @@
  * kernel refuses new ones ("neighbor table overflow") and the VMs cannot answer. The test
  * raises the three thresholds for its run and puts them back after.
  */
-import { establishedOn, type MeshReport, processFigures, withSites } from "../../lab/sites.ts";
+import {
+  establishedOn,
+  type MeshReport,
+  processFigures,
+  type Sites,
+  withSites,
+} from "../../lab/sites.ts";
 import { assert, e2e } from "./ops_helpers.ts";
 
 const [HOSTS, VMS] = (Deno.env.get("VNET_SCALE") ?? "10x10").split("x").map(Number);
@@ -29,6 +35,43 @@ function roomInArpTable(entries: number): () => void {
     if (Number(before[i]) < wanted[i]) Deno.writeTextFileSync(p, String(wanted[i]));
   });
   return () => GC_THRESH.forEach((p, i) => Deno.writeTextFileSync(p, before[i]));
+}
+
+/**
+ * What the servers say of unanswered pairs, for the failure message: each VM's handler at its
+ * Host, that Host's path to the other VM's MAC, the Proxy's view of both handlers, and the
+ * Hosts' last warnings and lines that name either MAC. A pair that fails only now and then
+ * must explain itself the first time.
+ */
+async function whyUnanswered(sites: Sites, pairs: [string, string][]): Promise<string> {
+  const out: string[] = [];
+  const vms = pairs.flat().filter((l) => l !== "client").map((l) => sites.vmByLabel(l));
+  const proxy = await sites.list("proxy").catch((e) => (out.push(`proxy list: ${e}`), []));
+  for (const [a, b] of pairs) {
+    for (const [from, to] of [[a, b], [b, a]]) {
+      if (from === "client") continue;
+      const vm = sites.vmByLabel(from);
+      const other = to === "client" ? null : sites.vmByLabel(to);
+      const listed = await sites.list(vm.host).catch((e) => (out.push(`${from}: ${e}`), []));
+      const mine = listed.find((h) => h.id === vm.handler);
+      const path = mine?.paths?.find((p) => p.mac === other?.mac);
+      out.push(
+        `${from} at ${vm.host.label}: handler ${JSON.stringify(mine?.link ?? null)}; ` +
+          `path to ${to}: ${JSON.stringify(path ?? null)}`,
+      );
+    }
+  }
+  for (const vm of vms) {
+    const h = proxy.find((e) => e.id === vm.handler);
+    out.push(`proxy's ${vm.label}: ${JSON.stringify(h?.switched ?? null)} ${h?.link.state}`);
+  }
+  for (const host of new Set(vms.map((v) => v.host))) {
+    const lines = sites.servers.get(host.label)?.lines ?? [];
+    const said = lines.filter((l) => / (WARN|ERROR) /.test(l) || vms.some((v) => l.includes(v.mac)))
+      .slice(-20);
+    out.push(`${host.label} server:\n  ${said.join("\n  ")}`);
+  }
+  return out.join("\n");
 }
 
 e2e(
@@ -66,7 +109,8 @@ e2e(
           assert(
             mesh.missingCount === 0,
             `${mesh.missingCount} pairs unanswered (${lan.length}+ with the LAN), e.g. ` +
-              mesh.missing.slice(0, 12).map(([a, b]) => `${a}→${b}`).join(" "),
+              mesh.missing.slice(0, 12).map(([a, b]) => `${a}→${b}`).join(" ") +
+              `\n${await whyUnanswered(sites, mesh.missing.slice(0, 2))}`,
           );
         });
 

@@ -301,18 +301,29 @@ e2e("switch: a blocked direct path falls back to the Proxy; the stream survives"
       const rx = /RECEIVED (\d+) (\w+)/.exec(out);
       afterFallback = await pathTo(sites, vm1, vm3);
       const planned = (STREAM_BYTES / STREAM_RATE) * 1000;
-      console.log(
-        `    fallback: path before ${before?.via}, direct path gone ` +
-          `${typeof fellBack === "number" ? `${fellBack} ms after the block` : "never"}; ` +
-          `VM1→VM3 ping: longest silence ${p.longestMs} ms (${p.replies} replies at 50 ms); ` +
-          `stream ${s?.[1] ?? "?"} bytes sent, ${rx?.[1] ?? "?"} received in ${streamMs} ms ` +
-          `(${Math.max(0, streamMs - planned)} ms over its ${planned} ms)`,
-      );
+      const summary = `    fallback: path before ${before?.via}, direct path gone ` +
+        `${typeof fellBack === "number" ? `${fellBack} ms after the block` : "never"}; ` +
+        `VM1→VM3 ping: longest silence ${p.longestMs} ms (${p.replies} replies at 50 ms); ` +
+        `stream ${s?.[1] ?? "?"} bytes sent, ${rx?.[1] ?? "?"} received in ${streamMs} ms ` +
+        `(${Math.max(0, streamMs - planned)} ms over its ${planned} ms)`;
+      console.log(summary);
+      // What the two Hosts said from the block on: the failure message carries it, since a run
+      // that fails only now and then must explain itself the first time.
+      const said = () =>
+        [h1, h2].map((h) =>
+          `  ${h.label}:\n    ` +
+          (sites.servers.get(h.label)?.lines ?? [])
+            .filter((l) => Date.parse(l.split(" ")[1] ?? "") >= blockedAt - 500)
+            .slice(0, 25).join("\n    ")
+        ).join("\n");
       assert(before?.via === "direct", `before the block VM1→VM3 was not direct: ${str(before)}`);
       assert(sent === 0, `the stream broke:\n${out}`);
       assert(s && rx && s[1] === rx[1] && s[2] === rx[2], `bytes lost or changed:\n${out}`);
-      assert(typeof fellBack === "number", `the direct path stayed: ${fellBack}`);
-      assert(p.longestMs < 10_000, `the VMs could not talk for ${p.longestMs} ms`);
+      assert(typeof fellBack === "number", `the direct path stayed: ${fellBack}\n${said()}`);
+      assert(
+        p.longestMs < 10_000,
+        `the VMs could not talk for ${p.longestMs} ms\n${summary}\n${said()}`,
+      );
     });
 
     await part("after the fallback list --json says VM1→VM3 goes via: proxy", () => {
