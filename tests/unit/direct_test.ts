@@ -499,6 +499,18 @@ async function withDialledLink() {
   return { ...host, dialled, connect: (l: Link) => connect(l) };
 }
 
+/**
+ * Waits until a frame for `vm` from `src`, handed in from `from`, is let in: counted beyond those
+ * its handler had (VM2 of twoVmsTalkTo has one from its Proxy already).
+ */
+async function letIn(registry: Registry, from: unknown, vm: HandlerRef, src: string, what: string) {
+  const before = vm.counters().fromPeer.frames;
+  await until(what, () => {
+    registry.dataPath.frameIn(from as Link, vm.number, frame(vm.spec.macs[0], src));
+    return vm.counters().fromPeer.frames > before;
+  });
+}
+
 /** VM1 and VM2, a handler each over one Proxy link, talking to F1 and F2 of another Host. */
 async function twoVmsTalkTo(host: ReturnType<typeof setup>, F1: string, F2: string) {
   const proxy = link("proxy");
@@ -582,10 +594,7 @@ Deno.test("direct, Host: a direct link that takes one MAC of a punched path take
       async () => Object.keys(await registry.dataPath.udpStates()).length === 0,
     );
     // The far Host's frames for VM2 come over the direct link now: they are let in.
-    await until("a frame for VM2 from the direct link let in", () => {
-      registry.dataPath.frameIn(dialled, vm2.number, frame(VM2, F2));
-      return vm2.counters().fromPeer.frames > 0;
-    });
+    await letIn(registry, dialled, vm2, F2, "a frame for VM2 from the direct link let in");
   } finally {
     direct.close();
     await registry.dataPath.stop();
@@ -646,10 +655,13 @@ Deno.test("direct, Host: a pair announced again joins the path the two Hosts sha
     offer("0000000b", F2, "0000000d", token(0xf2), 2);
     await until("F2 over a second path", () => !!registry.fabric.route(proxy, F2));
     assert(registry.fabric.route(proxy, F2) !== shared, "F2 joined a path that is not up");
-    await until("a frame for VM2 from the first path let in", () => {
-      registry.dataPath.frameIn(shared as unknown as Link, vm2.number, frame(VM2, F2));
-      return vm2.counters().fromPeer.frames > 0;
-    });
+    await letIn(
+      registry,
+      shared as unknown as Link,
+      vm2,
+      F2,
+      "a frame for VM2 from the first path let in",
+    );
     // Up both ways: a pair announced again with a fresh rendezvous joins it.
     registry.dataPath.onPunched?.(shared.number, true, "both ways work");
     direct.unroute(F2, proxy);
