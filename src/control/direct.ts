@@ -10,8 +10,8 @@
  *      the direct link's UDP path on it (udp_transport.ts), and presents the token (`direct`);
  *      the other Host checks it against what its Proxy said.
  *   4. Each installs a route for the far VM's MAC over that link (fabric.ts), and lets frames
- *      for its own handler in from it; the link's UDP path carries them while it works both
- *      ways, the link otherwise. VM↔VM unicast now goes direct; everything else, and anything
+ *      for its handlers on that Proxy link in from it (#letIn); the link's UDP path carries
+ *      them while it works both ways, the link otherwise. VM↔VM unicast now goes direct; everything else, and anything
  *      while no direct path is up, goes through the Proxy as before.
  *   5. A direct link that fails (keepalive of 1 s, so within ~3 s) takes its routes with it:
  *      traffic falls back to the Proxy. Routes idle for ROUTE_AGE_MS are forgotten; a VM that
@@ -58,7 +58,8 @@
  *     came in as a source over that very link (the Proxy switched its traffic to us), and
  *     never for a MAC its own handlers carry;
  *   - the route steers only the handlers on that Proxy link (fabric.ts keeps paths per link),
- *     never the server's other VMs;
+ *     never the server's other VMs, and a path the Proxy named lets in frames for those
+ *     handlers only, which that Proxy may send frames anyway;
  *   - a Proxy names only the server of a live handler whose traffic it has just switched;
  *   - a rendezvous is an IP address (never a name), neither loopback, unspecified nor
  *     multicast, nor an IPv6 form of those (judged on the address's bytes, not its text), and
@@ -534,7 +535,7 @@ export class DirectPaths {
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
     const path = this.registry.dataPath;
-    path.send({ op: "allow", link: link.number, handler: local.number });
+    this.#letIn(via, link);
     // A punched path the route was on goes to the same Host as this link: the link takes its
     // place whole (#supersede).
     for (const [key, p] of this.#punches) {
@@ -562,8 +563,7 @@ export class DirectPaths {
   #supersede(key: string, p: Punch, link: RouteLink): void {
     const path = this.registry.dataPath;
     this.registry.fabric.moveRoutes(p.via, p.ref, link);
-    const ours = [...p.carried].filter((h) => this.registry.byNumber(h)?.link === p.via);
-    for (const h of ours) path.send({ op: "allow", link: link.number, handler: h });
+    this.#letIn(p.via, link);
     // Each on its own: one the link's path cannot carry (plain, its VNI taken) stays on the
     // link's stream, and the others still go by UDP.
     for (const h of p.carried) path.udpCarry(link, [h]).catch(() => false);
@@ -724,7 +724,7 @@ export class DirectPaths {
         for (const h of more) punch.carried.add(h);
       }
       if (this.#punches.get(key) !== punch) return;
-      this.registry.dataPath.send({ op: "allow", link: punch.ref.number, handler: local.number });
+      this.#letIn(via, punch.ref, punch.carried);
       // A direct link to that Host took the MAC while the path opened: it takes the path too.
       const carrier = this.registry.fabric.route(via, req.mac);
       if (carrier && !this.#punchKeys.has(carrier.number)) {
@@ -745,9 +745,9 @@ export class DirectPaths {
 
   /**
    * The punched paths of rendezvous `udp` on `via`, if there are any, let `local`'s frames in
-   * (and, plain, know its VNI), whatever becomes of the route offered with it: the other Host
-   * may take a route this one refuses (it has not seen that MAC come over its Proxy link yet),
-   * and its frames for `local` must not vanish on a path that is up. Those are the path opened
+   * (and, plain, know its VNI), with every other handler of `via`'s (#letIn), whatever becomes
+   * of the route offered with it: the other Host may take a route this one refuses (it has not
+   * seen that MAC come over its Proxy link yet), and its frames for `local` must not vanish on a path that is up. Those are the path opened
    * with it, and any other of `via` to the same endpoint: the other Host may have taken the
    * pair onto the path the two already share (#pathFor). The Proxy of `via` named `local` and
    * the other Host's endpoint: no more than it may offer anyway.
@@ -757,21 +757,41 @@ export class DirectPaths {
     const own = `${via.number}/${udp.token}`;
     for (const [key, punch] of this.#punches) {
       if (key === own || (punch.via === via && sameEndpoint(punch.endpoint, udp))) {
-        this.#admitTo(key, punch, local);
+        this.#admitTo(key, punch);
       }
     }
   }
 
-  #admitTo(key: string, punch: Punch, local: HandlerRef): void {
-    punch.opened.then(async (opened) => {
-      if (!opened || this.#punches.get(key) !== punch) return;
-      if (!punch.carried.has(local.number)) {
-        if (!await this.registry.dataPath.udpCarry(punch.ref, [local.number])) return;
-        punch.carried.add(local.number);
+  #admitTo(key: string, punch: Punch): void {
+    punch.opened.then((opened) => {
+      if (opened && this.#punches.get(key) === punch) {
+        this.#letIn(punch.via, punch.ref, punch.carried);
       }
-      if (this.#punches.get(key) !== punch) return;
-      this.registry.dataPath.send({ op: "allow", link: punch.ref.number, handler: local.number });
     }, () => {}); // #punch, which opened it, closes it
+  }
+
+  /**
+   * Lets every host handler of Proxy link `via` in from `path`, a direct link or punched path to
+   * another Host that the Proxy of `via` named, and has its UDP path know their VNIs (those in
+   * `carried` it knows already). Not only the handlers of the pairs announced over it: the two
+   * Hosts move their routes between the paths they share at different moments (each when its
+   * own announcement completes, #supersede), and take pairs the other refused (#punch), so the
+   * far Host may send any pair's frames on any of them. A path that let in only its own pairs
+   * dropped those for good, both ways (no frame of the pair crossed the Proxy again to have it
+   * announced anew): the scale test's one VM cut off from another Host's ten. This reaches no
+   * further than the Proxy of `via` does: it may send those handlers any frame itself.
+   */
+  #letIn(via: Link, path: RouteLink, carried?: Set<number>): void {
+    const dataPath = this.registry.dataPath;
+    for (const { handler } of this.registry.values()) {
+      if (handler.link !== via || handler.spec.role !== "host") continue;
+      dataPath.send({ op: "allow", link: path.number, handler: handler.number });
+      if (!byUdp(handler) || carried?.has(handler.number)) continue;
+      // Each on its own: one the path cannot carry (plain, its VNI taken) stays off it alone.
+      dataPath.udpCarry(path, [handler.number]).then((ok) => {
+        if (ok) carried?.add(handler.number);
+      }, () => {});
+    }
   }
 
   /**

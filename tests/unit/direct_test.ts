@@ -673,3 +673,37 @@ Deno.test("direct, Host: a pair announced again joins the path the two Hosts sha
     await registry.dataPath.stop();
   }
 });
+
+Deno.test("direct, Host: a direct link lets in every VM of the Proxy link that named it", async () => {
+  const host = setup();
+  const { direct, open, registry } = host;
+  try {
+    const F1 = "02:5e:00:00:0b:01", F2 = "02:5e:00:00:0b:02";
+    const { proxy, vm1, vm2 } = await twoVmsTalkTo(host, F1, F2);
+    // A VM of another Proxy's: the direct link's Proxy cannot reach it, nor can the link.
+    const VM3 = "02:00:00:00:00:03";
+    const vm3 = await open("0000000e", "host", [VM3], link("proxy2"), "eth0", "auto");
+    direct.route({
+      handler: "0000000a",
+      mac: F1,
+      peer: "192.0.2.7:7000",
+      remote: "0000000c",
+      token: token(0x11),
+      dial: false,
+    }, proxy);
+    // The far Host dials and presents the token for VM1's pair only.
+    const accepted = link("accepted");
+    await direct.direct({ token: token(0x11), handler: "0000000a" }, accepted);
+    assertEquals(registry.fabric.route(proxy, F1), accepted);
+    // It sends VM2's frames on the link too (it moved the pair there when a punched path gave
+    // way to the link, or took a pair this Host refused): they are let in, not lost for good.
+    await letIn(registry, accepted, vm2, F2, "a frame for VM2 from the direct link let in");
+    registry.dataPath.frameIn(accepted, vm1.number, frame(VM1, F1));
+    registry.dataPath.frameIn(accepted, vm3.number, frame(VM3, F1));
+    await until("VM1's frame in", () => vm1.counters().fromPeer.frames > 1);
+    assertEquals(vm3.counters().fromPeer.frames, 0);
+  } finally {
+    direct.close();
+    await registry.dataPath.stop();
+  }
+});
