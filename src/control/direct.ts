@@ -215,6 +215,8 @@ export class DirectPaths {
   /** Host: direct links we dialled, by address; dials in flight per Proxy link. */
   readonly #dialled = new Map<string, Promise<Link>>();
   readonly #dialsOn = new Map<Link, number>();
+  /** Host: tokens being presented over each dialled link (by #dialled's key): it is in use. */
+  readonly #presenting = new Map<string, number>();
   /** Host: UDP paths punched to other Hosts, by `via-number/token`; by their link number. */
   readonly #punches = new Map<string, Punch>();
   readonly #punchKeys = new Map<number, string>();
@@ -242,7 +244,7 @@ export class DirectPaths {
     registry.dataPath.onPunched = (link, up, why) => this.#punchedChanged(link, up, why);
     this.#sweep = setInterval(
       () =>
-        this.#ageRoutes().catch((e) =>
+        this.ageRoutes().catch((e) =>
           this.log.error("ageing direct paths failed", { error: messageOf(e) })
         ),
       SWEEP_MS,
@@ -465,6 +467,7 @@ export class DirectPaths {
       throw this.#refuse(link, req.mac, cannot);
     }
     this.#dialsOn.set(link, dials + 1);
+    this.#presenting.set(key, (this.#presenting.get(key) ?? 0) + 1);
     // Answered at once: the Proxy must not wait on another Host (and a slow one must not
     // fill the Proxy's link with requests in flight). Failing here only means no direct path.
     this.#linkTo(addr)
@@ -484,6 +487,9 @@ export class DirectPaths {
         const n = (this.#dialsOn.get(link) ?? 1) - 1;
         if (n > 0) this.#dialsOn.set(link, n);
         else this.#dialsOn.delete(link);
+        const p = (this.#presenting.get(key) ?? 1) - 1;
+        if (p > 0) this.#presenting.set(key, p);
+        else this.#presenting.delete(key);
       });
   }
 
@@ -641,7 +647,8 @@ export class DirectPaths {
     }
   }
 
-  async #ageRoutes(): Promise<void> {
+  /** Forgets idle routes, spent tokens and unused dialled links: every SWEEP_MS, or a test's. */
+  async ageRoutes(): Promise<void> {
     for (const p of await this.registry.fabric.sweep(SWEEP_MS)) {
       this.log.info("direct path aged out", { mac: p.mac, via: p.remote });
     }
@@ -658,11 +665,13 @@ export class DirectPaths {
     for (const [key, r] of this.#rendezvoused) {
       if (now - r.madeAt >= RENDEZVOUS_TTL_MS) this.#rendezvoused.delete(key);
     }
-    // Dialled links that carry no route any more are closed.
+    // Dialled links that carry no route any more are closed; not one a token is being presented
+    // over: its route is not in yet, and the far Host, which took the token, would see its own
+    // go down (and, the pair announced already, send through the Proxy for ANNOUNCE_EVERY_MS).
     const used = this.registry.fabric.directLinks();
     for (const [key, dialling] of this.#dialled) {
       dialling.then((link) => {
-        if (used.has(link)) return;
+        if (used.has(link) || this.#presenting.has(key)) return;
         this.#dialled.delete(key);
         link.close("no direct path uses it any more");
       }, () => this.#dialled.delete(key));

@@ -707,3 +707,32 @@ Deno.test("direct, Host: a direct link lets in every VM of the Proxy link that n
     await registry.dataPath.stop();
   }
 });
+
+Deno.test("direct, Host: a dialled link a token is being presented over is not swept", async () => {
+  let closed = "";
+  const dialled = link("direct");
+  dialled.close = (why?: string) => void (closed = why ?? "closed");
+  const { direct, open, receive } = setup(() => Promise.resolve(dialled));
+  const proxy = link("proxy");
+  const vm = await open("0000000a", "host", [VM1], proxy);
+  const F = "02:5e:00:00:0c:01";
+  receive(vm, frame(VM1, F));
+  try {
+    direct.route({
+      handler: "0000000a",
+      mac: F,
+      peer: "192.0.2.7:7000",
+      remote: "0000000c",
+      token: token(0x21),
+      dial: true,
+    }, proxy);
+    // The far Host has the token and routes over the link once it answers; this end's route
+    // comes after. Closed now, the far Host's route would go down with it.
+    await until("the token presented", () => dialled.requests.length === 1);
+    await direct.ageRoutes();
+    await Promise.resolve();
+    assertEquals(closed, "");
+  } finally {
+    direct.close();
+  }
+});
