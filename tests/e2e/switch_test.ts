@@ -307,22 +307,34 @@ e2e("switch: a blocked direct path falls back to the Proxy; the stream survives"
         `stream ${s?.[1] ?? "?"} bytes sent, ${rx?.[1] ?? "?"} received in ${streamMs} ms ` +
         `(${Math.max(0, streamMs - planned)} ms over its ${planned} ms)`;
       console.log(summary);
-      // What the two Hosts said from the block on: the failure message carries it, since a run
-      // that fails only now and then must explain itself the first time.
-      const said = () =>
-        [h1, h2].map((h) =>
+      // What the two Hosts said from the block on, and their links' UDP paths (up, paced or
+      // dropping when the stream came back through the Proxy) at both Hosts and the Proxy: the
+      // failure message carries it, since a run that fails only now and then must explain
+      // itself the first time.
+      const said = async () => {
+        const logs = [h1, h2].map((h) =>
           `  ${h.label}:\n    ` +
           (sites.servers.get(h.label)?.lines ?? [])
             .filter((l) => Date.parse(l.split(" ")[1] ?? "") >= blockedAt - 500)
             .slice(0, 25).join("\n    ")
-        ).join("\n");
+        );
+        const ends = [[h1, vm1], [h2, vm3], [null, vm1], [null, vm3]] as const;
+        const links = await Promise.all(ends.map(async ([host, vm]) => {
+          const listed = await sites.list(host ?? "proxy").catch(() => []);
+          const link = listed.find((e) => e.id === vm.handler)?.link ?? null;
+          return `  ${vm.label}'s link at ${host?.label ?? "proxy"}: ${JSON.stringify(link)}`;
+        }));
+        return [...logs, ...links].join("\n");
+      };
+      const failed = typeof fellBack !== "number" || p.longestMs >= 10_000;
+      const details = failed ? await said() : "";
       assert(before?.via === "direct", `before the block VM1→VM3 was not direct: ${str(before)}`);
       assert(sent === 0, `the stream broke:\n${out}`);
       assert(s && rx && s[1] === rx[1] && s[2] === rx[2], `bytes lost or changed:\n${out}`);
-      assert(typeof fellBack === "number", `the direct path stayed: ${fellBack}\n${said()}`);
+      assert(typeof fellBack === "number", `the direct path stayed: ${fellBack}\n${details}`);
       assert(
         p.longestMs < 10_000,
-        `the VMs could not talk for ${p.longestMs} ms\n${summary}\n${said()}`,
+        `the VMs could not talk for ${p.longestMs} ms\n${summary}\n${details}`,
       );
     });
 
