@@ -151,7 +151,8 @@ export async function serverCommand(args: string[]): Promise<number> {
   let metrics: MetricsServer | null = null;
   if (config.metrics) {
     metrics = serveMetrics(config.metrics, {
-      metrics: async () => renderMetrics(await server.list(), processInfo(VERSION, COMMIT)),
+      metrics: async () =>
+        renderMetrics(await server.list(), processInfo(VERSION, COMMIT), await server.udpPort()),
       status: async () =>
         buildStatus(await server.list(), server.events.recent(), processInfo(VERSION, COMMIT)),
       token: metricsToken,

@@ -15,6 +15,7 @@ import { ErrorCode, messageOf, VnetError } from "../errors.ts";
 import { type DeviceInfo } from "../dataplane/interfaces.ts";
 import { type Interfaces } from "../dataplane/ports.ts";
 import { VXLAN_PORT } from "../dataplane/vxlan.ts";
+import { type UdpPortStats } from "../dataplane/udp_peers.ts";
 import {
   DataPath,
   type ForwarderHooks,
@@ -289,6 +290,11 @@ export class Server implements ServerContext {
   /** Writes every handler to the state file, if there is one. */
   save(): void {
     if (!this.#stopping) this.#state.save(this.id, this.#owed);
+  }
+
+  /** The UDP socket's own counters (datagrams refused, from strangers); null without one. */
+  udpPort(): Promise<UdpPortStats | null> {
+    return this.registry.dataPath.udpPort();
   }
 
   async list(): Promise<rpc.ListedHandler[]> {

@@ -37,7 +37,7 @@ import {
 } from "./forwarder_protocol.ts";
 import { handlerNumber, type HandlerSpec, type HandlerState } from "./handler.ts";
 import { type Interfaces } from "./ports.ts";
-import { type UdpPathState } from "./udp_peers.ts";
+import { type UdpPathState, type UdpPortStats } from "./udp_peers.ts";
 
 /** How the main thread reaches the forwarder. */
 export interface ForwarderPort {
@@ -494,6 +494,11 @@ export class DataPath {
   /** Every UDP path's state, by link number. */
   async udpStates(): Promise<Record<number, UdpPathState>> {
     return await this.call({ op: "udpState" }) as Record<number, UdpPathState>;
+  }
+
+  /** The UDP socket's own counters; null if the server has none. */
+  async udpPort(): Promise<UdpPortStats | null> {
+    return await this.call({ op: "udpPort" }) as UdpPortStats | null;
   }
 
   /** A peer link: its frames cross between it and the forwarder from now on. */

@@ -303,6 +303,8 @@ export class Forwarder {
         for (const path of this.#udp?.links() ?? []) states[path.number] = path.state();
         return states;
       }
+      case "udpPort":
+        return this.#udp?.stats() ?? null;
       case "stop":
         this.#udp?.close();
         this.#vxlan?.close();

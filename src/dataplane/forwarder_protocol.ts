@@ -86,6 +86,8 @@ export type Command =
   | { op: "udpRekey"; link: number; keys: WireKeys; peerHasKeys: boolean }
   /** Every UDP path's state, by link. */
   | { op: "udpState" }
+  /** The UDP socket's own counters (UdpPortStats); null without one. */
+  | { op: "udpPort" }
   /** A probe with this token is to be sent back (udp_peers.ts); answers false if it cannot. */
   | { op: "udpProbe"; token: number }
   | { op: "stop" };

@@ -735,15 +735,33 @@ export class PunchedLink implements FrameLink {
 }
 
 /** The server's UDP socket for its links, and their paths. */
+/** What the server's UDP socket met that belongs to no path: for the metrics. */
+export interface UdpPortStats {
+  /** Datagrams the kernel refused to send (a local firewall's drop, no route, ENOBUFS). */
+  sendRefused: number;
+  /** Datagrams from no path's peer, or for no handler: dropped. */
+  strangers: number;
+  /** Datagrams too big for a receive slot: lost. */
+  receiveTruncated: number;
+}
+
 export class UdpPeerPort {
   readonly socket: UdpSocket;
   /** Datagrams from no link's peer, or for no handler. */
   strangers = 0;
-  /** Flushes a datagram the kernel refused broke into (a local firewall's drop, ENOBUFS). */
-  sendFailures = 0;
+  /** Datagrams the kernel refused to send (a local firewall's drop, no route, ENOBUFS). */
+  sendRefused = 0;
   #lastSendError = "";
   /** Probes sent back. */
   probesAnswered = 0;
+
+  stats(): UdpPortStats {
+    return {
+      sendRefused: this.sendRefused,
+      strangers: this.strangers,
+      receiveTruncated: this.socket.rx.truncated,
+    };
+  }
   /** Probe tokens given out: when each expires, and the copies it may still have sent back. */
   readonly #probes = new Map<number, { expires: number; echoes: number }>();
   readonly #links = new Map<number, UdpPeerLink>();
@@ -981,7 +999,6 @@ export class UdpPeerPort {
         tx.flush();
         break;
       } catch (e) {
-        this.sendFailures++;
         const error = messageOf(e);
         if (error !== this.#lastSendError) {
           // Each distinct failure once, not once per datagram.
@@ -993,6 +1010,7 @@ export class UdpPeerPort {
     }
     // A datagram the path refused as too big: its link reads the MTU again.
     for (let i = 0; i < tx.count; i++) {
+      if (tx.status[i] === DatagramStatus.Failed) this.sendRefused++;
       if (tx.status[i] !== DatagramStatus.TooBig) continue;
       for (const link of this.#links.values()) {
         if (link.peer === tx.peerOf(i)) link.readMtu();

@@ -16,13 +16,15 @@
  *   vnet_handler_capture_interface_drops_total    dropped by the interface or its driver
  *   vnet_handler_mac_conflicts_total              frames from a proxied MAC seen on the interface
  * and vnet_handlers, vnet_process_resident_memory_bytes, vnet_process_uptime_seconds,
- * vnet_build_info{version,commit,deno}.
+ * vnet_build_info{version,commit,deno}; with a UDP socket, vnet_udp_datagrams_total{outcome}
+ * (send_refused, stranger, truncated: what no path took).
  */
 import { formatHostPort, type HostPort } from "../addr.ts";
 import { createHash } from "node:crypto";
 import { ErrorCode, messageOf, VnetError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { ListedHandler } from "../control/rpc.ts";
+import type { UdpPortStats } from "../dataplane/udp_peers.ts";
 import { PAGE_CSP, STATUS_PAGE, type StatusJson } from "./status_page.ts";
 import {
   type HttpLimits,
@@ -86,7 +88,11 @@ class Family {
 }
 
 /** The whole exposition for these handlers and this process. Pure: no I/O. */
-export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): string {
+export function renderMetrics(
+  handlers: ListedHandler[],
+  process: ProcessInfo,
+  udp: UdpPortStats | null = null,
+): string {
   const f = {
     frames: new Family("vnet_handler_frames_total", "counter", "Frames forwarded, by direction."),
     bytes: new Family("vnet_handler_bytes_total", "counter", "Bytes forwarded, by direction."),
@@ -244,6 +250,19 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
       pathUdp.add({ mac: path.mac, direction: "from_peer" }, path.udp.datagramsIn);
     }
   }
+  // The UDP socket's own: what belongs to no path. A local firewall that drops VNET's datagrams
+  // shows here first (refused), a peer or scanner that sends what no path expects as strangers.
+  const udpDatagrams = new Family(
+    "vnet_udp_datagrams_total",
+    "counter",
+    "Datagrams of the server's UDP socket that no path took: refused by the kernel on the " +
+      "way out, from strangers, or truncated on the way in.",
+  );
+  if (udp) {
+    udpDatagrams.add({ outcome: "send_refused" }, udp.sendRefused);
+    udpDatagrams.add({ outcome: "stranger" }, udp.strangers);
+    udpDatagrams.add({ outcome: "truncated" }, udp.receiveTruncated);
+  }
   const handlerCount = new Family("vnet_handlers", "gauge", "Handlers this server holds.");
   handlerCount.add({}, handlers.length);
   const rss = new Family(
@@ -266,6 +285,7 @@ export function renderMetrics(handlers: ListedHandler[], process: ProcessInfo): 
     pathBytes,
     pathDirect,
     pathUdp,
+    udpDatagrams,
     handlerCount,
     rss,
     uptime,

@@ -24,6 +24,7 @@ import {
   WAN,
 } from "../../lab/netns.ts";
 import { PERMISSIONS, V8_FLAGS } from "../../scripts/compile.ts";
+import { createSocket } from "node:dgram";
 import { createCa, issueCert } from "../../src/link/pki.ts";
 import config from "../../deno.json" with { type: "json" };
 
@@ -128,6 +129,27 @@ Deno.test({
         ) {
           assert(re.test(text), `/metrics lacks ${re}:\n${text}`);
         }
+        // A datagram no path expects, to the server's UDP port (its listen port): the worker
+        // counts it, and /metrics says so.
+        const stray = createSocket("udp4");
+        await new Promise<void>((done, fail) =>
+          stray.send(
+            new TextEncoder().encode("not VXLAN"),
+            listen,
+            "127.0.0.1",
+            (e) => e ? fail(e) : done(),
+          )
+        );
+        stray.close();
+        const strangers = await waitFor("the stray datagram in /metrics", async () => {
+          const t = await (await fetch(`${base}/metrics`)).text();
+          const m = /^vnet_udp_datagrams_total\{outcome="stranger"\} (\d+)$/m.exec(t);
+          return m && Number(m[1]) >= 1 ? t : undefined;
+        }, 10_000);
+        assert(
+          /^vnet_udp_datagrams_total\{outcome="send_refused"\} 0$/m.test(strangers),
+          `/metrics: a refused send on an idle server:\n${strangers}`,
+        );
         // `/` is the status page (issue 13); the endpoint is read-only.
         for (
           const [method, path, status] of [

@@ -334,3 +334,20 @@ Deno.test("metrics: a handler's UDP path, its queue delay among them; none while
   );
   assert(!unknown.includes("vnet_handler_udp_path_queue_delay_seconds{"), unknown);
 });
+
+Deno.test("metrics: the UDP socket's datagrams no path took; none without a socket", () => {
+  const udp = { sendRefused: 7, strangers: 3, receiveTruncated: 1 };
+  const lines = renderMetrics([listedHandler()], PROCESS, udp).split("\n");
+  for (
+    const want of [
+      "# TYPE vnet_udp_datagrams_total counter",
+      'vnet_udp_datagrams_total{outcome="send_refused"} 7',
+      'vnet_udp_datagrams_total{outcome="stranger"} 3',
+      'vnet_udp_datagrams_total{outcome="truncated"} 1',
+    ]
+  ) {
+    assert(lines.includes(want), `missing line: ${want}\n${lines.join("\n")}`);
+  }
+  const without = renderMetrics([listedHandler()], PROCESS);
+  assert(!/^vnet_udp_datagrams_total\{/m.test(without), without);
+});

@@ -419,10 +419,10 @@ Deno.test("udp port: a datagram the kernel refuses is lost alone, the rest of it
     // What open() sent, before any refusal.
     await until("the keepalive link 7 sent when it opened", () => heard() > 0);
     for (let k = 1; k <= 5; k++) {
-      const failures = a.port.sendFailures;
+      const failures = a.port.stats().sendRefused;
       // Both keepalives are due (a minute on, busy or idle): one batch, the refused one first.
       a.port.tick(now + k * 60_000);
-      await until(`tick ${k}: the refused keepalive`, () => a.port.sendFailures > failures);
+      await until(`tick ${k}: the refused keepalive`, () => a.port.stats().sendRefused > failures);
       let got = 0;
       await until(`tick ${k}: link 7's keepalive at the listener`, () => (got += heard()) > 0);
       assertEquals(got, 1);
