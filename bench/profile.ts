@@ -7,8 +7,8 @@
  * For each direction (LAN -> VM, VM -> LAN) it starts both vnet servers with V8's CPU profiler
  * (`deno run -A --cpu-prof --cpu-prof-dir=DIR/<dir>/<role> main.ts server ...`), opens one
  * handler, runs one iperf3 transfer (TCP; with --udp64 a flood of 64-byte UDP frames), stops the
- * servers with SIGINT (the profile is written on exit) and prints the top self-time functions of
- * each server (bench/cpuprofile.ts). `--offloads off` turns the veths' offloads off as the
+ * servers with SIGINT (the profiles are written on exit) and prints the top self-time functions of
+ * each server's threads, the main one and the data-path worker (bench/cpuprofile.ts). `--offloads off` turns the veths' offloads off as the
  * bench does (every frame at most 1500 bytes).
  */
 import { LAN, REPO_ROOT, run, spawn, Topology, tryRun } from "../lab/netns.ts";
@@ -105,12 +105,17 @@ async function direction(reverse: boolean): Promise<void> {
         console.log(`--- ${role}: NO .cpuprofile written in ${profDirs[role]}`);
         continue;
       }
-      const path = `${profDirs[role]}/${files[0].name}`;
       const what = role === "proxy"
         ? (reverse ? "injects VM->LAN frames on lan0" : "captures LAN->VM frames on lan0")
         : (reverse ? "captures VM->LAN frames on vmif0" : "injects LAN->VM frames on vmif0");
-      console.log(`--- ${role} server (${what}): ${path}`);
-      console.log(summarize(JSON.parse(await Deno.readTextFile(path)), TOP));
+      // One profile per thread: the main thread's (control plane, TLS links) and the data-path
+      // worker's (`.worker-N.cpuprofile`), where the frames are captured, switched and sent.
+      for (const file of files.map((f) => f.name).sort()) {
+        const path = `${profDirs[role]}/${file}`;
+        const thread = /\.worker-\d+\.cpuprofile$/.test(file) ? "data-path worker" : "main thread";
+        console.log(`--- ${role} server, ${thread} (${what}): ${path}`);
+        console.log(summarize(JSON.parse(await Deno.readTextFile(path)), TOP));
+      }
     }
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
