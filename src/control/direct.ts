@@ -132,8 +132,13 @@ const RENDEZVOUS_TTL_MS = 120_000;
 /** Proxy: rendezvous kept, one per pair of links; pairs of MACs each remembers. */
 const MAX_RENDEZVOUS = 4096;
 const MAX_PAIRS_PER_RENDEZVOUS = 256;
-/** Host: punched paths for one Proxy link, and in all; tokens of closed ones per link. */
-const MAX_PUNCHES_PER_LINK = 8;
+/**
+ * Host: punched paths for one Proxy link, and in all; tokens of closed ones per link. One per
+ * other Host behind that Proxy, two for a while when a rendezvous is renewed: 8 left the ninth
+ * Host of a 10-Host site to the Proxy for good where no dial gets through (NAT). As many as the
+ * tokens a Proxy link may have offered at once (MAX_TOKENS_PER_LINK).
+ */
+const MAX_PUNCHES_PER_LINK = 32;
 const MAX_PUNCHED = 64;
 const MAX_SPENT_PER_LINK = 32;
 const PUNCH_CHECK_MS = 1_000;

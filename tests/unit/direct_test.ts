@@ -181,7 +181,9 @@ Deno.test("direct, Host: punched paths only to an address, bounded per link", as
     const proxy = link("proxy");
     const vm = await open("0000000a", "host", [VM1], proxy, "eth0", "auto");
     const far = (i: number) => `02:5e:00:00:03:${i.toString(16).padStart(2, "0")}`;
-    for (let i = 0; i < 14; i++) receive(vm, frame(VM1, far(i)));
+    const OFFERS = 38;
+    for (let i = 0; i < OFFERS; i++) receive(vm, frame(VM1, far(i)));
+    // This Host dials (so no token is kept for the far Host's dial, which bounds offers too).
     const offer = (i: number, host: string) =>
       direct.route({
         handler: "0000000a",
@@ -189,12 +191,12 @@ Deno.test("direct, Host: punched paths only to an address, bounded per link", as
         peer: "10.0.0.9:7000",
         remote: "0000000c",
         token: (100 + i).toString(16).padStart(32, "0"),
-        dial: false,
+        dial: true,
         // A rendezvous each: a path each.
         udp: { host, port: 7000, secret: SECRET, token: (200 + i).toString(16).padStart(32, "0") },
       }, proxy);
     const routed = () =>
-      Array.from({ length: 14 }, (_, i) => registry.fabric.route(proxy, far(i)))
+      Array.from({ length: OFFERS }, (_, i) => registry.fabric.route(proxy, far(i)))
         .filter((r) => r !== undefined);
     // Never to this server itself, nor to a multicast group, however the address is written.
     offer(0, "127.0.0.1");
@@ -205,21 +207,22 @@ Deno.test("direct, Host: punched paths only to an address, bounded per link", as
       log.lines.some((l) => l.msg === "direct path offer refused" && l.fields.mac === far(0)),
       "no WARN for a loopback rendezvous",
     );
-    // 8 on one Proxy link; the route goes over each, shown as the endpoint it punches to.
-    for (let i = 4; i < 14; i++) offer(i, "192.0.2.7");
-    await until("8 routes", () => routed().length >= 8);
+    // 32 on one Proxy link (a Host behind it each, more than the 9 others of a 10-Host site);
+    // the route goes over each, shown as the endpoint it punches to.
+    for (let i = 4; i < OFFERS; i++) offer(i, "192.0.2.7");
+    await until("32 routes", () => routed().length >= 32);
     await registry.dataPath.udpStates(); // every command sent before has been run
-    assertEquals(routed().length, 8);
+    assertEquals(routed().length, 32);
     for (let i = 0; i < 4; i++) assertEquals(registry.fabric.route(proxy, far(i)), undefined);
     for (const r of routed()) assertEquals(r.remote, "udp 192.0.2.7:7000");
-    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 8);
+    assertEquals(Object.keys(await registry.dataPath.udpStates()).length, 32);
     // Not up yet: the VM's frames still go through the Proxy.
     const [state] = Object.values(await registry.dataPath.states());
     assert(state.paths.every((p) => p.via === "proxy"), JSON.stringify(state.paths));
     // The Proxy forgets a MAC: its route goes back through the Proxy.
     direct.unroute(far(4), proxy);
     assertEquals(registry.fabric.route(proxy, far(4)), undefined);
-    assertEquals(routed().length, 7);
+    assertEquals(routed().length, 31);
   } finally {
     direct.close();
     await registry.dataPath.stop();
