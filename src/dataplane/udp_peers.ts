@@ -223,6 +223,8 @@ export interface UdpPathState {
   fallbackFrames: number;
   /** Datagrams refused: forged, replayed, malformed, from a stranger. */
   refused: number;
+  /** Datagrams of ours the kernel would not send: a local firewall's drop, no route, ENOBUFS. */
+  sendRefused: number;
   tooBig: number;
   /** Times the path went down. */
   downs: number;
@@ -247,6 +249,7 @@ export class UdpPeerLink {
     datagramsOut: 0,
     datagramsIn: 0,
     fallbackFrames: 0,
+    sendRefused: 0,
     tooBig: 0,
     downs: 0,
     keepalivesOut: 0,
@@ -581,6 +584,7 @@ export class UdpPeerLink {
       fallbackFrames: this.stats.fallbackFrames,
       refused: this.refused +
         (c ? c.short + c.malformed + c.unknownEpoch + c.tooOld + c.replayed + c.forged : 0),
+      sendRefused: this.stats.sendRefused,
       tooBig: this.stats.tooBig,
       downs: this.stats.downs,
       lossPercent: this.lossPercent,
@@ -1008,12 +1012,16 @@ export class UdpPeerPort {
         if (tx.pending === 0) break;
       }
     }
-    // A datagram the path refused as too big: its link reads the MTU again.
+    // A datagram the path refused as too big: its link reads the MTU again. One the kernel
+    // refused is counted against its link too, so that `list` names the peer a firewall drops.
     for (let i = 0; i < tx.count; i++) {
-      if (tx.status[i] === DatagramStatus.Failed) this.sendRefused++;
-      if (tx.status[i] !== DatagramStatus.TooBig) continue;
+      const status = tx.status[i];
+      if (status !== DatagramStatus.TooBig && status !== DatagramStatus.Failed) continue;
+      if (status === DatagramStatus.Failed) this.sendRefused++;
       for (const link of this.#links.values()) {
-        if (link.peer === tx.peerOf(i)) link.readMtu();
+        if (link.peer !== tx.peerOf(i)) continue;
+        if (status === DatagramStatus.TooBig) link.readMtu();
+        else link.stats.sendRefused++;
       }
     }
     // What the kernel did not take now (a full buffer) is dropped: UDP is lossy anyway.

@@ -174,6 +174,12 @@ export function renderMetrics(
       "counter",
       "Datagrams refused on the UDP path: forged, replayed, malformed.",
     ),
+    udpSendRefused: new Family(
+      "vnet_handler_udp_path_send_refused_total",
+      "counter",
+      "Datagrams of ours the kernel would not send on the UDP path: a local firewall's drop, " +
+        "no route, a full buffer.",
+    ),
     ownSocket: new Family(
       "vnet_handler_data_path_socket_frames_total",
       "counter",
@@ -205,6 +211,7 @@ export function renderMetrics(
       f.udpDatagrams.add({ ...l, direction: "from_peer" }, udp.datagramsIn);
       f.udpFallback.add(l, udp.fallbackFrames);
       f.udpRefused.add(l, udp.refused);
+      f.udpSendRefused.add(l, udp.sendRefused);
       if (udp.lossPercent !== null) f.udpLoss.add(l, udp.lossPercent / 100);
       if (udp.peerLossPercent !== null) f.udpPeerLoss.add(l, udp.peerLossPercent / 100);
       // Tenths of a ms, as measured: 4.2 ms is 0.0042 s, not 0.004200000000000001.

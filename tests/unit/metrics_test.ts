@@ -254,6 +254,7 @@ Deno.test("metrics: a Host's direct paths, by what carries them, and their UDP d
     datagramsIn: 38,
     fallbackFrames: 0,
     refused: 0,
+    sendRefused: 0,
     tooBig: 0,
     downs: 0,
     lossPercent: null,
@@ -307,6 +308,7 @@ Deno.test("metrics: a handler's UDP path, its queue delay among them; none while
     datagramsIn: 38,
     fallbackFrames: 1,
     refused: 0,
+    sendRefused: 5,
     tooBig: 0,
     downs: 0,
     lossPercent: 0,
@@ -324,6 +326,7 @@ Deno.test("metrics: a handler's UDP path, its queue delay among them; none while
       `vnet_handler_udp_path_up{${l}} 1`,
       `vnet_handler_udp_path_peer_loss_ratio{${l}} 0.02`,
       `vnet_handler_udp_path_queue_delay_seconds{${l}} 0.0042`,
+      `vnet_handler_udp_path_send_refused_total{${l}} 5`,
     ]
   ) {
     assert(lines.includes(want), `missing line: ${want}\n${text}`);

@@ -409,8 +409,8 @@ Deno.test("udp port: a datagram the kernel refuses is lost alone, the rest of it
     // Link 6's peer is a broadcast address, which a socket without SO_BROADCAST may not send to
     // (EACCES, as a local firewall's drop gives EPERM): each keepalive of its is refused, and
     // comes first in the port's batch, before link 7's to the listener.
-    a.port.open(6, spec("255.255.255.255", 4789, 60), now);
-    a.port.open(LINK, spec("127.0.0.1", listener.port, 70), now);
+    const refusedLink = a.port.open(6, spec("255.255.255.255", 4789, 60), now);
+    const sendingLink = a.port.open(LINK, spec("127.0.0.1", listener.port, 70), now);
     const heard = () => {
       let n = 0;
       while (listener.rx.receive() > 0) n += listener.rx.count;
@@ -427,6 +427,10 @@ Deno.test("udp port: a datagram the kernel refuses is lost alone, the rest of it
       await until(`tick ${k}: link 7's keepalive at the listener`, () => (got += heard()) > 0);
       assertEquals(got, 1);
     }
+    // Counted against the link whose peer was refused, so that `list` names it; not the other.
+    assertEquals(refusedLink.state().sendRefused, a.port.stats().sendRefused);
+    assert(refusedLink.state().sendRefused >= 5, `${refusedLink.state().sendRefused}`);
+    assertEquals(sendingLink.state().sendRefused, 0);
   } finally {
     listener.close();
     close(a);
