@@ -73,7 +73,9 @@ function linkLocal(ns: string): Promise<string> {
 
 /**
  * The longest time without a reply in a `ping -D` run, counting from its start and up to when it
- * ended (so replies that stop for good count too), and the replies.
+ * ended (so replies that stop for good count too), and the replies. `endedMs` is when the ping
+ * exited, not when the step got to ask: a stream that ran long after it made the gap after the
+ * last reply look like a silence (11.5 s in a CI run whose pings had all come back).
  */
 function silence(ping: Proc, startedMs: number, endedMs: number) {
   const times = [startedMs];
@@ -276,6 +278,7 @@ e2e("switch: a blocked direct path falls back to the Proxy; the stream survives"
       sites.procs.push(sender);
       const pingStart = Date.now();
       const ping = pingMonitor(vm1.ns, vm3.ip, 0.05, 16);
+      const pingEnded = ping.exited.then(() => Date.now());
       sites.procs.push(ping);
       await flowing([receiver], ping);
       const before = await pathTo(sites, vm1, vm3);
@@ -295,7 +298,7 @@ e2e("switch: a blocked direct path falls back to the Proxy; the stream survives"
       const streamMs = Date.now() - sendStart;
       await receiver.exited;
       await ping.exited;
-      const p = silence(ping, pingStart, Date.now());
+      const p = silence(ping, pingStart, await pingEnded);
       const out = sender.lines.join("\n");
       const s = /SENT (\d+) (\w+)/.exec(out);
       const rx = /RECEIVED (\d+) (\w+)/.exec(out);
@@ -312,9 +315,9 @@ e2e("switch: a blocked direct path falls back to the Proxy; the stream survives"
       // failure message carries it, since a run that fails only now and then must explain
       // itself the first time.
       const said = async () => {
-        const logs = [h1, h2].map((h) =>
-          `  ${h.label}:\n    ` +
-          (sites.servers.get(h.label)?.lines ?? [])
+        const logs = [h1.label, h2.label, "proxy"].map((h) =>
+          `  ${h}:\n    ` +
+          (sites.servers.get(h)?.lines ?? [])
             .filter((l) => Date.parse(l.split(" ")[1] ?? "") >= blockedAt - 500)
             .slice(0, 25).join("\n    ")
         );
@@ -536,13 +539,14 @@ e2e("switch: VM1 migrates to a third Host; VM↔VM and LAN↔VM streams live on"
       const lanSender = streamSender(sites.ns.client, vm1.ip, 5002, STREAM_BYTES, STREAM_RATE);
       const pingStart = Date.now();
       const ping = pingMonitor(vm3.ns, vm1.ip, 0.02, 10);
+      const pingEnded = ping.exited.then(() => Date.now());
       sites.procs.push(vmSender, lanSender, ping);
       await flowing([fromVm, fromLan], ping);
       const { r, gapMs } = await sites.migrate(vm1, h3);
       assert(r.code === 0, `migrate failed: ${r.stderr}`);
       const codes = await Promise.all([vmSender.exited, lanSender.exited]);
       await Promise.all([fromVm.exited, fromLan.exited, ping.exited]);
-      const p = silence(ping, pingStart, Date.now());
+      const p = silence(ping, pingStart, await pingEnded);
       const report = [vmSender, lanSender].map((s) => {
         const out = s.lines.join("\n");
         const sent = /SENT (\d+) (\w+)/.exec(out);
