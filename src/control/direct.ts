@@ -11,8 +11,8 @@
  *      the other Host checks it against what its Proxy said.
  *   4. Each installs a route for the far VM's MAC over that link (fabric.ts), and lets frames
  *      for its handlers on that Proxy link in from it (#letIn); the link's UDP path carries
- *      them while it works both ways, the link otherwise. VM↔VM unicast now goes direct; everything else, and anything
- *      while no direct path is up, goes through the Proxy as before.
+ *      them while it works both ways, the link otherwise. VM↔VM unicast now goes direct;
+ *      everything else, and anything while no direct path is up, goes through the Proxy.
  *   5. A direct link that fails (keepalive of 1 s, so within ~3 s) takes its routes with it:
  *      traffic falls back to the Proxy. Routes idle for ROUTE_AGE_MS are forgotten; a VM that
  *      moves is unrouted by the Proxy and learned again from its next frame.
@@ -546,7 +546,8 @@ export class DirectPaths {
     // Either end notices a dead direct path within ~3 s, and traffic falls back.
     link.tune({ keepaliveMs: DIRECT_KEEPALIVE_MS, stallMs: 3 * DIRECT_KEEPALIVE_MS });
     const path = this.registry.dataPath;
-    this.#letIn(via, link);
+    // `local` is carried below, with the far handler.
+    this.#letIn(via, link, new Set([local.number]));
     // A punched path the route was on goes to the same Host as this link: the link takes its
     // place whole (#supersede).
     for (const [key, p] of this.#punches) {
@@ -574,10 +575,10 @@ export class DirectPaths {
   #supersede(key: string, p: Punch, link: RouteLink): void {
     const path = this.registry.dataPath;
     this.registry.fabric.moveRoutes(p.via, p.ref, link);
-    this.#letIn(p.via, link);
     // Each on its own: one the link's path cannot carry (plain, its VNI taken) stays on the
     // link's stream, and the others still go by UDP.
     for (const h of p.carried) path.udpCarry(link, [h]).catch(() => false);
+    this.#letIn(p.via, link, new Set(p.carried));
     this.#unpunch(key, "a direct link to that Host takes its place", true);
   }
 
@@ -761,10 +762,11 @@ export class DirectPaths {
    * The punched paths of rendezvous `udp` on `via`, if there are any, let `local`'s frames in
    * (and, plain, know its VNI), with every other handler of `via`'s (#letIn), whatever becomes
    * of the route offered with it: the other Host may take a route this one refuses (it has not
-   * seen that MAC come over its Proxy link yet), and its frames for `local` must not vanish on a path that is up. Those are the path opened
-   * with it, and any other of `via` to the same endpoint: the other Host may have taken the
-   * pair onto the path the two already share (#pathFor). The Proxy of `via` named `local` and
-   * the other Host's endpoint: no more than it may offer anyway.
+   * seen that MAC come over its Proxy link yet), and its frames for `local` must not vanish on a
+   * path that is up. Those are the path opened with it, and any other of `via` to the same
+   * endpoint: the other Host may have taken the pair onto the path the two already share
+   * (#pathFor). The Proxy of `via` named `local` and the other Host's endpoint: no more than it
+   * may offer anyway.
    */
   #admit(via: Link, udp: Rendezvous, local: HandlerRef): void {
     if (!byUdp(local)) return;

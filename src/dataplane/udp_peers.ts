@@ -738,8 +738,7 @@ export class PunchedLink implements FrameLink {
   }
 }
 
-/** The server's UDP socket for its links, and their paths. */
-/** What the server's UDP socket met that belongs to no path: for the metrics. */
+/** The server's UDP socket's own counters, for the metrics. */
 export interface UdpPortStats {
   /** Datagrams the kernel refused to send (a local firewall's drop, no route, ENOBUFS). */
   sendRefused: number;
@@ -749,6 +748,7 @@ export interface UdpPortStats {
   receiveTruncated: number;
 }
 
+/** The server's UDP socket for its links, and their paths. */
 export class UdpPeerPort {
   readonly socket: UdpSocket;
   /** Datagrams from no link's peer, or for no handler. */
@@ -758,14 +758,6 @@ export class UdpPeerPort {
   #lastSendError = "";
   /** Probes sent back. */
   probesAnswered = 0;
-
-  stats(): UdpPortStats {
-    return {
-      sendRefused: this.sendRefused,
-      strangers: this.strangers,
-      receiveTruncated: this.socket.rx.truncated,
-    };
-  }
   /** Probe tokens given out: when each expires, and the copies it may still have sent back. */
   readonly #probes = new Map<number, { expires: number; echoes: number }>();
   readonly #links = new Map<number, UdpPeerLink>();
@@ -779,7 +771,6 @@ export class UdpPeerPort {
   /** Links that had frames in this burst: their busy keepalives are looked at as it ends. */
   #busy: UdpPeerLink[] = [];
   #busyLooking: UdpPeerLink[] = [];
-
   constructor(
     address: string,
     port: number,
@@ -798,6 +789,14 @@ export class UdpPeerPort {
       sendBufferBytes: 1 << 20,
     });
     poller.onReadable(this.socket.fd, this.#onReadable);
+  }
+
+  stats(): UdpPortStats {
+    return {
+      sendRefused: this.sendRefused,
+      strangers: this.strangers,
+      receiveTruncated: this.socket.rx.truncated,
+    };
   }
 
   get port(): number {

@@ -45,7 +45,9 @@ function roomInArpTable(entries: number): () => void {
  */
 async function whyUnanswered(sites: Sites, pairs: [string, string][]): Promise<string> {
   const out: string[] = [];
-  const vms = pairs.flat().filter((l) => l !== "client").map((l) => sites.vmByLabel(l));
+  const vms = [...new Set(pairs.flat())].filter((l) => l !== "client").map((l) =>
+    sites.vmByLabel(l)
+  );
   const proxy = await sites.list("proxy").catch((e) => (out.push(`proxy list: ${e}`), []));
   for (const [a, b] of pairs) {
     for (const [from, to] of [[a, b], [b, a]]) {
