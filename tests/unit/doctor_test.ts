@@ -551,6 +551,7 @@ Deno.test("doctor: a peer that answered in TLS points at --tls-ca, not at the ve
     );
   } finally {
     Deno.env.delete("VNET_SECRET");
+    root.cleanup();
   }
   const message = find(checks, "peer handshake").message;
   assertMatch(message, /^10\.78\.0\.2:7000 speaks TLS, this side spoke plain TCP: give --tls-ca/);
@@ -575,10 +576,16 @@ Deno.test("sysinfo: the capability fix names the vnet binary, never deno", () =>
   );
   assert(!setcapHint("/root/.deno/bin/deno").includes(".deno/bin/deno"));
   assertMatch(setcapHint("/root/.deno/bin/deno"), /deno task compile.*\/path\/to\/vnet/);
-  const root = new FakeRoot().status(1000, "0000000000000000");
-  assertMatch(
-    privilegeProblem(root.proc, "/usr/local/bin/vnet")!,
-    /^cannot capture or inject frames: uid 1000 lacks CAP_NET_RAW and CAP_NET_ADMIN; .*\/usr\/local\/bin\/vnet$/,
-  );
-  assertEquals(privilegeProblem(new FakeRoot().status(0, ALL_CAPS).proc), null);
+  const user = new FakeRoot().status(1000, "0000000000000000");
+  const rootUser = new FakeRoot().status(0, ALL_CAPS);
+  try {
+    assertMatch(
+      privilegeProblem(user.proc, "/usr/local/bin/vnet")!,
+      /^cannot capture or inject frames: uid 1000 lacks CAP_NET_RAW and CAP_NET_ADMIN; .*\/usr\/local\/bin\/vnet$/,
+    );
+    assertEquals(privilegeProblem(rootUser.proc), null);
+  } finally {
+    user.cleanup();
+    rootUser.cleanup();
+  }
 });
