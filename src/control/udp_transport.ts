@@ -12,6 +12,11 @@
  *      session's 2 minutes: the acceptor installs the keys first, to open with, and seals with
  *      them once it sees the dialler use them.
  *
+ * Each side also says that it completes the TCP and UDP checksums of the frames it is sent
+ * (`completesChecksums`; every VNET does, in its injector's offload.ts), so the other may leave
+ * them to it instead of summing each segment it cuts. An older VNET does not say so: it is sent
+ * complete checksums, as before, and so is a kernel VXLAN tunnel, which is agreed no path here.
+ *
  * A plain link gets a plain path (VXLAN): UDP is no less private than the link. A link through
  * `ssh -W` gets none: only SSH gets through there. A peer that does not know the request (an
  * older VNET) answers with an error: the link carries everything, as before.
@@ -39,6 +44,8 @@ export interface UdpOffer {
   aead?: AeadName;
   /** The ephemeral X25519 public key (base64), on a TLS link. */
   public?: string;
+  /** It completes the TCP and UDP checksums of the frames sent to it (offload.ts). */
+  completesChecksums?: boolean;
 }
 
 interface Agreed {
@@ -91,6 +98,7 @@ export class UdpTransport {
       port: this.port,
       token: randomId(),
       id: randomId(),
+      completesChecksums: true,
       ...(ephemeral ? { aeads: supportedAeads(), public: toBase64(ephemeral.publicKey) } : {}),
     };
     try {
@@ -133,6 +141,7 @@ export class UdpTransport {
         port: this.port,
         token: randomId(),
         id: randomId(),
+        completesChecksums: true,
         ...(ephemeral ? { aead: aead!, public: toBase64(ephemeral.publicKey) } : {}),
       };
       const keys = ephemeral
@@ -192,6 +201,7 @@ export class UdpTransport {
       peerId: theirs.id,
       token: mine.token,
       peerToken: theirs.token,
+      peerCompletesChecksums: theirs.completesChecksums === true,
     });
     if (!opened) throw new VnetError("the data path has no UDP socket");
     this.#agreed.set(link, { aead, epoch: 0 });
@@ -253,7 +263,13 @@ function checkOffer(body: Record<string, unknown>, sealed: boolean): UdpOffer {
   }
   if (port === 0) return { port: 0, token: 0, id: 0 };
   if (!u32(token) || !u32(id)) throw refused("bad UDP token or session id");
-  const offer: UdpOffer = { port: port as number, token: token as number, id: id as number };
+  const offer: UdpOffer = {
+    port: port as number,
+    token: token as number,
+    id: id as number,
+    // Anything but true (an older VNET says nothing) gets complete checksums.
+    completesChecksums: body.completesChecksums === true,
+  };
   if (!sealed) return offer;
   const known = supportedAeads() as string[];
   if (aeads !== undefined) {

@@ -340,7 +340,7 @@ export class Forwarder {
 
   /** Opens link `agreed.link`'s UDP path as the two servers agreed it (or a Proxy told). */
   #openUdpPath(udp: UdpPeerPort, agreed: UdpPathAgreed & { link: number }): UdpPeerLink {
-    const { host, port, keys, localId, peerId, token, peerToken } = agreed;
+    const { host, port, keys, localId, peerId, token, peerToken, peerCompletesChecksums } = agreed;
     return udp.open(agreed.link, {
       host,
       port,
@@ -349,6 +349,7 @@ export class Forwarder {
       peerId,
       token,
       peerToken,
+      peerCompletesChecksums,
     }, performance.now());
   }
 

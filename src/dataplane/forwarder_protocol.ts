@@ -106,6 +106,8 @@ export interface UdpPathAgreed {
   /** Keepalive tokens (plain): ours, and the peer's. */
   token: number;
   peerToken: number;
+  /** The peer said it completes our frames' TCP and UDP checksums (udp_transport.ts). */
+  peerCompletesChecksums?: boolean;
 }
 
 /** An epoch's keys as a command carries them (base64). */

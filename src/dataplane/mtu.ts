@@ -33,7 +33,7 @@
  * Everything here is pure: no allocation, no clock but the token bucket's.
  */
 
-import { Dropped, fold, internetChecksum, prepareForWire } from "./offload.ts";
+import { Dropped, fold, internetChecksum, type L4Checksums, prepareForWire } from "./offload.ts";
 import {
   ETHERTYPE_IPV4,
   ETHERTYPE_IPV6,
@@ -75,7 +75,8 @@ export const TOO_BIG_REPLY_MAX = 18 + IPV6_MIN_MTU;
  * OpenVPN's mssfix). For a path carrying P-byte IP packets: `clampMss(frame, P - 40)`.
  *
  * The checksum must be complete. A CHECKSUM_PARTIAL one (a local VM's offload) comes out just as
- * wrong as it went in, and `prepareForWire`, which verifies and rewrites checksums, fixes it.
+ * wrong as it went in, and `prepareForWire`, which verifies and rewrites checksums, fixes it
+ * (here, or at the receiving VNET when the path leaves checksums to it: `L4Checksums`).
  */
 export function clampMss(frame: Uint8Array, maxMss: number, maxMss6 = maxMss - 20): boolean {
   const l3 = networkOffset(frame);
@@ -367,17 +368,19 @@ export class PathFit {
   readonly #reply = new Uint8Array(TOO_BIG_REPLY_MAX);
 
   /**
-   * Emits `frame` as frames of at most `mtu` IP bytes; `answer` gets the "too big" reply for one
-   * it cannot cut (lent for the call). Returns the frames emitted: 0 if none was.
+   * Emits `frame` as frames of at most `mtu` IP bytes, their TCP and UDP checksums as `checksums`
+   * says; `answer` gets the "too big" reply for one it cannot cut (lent for the call). Returns
+   * the frames emitted: 0 if none was.
    */
   send(
     frame: Uint8Array,
     mtu: number,
     emit: (frame: Uint8Array) => void,
     answer: (reply: Uint8Array) => void,
+    checksums: L4Checksums = "complete",
   ): number {
     clampMss(frame, mtu - 40);
-    const sent = prepareForWire(frame, mtu, emit);
+    const sent = prepareForWire(frame, mtu, emit, undefined, checksums);
     if (sent === Dropped.oversize) {
       // IPv4 with DF, IPv6: tell the sender the MTU, as a router would (a reply only where due).
       const n = this.#bucket.take() ? tooBigReply(frame, mtu, this.#reply) : 0;

@@ -186,13 +186,26 @@ export type GsoEmit = (frame: Uint8Array, gso: GsoFrame) => boolean;
 const gsoFrame: GsoFrame = { v4: false, l4Offset: 0, headerLength: 0, mss: 0, ecn: false };
 
 /**
+ * What `prepareForWire` does with the TCP and UDP checksums of what it emits whole or cuts:
+ *   - `complete`: each is verified, and rewritten when wrong or partial; what a wire needs.
+ *   - `partial`: each is left to the receiver, which is another VNET that completes them itself
+ *     (the link agreed it: control/udp_transport.ts). A frame that fits goes as it came; a
+ *     segment cut here carries its pseudo-header sum, as the kernel leaves a CHECKSUM_PARTIAL
+ *     one. Summing every byte of every segment was a fifth of a sending worker's time with
+ *     offloads on, and the receiver merges the segments again and lets its kernel sum them
+ *     (gro.ts), or sums a lone one anyway. A datagram IPv4 fragments still gets its checksum
+ *     here: no receiver can sum one from a fragment.
+ */
+export type L4Checksums = "complete" | "partial";
+
+/**
  * Makes one captured frame fit for a wire of `mtu` (the IP MTU of the interface it will be
- * injected on): completes/repairs TCP and UDP checksums (verify; rewrite when wrong) and the IPv4
- * header checksum, and segments TCP super-frames into MSS-sized segments (MSS = mtu - IP header -
- * TCP header incl. options), or hands them whole to `gso` when given. IPv4 datagrams over the MTU
- * without DF (other than TCP super-frames) are fragmented. Calls `emit` synchronously once per
- * resulting frame (the view may be reused after emit returns). A frame that already fits is
- * fixed in place and emitted as the same view.
+ * injected on): completes/repairs TCP and UDP checksums (verify; rewrite when wrong; see
+ * `L4Checksums` for `partial`) and the IPv4 header checksum, and segments TCP super-frames into
+ * MSS-sized segments (MSS = mtu - IP header - TCP header incl. options), or hands them whole to
+ * `gso` when given. IPv4 datagrams over the MTU without DF (other than TCP super-frames) are
+ * fragmented. Calls `emit` synchronously once per resulting frame (the view may be reused after
+ * emit returns). A frame that already fits is fixed in place and emitted as the same view.
  *
  * Returns the number of frames emitted; 0 if `gso` refused the super-frame (its failure, counted
  * by the injector); a negative `Dropped` code if the frame was dropped. Never throws (unless
@@ -203,12 +216,14 @@ export function prepareForWire(
   mtu: number,
   emit: (frame: Uint8Array) => void,
   gso?: GsoEmit,
+  checksums: L4Checksums = "complete",
 ): number {
   const l3 = networkOffset(frame);
   if (l3 === 0) return Dropped.malformed;
   const type = etherTypeAt(frame, l3);
-  if (type === ETHERTYPE_IPV4) return ipv4(frame, l3, mtu, emit, gso);
-  if (type === ETHERTYPE_IPV6) return ipv6(frame, l3, mtu, emit, gso);
+  const complete = checksums === "complete";
+  if (type === ETHERTYPE_IPV4) return ipv4(frame, l3, mtu, emit, gso, complete);
+  if (type === ETHERTYPE_IPV6) return ipv6(frame, l3, mtu, emit, gso, complete);
   // Anything else (ARP, 802.3/LLC, 0x88b5, a second VLAN tag, ...) goes out untouched.
   if (frame.length - l3 > mtu) return Dropped.oversize;
   emit(frame);
@@ -222,9 +237,11 @@ type FitIp = (
   mtu: number,
   emit: (frame: Uint8Array) => void,
   gso: GsoEmit | undefined,
+  /** False: TCP and UDP checksums are left partial (`L4Checksums`). */
+  complete: boolean,
 ) => number;
 
-const ipv4: FitIp = (f, l3, mtu, emit, gso) => {
+const ipv4: FitIp = (f, l3, mtu, emit, gso, complete) => {
   const avail = f.length - l3;
   if (avail < 20) return Dropped.malformed;
   const vihl = f[l3];
@@ -245,13 +262,16 @@ const ipv4: FitIp = (f, l3, mtu, emit, gso) => {
       const th = (f[l4 + 12] >>> 4) << 2;
       if (th < 20 || th > l4len) return Dropped.malformed;
       const addr = sumWords(f, l3 + 12, 8);
-      if (tot > mtu) return segmentTcp(f, l3, ihl, th, l4len, addr, mtu, true, emit, gso);
-      fixL4Checksum(f, l4, l4len, l4 + 16, addr + IPPROTO_TCP + l4len, false);
+      if (tot > mtu) {
+        return segmentTcp(f, l3, ihl, th, l4len, addr, mtu, true, emit, gso, complete);
+      }
+      if (complete) fixL4Checksum(f, l4, l4len, l4 + 16, addr + IPPROTO_TCP + l4len, false);
     } else if (proto === IPPROTO_UDP) {
       if (l4len < 8) return Dropped.malformed;
       const ulen = (f[l4 + 4] << 8) | f[l4 + 5];
       if (ulen < 8 || ulen > l4len) return Dropped.malformed;
-      if (f[l4 + 6] !== 0 || f[l4 + 7] !== 0) { // 0: sent without checksum (RFC 768)
+      // 0: sent without checksum (RFC 768). Left partial only if no fragment will carry it.
+      if ((f[l4 + 6] !== 0 || f[l4 + 7] !== 0) && (complete || tot > mtu)) {
         fixL4Checksum(f, l4, ulen, l4 + 6, sumWords(f, l3 + 12, 8) + IPPROTO_UDP + ulen, true);
       }
     }
@@ -261,7 +281,7 @@ const ipv4: FitIp = (f, l3, mtu, emit, gso) => {
   return fragmentIpv4(f, l3, ihl, tot, frag, mtu, emit);
 };
 
-const ipv6: FitIp = (f, l3, mtu, emit, gso) => {
+const ipv6: FitIp = (f, l3, mtu, emit, gso, complete) => {
   const avail = f.length - l3;
   if (avail < 40 || f[l3] >>> 4 !== 6) return Dropped.malformed;
   let plen = (f[l3 + 4] << 8) | f[l3 + 5];
@@ -295,8 +315,10 @@ const ipv6: FitIp = (f, l3, mtu, emit, gso) => {
     const th = (f[l4 + 12] >>> 4) << 2;
     if (th < 20 || th > l4len) return Dropped.malformed;
     const addr = sumWords(f, l3 + 8, 32);
-    if (40 + plen > mtu) return segmentTcp(f, l3, l4 - l3, th, l4len, addr, mtu, false, emit, gso);
-    fixL4Checksum(f, l4, l4len, l4 + 16, addr + IPPROTO_TCP + l4len, false);
+    if (40 + plen > mtu) {
+      return segmentTcp(f, l3, l4 - l3, th, l4len, addr, mtu, false, emit, gso, complete);
+    }
+    if (complete) fixL4Checksum(f, l4, l4len, l4 + 16, addr + IPPROTO_TCP + l4len, false);
   } else if (nh === IPPROTO_UDP) {
     if (l4len < 8) return Dropped.malformed;
     let ulen = (f[l4 + 4] << 8) | f[l4 + 5];
@@ -304,7 +326,9 @@ const ipv6: FitIp = (f, l3, mtu, emit, gso) => {
     if (ulen < 8 || ulen > l4len) return Dropped.malformed;
     // IPv6 UDP must carry a checksum (RFC 8200): a stored 0 is completed like a partial one.
     const ulenSum = (ulen >>> 16) + (ulen & 0xffff);
-    fixL4Checksum(f, l4, ulen, l4 + 6, sumWords(f, l3 + 8, 32) + IPPROTO_UDP + ulenSum, true);
+    if (complete) {
+      fixL4Checksum(f, l4, ulen, l4 + 6, sumWords(f, l3 + 8, 32) + IPPROTO_UDP + ulenSum, true);
+    }
   }
   if (40 + plen > mtu) return Dropped.oversize;
   return emitFitting(f, l3, 40 + plen, mtu, emit);
@@ -313,7 +337,8 @@ const ipv6: FitIp = (f, l3, mtu, emit, gso) => {
 /**
  * Cuts a TCP super-frame into segments of at most `mtu` IP bytes in the scratch buffer, as TSO
  * would: sequence numbers advance, CWR only on the first, FIN/PSH only on the last, IPv4 ID + 1
- * per segment, DF and TCP options copied, lengths and all checksums recomputed.
+ * per segment, DF and TCP options copied, lengths and all checksums recomputed (`complete`; else
+ * TCP's is each segment's pseudo-header sum, `L4Checksums`).
  */
 function segmentTcp(
   f: Uint8Array,
@@ -326,6 +351,7 @@ function segmentTcp(
   v4: boolean,
   emit: (frame: Uint8Array) => void,
   gso: GsoEmit | undefined,
+  complete: boolean,
 ): number {
   const l4 = l3 + netLen;
   const hdrEnd = l4 + th;
@@ -383,9 +409,14 @@ function segmentTcp(
     if (k > 0) fl &= ~TCP_CWR;
     if (k < count - 1) fl &= ~(TCP_FIN | TCP_PSH);
     s[l4 + 13] = fl;
-    s[l4 + 16] = 0;
-    s[l4 + 17] = 0;
-    const c = ~fold(sumBytes(scratchDv, l4, l4 + segLen) + pseudo + segLen) & 0xffff;
+    let c: number;
+    if (complete) {
+      s[l4 + 16] = 0;
+      s[l4 + 17] = 0;
+      c = ~fold(sumBytes(scratchDv, l4, l4 + segLen) + pseudo + segLen) & 0xffff;
+    } else {
+      c = fold(pseudo + segLen);
+    }
     s[l4 + 16] = c >>> 8;
     s[l4 + 17] = c & 0xff;
     emit(scratchOf(hdrEnd + n));

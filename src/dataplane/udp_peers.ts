@@ -78,6 +78,7 @@ import {
   UdpCryptoSession,
 } from "../link/udp/session.ts";
 import { clampMss, PathFit } from "./mtu.ts";
+import { type L4Checksums } from "./offload.ts";
 import { PathMtuSearch } from "./path_mtu_search.ts";
 import { PathShaper } from "./path_shaper.ts";
 import {
@@ -207,6 +208,8 @@ export interface UdpPathSpec {
   peerId: number;
   token: number;
   peerToken: number;
+  /** The peer completes the TCP and UDP checksums of our frames (offload.ts `L4Checksums`). */
+  peerCompletesChecksums?: boolean;
 }
 
 /** What `list` shows of a link's UDP path. */
@@ -238,6 +241,8 @@ export interface UdpPathState {
   aqmDrops: number;
   /** The rate the path is paced at to keep its queue short, Mbit/s; null: not paced. */
   pacedMbps: number | null;
+  /** partial: the peer completes our frames' TCP and UDP checksums, which we leave to it. */
+  checksums: L4Checksums;
 }
 
 /** One link's UDP path. */
@@ -289,6 +294,8 @@ export class UdpPeerLink {
   /** Frames came for the path since the port last looked (it then keeps the keepalives busy). */
   busy = false;
   readonly #fit = new PathFit();
+  /** What becomes of our frames' TCP and UDP checksums: left to the peer if it completes them. */
+  readonly #checksums: L4Checksums;
   /** The path's MTU as probes confirmed it, within the kernel's. */
   readonly #search: PathMtuSearch;
   /** The size of a probe from the peer, answered in our next keepalive (0: none). */
@@ -319,6 +326,7 @@ export class UdpPeerLink {
     now: number,
   ) {
     this.peer = port.socket.peer(spec.host, spec.port);
+    this.#checksums = spec.peerCompletesChecksums ? "partial" : "complete";
     // A new path is busy until proven idle: it comes up at the pace of a busy one.
     this.#lastFrameAt = now;
     this.#search = new PathMtuSearch(this.#kernelPathMtu());
@@ -394,7 +402,7 @@ export class UdpPeerLink {
   #transmit(handler: number, frame: Uint8Array): boolean {
     if (!this.isOpen) return false;
     this.#sending = handler;
-    const sent = this.#fit.send(frame, this.mtu, this.#emit, this.#tooBig);
+    const sent = this.#fit.send(frame, this.mtu, this.#emit, this.#tooBig, this.#checksums);
     this.#skip = 0;
     if (sent > 1) this.port.sink.cut(handler, sent - 1);
     return sent > 0;
@@ -592,6 +600,7 @@ export class UdpPeerLink {
       queueDelayMs: this.#codel.delayMs === null ? null : Math.round(this.#codel.delayMs * 10) / 10,
       aqmDrops: this.#codel.drops + this.#shaper.drops,
       pacedMbps: this.#shaper.rate === Infinity ? null : Math.round(this.#shaper.rate * 8 / 1000),
+      checksums: this.#checksums,
     };
   }
 

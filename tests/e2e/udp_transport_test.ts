@@ -1,6 +1,7 @@
 /**
  * The UDP transport between VNET servers (issue 18), with real servers in namespaces:
- *   - plain links get a plain VXLAN path, TLS links a sealed one; frames take it both ways;
+ *   - plain links get a plain VXLAN path, TLS links a sealed one, each end leaving the TCP and
+ *     UDP checksums to the other; frames take it both ways;
  *   - UDP blocked mid-stream: frames move to the link within 5 s, the ping carries on, and
  *     they come back to UDP once it gets through again;
  *   - UDP losing 40% of one end's datagrams (sealed): that end's frames move to the link within
@@ -45,6 +46,7 @@ interface UdpState {
   fallbackFrames: number;
   refused: number;
   peerLossPercent: number | null;
+  checksums: "complete" | "partial";
 }
 
 /** The one handler of `role`'s server, with its link's UDP path. */
@@ -160,6 +162,11 @@ for (const tls of [false, true]) {
         const h = await only(topo, "host");
         assert(h.link.udp!.sealed === tls, `sealed ${h.link.udp!.sealed}, tls ${tls}`);
         assert(h.link.transport === "udp", `transport ${h.link.transport}`);
+        // Each server said it completes checksums: each leaves them to the other.
+        for (const role of ["proxy", "host"] as const) {
+          const checksums = (await only(topo, role)).link.udp!.checksums;
+          assert(checksums === "partial", `the ${role}'s path sends checksums ${checksums}`);
+        }
       });
 
       await step("iperf3 both ways goes by UDP, not by the link", async () => {

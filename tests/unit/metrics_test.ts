@@ -262,6 +262,7 @@ Deno.test("metrics: a Host's direct paths, by what carries them, and their UDP d
     queueDelayMs: null,
     aqmDrops: 0,
     pacedMbps: null,
+    checksums: "partial" as const,
   };
   const path = (mac: string, via: "direct" | "proxy", transport: "udp" | "tcp" | null) => ({
     mac,
@@ -316,6 +317,7 @@ Deno.test("metrics: a handler's UDP path, its queue delay among them; none while
     queueDelayMs: 4.2,
     aqmDrops: 3,
     pacedMbps: 610,
+    checksums: "partial" as const,
   };
   const base = listedHandler();
   const l = 'id="0a0b0c0d",role="proxy",device="lan0"';

@@ -573,6 +573,49 @@ Deno.test("with a GSO injector a super-frame goes out whole, pseudo-header sum i
   }
 });
 
+Deno.test("checksums left partial: each segment its pseudo-header sum, completed by the receiver", () => {
+  for (const v6 of [false, true]) {
+    const payload = bytes(30000, 21);
+    const f = build({ v6, proto: 6, csum: "garbage", payload, ts: true, flags: 0x18 });
+    const complete = run(f.slice()).out;
+    const partial: Uint8Array[] = [];
+    const n = prepareForWire(f.slice(), 1500, (x) => partial.push(x.slice()), undefined, "partial");
+    assertEquals(n, complete.length);
+    partial.forEach((seg, k) => {
+      const p = parse(seg);
+      // What a kernel leaves in a CHECKSUM_PARTIAL field, and nothing more.
+      assertEquals(u16(seg, p.l4 + 16), refSum(pseudoHeader(seg, p, p.l4len)), `segment ${k}`);
+      assert(!l4Ok(seg), `segment ${k} was summed after all`);
+      assert(ipHeaderOk(seg), `IP header checksum of segment ${k}`);
+      // The receiving VNET's own pass (its injector's) makes it what a complete cut gives.
+      let fixed: Uint8Array | null = null;
+      assertEquals(prepareForWire(seg, 1500, (x) => fixed = x.slice()), 1);
+      assertEquals(fixed, complete[k], `segment ${k} once the receiver completed it`);
+    });
+  }
+});
+
+Deno.test("checksums left partial: a frame that fits goes as it came; a fragmented one is summed", () => {
+  for (
+    const spec of [{ proto: 6 }, { proto: 17 }, { v6: true, proto: 6 }, { v6: true, proto: 17 }]
+  ) {
+    const f = build({ ...spec, csum: "garbage", payload: bytes(900, 3) } as Spec);
+    const want = f.slice();
+    if (!spec.v6) put16(f, 14 + 10, 0x1234); // a wrong IPv4 header checksum is still repaired
+    const seen: Uint8Array[] = [];
+    assertEquals(prepareForWire(f, 1500, (x) => seen.push(x), undefined, "partial"), 1);
+    assertStrictEquals(seen[0], f, "a frame that fits is emitted as the same view");
+    assertEquals(f, want, `${JSON.stringify(spec)}: changed`);
+  }
+  // No receiver can sum a datagram from its fragments: those of a partial path are summed here.
+  const payload = bytes(4000, 5);
+  const g = build({ proto: 17, csum: "partial", payload, df: false });
+  const complete = run(g.slice()).out;
+  const partial: Uint8Array[] = [];
+  prepareForWire(g.slice(), 1500, (x) => partial.push(x.slice()), undefined, "partial");
+  assertEquals(partial, complete);
+});
+
 Deno.test("64 KiB IPv6 TCP super-frame with timestamps is segmented for mtu 1500", () => {
   const payload = bytes(65535 - 32, 12);
   const f = build({ v6: true, proto: 6, csum: "partial", payload, ts: true, flags: 0x80 | 0x19 });
