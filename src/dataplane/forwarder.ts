@@ -36,6 +36,8 @@ import { type FrameLink, type Interfaces } from "./ports.ts";
 /** A switched pair is reported at most this often: the control plane decides, not per frame. */
 const SWITCHED_EVERY_MS = 1000;
 const MAX_SWITCHED_PAIRS = 65_536;
+/** How often the tick asks whether each captured interface is still there (Interfaces.check). */
+const CHECK_INTERFACES_MS = 1000;
 
 /** Where a link's frames go when the forwarder does not own its socket: to the main thread. */
 export type FrameOut = (link: number, handler: number, frame: Uint8Array) => boolean;
@@ -68,6 +70,8 @@ export class Forwarder {
   readonly #allowed = new Map<number, Set<number>>();
   /** When each switched pair was last reported. */
   readonly #switched = new Map<string, number>();
+  /** When the tick last asked the interfaces (performance.now()). */
+  #checkedAt = -Infinity;
 
   constructor(
     private readonly ports: Interfaces,
@@ -322,13 +326,17 @@ export class Forwarder {
   };
 
   /**
-   * Housekeeping, at least once a second: a capture whose interface is gone fails, a socket
-   * whose writes are stuck is closed, the sockets' keepalives are sent and their silence
-   * checked. Returns the ms until the next tick when a keepalive or the UDP paths want it sooner.
+   * Housekeeping, at least once a second: a capture whose interface is gone fails (asked once a
+   * second), a socket whose writes are stuck is closed, the sockets' keepalives are sent and
+   * their silence checked. Returns the ms until the next tick when a keepalive or the UDP paths
+   * want it sooner. `monotonic`: performance.now()'s clock.
    */
-  tick(now = Date.now()): number | undefined {
-    const monotonic = performance.now();
-    this.ports.check?.();
+  tick(now = Date.now(), monotonic = performance.now()): number | undefined {
+    // A busy UDP path ticks every 250 ms; looking up each interface costs three system calls.
+    if (monotonic - this.#checkedAt >= CHECK_INTERFACES_MS) {
+      this.#checkedAt = monotonic;
+      this.ports.check?.();
+    }
     let next = Infinity;
     for (const socket of this.#sockets.values()) {
       socket.checkStall(now);
