@@ -363,10 +363,42 @@ export class LoopGuard {
   }
 }
 
-/** FNV-1a over the first bytes, mixed with the length. */
+/**
+ * FNV-1a over the first bytes, mixed with the length. The TCP or UDP checksum counts as zero:
+ * one copy of a frame may carry it complete and another partial (a UDP path leaves checksums to
+ * the VNET that receives it: offload.ts `L4Checksums`), and they are still the same frame.
+ */
 function hashFrame(frame: Uint8Array): number {
   let h = 0x811c9dc5 ^ frame.length;
   const n = Math.min(frame.length, HASHED_BYTES);
-  for (let i = 0; i < n; i++) h = Math.imul(h ^ frame[i], 0x01000193);
+  const skip = l4ChecksumAt(frame);
+  for (let i = 0; i < n; i++) {
+    h = Math.imul(h ^ (i === skip || i === skip + 1 ? 0 : frame[i]), 0x01000193);
+  }
   return h | 0;
+}
+
+/**
+ * Where the TCP or UDP checksum of `frame` is (Ethernet, one VLAN tag at most, IPv4 that is not
+ * a later fragment, or IPv6 without extension headers), or -2 if it has none there.
+ */
+function l4ChecksumAt(frame: Uint8Array): number {
+  let l3 = 14;
+  let type = (frame[12] << 8) | frame[13];
+  if (type === 0x8100 || type === 0x88a8) {
+    l3 = 18;
+    type = (frame[16] << 8) | frame[17];
+  }
+  let l4: number, proto: number;
+  if (type === 0x0800 && frame.length >= l3 + 20) {
+    if ((((frame[l3 + 6] & 0x1f) << 8) | frame[l3 + 7]) !== 0) return -2;
+    l4 = l3 + ((frame[l3] & 15) << 2);
+    proto = frame[l3 + 9];
+  } else if (type === 0x86dd && frame.length >= l3 + 40) {
+    l4 = l3 + 40;
+    proto = frame[l3 + 6];
+  } else {
+    return -2;
+  }
+  return proto === 6 ? l4 + 16 : proto === 17 ? l4 + 6 : -2;
 }

@@ -196,6 +196,34 @@ Deno.test("loop guard: the same broadcast within the window is a repeat; others 
   assert(!guard.seen(f), "the ring kept a frame past its size");
 });
 
+Deno.test("loop guard: copies of a broadcast whose TCP or UDP checksum differs are repeats", () => {
+  // mDNS to 224.0.0.251 (UDP, IPv4), an IPv6 multicast UDP frame, and TCP under a VLAN tag: each
+  // once with its checksum complete and once with another value there (one copy came by a UDP
+  // path that left it to the receiver), and the other bytes the same.
+  const mdns = new Uint8Array(80);
+  mdns.set([1, 0, 0x5e, 0, 0, 0xfb, 2, 0, 0, 0, 0, 9, 0x08, 0x00, 0x45, 0, 0, 66, 0, 0, 0x40, 0]);
+  mdns.set([255, 17, 0, 0, 10, 0, 0, 9, 224, 0, 0, 251, 0x14, 0xe9, 0x14, 0xe9, 0, 46], 22);
+  const v6 = new Uint8Array(90);
+  v6.set([0x33, 0x33, 0, 0, 0, 0xfb, 2, 0, 0, 0, 0, 9, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 36, 17, 255]);
+  const tagged = new Uint8Array(100);
+  tagged.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 9, 0x81, 0, 0, 5, 0x08, 0]);
+  tagged.set([0x45, 0, 0, 82, 0, 0, 0x40, 0, 64, 6], 18);
+  for (const [f, at] of [[mdns, 40], [v6, 60], [tagged, 54]] as const) {
+    f[at] = 0x12;
+    f[at + 1] = 0x34;
+    const guard = new LoopGuard();
+    assert(!guard.repeat(f), "a first sighting was a repeat");
+    const partial = f.slice();
+    partial[at] = 0xab;
+    partial[at + 1] = 0xcd;
+    assert(guard.repeat(partial), `a copy with another checksum at ${at} was not a repeat`);
+    // Any other byte still tells frames apart.
+    const other = f.slice();
+    other[at + 2] ^= 1;
+    assert(!guard.repeat(other), `a frame differing at ${at + 2} was a repeat`);
+  }
+});
+
 Deno.test("fabric, Host: a route steers only the handlers of the Proxy link that offered it", () => {
   const fabric = new Fabric();
   const proxy = link("proxy"), rogue = link("rogue");
