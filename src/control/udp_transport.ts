@@ -14,8 +14,10 @@
  *
  * Each side also says that it completes the TCP and UDP checksums of the frames it is sent
  * (`completesChecksums`; every VNET does, in its injector's offload.ts), so the other may leave
- * them to it instead of summing each segment it cuts. An older VNET does not say so: it is sent
- * complete checksums, as before, and so is a kernel VXLAN tunnel, which is agreed no path here.
+ * them to it instead of summing each segment it cuts. An older VNET does not say so: its UDP path
+ * is sent complete checksums, as before, and so is a kernel VXLAN tunnel, which is agreed no path
+ * here. (A link's stream has always carried frames as they were captured, checksums partial or
+ * not: every VNET completes them before it injects them.)
  *
  * A plain link gets a plain path (VXLAN): UDP is no less private than the link. A link through
  * `ssh -W` gets none: only SSH gets through there. A peer that does not know the request (an
