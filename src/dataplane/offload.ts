@@ -8,8 +8,9 @@
  * into MSS-sized segments, oversized IPv4 datagrams without DF fragmented.
  *
  * Hot path (a frame that already fits): checksums are verified and, when wrong, rewritten in
- * place, and the same view is emitted. No allocation happens there as long as consecutive frames
- * are views over the same ArrayBuffer (a DataView over it is cached).
+ * place, and the same view is emitted; on a UDP path whose peer completes them (`L4Checksums`),
+ * TCP's and UDP's are left to that peer. No allocation happens there as long as consecutive
+ * frames are views over the same ArrayBuffer (a DataView over it is cached).
  */
 
 import { type GsoFrame } from "./ports.ts";

@@ -57,6 +57,9 @@
  * carries TCP usefully does; below it, UDP serves the VMs' flows better than a stream whose one
  * lost segment holds up every flow behind it.
  *
+ * Checksums: a frame's TCP and UDP checksums are left partial when the peer said it completes
+ * them (control/udp_transport.ts, offload.ts `L4Checksums`), and summed here otherwise.
+ *
  * MTU: the inner IP MTU is the path's less the outer headers. The path's is what probes confirmed
  * (path_mtu_search.ts: 1280 until a larger one crosses, so a hop whose ICMP is filtered is no black
  * hole; a peer of an older VNET never answers, and the kernel's figure is used), within the
