@@ -262,11 +262,14 @@ const ipv4: FitIp = (f, l3, mtu, emit, gso, complete) => {
       if (l4len < 20) return Dropped.malformed;
       const th = (f[l4 + 12] >>> 4) << 2;
       if (th < 20 || th > l4len) return Dropped.malformed;
-      const addr = sumWords(f, l3 + 12, 8);
+      // The addresses' sum only where a checksum is written (a `partial` frame that fits: none).
       if (tot > mtu) {
+        const addr = sumWords(f, l3 + 12, 8);
         return segmentTcp(f, l3, ihl, th, l4len, addr, mtu, true, emit, gso, complete);
       }
-      if (complete) fixL4Checksum(f, l4, l4len, l4 + 16, addr + IPPROTO_TCP + l4len, false);
+      if (complete) {
+        fixL4Checksum(f, l4, l4len, l4 + 16, sumWords(f, l3 + 12, 8) + IPPROTO_TCP + l4len, false);
+      }
     } else if (proto === IPPROTO_UDP) {
       if (l4len < 8) return Dropped.malformed;
       const ulen = (f[l4 + 4] << 8) | f[l4 + 5];
@@ -315,11 +318,13 @@ const ipv6: FitIp = (f, l3, mtu, emit, gso, complete) => {
     if (l4len < 20) return Dropped.malformed;
     const th = (f[l4 + 12] >>> 4) << 2;
     if (th < 20 || th > l4len) return Dropped.malformed;
-    const addr = sumWords(f, l3 + 8, 32);
     if (40 + plen > mtu) {
+      const addr = sumWords(f, l3 + 8, 32);
       return segmentTcp(f, l3, l4 - l3, th, l4len, addr, mtu, false, emit, gso, complete);
     }
-    if (complete) fixL4Checksum(f, l4, l4len, l4 + 16, addr + IPPROTO_TCP + l4len, false);
+    if (complete) {
+      fixL4Checksum(f, l4, l4len, l4 + 16, sumWords(f, l3 + 8, 32) + IPPROTO_TCP + l4len, false);
+    }
   } else if (nh === IPPROTO_UDP) {
     if (l4len < 8) return Dropped.malformed;
     let ulen = (f[l4 + 4] << 8) | f[l4 + 5];
