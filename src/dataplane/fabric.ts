@@ -36,6 +36,7 @@
  */
 import { type FrameLink } from "./ports.ts";
 import { isBroadcastFrame, mac48, macBytes } from "./mac.ts";
+import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, etherTypeAt, networkOffset } from "./headers.ts";
 
 /** What the fabric needs of a handler. */
 export interface FabricPort {
@@ -383,18 +384,15 @@ function hashFrame(frame: Uint8Array): number {
  * a later fragment, or IPv6 without extension headers), or -2 if it has none there.
  */
 function l4ChecksumAt(frame: Uint8Array): number {
-  let l3 = 14;
-  let type = (frame[12] << 8) | frame[13];
-  if (type === 0x8100 || type === 0x88a8) {
-    l3 = 18;
-    type = (frame[16] << 8) | frame[17];
-  }
+  const l3 = networkOffset(frame);
+  if (l3 === 0) return -2;
+  const type = etherTypeAt(frame, l3);
   let l4: number, proto: number;
-  if (type === 0x0800 && frame.length >= l3 + 20) {
+  if (type === ETHERTYPE_IPV4 && frame.length >= l3 + 20) {
     if ((((frame[l3 + 6] & 0x1f) << 8) | frame[l3 + 7]) !== 0) return -2;
     l4 = l3 + ((frame[l3] & 15) << 2);
     proto = frame[l3 + 9];
-  } else if (type === 0x86dd && frame.length >= l3 + 40) {
+  } else if (type === ETHERTYPE_IPV6 && frame.length >= l3 + 40) {
     l4 = l3 + 40;
     proto = frame[l3 + 6];
   } else {
