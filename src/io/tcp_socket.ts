@@ -12,7 +12,8 @@
  *
  * Failures are Deno's own error classes with Deno's words (`Connection refused (os error
  * 111)`), so callers explain them as they explained Deno.connect's and Deno.listen's
- * (src/link/dial.ts, src/control/acceptor.ts), and `code` names the errno (`EMFILE`).
+ * (src/link/dial.ts, src/control/acceptor.ts); `code` names the errno (`EMFILE`) and `syscall`
+ * the call that failed (`connect`), so an error nobody expects says where it came from.
  */
 import { lookup } from "node:dns/promises";
 import { lastErrno, libc } from "../../ffi/libc.ts";
@@ -73,16 +74,19 @@ const ERRNOS: Record<number, [string, new (message: string) => Error]> = {
   113: ["EHOSTUNREACH", Error],
 };
 
-/** The error for `errno`, as Deno words it: `Address already in use (os error 98)`. */
-function osError(errno: number, text: string): Error {
+/**
+ * The error for `errno`, as Deno words it: `Address already in use (os error 98)`; `syscall`
+ * names the call that failed (as node:net's errors do), for an error no caller expects.
+ */
+function osError(errno: number, text: string, syscall: string): Error {
   const [code, Class] = ERRNOS[errno] ?? [`errno ${errno}`, Error];
-  return Object.assign(new Class(`${text} (os error ${errno})`), { code, errno });
+  return Object.assign(new Class(`${text} (os error ${errno})`), { code, errno, syscall });
 }
 
-/** The calling thread's errno as an error (right after a failed call). */
-function lastError(): Error {
+/** The calling thread's errno as an error, right after `syscall` failed. */
+function lastError(syscall: string): Error {
   const { errno, text } = lastErrno();
-  return osError(errno, text);
+  return osError(errno, text, syscall);
 }
 
 /** One TCP connection of ours: its fd (nonblocking, close-on-exec) and its two ends. */
@@ -199,12 +203,9 @@ function socklen(size: number): Uint8Array {
 }
 
 /** One end of a socket, by `getsockname` or `getpeername`. */
-function endOf(
-  fd: number,
-  name: (fd: number, addr: Uint8Array, len: Uint8Array) => number,
-): HostPort {
+function endOf(fd: number, call: "getsockname" | "getpeername"): HostPort {
   const sockaddr = new Uint8Array(SOCKADDR_SIZE);
-  if (name(fd, sockaddr, socklen(SOCKADDR_SIZE)) !== 0) throw lastError();
+  if (libc()[call](fd, sockaddr, socklen(SOCKADDR_SIZE)) !== 0) throw lastError(call);
   const end = hostPortOf(sockaddr);
   if (!end) throw new Error(`socket ${fd} is not an IP socket`);
   return end;
@@ -213,7 +214,7 @@ function endOf(
 function setIntOption(fd: number, level: number, option: number, value: number): void {
   const int = new Int32Array([value]);
   if (libc().setsockopt(fd, level, option, new Uint8Array(int.buffer), 4) !== 0) {
-    throw lastError();
+    throw lastError("setsockopt");
   }
 }
 
@@ -221,7 +222,7 @@ function setIntOption(fd: number, level: number, option: number, value: number):
 function tcpSocket(ip: Uint8Array): number {
   const family = ip.length === 4 ? AF_INET : AF_INET6;
   const fd = libc().socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw lastError();
+  if (fd < 0) throw lastError("socket");
   return fd;
 }
 
@@ -299,7 +300,7 @@ export class TcpListener {
       }
       const { errno, text } = lastErrno();
       if (errno === EINTR) continue;
-      if (errno !== EAGAIN) throw osError(errno, text);
+      if (errno !== EAGAIN) throw osError(errno, text, "accept4");
       this.#inARow = 0;
       this.#waiting = poller.readable(this.fd);
       try {
@@ -330,8 +331,7 @@ function connection(fd: number, remote: HostPort | null): TcpConnection {
     try {
       setIntOption(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES);
     } catch { /* ENOPROTOOPT */ }
-    const lib = libc();
-    return { fd, local: endOf(fd, lib.getsockname), remote: remote ?? endOf(fd, lib.getpeername) };
+    return { fd, local: endOf(fd, "getsockname"), remote: remote ?? endOf(fd, "getpeername") };
   } catch (e) {
     closeSocket(fd);
     throw e;
@@ -350,9 +350,9 @@ export async function listenTcp(host: string, port: number): Promise<TcpListener
     setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1);
     const sockaddr = sockaddrOf(ip, port);
     const lib = libc();
-    if (lib.bind(fd, sockaddr, sockaddr.length) !== 0) throw lastError();
-    if (lib.listen(fd, BACKLOG) !== 0) throw lastError();
-    return new TcpListener(fd, endOf(fd, lib.getsockname));
+    if (lib.bind(fd, sockaddr, sockaddr.length) !== 0) throw lastError("bind");
+    if (lib.listen(fd, BACKLOG) !== 0) throw lastError("listen");
+    return new TcpListener(fd, endOf(fd, "getsockname"));
   } catch (e) {
     libc().close(fd);
     throw e;
@@ -402,16 +402,16 @@ async function connectTo(
     if (libc().connect(fd, sockaddr, sockaddr.length) !== 0) {
       const { errno, text } = lastErrno();
       // Interrupted, a connect goes on in the background as a nonblocking one does.
-      if (errno !== EINPROGRESS && errno !== EINTR) throw osError(errno, text);
+      if (errno !== EINPROGRESS && errno !== EINTR) throw osError(errno, text, "connect");
       const timer = setTimeout(() => poller.cancel(fd), Math.max(0, deadline - performance.now()));
       const done = await poller.writable(fd).finally(() => clearTimeout(timer));
       if (!done) throw timedOut();
       const error = new Int32Array(1);
       const status = new Uint8Array(error.buffer);
       if (libc().getsockopt(fd, SOL_SOCKET, SO_ERROR, status, socklen(4)) !== 0) {
-        throw lastError();
+        throw lastError("getsockopt");
       }
-      if (error[0] !== 0) throw osError(error[0], errnoText(error[0]));
+      if (error[0] !== 0) throw osError(error[0], errnoText(error[0]), "connect");
     }
     connected = true;
   } finally {

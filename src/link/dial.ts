@@ -155,7 +155,11 @@ function explainConnectError(e: unknown, tcpConnected: boolean): [ErrorCode, str
     return [tcpConnected ? ErrorCode.Tls : ErrorCode.Unreachable, messageOf(e)];
   }
   const text = messageOf(e);
-  if (!tcpConnected) return [ErrorCode.Unreachable, text];
+  if (!tcpConnected) {
+    // An error nobody expects (ENOBUFS, EPERM from a firewall...) says which call failed.
+    const syscall = (e as { syscall?: unknown } | null)?.syscall;
+    return [ErrorCode.Unreachable, typeof syscall === "string" ? `${syscall}: ${text}` : text];
+  }
   if (/InvalidContentType|CorruptMessage|received corrupt message/i.test(text)) {
     return [
       ErrorCode.Tls,

@@ -256,7 +256,30 @@ Deno.test({
     assert(ours instanceof Deno.errors.AddrInUse, String(ours));
     assertEquals(ours.message, deno?.message);
     assertEquals(ours.message, "Address already in use (os error 98)");
+    assertEquals((ours as { syscall?: string }).syscall, "bind");
     taken.close();
+  },
+});
+
+Deno.test({
+  name: "a connect that fails unexpectedly says which call failed",
+  ignore: notLinux,
+  async fn() {
+    // Linux refuses a TCP connect to a multicast address at once: ENETUNREACH.
+    const e = await rejection(async () =>
+      dial({ hostname: "224.0.0.1", port: 9 }, {
+        key: await testKey,
+        kind: "control",
+        log: new Warnings(),
+        events: { onRequest: () => Promise.resolve(), onClose: () => {} },
+      })
+    );
+    assert(e instanceof VnetError);
+    assertEquals(e.code, ErrorCode.Unreachable);
+    assertEquals(
+      e.message,
+      "cannot connect to 224.0.0.1:9: connect: Network is unreachable (os error 101)",
+    );
   },
 });
 
