@@ -307,6 +307,25 @@ e2e("faults: state file, restarts, corrupt state, SIGTERM, vanished interface", 
       },
     );
 
+    await step("the host's data-path worker fails: it says why, exits 1, restarts", async () => {
+      // A real fault, from outside: poll(2) refuses more fds than RLIMIT_NOFILE (EINVAL), and
+      // the worker polls several (the capture, its sockets, the doorbell). Its loop throws.
+      const host = topo.servers.host!;
+      await run(null, ["prlimit", `--pid=${host.pid}`, "--nofile=1:1"]);
+      const code = await Promise.race([host.exited, sleep(15_000).then(() => null)]);
+      const tail = host.lines.slice(-12).join("\n");
+      assert(code !== null, `the host still runs 15 s after its data path failed:\n${tail}`);
+      assert(code === 1, `the host exited ${code} after its data path failed, not 1:\n${tail}`);
+      assert(
+        logHas(topo, "host", /the data path failed; stopping.*poll: Invalid argument/),
+        `the host did not say why its data path stopped:\n${tail}`,
+      );
+      // Nothing of it is left half alive: its listening port is free again for a new server.
+      await start("host");
+      await topo.servers.host!.waitForLine(/handlers restored.*count=1/, 5000);
+      await upBoth();
+    });
+
     await step("SIGTERM at the end: exit 0, 'server stopped'", async () => {
       await stop("proxy");
       await stop("host");
