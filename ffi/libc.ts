@@ -5,8 +5,9 @@
  * (`pipe`/`write`/`read`/`close`) that wakes a pending wait. The sockets of plain links, our own
  * (src/io/tcp_socket.ts, src/link/socket_stream.ts): `socket`/`setsockopt`/`bind`/`listen`/
  * `accept4`, a nonblocking `connect` and `getsockopt` (its outcome), `recv`/`send`,
- * `getsockname`/`getpeername`. The Linux packet injector (GSO): `socket`/`bind`/`send`, and
- * `setsockopt` so that it receives nothing. The server's accept path: a netlink socket's
+ * `getsockname`/`getpeername`. The Linux packet injector (GSO): `socket`/`bind`, `send`, or
+ * `sendmsg` to write a large frame from where it lies, and `setsockopt` so that it receives
+ * nothing. The server's accept path: a netlink socket's
  * `send`/`recv`, to end a TLS handshake the runtime still waits on (src/io/sock_diag.ts), and
  * `getrlimit`/`setrlimit` to raise the fd limit at start. The UDP transport's socket
  * (src/io/udp_socket.ts): `socket`/`bind`/`setsockopt`/`getsockopt`, and
@@ -174,6 +175,15 @@ const symbols = {
     ],
     result: "isize",
   },
+  // ssize_t sendmsg(int sockfd, const struct msghdr *msg, int flags);
+  sendmsg: {
+    parameters: [
+      "i32", // int sockfd
+      "buffer", // const struct msghdr *msg (ffi/layout.ts; its iovecs hold addresses)
+      "i32", // int flags
+    ],
+    result: "isize",
+  },
   // unsigned int if_nametoindex(const char *ifname);
   if_nametoindex: {
     parameters: [
@@ -302,14 +312,16 @@ let errnoCell: Deno.UnsafePointerView | null | undefined;
 
 /**
  * The calling thread's errno right after a failed call, read without allocating: the data path
- * reads it after every drained socket (EAGAIN). The cell is found once per module instance, and
- * each Worker has its own instance on its own thread, so the cached cell is always this thread's.
+ * reads it after every drained socket (EAGAIN). The cell is found once per module instance, when
+ * libc opens (`libc()`), and each Worker has its own instance on its own thread, so the cached
+ * cell is always this thread's.
+ *
+ * Found then, and not at the first read: finding it is an FFI call of its own, and whatever the
+ * runtime does on this thread between a failed call and the read of errno may change errno. A
+ * short-lived `vnet client`'s first read is its connect's EINPROGRESS, and twice in CI it read
+ * ENOENT there instead.
  */
 export function errnoNow(): number {
-  if (errnoCell === undefined) {
-    const where = libc().__errno_location?.();
-    errnoCell = where ? new Deno.UnsafePointerView(where) : null;
-  }
   return errnoCell ? errnoCell.getInt32() : 0;
 }
 
@@ -321,7 +333,12 @@ export function errnoText(errno: number): string {
 
 /** The libc symbols; opened on first call. */
 export function libc(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
-  return library.get();
+  const lib = library.get();
+  if (errnoCell === undefined) {
+    const where = lib.__errno_location?.();
+    errnoCell = where ? new Deno.UnsafePointerView(where) : null;
+  }
+  return lib;
 }
 
 export const POLLIN = 0x001;
