@@ -258,3 +258,17 @@ export const LAYOUTS: Readonly<Record<Arch, Structs>> = { x86_64: X86_64, aarch6
 
 /** This process's layouts. */
 export const structs: Structs = LAYOUTS[Deno.build.arch];
+
+/**
+ * The address of a view's first byte, its offset included. The backing store never moves; keep
+ * the view referenced for as long as C may use the address.
+ */
+export function addressOf(bytes: Uint8Array): number {
+  return Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes)));
+}
+
+/** Writes a 64-bit pointer or size_t (little-endian, below 2^53) without a BigInt. */
+export function setWord(view: DataView, at: number, value: number): void {
+  view.setUint32(at, value % 0x1_0000_0000, true);
+  view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
+}

@@ -9,7 +9,7 @@
  * system call instead of ~45, and no segmentation or checksum work in JavaScript for it.
  */
 import { lastErrno, libc } from "../../ffi/libc.ts";
-import { structs } from "../../ffi/layout.ts";
+import { addressOf, setWord, structs } from "../../ffi/layout.ts";
 import { ErrorCode, VnetError } from "../errors.ts";
 import { noSuchInterface, translated } from "./ffi_errors.ts";
 import { interfaceMtu } from "./sysfs.ts";
@@ -31,12 +31,32 @@ const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
 const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 
 /**
- * Header and frame go out from one buffer, the header rewritten in place per frame. Injection is
- * synchronous on the one JS thread, so every injector shares it (a hundred handlers would
- * otherwise hold 25 MB of them).
+ * A small frame goes out from one buffer, copied in behind the header, which is rewritten in place
+ * per frame. Injection is synchronous on the one JS thread, so every injector shares it (a hundred
+ * handlers would otherwise hold 25 MB of them).
  */
 const buf = new Uint8Array(VNET_HDR_LEN + MAX_FRAME);
 const hdr = new DataView(buf.buffer, 0, VNET_HDR_LEN);
+
+/**
+ * From this size on a frame goes out by `sendmsg` from where it lies, the header from `buf`: the
+ * copy behind the header was a 64 KB memcpy per super-frame. Below it the copy is cheaper than
+ * finding the frame's address (an object and a BigInt per call).
+ */
+const GATHER_FROM = 2048;
+const IOVEC = structs.iovec;
+const MSGHDR = structs.msghdr;
+/** Two iovecs, the header's (fixed) and the frame's (set per frame), and the msghdr naming them. */
+const iovecs = new Uint8Array(2 * IOVEC.size);
+const iovecView = new DataView(iovecs.buffer);
+const msghdr = new Uint8Array(MSGHDR.size);
+{
+  const m = new DataView(msghdr.buffer);
+  setWord(m, MSGHDR.offsets.msg_iov, addressOf(iovecs));
+  setWord(m, MSGHDR.offsets.msg_iovlen, 2);
+  setWord(iovecView, IOVEC.offsets.iov_base, addressOf(buf));
+  setWord(iovecView, IOVEC.offsets.iov_len, VNET_HDR_LEN);
+}
 
 export class PacketInjector implements Injector {
   readonly device: string;
@@ -112,8 +132,15 @@ export class PacketInjector implements Injector {
 
   #send(frame: Uint8Array): boolean {
     if (this.#closed) return false;
-    buf.set(frame, VNET_HDR_LEN);
-    const n = libc().send(this.#fd, buf, BigInt(VNET_HDR_LEN + frame.length), 0);
+    let n: number | bigint;
+    if (frame.length >= GATHER_FROM) {
+      setWord(iovecView, IOVEC.size + IOVEC.offsets.iov_base, addressOf(frame));
+      setWord(iovecView, IOVEC.size + IOVEC.offsets.iov_len, frame.length);
+      n = libc().sendmsg(this.#fd, msghdr, 0);
+    } else {
+      buf.set(frame, VNET_HDR_LEN);
+      n = libc().send(this.#fd, buf, BigInt(VNET_HDR_LEN + frame.length), 0);
+    }
     if (n >= 0) return true;
     this.#error = lastErrno().text;
     return false;

@@ -32,7 +32,7 @@
  * Linux only (sendmmsg, recvmmsg, UDP_SEGMENT and UDP_GRO), 64-bit (the layouts of ffi/layout.ts).
  */
 import { errnoNow, errnoText, libc } from "../../ffi/libc.ts";
-import { structs } from "../../ffi/layout.ts";
+import { addressOf, setWord, structs } from "../../ffi/layout.ts";
 import { ipBytes } from "./tcp_socket.ts";
 import { formatHostPort, formatIpv6 } from "../addr.ts";
 
@@ -152,17 +152,6 @@ const TS_NSEC = structs.timespec.offsets.tv_nsec;
 
 const SIN = structs.sockaddr_in.offsets;
 const SIN6 = structs.sockaddr_in6.offsets;
-
-/** The address of a buffer's first byte (its backing store never moves; keep it referenced). */
-function addressOf(bytes: Uint8Array): number {
-  return Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes)));
-}
-
-/** Writes a 64-bit pointer or size_t (little-endian, below 2^53) without a BigInt. */
-function setWord(view: DataView, at: number, value: number): void {
-  view.setUint32(at, value % 0x1_0000_0000, true);
-  view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
-}
 
 /** Reads a 64-bit word (little-endian, below 2^53) without a BigInt. */
 function readWord(view: DataView, at: number): number {
