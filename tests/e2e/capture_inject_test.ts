@@ -1,7 +1,7 @@
 /**
- * The real libpcap capture and libnet/pcap injection, on a veth pair (va <-> vb, MTU 1500) in a
- * throwaway network namespace. FFI runs in-process, so each scenario runs in a subprocess
- * started with `ip netns exec` (tests/e2e/fixtures/pcap_probe.ts) and reports JSON.
+ * The real libpcap capture and libnet, pcap and packet-socket injection, on a veth pair (va <->
+ * vb, MTU 1500) in a throwaway network namespace. FFI runs in-process, so each scenario runs in a
+ * subprocess started with `ip netns exec` (tests/e2e/fixtures/pcap_probe.ts) and reports JSON.
  *
  *   deno test -A tests/e2e/capture_inject_test.ts          (as root)
  *   VNET_BENCH=1 deno test -A tests/e2e/capture_inject_test.ts   (also prints throughput)
@@ -113,6 +113,15 @@ Deno.test({
         assert(/too long/i.test(r.pcapError), `pcap error: ${r.pcapError}`);
         assertEquals([r.libnetFull, r.pcapFull], [true, true]);
         assertEquals(r.got, [1514, 1514], "only the two full-size frames arrive");
+      });
+
+      await t.step("the GSO packet injector: copied, gathered, and refused", async () => {
+        const r = await probe(ns, "packet");
+        assertEquals([r.smallSent, r.gsoSent, r.tooBig], [true, true, false]);
+        assert(/too long/i.test(r.tooBigError), `packet injector error: ${r.tooBigError}`);
+        assertEquals(r.lengths[0], 100, `captured lengths ${r.lengths}`);
+        assert(r.smallIntact, "the small frame arrived changed");
+        assert(r.payloadIntact, `the super-frame's payload arrived changed: lengths ${r.lengths}`);
       });
 
       await t.step("close() twice is fine and wakes a pending wait", async () => {
