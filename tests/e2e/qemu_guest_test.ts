@@ -47,6 +47,20 @@ const MIB = TRANSFER_BYTES / (1 << 20);
 /** A frame this big on the tap was built by TSO: the path's MTU is 1500. */
 const SUPER_FRAME_BYTES = 3000;
 
+/** tcpdump on the tap until `count` frames from the guest that match `filter` were seen. */
+function guestFrames(count: number, filter: string): string[] {
+  return [
+    "tcpdump",
+    "-i",
+    TAP,
+    "-nn",
+    "-p",
+    "-c",
+    String(count),
+    `ether src ${GUEST_MAC} and ${filter}`,
+  ];
+}
+
 e2e(
   "qemu guest: a virtio-net VM on a tap gets a lease through VNET and talks to the LAN",
   (t) => guestOnTheLan(t),
@@ -111,16 +125,9 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
     await step("without a handler the guest gets no lease (VNET is its only way out)", async () => {
       // The guest's DHCP client asks every second: three more requests seen on the tap, and no
       // lease meanwhile, say it asked and nobody answered (not that it had not asked yet).
-      const asked = await tryRun(topo.ns.host, [
-        "tcpdump",
-        "-i",
-        TAP,
-        "-nn",
-        "-p",
-        "-c",
-        "3",
-        `ether src ${GUEST_MAC} and udp dst port 67`,
-      ], { timeoutMs: 15_000 });
+      const asked = await tryRun(topo.ns.host, guestFrames(3, "udp dst port 67"), {
+        timeoutMs: 15_000,
+      });
       assert(asked.code === 0, `the guest sent no 3 DHCP requests in 15 s:\n${asked.stderr}`);
       const leased = guest!.consoleText().split("\n").filter((l) => /^LEASE /.test(l));
       assert(leased.length === 0, `a lease without VNET: ${leased.join("; ")}`);
@@ -161,16 +168,10 @@ async function guestOnTheLan(t: Deno.TestContext): Promise<void> {
       const sink = startSink(topo, 5001);
       await sink.waitForLine(/^ready$/, 10_000);
       // Proof that the guest really hands the tap super-frames (bigger than any MTU on the path).
-      const superFrames = spawn(topo.ns.host, [
-        "tcpdump",
-        "-i",
-        TAP,
-        "-nn",
-        "-p",
-        "-c",
-        "1",
-        `ether src ${GUEST_MAC} and tcp and greater ${SUPER_FRAME_BYTES}`,
-      ]);
+      const superFrames = spawn(
+        topo.ns.host,
+        guestFrames(1, `tcp and greater ${SUPER_FRAME_BYTES}`),
+      );
       topo.procs.push(superFrames);
       await superFrames.waitForLine(/listening on/, 10_000);
       const [r, ms] = await timed(() =>

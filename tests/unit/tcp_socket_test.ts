@@ -211,6 +211,19 @@ async function rejection(f: () => Promise<unknown>): Promise<Error> {
   throw new Error("expected a rejection");
 }
 
+/** How a control link's dial to `hostname`:`port` fails. */
+async function dialFailure(hostname: string, port: number): Promise<Error> {
+  const key = await testKey;
+  return await rejection(() =>
+    dial({ hostname, port }, {
+      key,
+      kind: "control",
+      log: new Warnings(),
+      events: { onRequest: () => Promise.resolve(), onClose: () => {} },
+    })
+  );
+}
+
 Deno.test({
   name: "a refused connect fails as Deno.connect's did, and dial says the same words",
   ignore: notLinux,
@@ -224,14 +237,7 @@ Deno.test({
       assertEquals((ours as { code?: string }).code, "ECONNREFUSED");
     }
     const port = closedPort();
-    const e = await rejection(async () =>
-      dial({ hostname: "127.0.0.1", port }, {
-        key: await testKey,
-        kind: "control",
-        log: new Warnings(),
-        events: { onRequest: () => Promise.resolve(), onClose: () => {} },
-      })
-    );
+    const e = await dialFailure("127.0.0.1", port);
     assert(e instanceof VnetError);
     assertEquals(e.code, ErrorCode.Unreachable);
     assertEquals(
@@ -266,14 +272,7 @@ Deno.test({
   ignore: notLinux,
   async fn() {
     // Linux refuses a TCP connect to a multicast address at once: ENETUNREACH.
-    const e = await rejection(async () =>
-      dial({ hostname: "224.0.0.1", port: 9 }, {
-        key: await testKey,
-        kind: "control",
-        log: new Warnings(),
-        events: { onRequest: () => Promise.resolve(), onClose: () => {} },
-      })
-    );
+    const e = await dialFailure("224.0.0.1", 9);
     assert(e instanceof VnetError);
     assertEquals(e.code, ErrorCode.Unreachable);
     assertEquals(
