@@ -40,10 +40,28 @@ const hdr = new DataView(buf.buffer, 0, VNET_HDR_LEN);
 
 /**
  * From this size on a frame goes out by `sendmsg` from where it lies, the header from `buf`: the
- * copy behind the header was a 64 KB memcpy per super-frame. Below it the copy is cheaper than
- * finding the frame's address (an object and a BigInt per call).
+ * copy behind the header was a 64 KB memcpy per super-frame. Below it the copy is small, and
+ * `send` hands the kernel one buffer.
  */
 const GATHER_FROM = 2048;
+
+/**
+ * Where each buffer that frames lie in starts. Finding an address takes an object and a BigInt,
+ * so it is done once per buffer (frames come from a few long-lived ones: the GRO's, the receive
+ * batches', the rings'), and a frame's address is its buffer's plus its offset: no allocation
+ * per frame. A backing store never moves.
+ */
+const bufferStarts = new WeakMap<ArrayBufferLike, number>();
+
+function frameAddress(frame: Uint8Array): number {
+  let start = bufferStarts.get(frame.buffer);
+  if (start === undefined) {
+    start = addressOf(frame) - frame.byteOffset;
+    bufferStarts.set(frame.buffer, start);
+  }
+  return start + frame.byteOffset;
+}
+
 const IOVEC = structs.iovec;
 const MSGHDR = structs.msghdr;
 /** Two iovecs, the header's (fixed) and the frame's (set per frame), and the msghdr naming them. */
@@ -134,7 +152,7 @@ export class PacketInjector implements Injector {
     if (this.#closed) return false;
     let n: number | bigint;
     if (frame.length >= GATHER_FROM) {
-      setWord(iovecView, IOVEC.size + IOVEC.offsets.iov_base, addressOf(frame));
+      setWord(iovecView, IOVEC.size + IOVEC.offsets.iov_base, frameAddress(frame));
       setWord(iovecView, IOVEC.size + IOVEC.offsets.iov_len, frame.length);
       n = libc().sendmsg(this.#fd, msghdr, 0);
     } else {
