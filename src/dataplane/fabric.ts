@@ -36,7 +36,13 @@
  */
 import { type FrameLink } from "./ports.ts";
 import { isBroadcastFrame, mac48, macBytes } from "./mac.ts";
-import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, etherTypeAt, networkOffset } from "./headers.ts";
+import {
+  ETHERTYPE_IPV4,
+  ETHERTYPE_IPV6,
+  etherTypeAt,
+  ipv6UpperLayer,
+  networkOffset,
+} from "./headers.ts";
 
 /** What the fabric needs of a handler. */
 export interface FabricPort {
@@ -380,8 +386,8 @@ function hashFrame(frame: Uint8Array): number {
 }
 
 /**
- * Where the TCP or UDP checksum of `frame` is (Ethernet, one VLAN tag at most, IPv4 that is not
- * a later fragment, or IPv6 without extension headers), or -2 if it has none there.
+ * Where the TCP or UDP checksum of `frame` is (Ethernet, one VLAN tag at most, IPv4 or IPv6 that
+ * is not a later fragment), or -2 if it has none there.
  */
 function l4ChecksumAt(frame: Uint8Array): number {
   const l3 = networkOffset(frame);
@@ -393,8 +399,10 @@ function l4ChecksumAt(frame: Uint8Array): number {
     l4 = l3 + ((frame[l3] & 15) << 2);
     proto = frame[l3 + 9];
   } else if (type === ETHERTYPE_IPV6 && frame.length >= l3 + 40) {
-    l4 = l3 + 40;
-    proto = frame[l3 + 6];
+    const upper = ipv6UpperLayer(frame, l3, frame.length);
+    if (upper < 0) return -2;
+    l4 = upper >>> 8;
+    proto = upper & 0xff;
   } else {
     return -2;
   }

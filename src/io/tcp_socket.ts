@@ -16,7 +16,7 @@
  * the call that failed (`connect`), so an error nobody expects says where it came from.
  */
 import { lookup } from "node:dns/promises";
-import { lastErrno, libc } from "../../ffi/libc.ts";
+import { errnoNow, errnoText, lastErrno, libc } from "../../ffi/libc.ts";
 import { structs } from "../../ffi/layout.ts";
 import type { HostPort } from "../addr.ts";
 import { poller } from "./poller.ts";
@@ -390,6 +390,15 @@ export async function connectTcp(
   throw failure;
 }
 
+/**
+ * Whether a nonblocking connect that returned -1 with `errno` goes on: started (EINPROGRESS),
+ * interrupted (EINTR: it goes on in the background), or, asked a second time, under way
+ * (EALREADY) or done (EISCONN).
+ */
+function connectGoesOn(errno: number): boolean {
+  return errno === EINPROGRESS || errno === EINTR || errno === EALREADY || errno === EISCONN;
+}
+
 /** One nonblocking connect: started, waited for until `deadline`, its outcome read. */
 async function connectTo(
   ip: Uint8Array,
@@ -402,19 +411,11 @@ async function connectTo(
   try {
     const sockaddr = sockaddrOf(ip, port);
     if (libc().connect(fd, sockaddr, sockaddr.length) !== 0) {
-      // Interrupted, a connect goes on in the background as a nonblocking one does.
-      const inProgress = (errno: number) => errno === EINPROGRESS || errno === EINTR;
-      const first = lastErrno();
-      if (!inProgress(first.errno)) {
-        // Not what a nonblocking connect says: ask the socket again before believing it (errno
-        // is read by a call of its own, and twice in CI it held ENOENT, which no connect gives).
-        // A connect under way says EALREADY, a done one EISCONN; one that failed fails again.
-        if (libc().connect(fd, sockaddr, sockaddr.length) !== 0) {
-          const { errno, text } = lastErrno();
-          if (errno !== EALREADY && errno !== EISCONN && !inProgress(errno)) {
-            throw osError(errno, text, "connect");
-          }
-        }
+      if (!connectGoesOn(errnoNow()) && libc().connect(fd, sockaddr, sockaddr.length) !== 0) {
+        // Not what a nonblocking connect says, and asked again (errno is read by a call of its
+        // own, and twice in CI it held ENOENT, which no connect gives), it says it again.
+        const { errno, text } = lastErrno();
+        if (!connectGoesOn(errno)) throw osError(errno, text, "connect");
       }
       const timer = setTimeout(() => poller.cancel(fd), Math.max(0, deadline - performance.now()));
       const done = await poller.writable(fd).finally(() => clearTimeout(timer));
@@ -431,10 +432,4 @@ async function connectTo(
     if (!connected) closeSocket(fd);
   }
   return connection(fd, null);
-}
-
-/** strerror's text for `errno`. */
-function errnoText(errno: number): string {
-  const text = libc().strerror(errno);
-  return text ? Deno.UnsafePointerView.getCString(text) : `errno ${errno}`;
 }
